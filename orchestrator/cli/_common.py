@@ -1,0 +1,38 @@
+"""What every command shares: turning library errors into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+from orchestrator.results import ResultsNotFound
+from orchestrator.spec import JobSpec, SpecError, load_spec
+
+EXIT_FAILED = 1  # the job ran and failed
+EXIT_USAGE = 2  # bad input: nothing was started
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+def read_spec(path: str) -> JobSpec:
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        raise CliError(f"Invalid job spec {path}: {exc}") from None
+
+
+def run_command(handler, args) -> int:
+    try:
+        return handler(args) or 0
+    except CliError as exc:
+        print(f"hpo: {exc}", file=sys.stderr)
+        return exc.code
+    except ResultsNotFound as exc:
+        print(f"hpo: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("hpo: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,81 @@
+"""hpo validate | schema | run."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from orchestrator.cli._common import EXIT_FAILED, CliError, read_spec
+from orchestrator.spec import json_schema
+
+
+def register(commands) -> None:
+    p = commands.add_parser("validate", help="check a job spec; exit 2 with the reason if it is bad")
+    p.add_argument("spec", help="path to a YAML job spec")
+    p.set_defaults(handler=validate)
+
+    p = commands.add_parser("schema", help="print the job spec's JSON Schema")
+    p.set_defaults(handler=schema)
+
+    p = commands.add_parser("run", help="run a job on an embedded Ray (or --address) and write its results")
+    p.add_argument("spec", help="path to a YAML job spec")
+    p.add_argument("--storage", help="override the spec's storage (a local folder)")
+    p.add_argument("--output", choices=("text", "json"), default="text",
+                   help="json: the last line of stdout is the summary as one JSON object")
+    p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
+    p.add_argument("--num-cpus", type=float, help="logical CPUs for the embedded Ray (default: enough for the job)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    p.set_defaults(handler=run)
+
+
+def validate(args) -> int:
+    spec = read_spec(args.spec)
+    space = ", ".join(f"{n}~{spec.search.distribution(n)[0]}" for n in spec.search.space)
+    print(f"ok: {spec.name}: {spec.search.algorithm} search over {space}; {spec.scheduler.type} scheduler; "
+          f"workload {spec.workload}")
+    return 0
+
+
+def schema(args) -> int:
+    print(json_schema())
+    return 0
+
+
+def run(args) -> int:
+    from orchestrator.runner import run as run_job
+    from orchestrator.storage import check_storage_uri
+
+    spec = read_spec(args.spec)
+    if args.storage:
+        try:
+            check_storage_uri(args.storage)
+        except ValueError as exc:
+            raise CliError(f"--storage: {exc}") from None
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    summary = run_job(spec, storage=args.storage, address=args.address, num_cpus=args.num_cpus, progress=progress,
+                      on_start=lambda uri: print(f"results_uri: {uri}", flush=True))
+    if args.output == "json":
+        print(json.dumps(summary.to_json(), default=str))
+    else:
+        _print_summary(summary)
+    failed = summary.statuses.get("error", 0)
+    if failed == summary.num_trials:
+        print(f"hpo: every trial failed; see error in {summary.results_uri}/trials.parquet", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _print_summary(summary) -> None:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
+    print(f"finished {summary.num_trials} trials ({counts}) in {summary.wall_time_s:.1f}s")
+    best = summary.best
+    if best:
+        config = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["config"].items())
+        print(f"best: {best['trial_id']} epoch {best['iteration']}: {summary.metric}={best['metric']:.4f} "
+              f"({summary.mode})")
+        print(f"      {config}")
+    print(f"results: {summary.results_uri}  (hpo results show {summary.results_uri})")

@@ -1,0 +1,339 @@
+"""The typed job spec, validated once at the edge.
+
+`load_spec(path)` reads a YAML file and returns a frozen `JobSpec`, or raises `SpecError` whose message is one
+line naming the field, the bad value and what is allowed. Past this module nothing handles raw dicts.
+`JobSpec.resolved()` fills in the workload's defaults; that is what a run records as `spec.yaml`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, StrictBool, StrictInt, StrictStr, Tag
+from pydantic import ValidationError, field_validator, model_validator
+
+from orchestrator._yaml import YamlError, load_yaml_text
+
+__all__ = ["JobSpec", "SpecError", "load_spec", "parse_spec", "json_schema", "DISTRIBUTIONS"]
+
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+Float = Annotated[float, Strict()]  # accepts ints, refuses strings and booleans
+Scalar = Union[StrictBool, StrictInt, Float, StrictStr]
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run. `str()` is one line: where, what, and what is allowed."""
+
+
+def _unknown_key(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r} ({hint}allowed: {', '.join(allowed)})"
+
+
+class _Section(BaseModel):
+    """A spec section: no unknown keys (with "did you mean"), frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = list(cls.model_fields)
+            for key in data:
+                if key not in allowed:
+                    raise ValueError(_unknown_key(key, allowed))
+        return data
+
+
+def _pair(name: str, low: float, high: float, *, positive: bool = False) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} bounds must be finite numbers, got [{low}, {high}]")
+    if positive and low <= 0:
+        raise ValueError(f"{name} needs 0 < low < high, got [{low}, {high}]")
+    if low >= high:
+        raise ValueError(f"{name} needs low < high, got [{low}, {high}]")
+
+
+class Uniform(_Section):
+    uniform: Annotated[list[Float], Field(min_length=2, max_length=2, description="[low, high], floats")]
+
+    @model_validator(mode="after")
+    def _check(self):
+        _pair("uniform", *self.uniform)
+        return self
+
+
+class LogUniform(_Section):
+    loguniform: Annotated[list[Float], Field(min_length=2, max_length=2, description="[low, high], 0 < low")]
+
+    @model_validator(mode="after")
+    def _check(self):
+        _pair("loguniform", *self.loguniform, positive=True)
+        return self
+
+
+class RandInt(_Section):
+    randint: Annotated[list[StrictInt], Field(min_length=2, max_length=2, description="[low, high], inclusive")]
+
+    @model_validator(mode="after")
+    def _check(self):
+        low, high = self.randint
+        if low > high:
+            raise ValueError(f"randint needs low <= high (both inclusive), got [{low}, {high}]")
+        return self
+
+
+class Choice(_Section):
+    choice: Annotated[list[Scalar], Field(min_length=1, max_length=10_000, description="the values to try")]
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len({(type(v), v) for v in self.choice}) != len(self.choice):
+            raise ValueError(f"choice lists a value twice: {self.choice}")
+        return self
+
+
+DISTRIBUTIONS = {"uniform": Uniform, "loguniform": LogUniform, "randint": RandInt, "choice": Choice}
+
+
+def _distribution_tag(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return next(iter(type(value).model_fields))
+    if isinstance(value, dict) and len(value) == 1:
+        key = next(iter(value))
+        return key if key in DISTRIBUTIONS else None
+    return None
+
+
+Distribution = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in DISTRIBUTIONS.items())],  # type: ignore[misc]
+    Discriminator(_distribution_tag),
+]
+
+
+def _check_distribution_shape(value: Any) -> Any:
+    names = list(DISTRIBUTIONS)
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ValueError(f"must be one distribution such as {{loguniform: [1.0e-4, 1.0e-1]}}, got {value!r}"
+                         f" (distributions: {', '.join(names)})")
+    key = next(iter(value))
+    if key not in DISTRIBUTIONS:
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown distribution {key!r} ({hint}distributions: {', '.join(names)})")
+    return value
+
+
+class Search(_Section):
+    algorithm: Literal["random", "grid", "quasirandom", "hyperopt"] = Field(
+        "quasirandom", description="random | grid | quasirandom (scrambled Sobol) | hyperopt (TPE)")
+    num_samples: Annotated[StrictInt, Field(gt=0, le=1_000_000)] = Field(
+        16, description="number of trials (grid: passes over the full grid)")
+    max_concurrent: Annotated[StrictInt, Field(gt=0, le=10_000)] = Field(1, description="trials running at once")
+    metric: StrictStr = Field("val_loss", description="a metric the workload reports")
+    mode: Literal["min", "max"] = "min"
+    space: dict[StrictStr, Annotated[Distribution, BeforeValidator(_check_distribution_shape)]] = Field(description="searched hyperparameters, one distribution each")
+    fixed: dict[StrictStr, Scalar] = Field(default_factory=dict, description="hyperparameters held fixed")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space_shape(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError("is empty; search at least one hyperparameter")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self):
+        both = sorted(set(self.space) & set(self.fixed))
+        if both:
+            raise ValueError(f"{both[0]!r} is both searched (space) and fixed; keep it in one")
+        if self.algorithm == "grid":
+            for name, dist in self.space.items():
+                if not isinstance(dist, Choice):
+                    raise ValueError(f"grid search needs every hyperparameter to be a choice; space.{name} is "
+                                     f"{next(iter(dist.model_dump()))} (use algorithm: random or quasirandom)")
+        return self
+
+    def distribution(self, name: str) -> tuple[str, list]:
+        """(kind, arguments) of a searched hyperparameter, e.g. ("loguniform", [1e-4, 0.1])."""
+        kind, args = next(iter(self.space[name].model_dump().items()))
+        return kind, args
+
+
+class Scheduler(_Section):
+    type: Literal["fifo", "asha"] = Field("fifo", description="fifo (run every trial to the end) | asha")
+    grace_period: Annotated[StrictInt, Field(gt=0)] | None = Field(
+        None, description="asha: epochs before a trial may be stopped (default 1)")
+    reduction_factor: Annotated[Float, Field(gt=1, le=100)] | None = Field(
+        None, description="asha: keep the top 1/reduction_factor at each rung (default 3)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.type == "fifo" and (self.grace_period is not None or self.reduction_factor is not None):
+            raise ValueError("grace_period and reduction_factor apply only to type: asha")
+        return self
+
+
+class Train(_Section):
+    max_epochs: Annotated[StrictInt, Field(gt=0, le=100_000)] = Field(10, description="epochs per trial")
+    workers: Annotated[StrictInt, Field(gt=0, le=1024)] = Field(
+        1, description="Ray Train workers per trial; more than 1 runs DDP")
+    use_gpu: StrictBool = Field(False, description="one GPU per worker")
+    cpus_per_worker: Annotated[Float, Field(gt=0, le=1024)] = Field(1.0, description="logical CPUs per worker")
+    checkpoints_to_keep: Annotated[StrictInt, Field(gt=0, le=1000)] = Field(
+        2, description="per trial: the best by the search metric and the latest are kept")
+
+
+class JobSpec(_Section):
+    name: StrictStr = Field(description="lowercase letters, digits, dashes; at most 63 characters")
+    workload: StrictStr = Field(description="a built-in workload or 'package.module:function'")
+    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = Field(0, description="job seed")
+    description: StrictStr = ""
+    search: Search
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    train: Train = Field(default_factory=Train)
+    storage: StrictStr = Field("./results", description="a local folder (s3:// arrives with the storage issue)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not allowed: use lowercase letters, digits and dashes, starting and "
+                             "ending with a letter or digit, at most 63 characters (it becomes a path)")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        from orchestrator.storage import check_storage_uri
+
+        return check_storage_uri(value)
+
+    @model_validator(mode="after")
+    def _check(self):
+        asha = self.scheduler.type == "asha"
+        if asha and (self.scheduler.grace_period or 1) > self.train.max_epochs:
+            raise ValueError(f"scheduler.grace_period {self.scheduler.grace_period} is above train.max_epochs "
+                             f"{self.train.max_epochs}; ASHA could never stop a trial")
+        return self
+
+    def resolved(self, workload) -> "JobSpec":
+        """This spec with the workload's defaults written into `search.fixed` for everything not searched."""
+        fixed = {k: v for k, v in workload.defaults().items() if k not in self.search.space}
+        fixed.update(self.search.fixed)
+        scheduler = self.scheduler
+        if scheduler.type == "asha":
+            scheduler = scheduler.model_copy(update={"grace_period": scheduler.grace_period or 1,
+                                                     "reduction_factor": scheduler.reduction_factor or 3.0})
+        return self.model_copy(update={"search": self.search.model_copy(update={"fixed": fixed}),
+                                       "scheduler": scheduler})
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+def _format_error(err: dict) -> str:
+    # Tags from the tagged union ("loguniform") repeat the key the user wrote; drop the duplicate.
+    parts = [str(p) for p in err["loc"]]
+    dedup = [p for i, p in enumerate(parts) if not (i and parts[i - 1] == p)]
+    loc = ".".join(dedup)
+    msg = err["msg"].removeprefix("Value error, ").replace(" after validation", "")
+    kind = err["type"]
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
+        close = difflib.get_close_matches(str(err["input"]), expected, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        msg = f"{err['input']!r} is not allowed ({hint}allowed: {', '.join(expected)})"
+    elif kind == "missing":
+        msg = "is required"
+    elif kind not in ("value_error", "assertion_error"):
+        shown = repr(err.get("input"))
+        msg = f"{msg}, got {shown if len(shown) <= 60 else shown[:57] + '...'}"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def parse_spec(data: Any, *, check_workload: bool = True) -> JobSpec:
+    """Validate an already-parsed mapping. Raises SpecError."""
+    if data is None:
+        raise SpecError("file is empty; a job spec is a YAML mapping with at least name, workload and search")
+    if not isinstance(data, dict):
+        raise SpecError(f"must be a YAML mapping (key: value), got a {type(data).__name__}")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_error(exc.errors()[0])) from None
+    if check_workload:
+        check_against_workload(spec)
+    return spec
+
+
+def check_against_workload(spec: JobSpec):
+    """Checks that need the workload: it resolves, knows every hyperparameter, and reports the metric."""
+    from orchestrator.workloads import OPTIMIZERS, WorkloadError, resolve_workload
+
+    try:
+        workload = resolve_workload(spec.workload)
+    except WorkloadError as exc:
+        raise SpecError(f"workload: {exc}") from None
+    known = list(workload.defaults())
+    for section in ("space", "fixed"):
+        for name in getattr(spec.search, section):
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise SpecError(f"search.{section}.{name}: workload {workload.name} has no such hyperparameter "
+                                f"({hint}known: {', '.join(known)})")
+    if spec.search.metric not in workload.metrics:
+        close = difflib.get_close_matches(spec.search.metric, workload.metrics, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SpecError(f"search.metric: {spec.search.metric!r} is not reported by workload {workload.name} "
+                        f"({hint}it reports: {', '.join(workload.metrics)})")
+    optimizer = spec.search.fixed.get("optimizer")
+    if optimizer is not None and optimizer not in OPTIMIZERS:
+        raise SpecError(f"search.fixed.optimizer: {optimizer!r} is not allowed (allowed: {', '.join(OPTIMIZERS)})")
+    if "optimizer" in spec.search.space:
+        kind, values = spec.search.distribution("optimizer")
+        bad = [v for v in values if v not in OPTIMIZERS] if kind == "choice" else [kind]
+        if bad:
+            raise SpecError(f"search.space.optimizer: {bad[0]!r} is not allowed (allowed: {', '.join(OPTIMIZERS)})")
+    batch = spec.search.fixed.get("batch_size", workload.defaults()["batch_size"])
+    if "batch_size" not in spec.search.space and (not isinstance(batch, int) or batch < spec.train.workers):
+        raise SpecError(f"search.fixed.batch_size: {batch!r} must be an integer of at least train.workers "
+                        f"({spec.train.workers}); it is the global batch, split across workers")
+    return workload
+
+
+def load_spec(path: str | Path, *, check_workload: bool = True) -> JobSpec:
+    """Read and validate a job spec file. Raises SpecError with a one-line reason."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path} is a directory, not a spec file") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = load_yaml_text(raw)
+    except YamlError as exc:
+        raise SpecError(str(exc)) from None
+    return parse_spec(data, check_workload=check_workload)
+
+
+def json_schema() -> str:
+    """The spec's JSON Schema (draft 2020-12), for editors and CI."""
+    schema = JobSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "HPO job spec"
+    return json.dumps(schema, indent=2)

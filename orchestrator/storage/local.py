@@ -1,0 +1,56 @@
+"""A Store on the local filesystem (or any mounted shared filesystem)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from orchestrator.storage.base import Store
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _full(self, rel: str) -> Path:
+        full = (self.root / rel).resolve()
+        if full != self.root and self.root not in full.parents:
+            raise ValueError(f"{rel!r} points outside {self.root}")
+        return full
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        full = self._full(rel)
+        full.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside the target under a hidden name (Parquet readers skip dot-files), then rename: atomic.
+        fd, tmp = tempfile.mkstemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, full)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self._full(rel).read_bytes()
+
+    def exists(self, rel: str) -> bool:
+        return self._full(rel).exists()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._full(prefix) if prefix else self.root
+        if base.is_file():
+            return [prefix]
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def delete(self, rel: str) -> None:
+        self._full(rel).unlink(missing_ok=True)
+
+    def arrow_filesystem(self):
+        import pyarrow.fs as pafs
+
+        return pafs.LocalFileSystem(), str(self.root)

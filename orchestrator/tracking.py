@@ -1,0 +1,107 @@
+"""The Tune callback on the driver: feeds every result to the results writer and prints progress."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ray.tune import Callback
+
+from orchestrator.results import ResultsSchema, ResultsWriter
+from orchestrator.trial import trial_name
+
+
+class RunTracker(Callback):
+    """Turns Tune events into result rows, trial records and one progress line per event worth seeing."""
+
+    def __init__(self, writer: ResultsWriter, schema: ResultsSchema, *, fixed: dict, max_epochs: int,
+                 num_trials: int, progress: Callable[[str], None]):
+        self.writer, self.schema, self.max_epochs, self.num_trials = writer, schema, max_epochs, num_trials
+        self.fixed = dict(fixed)
+        self.progress = progress
+        self.rows: dict[str, list[dict]] = {}
+        self.records: dict[str, dict] = {}
+        self.checkpoints: dict[str, str] = {}
+        self.best: dict | None = None
+        self.started = time.monotonic()
+
+    # -- Tune hooks ---------------------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        name = trial_name(trial)
+        self._record(name, trial, "running")
+        self.progress(f"{self._clock()} {name} started  {self._fmt_config(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" not in result:  # Tune's bookkeeping results carry no metrics
+            return
+        name = trial_name(trial)
+        rows = self.rows.setdefault(name, [])
+        if rows and rows[-1]["iteration"] >= int(result["epoch"]):
+            return  # a repeated report (e.g. a restored trial) is not a new row
+        row = self.schema.row(name, result, {**self.fixed, **trial.config})
+        rows.append(row)
+        self.writer.add(row)
+        if result.get("checkpoint_path"):
+            self.checkpoints[name] = result["checkpoint_path"]
+        metric, value = self.schema.metric, row.get(self.schema.metric)
+        if value is not None and (self.best is None or self._better(value, self.best[metric])):
+            self.best = row
+        extra = "  ".join(f"{m}={row[m]:.4f}" for m in self.schema.metrics if row.get(m) is not None)
+        self.progress(f"{self._clock()} {name} epoch {row['iteration']:>3}/{self.max_epochs}  {extra}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        name = trial_name(trial)
+        record = self._record(name, trial, "completed")
+        self.writer.flush()
+        how = "stopped by ASHA" if record["stopped_early"] else "completed"
+        best = record[f"best_{self.schema.metric}"]
+        shown = f"best {self.schema.metric}={best:.4f}" if best is not None else "no metric"
+        self.progress(f"{self._clock()} {name} {how} after {record['iterations']} epoch(s), {shown}  "
+                      f"[{self._done()}/{self.num_trials} trials done]")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        name = trial_name(trial)
+        error = _error_line(trial)
+        self._record(name, trial, "error", error=error)
+        self.writer.flush()
+        self.progress(f"{self._clock()} {name} FAILED: {error}  [{self._done()}/{self.num_trials} trials done]")
+
+    def on_experiment_end(self, trials, **info):
+        self.writer.flush()
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _record(self, name: str, trial, status: str, error: str | None = None) -> dict:
+        checkpoint = self.checkpoints.get(name)
+        if checkpoint is None and getattr(trial, "checkpoint", None) is not None:
+            checkpoint = trial.checkpoint.path
+        record = self.schema.trial_record(name, status, self.rows.get(name, []),
+                                          {**self.fixed, **trial.config},
+                                          self.max_epochs, checkpoint, error)
+        self.records[name] = record
+        self.writer.write_trials(list(self.records.values()))
+        return record
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.schema.mode == "min" else a > b
+
+    def _done(self) -> int:
+        return sum(r["status"] != "running" for r in self.records.values())
+
+    def _clock(self) -> str:
+        s = int(time.monotonic() - self.started)
+        return f"[{s // 60:02d}:{s % 60:02d}]"
+
+    def _fmt_config(self, config: dict) -> str:
+        return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
+def _error_line(trial) -> str:
+    """The last line of the trial's error (the exception), without the traceback."""
+    path = getattr(trial, "error_file", None) or ""
+    text = ""
+    try:
+        text = open(path).read() if path else ""
+    except OSError:
+        pass
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "trial failed (no error recorded)"

@@ -1,0 +1,164 @@
+"""The training loop every trial runs, on one worker or as one rank of DDP.
+
+It owns what a workload does not: optimizer, batching, data order, evaluation, metrics and checkpoint state.
+Data order comes from (trial seed, epoch), so a restored trial continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from orchestrator.determinism import configure_determinism, derive_seed, epoch_permutation, seed_everything
+from orchestrator.workloads import Workload, resolve_workload
+
+CHECKPOINT_FILE = "checkpoint.pt"
+EVAL_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """Everything a trial needs besides its hyperparameters; small and picklable, shipped to every worker."""
+
+    workload: str
+    job_seed: int
+    fixed: Mapping[str, Any]
+    max_epochs: int
+    workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    checkpoints_to_keep: int
+    metric: str
+    mode: str
+    train_storage: str  # where multi-worker trials' Ray Train runs keep their checkpoints
+
+
+class Reporter(Protocol):
+    """How a loop hands metrics and checkpoints to Ray: tune.report in-process, ray.train.report under DDP."""
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
+
+    def checkpoint_dir(self) -> Callable | None: ...
+
+
+@functools.lru_cache(maxsize=4)
+def _workload(name: str) -> Workload:
+    return resolve_workload(name)
+
+
+def make_optimizer(hp: Mapping[str, Any], params) -> torch.optim.Optimizer:
+    lr, wd = float(hp["lr"]), float(hp["weight_decay"])
+    if hp["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(hp["momentum"]), weight_decay=wd)
+    return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+
+
+def _loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out.squeeze(-1), y)
+
+
+@torch.no_grad()
+def evaluate(model, task: str, x: torch.Tensor, y: torch.Tensor, device) -> dict[str, float]:
+    model.eval()
+    total, correct = 0.0, 0
+    for start in range(0, len(x), EVAL_BATCH):
+        xb, yb = x[start:start + EVAL_BATCH].to(device), y[start:start + EVAL_BATCH].to(device)
+        out = model(xb)
+        total += float(_loss(task, out, yb)) * len(xb)
+        if task == "classification":
+            correct += int((out.argmax(dim=-1) == yb).sum())
+    metrics = {"loss": total / len(x)}
+    if task == "classification":
+        metrics["accuracy"] = correct / len(x)
+    return metrics
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _train_epoch(model, optimizer, task, x, y, order, batch, device, world: int) -> float:
+    model.train()
+    total = torch.zeros(2, dtype=torch.float64)  # (sum of losses, examples) on this rank
+    for start in range(0, len(order), batch):
+        idx = order[start:start + batch]
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = _loss(task, model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        total += torch.tensor([float(loss.detach()) * len(idx), len(idx)], dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(total)
+    return float(total[0] / total[1])
+
+
+def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Reporter, *, rank: int = 0,
+                 world: int = 1, device: str = "cpu") -> None:
+    """Train for plan.max_epochs (or the rest of them, from a checkpoint), reporting after every epoch."""
+    configure_determinism(use_gpu=plan.use_gpu, threads=max(1, math.floor(plan.cpus_per_worker)))
+    workload = _workload(plan.workload)
+    seed_everything(seed)  # the same on every rank: identical initial weights
+    splits = workload.load_data(hp)
+    (x_train, y_train), (x_val, y_val) = splits.train, splits.val
+    model = workload.build_model(hp).to(device)
+    optimizer = make_optimizer(hp, model.parameters())
+    seed_everything(derive_seed(seed, rank, 0xD0))  # per-rank stream for dropout and friends
+    start = 1
+    restore = reporter.checkpoint_dir()
+    if restore is not None:
+        with restore() as path:
+            state = torch.load(os.path.join(path, CHECKPOINT_FILE), map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        start = state["epoch"] + 1
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[int(device.split(":")[1])]
+                                                        if device.startswith("cuda") else None)
+    per_rank = max(1, int(hp["batch_size"]) // world)
+    usable = (len(x_train) // world) * world  # equal shards: every rank runs the same number of steps
+    for epoch in range(start, plan.max_epochs + 1):
+        began = time.perf_counter()
+        order = epoch_permutation(seed, epoch, len(x_train))[:usable][rank::world]
+        train_loss = _train_epoch(net, optimizer, workload.task, x_train, y_train, order, per_rank, device, world)
+        val = evaluate(model, workload.task, x_val, y_val, device)
+        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "trial_seed": seed}
+        if "accuracy" in val:
+            metrics["val_accuracy"] = val["accuracy"]
+        metrics["epoch_time_s"] = time.perf_counter() - began
+        rngs = _gather_rng(world)
+        if rank == 0:
+            with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                            "rng": rngs, "config": dict(hp), "seed": seed}, os.path.join(tmp, CHECKPOINT_FILE))
+                reporter.report(metrics, tmp)
+        else:
+            reporter.report(metrics, None)
+
+
+def _gather_rng(world: int) -> list:
+    """Every rank's RNG state, gathered to each rank (so rank 0's checkpoint can restore them all)."""
+    state = _rng_state()
+    if world == 1:
+        return [state]
+    states: list = [None] * world
+    torch.distributed.all_gather_object(states, state)
+    return states

@@ -1,0 +1,126 @@
+"""The Ray Tune trainable: one trial, in-process for 1 worker, a Ray Train TorchTrainer (DDP) for more.
+
+Trial identity: Tune's own trial ids carry a random per-experiment prefix, so we name trials by creation order
+("trial_0000", "trial_0001", ...) with `TrialNamer`, and derive each trial's seed from (job seed, index).
+Creation order is fixed by the searcher, not by concurrency, so the same spec gives the same names and seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import tune
+
+from orchestrator.determinism import derive_seed
+from orchestrator.training import TrialPlan, run_training
+
+TRIAL_PREFIX = "trial_"
+
+
+class TrialNamer:
+    """Tune's trial_name_creator. Tune deep-copies it per trial, so it cannot count; it reads the creation
+    counter at the head of Tune's experiment_tag ("3_lr=0.01,..."), which BasicVariantGenerator starts at 0
+    and SearchGenerator (every Searcher) at 1: `first` says which."""
+
+    def __init__(self, first: int):
+        self.first = first
+
+    def __call__(self, trial) -> str:
+        return f"{TRIAL_PREFIX}{int(str(trial.experiment_tag).split('_', 1)[0]) - self.first:04d}"
+
+
+def trial_name(trial) -> str:
+    """Our name of a Tune trial (set by TrialNamer); also its directory name."""
+    return trial.custom_trial_name or str(trial)
+
+
+def trial_index(name: str) -> int:
+    return int(name.removeprefix(TRIAL_PREFIX))
+
+
+def trial_seed(job_seed: int, index: int) -> int:
+    return derive_seed(job_seed, index)
+
+
+class _TuneReporter:
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    def checkpoint_dir(self):
+        checkpoint = tune.get_checkpoint()
+        return checkpoint.as_directory if checkpoint else None
+
+
+class _TrainReporter:
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def checkpoint_dir(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return checkpoint.as_directory if checkpoint else None
+
+
+def _device(plan: TrialPlan, local_rank: int) -> str:
+    if not plan.use_gpu:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.use_gpu is true but CUDA is not available on this node "
+                           "(torch.cuda.is_available() is False); set use_gpu: false or run on GPU nodes")
+    torch.cuda.set_device(local_rank)
+    return f"cuda:{local_rank}"
+
+
+def _ddp_worker(loop_config: dict) -> None:
+    """Runs on each Ray Train worker; Ray Train has already set up the process group (gloo or NCCL)."""
+    import ray.train
+    from ray.train.v2._internal.execution import context as train_context
+
+    # Ray 2.60 names this logger by file path, so LoggingConfig(log_level) misses its per-report INFO lines.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    ctx = ray.train.get_context()
+    plan: TrialPlan = loop_config["plan"]
+    run_training(loop_config["hp"], loop_config["seed"], plan, _TrainReporter(), rank=ctx.get_world_rank(),
+                 world=ctx.get_world_size(), device=_device(plan, ctx.get_local_rank()))
+
+
+def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
+    """Tune function trainable. `config` holds the searched hyperparameters."""
+    name = tune.get_context().get_trial_name()
+    seed = trial_seed(plan.job_seed, trial_index(name))
+    hp = {**plan.fixed, **config}
+    if plan.workers == 1:
+        run_training(hp, seed, plan, _TuneReporter(), device=_device(plan, 0))
+        return
+    _run_ddp(name, hp, seed, plan)
+
+
+def _run_ddp(name: str, hp: dict, seed: int, plan: TrialPlan) -> None:
+    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    resume_from = tune.get_checkpoint()  # a restored Tune trial hands its checkpoint to the workers
+    trainer = TorchTrainer(
+        _ddp_worker,
+        train_loop_config={"hp": hp, "seed": seed, "plan": plan},
+        torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
+                                     resources_per_worker={"CPU": plan.cpus_per_worker}),
+        run_config=RunConfig(
+            name=name, storage_path=plan.train_storage, callbacks=[TuneReportCallback()],
+            logging_config=LoggingConfig(log_level="WARNING"),  # Train logs every report at INFO
+            checkpoint_config=CheckpointConfig(num_to_keep=plan.checkpoints_to_keep,
+                                               checkpoint_score_attribute=plan.metric,
+                                               checkpoint_score_order=plan.mode)),
+        resume_from_checkpoint=resume_from,
+    )
+    trainer.fit()

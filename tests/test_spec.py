@@ -1,0 +1,156 @@
+"""Spec validation: every rejection the foundation issue lists, each with a message naming field, value, fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_hpo, spec_dict
+from orchestrator.spec import SpecError, load_spec, parse_spec
+
+# (description, spec mapping, words the one-line message must contain)
+BAD_SPECS = [
+    ("unknown top-level key", spec_dict(sead=1), ["unknown key 'sead'", "did you mean 'seed'"]),
+    ("misspelt section key", spec_dict(search={"algoritm": "grid"}), ["search", "'algoritm'", "did you mean 'algorithm'"]),
+    ("unknown algorithm", spec_dict(search={"algorithm": "grdi"}), ["search.algorithm", "'grdi'", "did you mean 'grid'", "quasirandom"]),
+    ("unknown scheduler", spec_dict(scheduler={"type": "hyperband"}), ["scheduler.type", "'hyperband'", "fifo, asha"]),
+    ("unknown distribution", spec_dict(search={"space": {"lr": {"logunifrom": [0.1, 1]}}}),
+     ["search.space.lr", "'logunifrom'", "did you mean 'loguniform'"]),
+    ("loguniform low 0", spec_dict(search={"space": {"lr": {"loguniform": [0, 1]}}}), ["search.space.lr.loguniform", "0 < low < high"]),
+    ("loguniform reversed", spec_dict(search={"space": {"lr": {"loguniform": [0.1, 0.01]}}}), ["loguniform", "low < high"]),
+    ("uniform reversed", spec_dict(search={"space": {"dropout": {"uniform": [0.5, 0.1]}}}), ["uniform", "low < high"]),
+    ("randint reversed", spec_dict(search={"space": {"depth": {"randint": [3, 1]}}}), ["randint", "low <= high"]),
+    ("empty choice", spec_dict(search={"space": {"hidden": {"choice": []}}}), ["search.space.hidden.choice", "at least 1"]),
+    ("wrong type: string seed", spec_dict(seed="1"), ["seed", "valid integer", "'1'"]),
+    ("wrong type: float epochs", spec_dict(train={"max_epochs": 1.5}), ["train.max_epochs", "integer", "1.5"]),
+    ("wrong type: bool workers", spec_dict(train={"workers": True}), ["train.workers", "integer"]),
+    ("negative seed", spec_dict(seed=-1), ["seed", "greater than or equal to 0", "-1"]),
+    ("zero workers", spec_dict(train={"workers": 0}), ["train.workers", "greater than 0"]),
+    ("zero epochs", spec_dict(train={"max_epochs": 0}), ["train.max_epochs", "greater than 0"]),
+    ("zero samples", spec_dict(search={"num_samples": 0}), ["search.num_samples", "greater than 0"]),
+    ("name with slash", spec_dict(name="a/b"), ["name", "'a/b'", "lowercase letters, digits and dashes"]),
+    ("name with semicolon", spec_dict(name="a;rm -rf"), ["name", "'a;rm -rf'"]),
+    ("name with space", spec_dict(name="my job"), ["name", "'my job'"]),
+    ("name too long", spec_dict(name="a" * 64), ["name", "at most 63"]),
+    ("missing name", {k: v for k, v in spec_dict().items() if k != "name"}, ["name", "is required"]),
+    ("metric not reported", spec_dict(search={"metric": "val_acc"}), ["search.metric", "'val_acc'", "did you mean 'val_accuracy'"]),
+    ("unimportable workload", spec_dict(workload="no_such_pkg.mod:fn"), ["workload", "cannot import module 'no_such_pkg.mod'"]),
+    ("unknown built-in workload", spec_dict(workload="digits-mpl"), ["workload", "did you mean 'digits-mlp'"]),
+    ("malformed entry point", spec_dict(workload="os:system;x"), ["workload", "package.module:function"]),
+    ("asha grace above epochs", spec_dict(scheduler={"type": "asha", "grace_period": 9}), ["grace_period 9", "max_epochs 3"]),
+    ("asha options on fifo", spec_dict(scheduler={"type": "fifo", "grace_period": 1}), ["scheduler", "only to type: asha"]),
+    ("grid over a range", spec_dict(search={"algorithm": "grid"}), ["grid search needs every hyperparameter to be a choice", "space.lr"]),
+    ("unsupported storage", spec_dict(storage="gs://bucket/x"), ["storage", "'gs://'", "local path"]),
+    ("unknown hyperparameter", spec_dict(search={"fixed": {"batchsize": 3}}), ["search.fixed.batchsize", "did you mean 'batch_size'"]),
+    ("searched and fixed", spec_dict(search={"fixed": {"lr": 0.1}}), ["'lr' is both searched", "fixed"]),
+    ("empty space", spec_dict(search={"space": {}}), ["search.space", "is empty"]),
+    ("bad optimizer", spec_dict(search={"fixed": {"optimizer": "adamw"}}), ["search.fixed.optimizer", "'adamw'", "adam, sgd"]),
+    ("non-finite bound", spec_dict(search={"space": {"lr": {"uniform": [0, float("inf")]}}}), ["uniform", "finite"]),
+]
+
+
+@pytest.mark.parametrize("what,data,words", BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_bad_spec_is_rejected_with_a_clear_message(what, data, words):
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, f"{what}: {word!r} not in {message!r}"
+
+
+BAD_FILES = [
+    ("empty file", b"", "file is empty"),
+    ("only a comment", b"# nothing\n", "file is empty"),
+    ("not a mapping", b"- a\n- b\n", "must be a YAML mapping"),
+    ("scalar", b"hello\n", "must be a YAML mapping"),
+    ("not YAML", b"name: [unclosed\n", "not valid YAML: line"),
+    ("binary garbage", bytes(range(256)) * 4, "binary"),
+    ("not UTF-8", b"name: \xff\xfe\n", "not UTF-8"),
+    ("alias bomb", b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                   b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+     "YAML aliases (*a) are not allowed"),
+    ("duplicate key", b"name: a\nname: b\n", "duplicate key 'name'"),
+    ("deep nesting", b"a: " + b"[" * 40 + b"]" * 40 + b"\n", "nested deeper than"),
+    ("several documents", b"name: a\n---\nname: b\n", "several YAML documents"),
+    ("huge file", b"# " + b"x" * 300_000 + b"\n", "a job spec is at most"),
+]
+
+
+@pytest.mark.parametrize("what,content,words", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_file_is_rejected(tmp_path, what, content, words):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_12_floats_and_good_spec_load(tmp_path):
+    path = tmp_path / "spec.yaml"
+    data = spec_dict()
+    text = yaml.safe_dump(data).replace("0.001", "1e-3")
+    path.write_text(text)
+    spec = load_spec(path)
+    assert spec.search.distribution("lr") == ("loguniform", [1e-3, 0.1])
+
+
+def test_missing_file():
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec("/nonexistent/spec.yaml")
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_cli_validate_exit_codes(tmp_path):
+    good = run_hpo("validate", _write(tmp_path, spec_dict()))
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith("ok: t-job")
+    bad = run_hpo("validate", _write(tmp_path, spec_dict(search={"algorithm": "grdi"})))
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "search.algorithm" in lines[0] and "did you mean 'grid'" in lines[0]
+
+
+def test_cli_run_rejects_bad_spec_and_writes_nothing(tmp_path):
+    storage = tmp_path / "store"
+    storage.mkdir()
+    bad = _write(tmp_path, spec_dict(search={"space": {"lr": {"loguniform": [0, 1]}}}, storage=str(storage)))
+    proc = run_hpo("run", bad)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "0 < low < high" in proc.stderr
+    assert list(storage.iterdir()) == []
+
+
+def test_cli_bad_arguments_exit_2():
+    proc = run_hpo("run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = run_hpo("frobnicate")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_schema_accepts_shipped_jobs_and_rejects_unknown_keys():
+    import jsonschema
+
+    proc = run_hpo("schema")
+    assert proc.returncode == 0
+    schema = json.loads(proc.stdout)
+    validator = jsonschema.Draft202012Validator(schema)
+    jobs = sorted((ROOT / "jobs").glob("*.yaml"))
+    assert jobs
+    for job in jobs:
+        data = yaml.safe_load(job.read_text())
+        errors = list(validator.iter_errors(data))
+        assert not errors, f"{job.name}: {errors[0].message}"
+    for bad in (spec_dict(extra=1), spec_dict(search={"algoritm": "grid"}),
+                spec_dict(search={"space": {"lr": {"loguniform": [0.1, 1], "x": 1}}}),
+                spec_dict(search={"space": {"lr": {"gauss": [0, 1]}}})):
+        assert list(validator.iter_errors(bad)), bad
