@@ -1,0 +1,81 @@
+"""`hpo run` as a user runs it: a subprocess with its own embedded Ray, on the README's example workload."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import ROOT, run_hpo
+from contract import check_contract
+from orchestrator.runner import RunSummary
+from orchestrator.spec import load_spec
+
+pytestmark = pytest.mark.slow
+
+
+def readme_block(after: str, lang: str) -> str:
+    """The first ```lang block after the line containing `after` in README.md."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(after)
+    match = re.compile(rf"```{lang}\n(.*?)```", re.S).search(text, start)
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("readme")
+    (work / "my_workloads.py").write_text(readme_block("A complete example", "python"))
+    (work / "wine.yaml").write_text(readme_block("a spec that uses it", "yaml"))
+    proc = run_hpo("run", "wine.yaml", "--output", "json", "--storage", str(work / "results"), cwd=work)
+    return work, proc
+
+
+def test_readme_example_runs_and_obeys_the_contract(readme_run):
+    work, proc = readme_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("results_uri: ")
+    summary = json.loads(lines[-1])
+    uri = lines[0].removeprefix("results_uri: ")
+    assert summary["results_uri"] == uri and uri.startswith(str(work / "results" / "wine-random"))
+    assert {"results_uri", "num_trials", "best"} <= set(summary)
+    assert set(summary["best"]) == {"trial_id", "iteration", "metric", "config"}
+    assert summary["num_trials"] == 4
+    spec = load_spec(work / "wine.yaml", check_workload=False)
+    check_contract(RunSummary(**summary), spec)
+    # Progress went to stderr, one line per epoch at least.
+    assert len(re.findall(r"trial_\d{4} epoch", proc.stderr)) >= 4
+    assert "Traceback" not in proc.stderr
+
+
+def test_results_show_prints_top_trials(readme_run):
+    work, proc = readme_run
+    uri = proc.stdout.splitlines()[0].removeprefix("results_uri: ")
+    shown = run_hpo("results", "show", uri, "--top", "2")
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout.splitlines()
+    assert out[0].startswith("4 trials, ranked by best val_accuracy (max)")
+    assert "trial_id" in out[1] and "width" in out[1] and len(out) == 4
+    missing = run_hpo("results", "show", str(work / "nope"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no trials.parquet" in missing.stderr
+
+
+def test_tables_read_with_pandas_polars_duckdb(readme_run):
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    import orchestrator
+
+    _, proc = readme_run
+    uri = proc.stdout.splitlines()[0].removeprefix("results_uri: ")
+    table = orchestrator.load_results(uri)
+    frame = orchestrator.load_results(uri, as_pandas=True)
+    assert isinstance(frame, pd.DataFrame) and len(frame) == table.num_rows == 20
+    assert pd.read_parquet(f"{uri}/results").shape[0] == 20
+    assert pl.read_parquet(f"{uri}/results/*.parquet").height == 20
+    assert pl.read_parquet(f"{uri}/trials.parquet").height == 4
+    best = duckdb.sql(f"select max(val_accuracy) from '{uri}/results/*.parquet'").fetchall()[0][0]
+    assert best == json.loads(proc.stdout.splitlines()[-1])["best"]["metric"]
