@@ -18,7 +18,10 @@ from typing import Any, Callable
 
 from ray.tune.search import BasicVariantGenerator
 
-from orchestrator.results import ResultsSchema, ResultsWriter, best_row, config_of, load_results, load_trials
+from orchestrator.results import (ResultsNotFound, ResultsSchema, ResultsWriter, best_row, config_of, load_results,
+                                  load_trials)
+from orchestrator.results.reader import search_metric
+from orchestrator.errors import RunError
 from orchestrator.search import build_scheduler, build_searcher
 from orchestrator.spec import JobSpec, check_against_workload
 from orchestrator.storage import join_uri, open_store
@@ -130,21 +133,25 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
     began = time.monotonic()
     results_uri = results_uri_for(spec, new_run_id(), storage)
     the_plan = plan(spec, results_uri)
-    store = open_store(results_uri)
-    store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
-    if on_start:
-        on_start(results_uri)
-    writer = ResultsWriter(store, the_plan.schema)
-    tracker = RunTracker(writer, the_plan.schema, fixed=the_plan.spec.search.fixed, max_epochs=spec.train.max_epochs,
-                         num_trials=_expected_trials(the_plan), progress=progress)
     _quiet_tune()
     started_ray = start_ray(address, num_cpus, min_cpus=cpus_needed(spec))
+    writer = None
     try:
+        check_resources(the_plan, embedded=not address)  # before anything is written
+        store = open_store(results_uri)
+        store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
+        if on_start:
+            on_start(results_uri)
+        writer = ResultsWriter(store, the_plan.schema)
+        tracker = RunTracker(writer, the_plan.schema, fixed=the_plan.spec.search.fixed,
+                             max_epochs=spec.train.max_epochs, num_trials=_expected_trials(the_plan),
+                             progress=progress)
         tuner = _tuner(the_plan, tune, tracker, store.uri)
         with contextlib.redirect_stdout(sys.stderr):  # stdout is ours: results_uri line and the summary
             tuner.fit()
     finally:
-        writer.flush()
+        if writer is not None:
+            writer.flush()
         if started_ray:
             import ray
 
@@ -187,16 +194,35 @@ def _tuner(the_plan: Plan, tune, tracker, root: str):
 
 
 def summarize(results_uri: str, wall_time_s: float = 0.0) -> RunSummary:
-    """The summary of a run, computed from its stored tables."""
-    table = load_results(results_uri)
+    """The summary of a run, computed from its stored tables (best is None if no trial reported a metric)."""
     trials = load_trials(results_uri)
-    row = best_row(table)
-    metric = table.schema.metadata[b"hpo.metric"].decode()
+    metric, mode = search_metric(trials)
     statuses: dict[str, int] = {}
     for status in trials.column("status").to_pylist():
         statuses[status] = statuses.get(status, 0) + 1
-    best = {"trial_id": row["trial_id"], "iteration": row["iteration"], "metric": row[metric],
-            "config": config_of(row)}
-    return RunSummary(results_uri, trials.num_rows, best, metric,
-                      table.schema.metadata[b"hpo.mode"].decode(), statuses, round(wall_time_s, 2))
+    best = None
+    try:
+        row = best_row(load_results(results_uri))
+        best = {"trial_id": row["trial_id"], "iteration": row["iteration"], "metric": row[metric],
+                "config": config_of(row)}
+    except ResultsNotFound:
+        pass
+    return RunSummary(results_uri, trials.num_rows, best, metric, mode, statuses, round(wall_time_s, 2))
+
+
+def check_resources(the_plan: Plan, embedded: bool) -> None:
+    """Refuse a job whose trials can never be placed on an embedded Ray (Tune would wait forever)."""
+    import ray
+
+    if not embedded:
+        return  # a real cluster may autoscale to fit
+    have = ray.cluster_resources()
+    train = the_plan.spec.train
+    if train.use_gpu and have.get("GPU", 0) < train.workers:
+        raise RunError(f"train.use_gpu is true with {train.workers} worker(s), but this machine's Ray has "
+                       f"{int(have.get('GPU', 0))} GPU(s); set use_gpu: false or run on GPU nodes (--address)")
+    need = train.workers * train.cpus_per_worker + (DRIVER_CPU if train.workers > 1 else 0)
+    if need > have.get("CPU", 0) + 1e-9:
+        raise RunError(f"one trial needs {need:g} CPUs (train.workers x train.cpus_per_worker) but Ray has "
+                       f"{have.get('CPU', 0):g}; lower them or raise --num-cpus")
 

@@ -79,3 +79,20 @@ def test_tables_read_with_pandas_polars_duckdb(readme_run):
     assert pl.read_parquet(f"{uri}/trials.parquet").height == 4
     best = duckdb.sql(f"select max(val_accuracy) from '{uri}/results/*.parquet'").fetchall()[0][0]
     assert best == json.loads(proc.stdout.splitlines()[-1])["best"]["metric"]
+
+
+def test_gpu_job_on_a_machine_without_gpus_is_refused_before_anything_is_written(tmp_path):
+    import torch
+    import yaml
+
+    from conftest import spec_dict
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    storage = tmp_path / "store"
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(train={"use_gpu": True}, storage=str(storage))))
+    proc = run_hpo("run", str(path))
+    assert proc.returncode == 2
+    assert "train.use_gpu is true" in proc.stderr and "Traceback" not in proc.stderr
+    assert "results_uri" not in proc.stdout and not storage.exists()

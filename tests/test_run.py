@@ -8,7 +8,7 @@ import pytest
 
 from conftest import spec_dict
 from contract import check_contract, deterministic_rows
-from orchestrator.results import CONFIG_PREFIX, load_results
+from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.runner import run
 from orchestrator.space import QuasiRandomSearcher, from_unit
 from orchestrator.spec import parse_spec
@@ -39,9 +39,11 @@ def test_random_fifo_is_whole_job_deterministic_at_concurrency_2(ray_cluster, tm
     assert len(set(_configs(rows_a, ["lr", "hidden"]))) == 4
 
 
-def test_random_configs_do_not_depend_on_concurrency(ray_cluster, tmp_path):
-    _, serial = _run(tmp_path / "a", search={"max_concurrent": 1, "num_samples": 4}, train={"max_epochs": 1})
-    _, parallel = _run(tmp_path / "b", search={"max_concurrent": 2, "num_samples": 4}, train={"max_epochs": 1})
+@pytest.mark.parametrize("algorithm", ["random", "quasirandom"])
+def test_fifo_job_does_not_depend_on_concurrency(ray_cluster, tmp_path, algorithm):
+    search = {"algorithm": algorithm, "num_samples": 4}
+    _, serial = _run(tmp_path / "a", search={**search, "max_concurrent": 1}, train={"max_epochs": 2})
+    _, parallel = _run(tmp_path / "b", search={**search, "max_concurrent": 3}, train={"max_epochs": 2})
     assert deterministic_rows(load_results(serial.results_uri)) == deterministic_rows(load_results(parallel.results_uri))
 
 
@@ -104,3 +106,19 @@ def test_two_worker_ddp_trial_is_bit_identical_across_runs(ray_cluster, tmp_path
     assert "/train/trial_0000/" in trials["checkpoint"][0].as_py()  # written by Ray Train's rank 0
     _, second = _run(tmp_path / "b", **kwargs)
     assert deterministic_rows(rows_a) == deterministic_rows(load_results(second.results_uri))
+
+
+def test_failing_trials_are_recorded_and_the_job_still_ends(ray_cluster, tmp_path):
+    spec, summary = _run(tmp_path, workload="tests.workloads_for_tests:broken", search={"num_samples": 2})
+    assert summary.best is None and summary.statuses == {"error": 2}
+    trials = load_trials(summary.results_uri).to_pylist()
+    assert [t["status"] for t in trials] == ["error", "error"]
+    assert all("model exploded on purpose" in t["error"] for t in trials)
+
+
+def test_regression_workload_reports_losses_only(ray_cluster, tmp_path):
+    spec, summary = _run(tmp_path, workload="tests.workloads_for_tests:digit_value",
+                         search={"num_samples": 2, "space": {"lr": {"loguniform": [1.0e-3, 1.0e-2]}}},
+                         train={"max_epochs": 2})
+    rows, _ = check_contract(summary, spec)
+    assert "val_accuracy" not in rows.column_names and summary.best["metric"] < 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from orchestrator.results import ResultsNotFound
+from orchestrator.errors import RunError
 from orchestrator.spec import JobSpec, SpecError, load_spec
 
 EXIT_FAILED = 1  # the job ran and failed
@@ -30,7 +31,7 @@ def run_command(handler, args) -> int:
     except CliError as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return exc.code
-    except ResultsNotFound as exc:
+    except (ResultsNotFound, RunError) as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -64,7 +64,7 @@ def run(args) -> int:
         _print_summary(summary)
     failed = summary.statuses.get("error", 0)
     if failed == summary.num_trials:
-        print(f"hpo: every trial failed; see error in {summary.results_uri}/trials.parquet", file=sys.stderr)
+        print(f"hpo: every trial failed ({summary.results_uri}/trials.parquet holds each error)", file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -73,7 +73,9 @@ def _print_summary(summary) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
     print(f"finished {summary.num_trials} trials ({counts}) in {summary.wall_time_s:.1f}s")
     best = summary.best
-    if best:
+    if not best:
+        print("best: none (no trial reported a metric)")
+    else:
         config = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["config"].items())
         print(f"best: {best['trial_id']} epoch {best['iteration']}: {summary.metric}={best['metric']:.4f} "
               f"({summary.mode})")

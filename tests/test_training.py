@@ -1,0 +1,131 @@
+"""The trial runner without Ray: determinism settings, seeds, data order, checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import pytest
+import torch
+
+from orchestrator.determinism import CUBLAS_WORKSPACE_CONFIG, configure_determinism, derive_seed, epoch_permutation
+from orchestrator.training import CHECKPOINT_FILE, TrialPlan, run_training
+from orchestrator.workloads import TRAINING_HYPERPARAMETERS, resolve_workload
+
+
+def _plan(epochs=3, **kw) -> TrialPlan:
+    base = dict(workload="digits-mlp", job_seed=0, fixed={}, max_epochs=epochs, workers=1, use_gpu=False,
+                cpus_per_worker=1.0, checkpoints_to_keep=2, metric="val_loss", mode="min", train_storage="")
+    base.update(kw)
+    return TrialPlan(**base)
+
+
+HP = {**TRAINING_HYPERPARAMETERS, "hidden": 32, "depth": 2, "dropout": 0.3, "lr": 0.01}
+
+
+class MemoryReporter:
+    """Keeps every report and a copy of every checkpoint directory; can hand one back to resume from."""
+
+    def __init__(self, root, resume_from: str | None = None):
+        self.root, self.resume_from = root, resume_from
+        self.metrics: list[dict] = []
+        self.checkpoints: list[str] = []
+
+    def report(self, metrics, checkpoint_dir):
+        self.metrics.append(dict(metrics))
+        if checkpoint_dir:
+            keep = os.path.join(self.root, f"ckpt-{metrics['epoch']}")
+            shutil.copytree(checkpoint_dir, keep)
+            self.checkpoints.append(keep)
+
+    def checkpoint_dir(self):
+        if self.resume_from is None:
+            return None
+        return lambda: contextlib.nullcontext(self.resume_from)
+
+
+def _strip(metrics):
+    return [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in metrics]
+
+
+def test_same_seed_same_metrics_different_seed_different(tmp_path):
+    a, b, c = (MemoryReporter(tmp_path / n) for n in "abc")
+    run_training(HP, 11, _plan(), a)
+    run_training(HP, 11, _plan(), b)
+    run_training(HP, 12, _plan(), c)
+    assert _strip(a.metrics) == _strip(b.metrics)
+    assert [m["train_loss"] for m in a.metrics] != [m["train_loss"] for m in c.metrics]
+    assert [m["epoch"] for m in a.metrics] == [1, 2, 3]
+
+
+def test_checkpoint_holds_full_state_and_resumes_bit_identically(tmp_path):
+    full = MemoryReporter(tmp_path / "full")
+    run_training(HP, 5, _plan(epochs=4), full)
+    state = torch.load(os.path.join(full.checkpoints[1], CHECKPOINT_FILE), weights_only=False)
+    assert {"model", "optimizer", "epoch", "rng", "config", "seed"} <= set(state)
+    assert state["epoch"] == 2 and state["seed"] == 5 and {"torch", "numpy", "python"} <= set(state["rng"][0])
+    resumed = MemoryReporter(tmp_path / "resumed", resume_from=full.checkpoints[1])
+    run_training(HP, 5, _plan(epochs=4), resumed)
+    assert _strip(resumed.metrics) == _strip(full.metrics[2:])  # epochs 3 and 4, dropout RNG included
+
+
+def test_data_order_depends_only_on_seed_and_epoch():
+    assert torch.equal(epoch_permutation(3, 1, 100), epoch_permutation(3, 1, 100))
+    assert not torch.equal(epoch_permutation(3, 1, 100), epoch_permutation(3, 2, 100))
+    assert not torch.equal(epoch_permutation(3, 1, 100), epoch_permutation(4, 1, 100))
+    assert derive_seed(0, 1) != derive_seed(0, 2) and 0 <= derive_seed(2**40, 7) < 2**31
+
+
+def test_sgd_optimizer_learns(tmp_path):
+    reporter = MemoryReporter(tmp_path)
+    run_training({**HP, "optimizer": "sgd", "momentum": 0.9, "lr": 0.05}, 1, _plan(epochs=3), reporter)
+    assert reporter.metrics[-1]["val_accuracy"] > 0.8
+    assert reporter.metrics[-1]["val_loss"] < reporter.metrics[0]["val_loss"]
+
+
+def test_gpu_determinism_settings_are_applied(monkeypatch):
+    """The GPU branch only sets flags and environment, so it is checked on CPU too."""
+    for var in ("CUBLAS_WORKSPACE_CONFIG", "NCCL_ALGO", "NCCL_PROTO"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    configure_determinism(use_gpu=True, threads=1)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE_CONFIG
+    assert os.environ["NCCL_ALGO"] == "Ring" and os.environ["NCCL_PROTO"] == "Simple"
+    assert torch.backends.cudnn.deterministic is True and torch.backends.cudnn.benchmark is False
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.utils.deterministic.fill_uninitialized_memory is False
+
+
+def test_use_gpu_without_cuda_is_a_clear_error():
+    from orchestrator.trial import _device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="use_gpu is true but CUDA is not available"):
+        _device(_plan(use_gpu=True), 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_gpu_training_is_deterministic(tmp_path):
+    a, b = MemoryReporter(tmp_path / "a"), MemoryReporter(tmp_path / "b")
+    run_training(HP, 3, _plan(use_gpu=True), a, device="cuda:0")
+    run_training(HP, 3, _plan(use_gpu=True), b, device="cuda:0")
+    assert _strip(a.metrics) == _strip(b.metrics)
+
+
+def test_workload_entry_point_errors(tmp_path, monkeypatch):
+    from orchestrator.workloads import WorkloadError
+
+    (tmp_path / "wl_bad.py").write_text("def not_a_workload():\n    return 42\n"
+                                        "def raises():\n    raise ValueError('boom')\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WorkloadError, match="returned int, not an orchestrator.workloads.Workload"):
+        resolve_workload("wl_bad:not_a_workload")
+    with pytest.raises(WorkloadError, match="raised ValueError: boom"):
+        resolve_workload("wl_bad:raises")
+    with pytest.raises(WorkloadError, match="has no function 'missing'"):
+        resolve_workload("wl_bad:missing")
