@@ -1,0 +1,118 @@
+"""The results schema: the only place that knows column names and types.
+
+`results/` holds one row per (trial, reported iteration); `trials.parquet` one row per trial. Column types
+come from the spec (a loguniform is float64, a randint int64, a choice of ints int64...), so every part file of
+a run has the same schema and pandas, polars and duckdb read the dataset without coercion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+CONFIG_PREFIX = "config/"
+# Columns that vary between otherwise identical runs (wall-clock); everything else is deterministic.
+TIMING_COLUMNS = ("epoch_time_s", "time_total_s", "timestamp")
+TRIAL_STATUSES = ("running", "completed", "stopped_early", "error")
+
+
+def _scalar_type(values: list) -> pa.DataType:
+    kinds = {type(v) for v in values}
+    if kinds == {bool}:
+        return pa.bool_()
+    if kinds <= {int}:
+        return pa.int64()
+    if kinds <= {int, float}:
+        return pa.float64()
+    return pa.string()
+
+
+def config_type(kind: str, args: list) -> pa.DataType:
+    """Arrow type of a hyperparameter column, from its distribution ("fixed" for a fixed value)."""
+    if kind in ("uniform", "loguniform"):
+        return pa.float64()
+    if kind == "randint":
+        return pa.int64()
+    return _scalar_type(list(args))
+
+
+def _cast(value: Any, dtype: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_string(dtype):
+        return str(value)
+    if pa.types.is_floating(dtype):
+        return float(value)
+    if pa.types.is_integer(dtype):
+        return int(value)
+    return value
+
+
+@dataclass(frozen=True)
+class ResultsSchema:
+    metrics: tuple[str, ...]  # every metric the workload reports, in order
+    config: tuple[tuple[str, pa.DataType], ...]  # (hyperparameter, type), searched then fixed
+    metric: str  # the search metric
+    mode: str
+
+    @classmethod
+    def for_spec(cls, spec, metrics: tuple[str, ...]) -> "ResultsSchema":
+        config = [(name, config_type(*spec.search.distribution(name))) for name in spec.search.space]
+        config += [(name, config_type("fixed", [value])) for name, value in spec.search.fixed.items()]
+        return cls(tuple(metrics), tuple(config), spec.search.metric, spec.search.mode)
+
+    def _metadata(self) -> dict[bytes, bytes]:
+        return {b"hpo.schema_version": SCHEMA_VERSION.encode(), b"hpo.metric": self.metric.encode(),
+                b"hpo.mode": self.mode.encode()}
+
+    def _config_fields(self) -> list[pa.Field]:
+        return [pa.field(CONFIG_PREFIX + name, dtype) for name, dtype in self.config]
+
+    def rows_schema(self) -> pa.Schema:
+        fields = [pa.field("trial_id", pa.string(), nullable=False), pa.field("iteration", pa.int64(), False)]
+        fields += [pa.field(m, pa.float64()) for m in self.metrics]
+        fields += self._config_fields()
+        fields += [pa.field("trial_seed", pa.int64()), pa.field("epoch_time_s", pa.float64()),
+                   pa.field("time_total_s", pa.float64()), pa.field("timestamp", pa.timestamp("ms", tz="UTC"))]
+        return pa.schema(fields, metadata=self._metadata())
+
+    def trials_schema(self) -> pa.Schema:
+        fields = [pa.field("trial_id", pa.string(), False), pa.field("status", pa.string()),
+                  pa.field("iterations", pa.int64()), pa.field("stopped_early", pa.bool_()),
+                  pa.field(f"best_{self.metric}", pa.float64()), pa.field("best_iteration", pa.int64())]
+        fields += [pa.field(f"last_{m}", pa.float64()) for m in self.metrics]
+        fields += self._config_fields()
+        fields += [pa.field("trial_seed", pa.int64()), pa.field("checkpoint", pa.string()),
+                   pa.field("error", pa.string())]
+        return pa.schema(fields, metadata=self._metadata())
+
+    def row(self, trial_id: str, result: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+        """One results row from a reported Tune result and the trial's full config."""
+        row: dict[str, Any] = {"trial_id": trial_id, "iteration": int(result["epoch"])}
+        row.update({m: _cast(result.get(m), pa.float64()) for m in self.metrics})
+        row.update({CONFIG_PREFIX + n: _cast(config.get(n), t) for n, t in self.config})
+        row["trial_seed"] = int(result["trial_seed"])
+        row["epoch_time_s"] = float(result.get("epoch_time_s", 0.0))
+        row["time_total_s"] = float(result.get("time_total_s", 0.0))
+        row["timestamp"] = int(float(result.get("timestamp", 0)) * 1000)
+        return row
+
+    def trial_record(self, trial_id: str, status: str, rows: list[dict], config: Mapping[str, Any],
+                     max_epochs: int, checkpoint: str | None, error: str | None) -> dict[str, Any]:
+        """One trials.parquet row from the trial's reported rows (in order)."""
+        record: dict[str, Any] = {"trial_id": trial_id, "iterations": len(rows), "checkpoint": checkpoint,
+                                  "error": error}
+        finished = status in ("completed", "stopped_early")
+        record["stopped_early"] = finished and (rows[-1]["iteration"] if rows else 0) < max_epochs
+        record["status"] = "stopped_early" if record["stopped_early"] else status
+        scored = [r for r in rows if r.get(self.metric) is not None]
+        best = (min if self.mode == "min" else max)(scored, key=lambda r: r[self.metric], default=None)
+        record[f"best_{self.metric}"] = best[self.metric] if best else None
+        record["best_iteration"] = best["iteration"] if best else None
+        record.update({f"last_{m}": rows[-1].get(m) if rows else None for m in self.metrics})
+        record.update({CONFIG_PREFIX + n: _cast(config.get(n), t) for n, t in self.config})
+        record["trial_seed"] = rows[0]["trial_seed"] if rows else None
+        return record
