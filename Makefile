@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/results_io.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

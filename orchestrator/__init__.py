@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _HOME = {
     "load_spec": "orchestrator.spec", "parse_spec": "orchestrator.spec", "SpecError": "orchestrator.spec",
     "JobSpec": "orchestrator.spec", "plan": "orchestrator.runner", "run": "orchestrator.runner",
-    "RunSummary": "orchestrator.runner", "load_results": "orchestrator.results",
+    "RunSummary": "orchestrator.summary", "load_results": "orchestrator.results",
     "load_trials": "orchestrator.results", "Workload": "orchestrator.workloads", "Splits": "orchestrator.workloads",
 }
 

@@ -192,6 +192,48 @@ class Train(_Section):
         2, description="per trial: the best by the search metric and the latest are kept")
 
 
+_SECRET_WORDS = ("secret", "access_key", "accesskey", "password", "token", "session", "credential")
+
+
+class StorageOptions(_Section):
+    """Non-secret settings for s3:// storage. Credentials never belong in a spec."""
+
+    endpoint_url: StrictStr | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:8333 "
+                                           "(default: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then AWS)")
+    region: StrictStr | None = Field(None, description="default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1")
+    addressing_style: Literal["path", "virtual", "auto"] | None = Field(
+        None, description="default: path with an endpoint_url, else auto")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if any(word in str(key).lower() for word in _SECRET_WORDS):
+                    raise ValueError(f"{key!r} looks like a credential, and credentials never go in a spec: set "
+                                     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, use "
+                                     "~/.aws/credentials (AWS_PROFILE) or an instance role")
+        return data
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            from urllib.parse import urlparse
+
+            parsed = urlparse(value)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError(f"{value!r} is not an http(s):// URL")
+            if "@" in parsed.netloc:
+                raise ValueError("must not carry credentials; set them in the environment or ~/.aws")
+        return value
+
+    def s3(self):
+        from orchestrator.storage import S3Options
+
+        return S3Options(self.endpoint_url, self.region, self.addressing_style)
+
+
 class JobSpec(_Section):
     name: StrictStr = Field(description="lowercase letters, digits, dashes; at most 63 characters")
     workload: StrictStr = Field(description="a built-in workload or 'package.module:function'")
@@ -200,7 +242,8 @@ class JobSpec(_Section):
     search: Search
     scheduler: Scheduler = Field(default_factory=Scheduler)
     train: Train = Field(default_factory=Train)
-    storage: StrictStr = Field("./results", description="a local folder (s3:// arrives with the storage issue)")
+    storage: StrictStr = Field("./results", description="a local folder, file://... or s3://bucket/prefix")
+    storage_options: StorageOptions = Field(default_factory=StorageOptions, description="for s3:// storage")
 
     @field_validator("name")
     @classmethod

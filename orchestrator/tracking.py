@@ -21,7 +21,7 @@ class RunTracker(Callback):
         self.progress = progress
         self.rows: dict[str, list[dict]] = {}
         self.records: dict[str, dict] = {}
-        self.checkpoints: dict[str, str] = {}
+        self.checkpoints: dict[str, tuple] = {}  # trial -> (latest, best) checkpoint URIs
         self.best: dict | None = None
         self.started = time.monotonic()
 
@@ -41,8 +41,8 @@ class RunTracker(Callback):
         row = self.schema.row(name, result, {**self.fixed, **trial.config})
         rows.append(row)
         self.writer.add(row)
-        if result.get("checkpoint_path"):
-            self.checkpoints[name] = result["checkpoint_path"]
+        if result.get("checkpoint"):
+            self.checkpoints[name] = (result["checkpoint"], result.get("best_checkpoint"))
         metric, value = self.schema.metric, row.get(self.schema.metric)
         if value is not None and (self.best is None or self._better(value, self.best[metric])):
             self.best = row
@@ -69,14 +69,13 @@ class RunTracker(Callback):
     def on_experiment_end(self, trials, **info):
         self.writer.flush()
 
+    def all_rows(self) -> list[dict]:
+        return [row for name in sorted(self.rows) for row in self.rows[name]]
+
     # -- helpers ------------------------------------------------------------------------------------------
     def _record(self, name: str, trial, status: str, error: str | None = None) -> dict:
-        checkpoint = self.checkpoints.get(name)
-        if checkpoint is None and getattr(trial, "checkpoint", None) is not None:
-            checkpoint = trial.checkpoint.path
-        record = self.schema.trial_record(name, status, self.rows.get(name, []),
-                                          {**self.fixed, **trial.config},
-                                          self.max_epochs, checkpoint, error)
+        record = self.schema.trial_record(name, status, self.rows.get(name, []), {**self.fixed, **trial.config},
+                                          self.max_epochs, self.checkpoints.get(name, (None, None)), error)
         self.records[name] = record
         self.writer.write_trials(list(self.records.values()))
         return record

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from orchestrator.checkpoints import TrialCheckpoints
 from orchestrator.determinism import configure_determinism, derive_seed, epoch_permutation, seed_everything
 from orchestrator.workloads import Workload, resolve_workload
 
-CHECKPOINT_FILE = "checkpoint.pt"
 EVAL_BATCH = 4096
 
 
@@ -40,15 +38,15 @@ class TrialPlan:
     checkpoints_to_keep: int
     metric: str
     mode: str
-    train_storage: str  # where multi-worker trials' Ray Train runs keep their checkpoints
+    results_uri: str  # checkpoints go to <results_uri>/checkpoints/<trial_id>/ through the run's store
+    storage_options: Any  # S3Options (endpoint, region, addressing; never credentials)
+    train_storage: str  # local staging for the Ray Train runs of multi-worker trials (controller state only)
 
 
 class Reporter(Protocol):
-    """How a loop hands metrics and checkpoints to Ray: tune.report in-process, ray.train.report under DDP."""
+    """How a loop hands metrics to Ray: tune.report in-process, ray.train.report under DDP."""
 
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
-
-    def checkpoint_dir(self) -> Callable | None: ...
+    def report(self, metrics: dict) -> None: ...
 
 
 @functools.lru_cache(maxsize=4)
@@ -109,9 +107,11 @@ def _train_epoch(model, optimizer, task, x, y, order, batch, device, world: int)
     return float(total[0] / total[1])
 
 
-def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Reporter, *, rank: int = 0,
-                 world: int = 1, device: str = "cpu") -> None:
-    """Train for plan.max_epochs (or the rest of them, from a checkpoint), reporting after every epoch."""
+def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Reporter,
+                 checkpoints: TrialCheckpoints, *, restore: bool = True, rank: int = 0, world: int = 1,
+                 device: str = "cpu") -> None:
+    """Train for plan.max_epochs (with `restore`, only the epochs after the latest checkpoint), reporting every
+    epoch. Rank 0 writes a checkpoint every epoch; with `restore` every rank starts from the latest one."""
     configure_determinism(use_gpu=plan.use_gpu, threads=max(1, math.floor(plan.cpus_per_worker)))
     workload = _workload(plan.workload)
     seed_everything(seed)  # the same on every rank: identical initial weights
@@ -121,10 +121,10 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
     optimizer = make_optimizer(hp, model.parameters())
     seed_everything(derive_seed(seed, rank, 0xD0))  # per-rank stream for dropout and friends
     start = 1
-    restore = reporter.checkpoint_dir()
-    if restore is not None:
-        with restore() as path:
-            state = torch.load(os.path.join(path, CHECKPOINT_FILE), map_location=device, weights_only=False)
+    if not restore:
+        checkpoints.start_fresh()
+    state = checkpoints.load_latest(map_location=device) if restore else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
@@ -146,12 +146,12 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
         metrics["epoch_time_s"] = time.perf_counter() - began
         rngs = _gather_rng(world)
         if rank == 0:
-            with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                            "rng": rngs, "config": dict(hp), "seed": seed}, os.path.join(tmp, CHECKPOINT_FILE))
-                reporter.report(metrics, tmp)
-        else:
-            reporter.report(metrics, None)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "rng": rngs, "config": dict(hp), "seed": seed}
+            index = checkpoints.save(epoch, state, metrics.get(plan.metric))
+            metrics["checkpoint"] = checkpoints.uri(index["latest"])
+            metrics["best_checkpoint"] = checkpoints.uri(index["best"])
+        reporter.report(metrics)
 
 
 def _gather_rng(world: int) -> list:

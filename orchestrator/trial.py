@@ -12,10 +12,16 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator.checkpoints import TrialCheckpoints
 from orchestrator.determinism import derive_seed
+from orchestrator.storage import is_remote, open_store
+from orchestrator.storage.spool import SpoolingStore, run_spool_dir
 from orchestrator.training import TrialPlan, run_training
 
 TRIAL_PREFIX = "trial_"
+# Every trial starts fresh: Tune is not asked to retry failed trials yet, so there is no checkpoint to find, and
+# not looking means a trial can start while the store is down. Retries and `hpo resume` will turn this on.
+RESTORE_CHECKPOINTS = False
 
 
 class TrialNamer:
@@ -44,27 +50,22 @@ def trial_seed(job_seed: int, index: int) -> int:
 
 
 class _TuneReporter:
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
-
-    def checkpoint_dir(self):
-        checkpoint = tune.get_checkpoint()
-        return checkpoint.as_directory if checkpoint else None
+    def report(self, metrics: dict) -> None:
+        tune.report(metrics)
 
 
 class _TrainReporter:
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+    def report(self, metrics: dict) -> None:
         import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics)
 
-    def checkpoint_dir(self):
-        import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        return checkpoint.as_directory if checkpoint else None
+def trial_checkpoints(plan: TrialPlan, name: str) -> TrialCheckpoints:
+    """This trial's checkpoints, written through a spooling store (outages wait on local disk)."""
+    store = SpoolingStore(open_store(plan.results_uri, plan.storage_options),
+                          run_spool_dir(plan.results_uri) / name, write_behind=is_remote(plan.results_uri))
+    return TrialCheckpoints(store, name, keep=plan.checkpoints_to_keep, mode=plan.mode)
 
 
 def _device(plan: TrialPlan, local_rank: int) -> str:
@@ -88,8 +89,9 @@ def _ddp_worker(loop_config: dict) -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     plan: TrialPlan = loop_config["plan"]
-    run_training(loop_config["hp"], loop_config["seed"], plan, _TrainReporter(), rank=ctx.get_world_rank(),
-                 world=ctx.get_world_size(), device=_device(plan, ctx.get_local_rank()))
+    checkpoints = trial_checkpoints(plan, loop_config["name"])
+    run_training(loop_config["hp"], loop_config["seed"], plan, _TrainReporter(), checkpoints,
+                 restore=RESTORE_CHECKPOINTS, rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=_device(plan, ctx.get_local_rank()))
 
 
 def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
@@ -98,29 +100,25 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     seed = trial_seed(plan.job_seed, trial_index(name))
     hp = {**plan.fixed, **config}
     if plan.workers == 1:
-        run_training(hp, seed, plan, _TuneReporter(), device=_device(plan, 0))
+        run_training(hp, seed, plan, _TuneReporter(), trial_checkpoints(plan, name), restore=RESTORE_CHECKPOINTS,
+                     device=_device(plan, 0))
         return
     _run_ddp(name, hp, seed, plan)
 
 
 def _run_ddp(name: str, hp: dict, seed: int, plan: TrialPlan) -> None:
-    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    resume_from = tune.get_checkpoint()  # a restored Tune trial hands its checkpoint to the workers
     trainer = TorchTrainer(
         _ddp_worker,
-        train_loop_config={"hp": hp, "seed": seed, "plan": plan},
+        train_loop_config={"hp": hp, "seed": seed, "plan": plan, "name": name},
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": plan.cpus_per_worker}),
         run_config=RunConfig(
             name=name, storage_path=plan.train_storage, callbacks=[TuneReportCallback()],
-            logging_config=LoggingConfig(log_level="WARNING"),  # Train logs every report at INFO
-            checkpoint_config=CheckpointConfig(num_to_keep=plan.checkpoints_to_keep,
-                                               checkpoint_score_attribute=plan.metric,
-                                               checkpoint_score_order=plan.mode)),
-        resume_from_checkpoint=resume_from,
+            logging_config=LoggingConfig(log_level="WARNING")),  # Train logs every report at INFO
     )
     trainer.fit()

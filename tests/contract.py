@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
-from orchestrator.spec import load_spec
+from orchestrator._yaml import load_yaml_text
+from orchestrator.spec import parse_spec
+from orchestrator.storage import open_store
 from orchestrator.trial import trial_index, trial_seed
 
 
 def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
     """Assert everything the foundation issue promises about a finished run; return (rows, trials)."""
     uri = summary.results_uri
-    assert Path(uri, "spec.yaml").is_file()
-    resolved = load_spec(Path(uri, "spec.yaml"), check_workload=False)
+    store = open_store(uri)
+    resolved = parse_spec(load_yaml_text(store.read_bytes("spec.yaml")), check_workload=False)
     assert resolved.name == spec.name and resolved.seed == spec.seed
     rows, trials = load_results(uri), load_trials(uri)
     metric, mode = spec.search.metric, spec.search.mode
@@ -62,7 +63,9 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
         assert t["stopped_early"] == (len(trial_rows) < spec.train.max_epochs)
         assert t["status"] == ("stopped_early" if t["stopped_early"] else "completed")
         assert t["trial_seed"] == trial_rows[0]["trial_seed"]
-        assert t["checkpoint"] and Path(t["checkpoint"]).is_dir(), t["checkpoint"]
+        for key in ("checkpoint", "best_checkpoint"):
+            rel = t[key].removeprefix(store.uri + "/")
+            assert rel.startswith(f"checkpoints/{t['trial_id']}/epoch-") and store.exists(rel), t[key]
         assert t["error"] is None
 
     # best = the best metric value over all (trial, iteration) rows.

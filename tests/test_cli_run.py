@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, run_hpo
 from contract import check_contract
-from orchestrator.runner import RunSummary
+from orchestrator.summary import RunSummary
 from orchestrator.spec import load_spec
 
 pytestmark = pytest.mark.slow

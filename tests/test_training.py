@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 
 import pytest
 import torch
 
 from orchestrator.determinism import CUBLAS_WORKSPACE_CONFIG, configure_determinism, derive_seed, epoch_permutation
-from orchestrator.training import CHECKPOINT_FILE, TrialPlan, run_training
+from orchestrator.checkpoints import TrialCheckpoints
+from orchestrator.storage import LocalStore
+from orchestrator.training import TrialPlan, run_training
 from orchestrator.workloads import TRAINING_HYPERPARAMETERS, resolve_workload
 
 
 def _plan(epochs=3, **kw) -> TrialPlan:
     base = dict(workload="digits-mlp", job_seed=0, fixed={}, max_epochs=epochs, workers=1, use_gpu=False,
-                cpus_per_worker=1.0, checkpoints_to_keep=2, metric="val_loss", mode="min", train_storage="")
+                cpus_per_worker=1.0, checkpoints_to_keep=2, metric="val_loss", mode="min", results_uri="",
+                storage_options=None, train_storage="")
     base.update(kw)
     return TrialPlan(**base)
 
@@ -25,35 +26,30 @@ HP = {**TRAINING_HYPERPARAMETERS, "hidden": 32, "depth": 2, "dropout": 0.3, "lr"
 
 
 class MemoryReporter:
-    """Keeps every report and a copy of every checkpoint directory; can hand one back to resume from."""
+    """Keeps every report; its checkpoints live in a LocalStore under `root`."""
 
-    def __init__(self, root, resume_from: str | None = None):
-        self.root, self.resume_from = root, resume_from
+    def __init__(self, root, keep: int = 2):
         self.metrics: list[dict] = []
-        self.checkpoints: list[str] = []
+        self.checkpoints = TrialCheckpoints(LocalStore(root), "trial_0000", keep=keep, mode="min")
 
-    def report(self, metrics, checkpoint_dir):
+    def report(self, metrics):
         self.metrics.append(dict(metrics))
-        if checkpoint_dir:
-            keep = os.path.join(self.root, f"ckpt-{metrics['epoch']}")
-            shutil.copytree(checkpoint_dir, keep)
-            self.checkpoints.append(keep)
 
-    def checkpoint_dir(self):
-        if self.resume_from is None:
-            return None
-        return lambda: contextlib.nullcontext(self.resume_from)
+
+def run(hp, seed, plan, reporter, **kw):
+    run_training(hp, seed, plan, reporter, reporter.checkpoints, **kw)
 
 
 def _strip(metrics):
-    return [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in metrics]
+    return [{k: v for k, v in m.items() if k not in ("epoch_time_s", "checkpoint", "best_checkpoint")}
+            for m in metrics]
 
 
 def test_same_seed_same_metrics_different_seed_different(tmp_path):
     a, b, c = (MemoryReporter(tmp_path / n) for n in "abc")
-    run_training(HP, 11, _plan(), a)
-    run_training(HP, 11, _plan(), b)
-    run_training(HP, 12, _plan(), c)
+    run(HP, 11, _plan(), a)
+    run(HP, 11, _plan(), b)
+    run(HP, 12, _plan(), c)
     assert _strip(a.metrics) == _strip(b.metrics)
     assert [m["train_loss"] for m in a.metrics] != [m["train_loss"] for m in c.metrics]
     assert [m["epoch"] for m in a.metrics] == [1, 2, 3]
@@ -61,13 +57,28 @@ def test_same_seed_same_metrics_different_seed_different(tmp_path):
 
 def test_checkpoint_holds_full_state_and_resumes_bit_identically(tmp_path):
     full = MemoryReporter(tmp_path / "full")
-    run_training(HP, 5, _plan(epochs=4), full)
-    state = torch.load(os.path.join(full.checkpoints[1], CHECKPOINT_FILE), weights_only=False)
+    run(HP, 5, _plan(epochs=4), full)
+    # A trial that died after epoch 2: its store holds checkpoints up to epoch 2 only.
+    partial = MemoryReporter(tmp_path / "partial")
+    run(HP, 5, _plan(epochs=2), partial)
+    state = partial.checkpoints.load_latest()
     assert {"model", "optimizer", "epoch", "rng", "config", "seed"} <= set(state)
     assert state["epoch"] == 2 and state["seed"] == 5 and {"torch", "numpy", "python"} <= set(state["rng"][0])
-    resumed = MemoryReporter(tmp_path / "resumed", resume_from=full.checkpoints[1])
-    run_training(HP, 5, _plan(epochs=4), resumed)
+    resumed = MemoryReporter(tmp_path / "partial")  # same store: picks up the latest checkpoint
+    run(HP, 5, _plan(epochs=4), resumed)
+    assert [m["epoch"] for m in resumed.metrics] == [3, 4]
     assert _strip(resumed.metrics) == _strip(full.metrics[2:])  # epochs 3 and 4, dropout RNG included
+
+
+def test_checkpoints_keep_latest_and_best(tmp_path):
+    reporter = MemoryReporter(tmp_path, keep=1)
+    run({**HP, "lr": 0.5}, 5, _plan(epochs=5), reporter)  # a high lr makes val_loss bounce
+    index = reporter.checkpoints.index()
+    losses = [m["val_loss"] for m in reporter.metrics]
+    assert index["latest"] == 5 and index["best"] == 1 + losses.index(min(losses))
+    kept = sorted(p.name for p in (tmp_path / "checkpoints" / "trial_0000").glob("epoch-*.pt"))
+    assert kept == sorted({f"epoch-{index['latest']:04d}.pt", f"epoch-{index['best']:04d}.pt"})
+    assert reporter.metrics[-1]["best_checkpoint"].endswith(f"epoch-{index['best']:04d}.pt")
 
 
 def test_data_order_depends_only_on_seed_and_epoch():
@@ -79,7 +90,7 @@ def test_data_order_depends_only_on_seed_and_epoch():
 
 def test_sgd_optimizer_learns(tmp_path):
     reporter = MemoryReporter(tmp_path)
-    run_training({**HP, "optimizer": "sgd", "momentum": 0.9, "lr": 0.05}, 1, _plan(epochs=3), reporter)
+    run({**HP, "optimizer": "sgd", "momentum": 0.9, "lr": 0.05}, 1, _plan(epochs=3), reporter)
     assert reporter.metrics[-1]["val_accuracy"] > 0.8
     assert reporter.metrics[-1]["val_loss"] < reporter.metrics[0]["val_loss"]
 
@@ -112,8 +123,8 @@ def test_use_gpu_without_cuda_is_a_clear_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_gpu_training_is_deterministic(tmp_path):
     a, b = MemoryReporter(tmp_path / "a"), MemoryReporter(tmp_path / "b")
-    run_training(HP, 3, _plan(use_gpu=True), a, device="cuda:0")
-    run_training(HP, 3, _plan(use_gpu=True), b, device="cuda:0")
+    run(HP, 3, _plan(use_gpu=True), a, device="cuda:0")
+    run(HP, 3, _plan(use_gpu=True), b, device="cuda:0")
     assert _strip(a.metrics) == _strip(b.metrics)
 
 

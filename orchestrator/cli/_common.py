@@ -6,10 +6,12 @@ import sys
 
 from orchestrator.results import ResultsNotFound
 from orchestrator.errors import RunError
+from orchestrator.storage import StoreError
 from orchestrator.spec import JobSpec, SpecError, load_spec
 
 EXIT_FAILED = 1  # the job ran and failed
 EXIT_USAGE = 2  # bad input: nothing was started
+EXIT_UNSYNCED = 3  # the job ran, but storage was unreachable at the end: results wait in the local spool
 
 
 class CliError(Exception):
@@ -31,7 +33,7 @@ def run_command(handler, args) -> int:
     except CliError as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return exc.code
-    except (ResultsNotFound, RunError) as exc:
+    except (ResultsNotFound, RunError, StoreError) as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

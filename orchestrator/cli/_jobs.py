@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from orchestrator.cli._common import EXIT_FAILED, CliError, read_spec
+from orchestrator.cli._common import EXIT_FAILED, EXIT_UNSYNCED, CliError, read_spec
 from orchestrator.spec import json_schema
 
 
@@ -62,6 +62,10 @@ def run(args) -> int:
         print(json.dumps(summary.to_json(), default=str))
     else:
         _print_summary(summary)
+    if summary.upload_pending:
+        print(f"hpo: storage unreachable: {summary.upload_pending} upload(s) still wait in {summary.spool_dir}; "
+              f"run `hpo results sync {summary.results_uri}` when it is back", file=sys.stderr)
+        return EXIT_UNSYNCED
     failed = summary.statuses.get("error", 0)
     if failed == summary.num_trials:
         print(f"hpo: every trial failed ({summary.results_uri}/trials.parquet holds each error)", file=sys.stderr)

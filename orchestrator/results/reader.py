@@ -1,41 +1,63 @@
-"""The one reader of a run's tables: pyarrow Tables (pandas on request) from a results URI."""
+"""The one reader of a run's tables: pyarrow Tables (pandas on request) from a results URI, local or S3."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from orchestrator.results.schema import CONFIG_PREFIX
-from orchestrator.results.writer import RESULTS_DIR, TRIALS_FILE
-from orchestrator.storage import open_store
+from orchestrator.results.writer import MANIFEST, RESULTS_DIR, TRIALS_FILE
+from orchestrator.storage import Store, open_store
 
 
 class ResultsNotFound(FileNotFoundError):
     pass
 
 
-def load_results(uri: str, *, as_pandas: bool = False):
+def result_files(store: Store) -> list[str]:
+    """The files that make up the results table now: the manifest's list (no listing of the store needed)."""
+    try:
+        return json.loads(store.read_bytes(MANIFEST))["files"]
+    except FileNotFoundError:
+        return [f for f in store.list(RESULTS_DIR) if f.endswith(".parquet")]
+
+
+def _read_table(store: Store, rel: str) -> pa.Table:
+    # Single-threaded decode: with pyarrow's thread pool used in a process that also used boto3, about half of
+    # such processes abort at interpreter exit ("terminate called without an active exception"; measured).
+    return pq.read_table(io.BytesIO(store.read_bytes(rel)), use_threads=False)
+
+
+def load_results(uri: str | Store, *, as_pandas: bool = False, options=None):
     """Every (trial, iteration) row of the run at `uri`, sorted by trial and iteration."""
-    store = open_store(uri)
-    files = [f for f in store.list(RESULTS_DIR) if f.endswith(".parquet") and not f.split("/")[-1].startswith(".")]
-    if not files:
-        raise ResultsNotFound(f"no results under {store.path(RESULTS_DIR)} (is {uri} a run's results_uri?)")
-    fs, root = store.arrow_filesystem()
-    dataset = ds.dataset([f"{root}/{f}" for f in files], format="parquet", filesystem=fs)
-    table = dataset.to_table().sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
-    table = table.replace_schema_metadata(dataset.schema.metadata)
+    store = uri if isinstance(uri, Store) else open_store(uri, options)
+    for _ in range(5):  # a compaction may delete a file between reading the manifest and the file
+        files = result_files(store)
+        if not files:
+            raise ResultsNotFound(f"no results under {store.path(RESULTS_DIR)} (is {store.uri} a run's results_uri?)")
+        try:
+            tables = [_read_table(store, f) for f in files]
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        raise ResultsNotFound(f"results under {store.path(RESULTS_DIR)} kept changing while being read")
+    table = pa.concat_tables(tables).sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
+    table = table.replace_schema_metadata(tables[0].schema.metadata)
     return table.to_pandas() if as_pandas else table
 
 
-def load_trials(uri: str, *, as_pandas: bool = False):
+def load_trials(uri: str | Store, *, as_pandas: bool = False, options=None):
     """One row per trial of the run at `uri`."""
-    store = open_store(uri)
-    if not store.exists(TRIALS_FILE):
-        raise ResultsNotFound(f"no {TRIALS_FILE} under {store.path()} (is {uri} a run's results_uri?)")
-    fs, root = store.arrow_filesystem()
-    table = pq.read_table(f"{root}/{TRIALS_FILE}", filesystem=fs)
+    store = uri if isinstance(uri, Store) else open_store(uri, options)
+    try:
+        table = _read_table(store, TRIALS_FILE)
+    except FileNotFoundError:
+        raise ResultsNotFound(f"no {TRIALS_FILE} under {store.path()} (is {store.uri} a run's results_uri?)") from None
     return table.to_pandas() if as_pandas else table
 
 

@@ -86,7 +86,7 @@ class ResultsSchema:
         fields += [pa.field(f"last_{m}", pa.float64()) for m in self.metrics]
         fields += self._config_fields()
         fields += [pa.field("trial_seed", pa.int64()), pa.field("checkpoint", pa.string()),
-                   pa.field("error", pa.string())]
+                   pa.field("best_checkpoint", pa.string()), pa.field("error", pa.string())]
         return pa.schema(fields, metadata=self._metadata())
 
     def row(self, trial_id: str, result: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,10 +101,10 @@ class ResultsSchema:
         return row
 
     def trial_record(self, trial_id: str, status: str, rows: list[dict], config: Mapping[str, Any],
-                     max_epochs: int, checkpoint: str | None, error: str | None) -> dict[str, Any]:
-        """One trials.parquet row from the trial's reported rows (in order)."""
-        record: dict[str, Any] = {"trial_id": trial_id, "iterations": len(rows), "checkpoint": checkpoint,
-                                  "error": error}
+                     max_epochs: int, checkpoints: tuple[str | None, str | None], error: str | None) -> dict:
+        """One trials.parquet row from the trial's reported rows (in order); checkpoints = (latest, best)."""
+        record: dict[str, Any] = {"trial_id": trial_id, "iterations": len(rows), "checkpoint": checkpoints[0],
+                                  "best_checkpoint": checkpoints[1], "error": error}
         finished = status in ("completed", "stopped_early")
         record["stopped_early"] = finished and (rows[-1]["iteration"] if rows else 0) < max_epochs
         record["status"] = "stopped_early" if record["stopped_early"] else status

@@ -1,33 +1,50 @@
-"""Where results live: a small `Store` interface (base.py) with a local implementation (local.py)."""
+"""Where results live: a small `Store` interface (base.py) with local (local.py) and S3 (s3.py)
+implementations, and a spool (spool.py) that keeps writes safe through storage outages."""
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 from orchestrator.storage.base import Store, StoreError
 from orchestrator.storage.local import LocalStore
+from orchestrator.storage.s3 import S3Options, S3Store
 
-__all__ = ["Store", "StoreError", "LocalStore", "open_store", "check_storage_uri", "join_uri"]
-
-SUPPORTED = ("a local path", "file://")
+__all__ = ["Store", "StoreError", "LocalStore", "S3Store", "S3Options", "open_store", "check_storage_uri",
+           "join_uri", "is_remote"]
 
 
 def check_storage_uri(uri: str) -> str:
     """Return `uri` if it names storage we can write to, else raise ValueError naming the fix."""
     if not uri.strip():
-        raise ValueError("is empty; give a local folder such as ./results")
-    if "\x00" in uri:
-        raise ValueError("contains a NUL byte")
-    if "://" in uri and not uri.startswith("file://"):
-        scheme = uri.split("://", 1)[0]
-        raise ValueError(f"scheme {scheme + '://'!r} is not supported (use a local path or file://; "
-                         "s3:// support is planned)")
+        raise ValueError("is empty; give a local folder such as ./results or s3://bucket/prefix")
+    if "\x00" in uri or "\n" in uri:
+        raise ValueError("contains a control character")
+    if "://" not in uri or uri.startswith("file://"):
+        return uri
+    scheme = uri.split("://", 1)[0]
+    if scheme != "s3":
+        raise ValueError(f"scheme {scheme + '://'!r} is not supported (use a local path, file:// or s3://; for "
+                         "GCS, R2 or MinIO use s3:// with storage_options.endpoint_url)")
+    parsed = urlparse(uri)
+    if "@" in parsed.netloc:
+        raise ValueError("s3:// URIs must not carry credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
+                         "environment, ~/.aws/credentials, or use an instance role")
+    if not parsed.netloc:
+        raise ValueError(f"{uri!r} names no bucket; write s3://bucket/prefix")
     return uri
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith("s3://")
 
 
 def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
-def open_store(uri: str) -> Store:
-    """The store rooted at `uri`."""
+def open_store(uri: str, options: S3Options | None = None) -> Store:
+    """The store rooted at `uri` (a local path, file://, or s3://bucket/prefix)."""
     check_storage_uri(uri)
+    if is_remote(uri):
+        return S3Store(uri, options)
     return LocalStore(uri.removeprefix("file://"))

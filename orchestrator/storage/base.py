@@ -28,8 +28,12 @@ class Store(ABC):
     def exists(self, rel: str) -> bool: ...
 
     @abstractmethod
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
+        """{relative path: size in bytes} of every object under `prefix`, sorted by path."""
+
     def list(self, prefix: str = "") -> list[str]:
         """Relative paths of every object under `prefix`, sorted."""
+        return list(self.list_sizes(prefix))
 
     @abstractmethod
     def delete(self, rel: str) -> None:

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from orchestrator.storage.base import Store
+from orchestrator.storage.base import Store, StoreError
 
 
 class LocalStore(Store):
@@ -22,7 +22,10 @@ class LocalStore(Store):
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         full = self._full(rel)
-        full.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            full.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot write {full} ({exc.strerror})") from None
         # Write beside the target under a hidden name (Parquet readers skip dot-files), then rename: atomic.
         fd, tmp = tempfile.mkstemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp")
         try:
@@ -39,13 +42,15 @@ class LocalStore(Store):
     def exists(self, rel: str) -> bool:
         return self._full(rel).exists()
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
         base = self._full(prefix) if prefix else self.root
         if base.is_file():
-            return [prefix]
+            return {prefix: base.stat().st_size}
         if not base.is_dir():
-            return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+            return {}
+        # Hidden names are writes in progress (see write_bytes), not objects yet.
+        files = (p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return dict(sorted((str(p.relative_to(self.root)), p.stat().st_size) for p in files))
 
     def delete(self, rel: str) -> None:
         self._full(rel).unlink(missing_ok=True)

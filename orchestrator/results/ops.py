@@ -1,0 +1,106 @@
+"""Operations on stored runs: pull a run to local disk, list the runs under a storage root, sync a spool."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.results.reader import ResultsNotFound, load_trials, result_files
+from orchestrator.results.writer import MANIFEST, TRIALS_FILE
+from orchestrator.storage import LocalStore, open_store
+from orchestrator.storage.spool import drain_directory, pending_items, run_spool_dir
+
+RUN_FILE = "run.json"
+SPEC_FILE = "spec.yaml"
+
+
+@dataclass
+class PullReport:
+    destination: str
+    files: int
+    bytes: int
+    rows_files: int
+    checkpoints: int
+
+
+def pull(uri: str, to: str | Path, *, checkpoints: bool = False, options=None) -> PullReport:
+    """Copy a run's tables (and with `checkpoints`, each trial's best checkpoint) to the local folder `to`.
+
+    The copy is a consistent snapshot even while the run is live: the results files are those the manifest
+    names at the moment of the pull, and the copied manifest names exactly them."""
+    source = open_store(uri, options)
+    dest = LocalStore(Path(to))
+    for _ in range(5):
+        try:
+            files = result_files(source)
+            copied = {f: source.read_bytes(f) for f in files}
+            break
+        except FileNotFoundError:  # compacted away between manifest and read: take the new manifest
+            continue
+    else:
+        raise ResultsNotFound(f"results under {source.uri} kept changing while being pulled")
+    if not copied:
+        raise ResultsNotFound(f"no results under {source.path('results')} (is {uri} a run's results_uri?)")
+    for name in (SPEC_FILE, RUN_FILE, TRIALS_FILE):
+        try:
+            copied[name] = source.read_bytes(name)
+        except FileNotFoundError:
+            pass
+    copied[MANIFEST] = json.dumps({"version": 1, "files": sorted(files), "complete": False,
+                                   "pulled_from": source.uri}).encode()
+    n_checkpoints = 0
+    if checkpoints and TRIALS_FILE in copied:
+        for row in load_trials(source).to_pylist():
+            best = row.get("best_checkpoint")
+            if best and best.startswith(source.uri + "/"):
+                rel = best[len(source.uri) + 1:]
+                copied[rel] = source.read_bytes(rel)
+                n_checkpoints += 1
+    for rel, data in copied.items():
+        dest.write_bytes(rel, data)
+    return PullReport(dest.uri, len(copied), sum(len(d) for d in copied.values()), len(files), n_checkpoints)
+
+
+@dataclass
+class RunInfo:
+    uri: str
+    name: str
+    run_id: str
+    status: str
+    time: str
+    objects: int
+    bytes: int
+
+
+def list_runs(storage: str, *, options=None) -> list[RunInfo]:
+    """Every run under a storage root (`<storage>/<name>/<run id>/`), with its status and size."""
+    store = open_store(storage, options)
+    runs: dict[tuple[str, str], list[int]] = {}
+    for rel, size in store.list_sizes().items():
+        parts = rel.split("/")
+        if len(parts) >= 3:
+            runs.setdefault((parts[0], parts[1]), []).append(size)
+    infos = []
+    for (name, run_id), sizes in sorted(runs.items()):
+        try:
+            info = json.loads(store.read_bytes(f"{name}/{run_id}/{RUN_FILE}"))
+        except (FileNotFoundError, ValueError):
+            info = {}
+        if not info and not store.exists(f"{name}/{run_id}/{SPEC_FILE}"):
+            continue  # not a run
+        infos.append(RunInfo(store.path(f"{name}/{run_id}"), name, run_id, info.get("status", "unknown"),
+                             info.get("time", ""), len(sizes), sum(sizes)))
+    return infos
+
+
+def sync(uri: str, *, options=None) -> tuple[int, int]:
+    """Upload what an outage left in the local spool for the run at `uri`. Returns (uploaded, still waiting)."""
+    spool = run_spool_dir(uri)
+    before = pending_items(spool)
+    if before:
+        store = open_store(uri, options)
+        for directory in sorted(d for d in spool.iterdir() if d.is_dir()):
+            drain_directory(store, directory)
+    after = pending_items(spool)
+    return before - after, after

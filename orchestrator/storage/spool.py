@@ -1,0 +1,232 @@
+"""Outage-proof writes: a Store wrapper that spools to local disk when the real store fails or is slow.
+
+With `write_behind` (used for remote stores) every write lands in a spool directory on local disk and a
+background thread uploads the spool in order, so training never waits on the network: a store that refuses,
+or hangs, only delays uploads (retried with exponential backoff). Without it (local stores), writes go
+straight to the inner store while it answers, and only a failed write (and every later one, to keep their
+order) is spooled. Puts of unique names are idempotent
+and deletes are idempotent, so an item uploaded twice (a crash between upload and unspooling) changes
+nothing: no row is lost or duplicated. The spool survives the process: `sync_spool(dir)` (behind
+`hpo results sync`) uploads what a finished or killed process left behind. A file lock serialises uploaders
+of one spool directory across processes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from orchestrator.storage.base import Store, StoreError
+
+SPOOL_ENV = "HPO_SPOOL_DIR"
+_RETRYABLE = (StoreError, OSError)
+
+
+def spool_root() -> Path:
+    return Path(os.environ.get(SPOOL_ENV) or Path.home() / ".cache" / "hpo" / "spool")
+
+
+def run_spool_dir(results_uri: str) -> Path:
+    """The spool directory of one run (every writer of the run has a subdirectory)."""
+    digest = hashlib.sha256(results_uri.encode()).hexdigest()[:16]
+    return spool_root() / digest
+
+
+class _Lock:
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self._fh = open(directory / ".lock", "a+")
+
+    def __enter__(self):
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+
+
+def _items(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.json") if p.name[0].isdigit())
+
+
+def _upload_one(store: Store, meta_path: Path) -> None:
+    """Apply one spooled operation to `store`, then forget it. Raises on store failure."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return  # another uploader finished it
+    data_path = meta_path.with_suffix(".data")
+    if meta["op"] == "put":
+        try:
+            data = data_path.read_bytes()
+        except FileNotFoundError:
+            return
+        store.write_bytes(meta["rel"], data)
+    else:
+        store.delete(meta["rel"])
+    meta_path.unlink(missing_ok=True)
+    data_path.unlink(missing_ok=True)
+
+
+def drain_directory(store: Store, directory: Path) -> int:
+    """Upload every spooled item of `directory` in order; stop at the first failure. Returns items left."""
+    if not directory.is_dir():
+        return 0
+    with _Lock(directory):
+        for meta_path in _items(directory):
+            try:
+                _upload_one(store, meta_path)
+            except _RETRYABLE:
+                break
+        return len(_items(directory))
+
+
+def pending_items(run_dir: Path) -> int:
+    return sum(len(_items(d)) for d in run_dir.glob("*") if d.is_dir()) if run_dir.is_dir() else 0
+
+
+class SpoolingStore(Store):
+    """`inner` plus a local spool at `directory` for writes the inner store refuses."""
+
+    def __init__(self, inner: Store, directory: Path, *, write_behind: bool = False, backoff_s: float = 0.5,
+                 max_backoff_s: float = 10.0):
+        self.inner, self.directory, self.write_behind = inner, Path(directory), write_behind
+        self.uri = inner.uri
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+        self.outage_seen = False
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in ("_lock", "_wake", "_thread"):
+            state[key] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock, self._wake, self._thread = threading.Lock(), threading.Event(), None
+
+    # -- Store ---------------------------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self._lock:
+            if not self.write_behind and not self.pending():
+                try:
+                    self.inner.write_bytes(rel, data)
+                    return
+                except _RETRYABLE:
+                    self.outage_seen = True
+            self._spool({"op": "put", "rel": rel}, data)
+
+    def delete(self, rel: str) -> None:
+        with self._lock:
+            if not self.write_behind and not self.pending():
+                try:
+                    self.inner.delete(rel)
+                    return
+                except _RETRYABLE:
+                    self.outage_seen = True
+            self._spool({"op": "delete", "rel": rel}, None)
+
+    def _spooled(self, rel: str) -> Path | None:
+        """The newest spooled operation on `rel`, if any (it is what the store will hold)."""
+        for meta_path in reversed(_items(self.directory) if self.directory.is_dir() else []):
+            try:
+                if json.loads(meta_path.read_text())["rel"] == rel.strip("/"):
+                    return meta_path
+            except FileNotFoundError:
+                continue
+        return None
+
+    def read_bytes(self, rel: str) -> bytes:
+        meta_path = self._spooled(rel)
+        if meta_path is None:
+            return self.inner.read_bytes(rel)
+        if json.loads(meta_path.read_text())["op"] == "delete":
+            raise FileNotFoundError(self.path(rel))
+        return meta_path.with_suffix(".data").read_bytes()
+
+    def exists(self, rel: str) -> bool:
+        meta_path = self._spooled(rel)
+        if meta_path is None:
+            return self.inner.exists(rel)
+        return json.loads(meta_path.read_text())["op"] == "put"
+
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
+        found = self.inner.list_sizes(prefix)
+        base = prefix.strip("/")
+        for meta_path in _items(self.directory) if self.directory.is_dir() else []:  # oldest first
+            try:
+                meta = json.loads(meta_path.read_text())
+                under = not base or meta["rel"] == base or meta["rel"].startswith(base + "/")
+                if under and meta["op"] == "put":
+                    found[meta["rel"]] = meta_path.with_suffix(".data").stat().st_size
+                elif under:
+                    found.pop(meta["rel"], None)
+            except FileNotFoundError:
+                continue  # uploaded meanwhile: the inner listing may or may not have it; list again if it matters
+        return dict(sorted(found.items()))
+
+    def arrow_filesystem(self):
+        return self.inner.arrow_filesystem()
+
+    # -- spool ---------------------------------------------------------------------------------------------
+    def pending(self) -> int:
+        return len(_items(self.directory)) if self.directory.is_dir() else 0
+
+    def _spool(self, meta: dict, data: bytes | None) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = _items(self.directory)
+        self._seq = max(self._seq, int(existing[-1].stem) + 1 if existing else 0)
+        stem = self.directory / f"{self._seq:012d}"
+        self._seq += 1
+        meta["rel"] = meta["rel"].strip("/")
+        if data is not None:
+            tmp = stem.with_suffix(".data.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, stem.with_suffix(".data"))
+        tmp = stem.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, stem.with_suffix(".json"))  # the item exists once its metadata does
+        self._start_uploader()
+
+    def _start_uploader(self) -> None:  # called holding self._lock
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._upload_loop, name="hpo-spool-uploader", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _upload_loop(self) -> None:
+        delay = self.backoff_s
+        while True:
+            self._wake.clear()
+            left = drain_directory(self.inner, self.directory)
+            with self._lock:  # deciding to stop under the writers' lock: no item can be stranded
+                if left == 0 and self.pending() == 0:
+                    self._thread = None
+                    return
+            if left:
+                self.outage_seen = True
+                self._wake.wait(delay)
+                delay = min(self.max_backoff_s, delay * 2)
+            else:
+                delay = self.backoff_s
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the spool to empty (retrying now). True if nothing is left."""
+        deadline = time.monotonic() + timeout_s
+        delay = self.backoff_s
+        while True:
+            if drain_directory(self.inner, self.directory) == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(self.max_backoff_s, delay * 2)
