@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -26,6 +27,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from orchestrator.ray_env import (DRIVER_CPU, check_resources, keep_credentials_out_of_ray, quiet_tune, start_ray,
                                   trial_cpus)
+from orchestrator.errors import RunError
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.search import build_scheduler, build_searcher
 from orchestrator.spec import JobSpec, check_against_workload
@@ -91,10 +93,13 @@ def _stderr(line: str) -> None:
 
 
 def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None, num_cpus: float | None = None,
-        progress: Callable[[str], None] = _stderr, on_start: Callable[[str], None] | None = None) -> RunSummary:
+        progress: Callable[[str], None] = _stderr, on_start: Callable[[str], None] | None = None,
+        run_id: str | None = None) -> RunSummary:
     """Run the job described by `spec` and return its summary. `on_start(results_uri)` runs before any trial."""
     began = time.monotonic()
-    results_uri = results_uri_for(spec, new_run_id(), storage)
+    if run_id is not None and not re.fullmatch(r"[0-9A-Za-z-]{1,64}", run_id):
+        raise RunError(f"run id {run_id!r}: use letters, digits and dashes")
+    results_uri = results_uri_for(spec, run_id or new_run_id(), storage)
     the_plan = plan(spec, results_uri)
     quiet_tune()
     keep_credentials_out_of_ray()
@@ -151,7 +156,7 @@ def _finish_uploads(store: SpoolingStore, the_plan: Plan, progress) -> int:
     deadline, delay = time.monotonic() + DRAIN_TIMEOUT_S, 0.5
     while pending_items(spool):
         for directory in sorted(d for d in spool.iterdir() if d.is_dir() and d.name != "ray"):
-            drain_directory(store.inner, directory)
+            drain_directory(store.inner, directory, deadline)
         if not pending_items(spool) or time.monotonic() >= deadline:
             break
         time.sleep(delay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -25,6 +26,7 @@ def register(commands) -> None:
     p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
     p.add_argument("--num-cpus", type=float, help="logical CPUs for the embedded Ray (default: enough for the job)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    p.add_argument("--run-id", help=argparse.SUPPRESS)  # chosen by `hpo submit`, so it knows the results URI
     p.set_defaults(handler=run)
 
 
@@ -57,6 +59,7 @@ def run(args) -> int:
             print(line, file=sys.stderr, flush=True)
 
     summary = run_job(spec, storage=args.storage, address=args.address, num_cpus=args.num_cpus, progress=progress,
+                      run_id=args.run_id,
                       on_start=lambda uri: print(f"results_uri: {uri}", flush=True))
     if args.output == "json":
         print(json.dumps(summary.to_json(), default=str))

@@ -56,7 +56,7 @@ class S3Store(Store):
             from botocore.config import Config
 
             config = Config(s3={"addressing_style": self.options.resolved_addressing()},
-                            retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=20)
+                            retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=10)
             # A session per store: boto3's default session caches the credentials it resolved first.
             self._client = boto3.session.Session().client("s3", endpoint_url=self.options.resolved_endpoint(),
                                         region_name=self.options.resolved_region(), config=config)

@@ -38,16 +38,25 @@ def run_spool_dir(results_uri: str) -> Path:
 
 
 class _Lock:
+    """An exclusive, non-blocking lock on a spool directory, across processes (released if one dies)."""
+
     def __init__(self, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
         self._fh = open(directory / ".lock", "a+")
+        self.held = False
 
     def __enter__(self):
-        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.held = True
+        except BlockingIOError:
+            self.held = False  # another uploader is on it; the caller retries later
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        if self.held:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
 
 
 def _items(directory: Path) -> list[Path]:
@@ -73,12 +82,17 @@ def _upload_one(store: Store, meta_path: Path) -> None:
     data_path.unlink(missing_ok=True)
 
 
-def drain_directory(store: Store, directory: Path) -> int:
-    """Upload every spooled item of `directory` in order; stop at the first failure. Returns items left."""
+def drain_directory(store: Store, directory: Path, deadline: float | None = None) -> int:
+    """Upload every spooled item of `directory` in order; stop at the first failure or at `deadline`
+    (time.monotonic()). Returns the items left."""
     if not directory.is_dir():
         return 0
-    with _Lock(directory):
+    with _Lock(directory) as lock:
+        if not lock.held:
+            return len(_items(directory))
         for meta_path in _items(directory):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             try:
                 _upload_one(store, meta_path)
             except _RETRYABLE:
@@ -224,7 +238,7 @@ class SpoolingStore(Store):
         deadline = time.monotonic() + timeout_s
         delay = self.backoff_s
         while True:
-            if drain_directory(self.inner, self.directory) == 0:
+            if drain_directory(self.inner, self.directory, deadline) == 0:
                 return True
             if time.monotonic() >= deadline:
                 return False

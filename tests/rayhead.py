@@ -1,0 +1,76 @@
+"""A real Ray head for tests (`ray start --head --block`), with token authentication, on free ports.
+
+It runs in its own process group so the tests can stop exactly it (never `ray stop`, which would kill every
+Ray on the machine)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RayHead:
+    def __init__(self, root: Path, num_cpus: int = 2):
+        self.token = "hpotok" + secrets.token_hex(16)
+        self.dashboard_port = free_port()
+        self.url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.root, self.num_cpus = root, num_cpus
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> None:
+        bin_dir = str(Path(sys.executable).parent)
+        ports = {"port": free_port(), "dashboard-port": self.dashboard_port,
+                 "dashboard-agent-listen-port": free_port(), "dashboard-agent-grpc-port": free_port(),
+                 "metrics-export-port": free_port(), "runtime-env-agent-port": free_port(),
+                 "ray-client-server-port": free_port(), "node-manager-port": free_port(),
+                 "object-manager-port": free_port()}
+        env = dict(os.environ, RAY_AUTH_TOKEN=self.token, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+        env.pop("RAY_ADDRESS", None)
+        args = [os.path.join(bin_dir, "ray"), "start", "--head", "--block", "--disable-usage-stats",
+                f"--num-cpus={self.num_cpus}", "--include-dashboard=true", f"--temp-dir={self.root}",
+                *[f"--{k}={v}" for k, v in ports.items()]]
+        self.log = open(self.root.parent / "ray-head.log", "ab")
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while not self._ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Ray head did not start; see {self.root.parent / 'ray-head.log'}")
+            time.sleep(1)
+
+    def _ready(self) -> bool:
+        request = urllib.request.Request(f"{self.url}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=3) as response:
+                return response.status == 200
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.proc = None

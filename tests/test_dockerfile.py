@@ -1,0 +1,45 @@
+"""The Dockerfile (no Docker engine runs here): parsed, and its pins checked against pyproject.toml."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from dockerfile_parse import DockerfileParser
+
+from conftest import ROOT
+
+
+def _parsed():
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
+    return parser, parser.structure
+
+
+def test_pins_match_pyproject_and_makefile():
+    parser, _ = _parsed()
+    args = parser.args
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray_pin = next(d for d in deps if d.startswith("ray["))
+    assert ray_pin.endswith(f"=={args['RAY_VERSION']}")
+    torch_range = next(d for d in deps if d.startswith("torch"))
+    minimum = re.search(r">=([\d.]+)", torch_range).group(1)
+    assert tuple(map(int, args["TORCH_VERSION"].split("."))) >= tuple(map(int, minimum.split(".")))
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"TORCH  ?= torch=={args['TORCH_VERSION']}" in makefile
+    # Every other runtime dependency of pyproject is installed in the image with the same specifier.
+    installed = " ".join(i["value"] for i in _parsed()[1] if i["instruction"] == "RUN")
+    for dep in deps:
+        if not dep.startswith(("ray[", "torch")):
+            assert f'"{dep}"' in installed, dep
+
+
+def test_image_shape_cpu_default_gpu_by_argument_non_root_cli_on_path():
+    parser, structure = _parsed()
+    assert parser.args["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    users = [i["value"] for i in structure if i["instruction"] == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    runs = [i["value"] for i in structure if i["instruction"] == "RUN"]
+    assert any("pip install --no-deps ." in r and "hpo validate" in r for r in runs)
+    order = [i["instruction"] for i in structure]
+    assert order.index("COPY") > max(i for i, v in enumerate(structure) if "torch==" in v["value"])
+    assert parser.baseimage.startswith("python:")

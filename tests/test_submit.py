@@ -1,0 +1,103 @@
+"""`hpo submit` and friends against a real local Ray head with token authentication."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_hpo, spec_dict
+from contract import check_contract
+from orchestrator.spec import parse_spec
+from orchestrator.summary import RunSummary
+from rayhead import RayHead
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    root = tmp_path_factory.mktemp("head")
+    server = RayHead(root / "ray")
+    server.start()
+    yield server
+    server.stop()
+
+
+def _hpo(head, *args, token=True, **kw):
+    env = {"RAY_AUTH_TOKEN": head.token} if token else {"RAY_AUTH_TOKEN": ""}
+    return run_hpo(*args, "--address", head.url, env=env, **kw)
+
+
+def test_unauthenticated_jobs_api_calls_are_refused(head):
+    for headers, code in (({}, 401), ({"Authorization": "Bearer wrong"}, 403)):
+        request = urllib.request.Request(f"{head.url}/api/jobs/", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        assert info.value.code == code
+
+
+def test_submitted_job_succeeds_with_logs_and_results(head, tmp_path):
+    storage = tmp_path / "results"
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict(name="submitted", storage=str(storage),
+                                                  search={"num_samples": 2}, train={"max_epochs": 2})))
+    proc = _hpo(head, "submit", str(spec_path), "--follow")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    submission_id = lines[-1]
+    assert re.fullmatch(r"hpo-submitted-[0-9a-f]{6}", submission_id)
+    results_uri = lines[0].removeprefix("results_uri: ")
+    assert "SUCCEEDED" in proc.stderr and head.token not in proc.stdout + proc.stderr
+    status = _hpo(head, "status", submission_id)
+    assert status.returncode == 0 and status.stdout.strip() == "SUCCEEDED"
+    logs = _hpo(head, "logs", submission_id)
+    assert logs.returncode == 0 and f"results_uri: {results_uri}" in logs.stdout
+    summary = json.loads(logs.stdout.strip().splitlines()[-1])
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    check_contract(RunSummary(**summary), spec)
+    listed = _hpo(head, "list")
+    assert listed.returncode == 0
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(submission_id))
+    assert "submitted" in row and "SUCCEEDED" in row and results_uri in row
+    for output in (status, logs, listed):
+        assert head.token not in output.stdout + output.stderr
+
+
+def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, tmp_path):
+    missing = _hpo(head, "list", token=False)
+    assert missing.returncode in (1, 2) and "auth token" in missing.stderr and "Traceback" not in missing.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text("wrong-token")
+    wrong = run_hpo("status", "hpo-x", "--address", head.url, "--token-file", str(token_file),
+                    env={"RAY_AUTH_TOKEN": ""})
+    assert wrong.returncode in (1, 2) and "refused the Ray auth token" in wrong.stderr
+    assert "wrong-token" not in wrong.stderr + wrong.stdout and "Traceback" not in wrong.stderr
+    unknown = _hpo(head, "status", "hpo-does-not-exist")
+    assert unknown.returncode in (1, 2) and "Traceback" not in unknown.stderr and len(unknown.stderr.splitlines()) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec_dict(search={"algorithm": "grdi"})))
+    refused = _hpo(head, "submit", str(bad))
+    assert refused.returncode == 2 and "did you mean 'grid'" in refused.stderr
+    unreachable = run_hpo("list", "--address", "http://127.0.0.1:9", env={"RAY_AUTH_TOKEN": head.token})
+    assert unreachable.returncode in (1, 2) and "cannot reach" in unreachable.stderr
+    assert head.token not in unreachable.stderr
+
+
+def test_hostile_values_reach_the_cluster_as_data_not_shell(head, tmp_path):
+    """A storage path full of shell syntax is one argument on the cluster: the job writes there, runs nothing."""
+    pwned = tmp_path / "PWNED"
+    hostile = tmp_path / f"out; touch {pwned}; $(touch {pwned}) `touch {pwned}`"
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict(name="quoted", search={"num_samples": 1},
+                                                  train={"max_epochs": 1}, storage="/nonexistent-default")))
+    proc = _hpo(head, "submit", str(spec_path), "--storage", str(hostile), "--follow")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not pwned.exists()
+    runs = list((hostile / "quoted").iterdir())
+    assert len(runs) == 1 and (runs[0] / "trials.parquet").is_file()
