@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 import yaml
 
-from conftest import ROOT, run_hpo, spec_dict
+from conftest import run_hpo, spec_dict
 from contract import check_contract
 from orchestrator.spec import parse_spec
 from orchestrator.summary import RunSummary

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from orchestrator.cli import _cluster, _jobs, _results
-from orchestrator.cli._common import CliError, run_command
+from orchestrator.cli._common import run_command
 
 __all__ = ["main", "build_parser"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from orchestrator.cli._common import EXIT_FAILED, read_spec
+from orchestrator.cli._common import EXIT_FAILED, print_table, read_spec
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -125,11 +125,9 @@ def list_jobs(args) -> int:
         end = job.end_time / 1000 if job.end_time else None
         duration = f"{(end or time.time()) - start:.0f}s" if start else "-"
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)) if start else "-"
-        rows.append([job.submission_id, meta.get("name", "-"), str(job.status.value), started, duration,
-                     meta.get("results_uri", "-")])
-    headers = ["submission_id", "name", "status", "start", "duration", "results_uri"]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
-    for row in sorted(rows, key=lambda r: r[3]):
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        rows.append({"submission_id": job.submission_id, "name": meta.get("name", "-"),
+                     "status": str(job.status.value), "start": started, "duration": duration,
+                     "results_uri": meta.get("results_uri", "-")})
+    print_table(["submission_id", "name", "status", "start", "duration", "results_uri"],
+                sorted(rows, key=lambda r: r["start"]))
     return 0

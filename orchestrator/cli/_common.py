@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from orchestrator.results import ResultsNotFound
+from orchestrator.results import CONFIG_PREFIX, ResultsNotFound
 from orchestrator.errors import RunError
 from orchestrator.storage import StoreError
 from orchestrator.spec import JobSpec, SpecError, load_spec
@@ -39,3 +39,21 @@ def run_command(handler, args) -> int:
     except KeyboardInterrupt:
         print("hpo: interrupted", file=sys.stderr)
         return 130
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_table(columns: list[str], rows: list[dict]) -> None:
+    """Columns padded to their widest cell; `config/` prefixes dropped from headers."""
+    headers = [c.removeprefix(CONFIG_PREFIX) for c in columns]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())

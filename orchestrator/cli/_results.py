@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.cli._common import EXIT_UNSYNCED
+from orchestrator.cli._common import EXIT_UNSYNCED, print_table
 from orchestrator.results import CONFIG_PREFIX, load_trials
 
 
@@ -57,7 +57,7 @@ def show(args) -> int:
     columns = ["trial_id", "status", "iterations", f"best_{metric}", "best_iteration"]
     columns += [c for c in trials.column_names if c.startswith(CONFIG_PREFIX)]
     print(f"{len(rows)} trials, ranked by best {metric} ({mode}); top {len(shown)}:")
-    _print_table(columns, [{c: r.get(c) for c in columns} for r in shown])
+    print_table(columns, [{c: r.get(c) for c in columns} for r in shown])
     return 0
 
 
@@ -77,7 +77,7 @@ def ls(args) -> int:
     if not runs:
         print(f"no runs under {args.storage}")
         return 0
-    _print_table(["name", "run_id", "status", "time", "objects", "size_mb", "uri"],
+    print_table(["name", "run_id", "status", "time", "objects", "size_mb", "uri"],
                  [{"name": r.name, "run_id": r.run_id, "status": r.status, "time": r.time, "objects": r.objects,
                    "size_mb": f"{r.bytes / 1e6:.2f}", "uri": r.uri} for r in runs])
     return 0
@@ -92,20 +92,3 @@ def sync(args) -> int:
         return EXIT_UNSYNCED
     print(f"uploaded {uploaded} item(s); nothing waits for {args.uri}")
     return 0
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _print_table(columns: list[str], rows: list[dict]) -> None:
-    headers = [c.removeprefix(CONFIG_PREFIX) for c in columns]
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
