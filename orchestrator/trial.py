@@ -8,6 +8,7 @@ Creation order is fixed by the searcher, not by concurrency, so the same spec gi
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from ray import tune
@@ -68,11 +69,22 @@ def trial_checkpoints(plan: TrialPlan, name: str) -> TrialCheckpoints:
     return TrialCheckpoints(store, name, keep=plan.checkpoints_to_keep, mode=plan.mode)
 
 
+# Test-only: set on the fake GPU nodes of cluster/local-fake.yaml, whose "GPUs" are Ray resources without a
+# device. Trials that asked for a GPU then train on the CPU. Never set it on a real cluster.
+FAKE_GPU_ENV = "HPO_FAKE_GPU"
+
+
+def _fake_gpu() -> bool:
+    return os.environ.get(FAKE_GPU_ENV) == "1"
+
+
 def _device(plan: TrialPlan, local_rank: int) -> str:
     if not plan.use_gpu:
         return "cpu"
     import torch
 
+    if not torch.cuda.is_available() and _fake_gpu():
+        return "cpu"
     if not torch.cuda.is_available():
         raise RuntimeError("train.use_gpu is true but CUDA is not available on this node "
                            "(torch.cuda.is_available() is False); set use_gpu: false or run on GPU nodes")
@@ -114,7 +126,7 @@ def _run_ddp(name: str, hp: dict, seed: int, plan: TrialPlan) -> None:
     trainer = TorchTrainer(
         _ddp_worker,
         train_loop_config={"hp": hp, "seed": seed, "plan": plan, "name": name},
-        torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if plan.use_gpu and not _fake_gpu() else "gloo"),
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": plan.cpus_per_worker}),
         run_config=RunConfig(

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,25 +24,31 @@ def free_port() -> int:
 
 
 class RayHead:
-    def __init__(self, root: Path, num_cpus: int = 2):
+    def __init__(self, root: Path, num_cpus: int = 2, extra_args: tuple = (), extra_env: dict | None = None):
         self.token = "hpotok" + secrets.token_hex(16)
+        self.extra_args, self.extra_env = list(extra_args), dict(extra_env or {})
+        self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.url = f"http://127.0.0.1:{self.dashboard_port}"
         self.root, self.num_cpus = root, num_cpus
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Ray's unix sockets live under --temp-dir and must stay under 108 bytes: keep it short.
+        self.ray_tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120) -> None:
         bin_dir = str(Path(sys.executable).parent)
-        ports = {"port": free_port(), "dashboard-port": self.dashboard_port,
+        ports = {"port": self.gcs_port, "dashboard-port": self.dashboard_port,
                  "dashboard-agent-listen-port": free_port(), "dashboard-agent-grpc-port": free_port(),
                  "metrics-export-port": free_port(), "runtime-env-agent-port": free_port(),
                  "ray-client-server-port": free_port(), "node-manager-port": free_port(),
                  "object-manager-port": free_port()}
-        env = dict(os.environ, RAY_AUTH_TOKEN=self.token, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+        env = dict(os.environ, RAY_AUTH_TOKEN=self.token, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                   **self.extra_env)
         env.pop("RAY_ADDRESS", None)
         args = [os.path.join(bin_dir, "ray"), "start", "--head", "--block", "--disable-usage-stats",
-                f"--num-cpus={self.num_cpus}", "--include-dashboard=true", f"--temp-dir={self.root}",
-                *[f"--{k}={v}" for k, v in ports.items()]]
+                f"--num-cpus={self.num_cpus}", "--include-dashboard=true", f"--temp-dir={self.ray_tmp}",
+                *[f"--{k}={v}" for k, v in ports.items()], *self.extra_args]
         self.log = open(self.root.parent / "ray-head.log", "ab")
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -59,6 +66,13 @@ class RayHead:
                 return response.status == 200
         except Exception:
             return False
+
+    def get(self, path: str):
+        import json
+
+        request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
 
     def stop(self) -> None:
         if self.proc is None:
