@@ -101,13 +101,15 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
         raise RunError(f"run id {run_id!r}: use letters, digits and dashes")
     results_uri = results_uri_for(spec, run_id or new_run_id(), storage)
     the_plan = plan(spec, results_uri)
+    inner = open_store(results_uri, spec.storage_options.s3())
+    if is_remote(results_uri) and (warning := inner.preflight()):  # a missing bucket fails here, not later
+        progress(f"storage: {warning}")
     quiet_tune()
     keep_credentials_out_of_ray()
     started_ray = start_ray(address, num_cpus, min_cpus=trial_cpus(spec.train) * spec.search.max_concurrent)
     try:
         check_resources(spec.train, embedded=not address)  # before anything is written
-        store = SpoolingStore(open_store(results_uri, spec.storage_options.s3()),
-                              run_spool_dir(results_uri) / "driver", write_behind=is_remote(results_uri))
+        store = SpoolingStore(inner, run_spool_dir(results_uri) / "driver", write_behind=is_remote(results_uri))
         store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
         _write_run_file(store, the_plan, "running")
         if on_start:

@@ -191,3 +191,15 @@ def test_secret_appears_in_no_log_object_or_spool(s3_run, s3):
                 except OSError:
                     pass
     assert not leaks, leaks
+
+
+def test_missing_bucket_or_wrong_key_is_refused_before_training(ray_cluster, s3, tmp_path):
+    for storage, env, words in ((f"s3://no-such-bucket-{secrets.token_hex(3)}/x", {}, "NoSuchBucket"),
+                                (f"s3://{s3server.BUCKET}/x", {"AWS_SECRET_ACCESS_KEY": "wrong-secret"},
+                                 "AccessDenied")):
+        spec_path = tmp_path / "job.yaml"
+        spec_path.write_text(yaml.safe_dump(spec_dict(storage=storage)))
+        proc = run_hpo("run", str(spec_path), env=env)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and "results_uri" not in proc.stdout
+        assert "wrong-secret" not in proc.stderr and s3server.SECRET_KEY not in proc.stderr

@@ -114,6 +114,23 @@ class S3Store(Store):
         except Exception as exc:
             raise self._fail("delete", rel, exc) from None
 
+    DEFINITE = ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "404",
+                "NoCredentialsError", "PartialCredentialsError")
+
+    def preflight(self) -> str | None:
+        """None if the bucket answers; else a reason. Raises StoreError for errors no retry can fix (no such
+        bucket, refused or missing credentials); an unreachable server is only reported (we spool through it)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return None
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "") or type(exc).__name__
+            if code in self.DEFINITE:
+                what = {"404": "NoSuchBucket", "403": "AccessDenied"}.get(code, code)
+                raise StoreError(f"cannot use {self.uri}: {what} (check the bucket name, AWS credentials and "
+                                 "endpoint)") from None
+            return f"{self.uri} is not answering ({code}); results will wait in the local spool"
+
     def arrow_filesystem(self):
         import pyarrow.fs as pafs
 
