@@ -4,7 +4,8 @@ Public API (imported lazily, so `hpo validate` does not pay for importing Ray an
     load_spec(path) -> JobSpec          validate a YAML spec (raises SpecError)
     plan(spec, results_uri) -> Plan     what would run, without starting anything
     run(spec, ...) -> RunSummary        run a job on an embedded Ray (or a given address)
-    load_results(uri), load_trials(uri) the run's tables as pyarrow (as_pandas=True for pandas)
+    load_results(uri), load_trials(uri) the run's tables as pyarrow (as_pandas=True for pandas), local or s3://
+    summarize(uri) -> RunSummary        a stored run's best row and trial counts
     Workload, Splits                    the workload protocol for your own models
 """
 
@@ -13,13 +14,13 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["load_spec", "parse_spec", "SpecError", "JobSpec", "plan", "run", "RunSummary", "load_results",
-           "load_trials", "Workload", "Splits"]
+           "load_trials", "summarize", "Workload", "Splits"]
 __version__ = "0.1.0"
 
 _HOME = {
     "load_spec": "orchestrator.spec", "parse_spec": "orchestrator.spec", "SpecError": "orchestrator.spec",
     "JobSpec": "orchestrator.spec", "plan": "orchestrator.runner", "run": "orchestrator.runner",
-    "RunSummary": "orchestrator.summary", "load_results": "orchestrator.results",
+    "RunSummary": "orchestrator.summary", "summarize": "orchestrator.summary", "load_results": "orchestrator.results",
     "load_trials": "orchestrator.results", "Workload": "orchestrator.workloads", "Splits": "orchestrator.workloads",
 }
 

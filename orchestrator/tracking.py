@@ -54,10 +54,12 @@ class RunTracker(Callback):
         record = self._record(name, trial, "completed")
         self.writer.flush()
         how = "stopped by ASHA" if record["stopped_early"] else "completed"
-        best = record[f"best_{self.schema.metric}"]
-        shown = f"best {self.schema.metric}={best:.4f}" if best is not None else "no metric"
+        metric = self.schema.metric
+        best = record[f"best_{metric}"]
+        shown = f"best {metric}={best:.4f}" if best is not None else "no metric"
+        job_best = f"; job best {self.best['trial_id']} {self.best[metric]:.4f}" if self.best else ""
         self.progress(f"{self._clock()} {name} {how} after {record['iterations']} epoch(s), {shown}  "
-                      f"[{self._done()}/{self.num_trials} trials done]")
+                      f"[{self._done()}/{self.num_trials} trials done{job_best}]")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial_name(trial)

@@ -48,6 +48,10 @@ def test_results_contract_holds_read_straight_from_s3(s3_run):
     results_files = [n for n in names if n.startswith("results/") and n.endswith(".parquet")]
     assert len(results_files) == 1  # compacted at the end
     assert summary.upload_pending == 0
+    import orchestrator
+
+    again = orchestrator.summarize(summary.results_uri)  # read back from S3 alone
+    assert (again.best, again.num_trials, again.statuses) == (summary.best, summary.num_trials, summary.statuses)
 
 
 def test_polars_and_pyarrow_read_the_table_from_s3(s3_run):
