@@ -174,18 +174,24 @@ class SpoolingStore(Store):
         return json.loads(meta_path.read_text())["op"] == "put"
 
     def list_sizes(self, prefix: str = "") -> dict[str, int]:
-        found = self.inner.list_sizes(prefix)
+        # Snapshot the spool first, then list the store: an item uploaded in between is then in the listing,
+        # whereas the other order could miss it in both.
         base = prefix.strip("/")
-        for meta_path in _items(self.directory) if self.directory.is_dir() else []:  # oldest first
+        overlay: list[tuple[str, int | None]] = []  # (rel, size) for a put, (rel, None) for a delete; in order
+        for meta_path in _items(self.directory) if self.directory.is_dir() else []:
             try:
                 meta = json.loads(meta_path.read_text())
-                under = not base or meta["rel"] == base or meta["rel"].startswith(base + "/")
-                if under and meta["op"] == "put":
-                    found[meta["rel"]] = meta_path.with_suffix(".data").stat().st_size
-                elif under:
-                    found.pop(meta["rel"], None)
+                size = meta_path.with_suffix(".data").stat().st_size if meta["op"] == "put" else None
             except FileNotFoundError:
-                continue  # uploaded meanwhile: the inner listing may or may not have it; list again if it matters
+                continue  # uploaded already: the listing below has it
+            if not base or meta["rel"] == base or meta["rel"].startswith(base + "/"):
+                overlay.append((meta["rel"], size))
+        found = self.inner.list_sizes(prefix)
+        for rel, size in overlay:
+            if size is None:
+                found.pop(rel, None)
+            else:
+                found[rel] = size
         return dict(sorted(found.items()))
 
     def arrow_filesystem(self):
