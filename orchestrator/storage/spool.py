@@ -161,17 +161,25 @@ class SpoolingStore(Store):
 
     def read_bytes(self, rel: str) -> bytes:
         meta_path = self._spooled(rel)
-        if meta_path is None:
-            return self.inner.read_bytes(rel)
-        if json.loads(meta_path.read_text())["op"] == "delete":
-            raise FileNotFoundError(self.path(rel))
-        return meta_path.with_suffix(".data").read_bytes()
+        if meta_path is not None:
+            try:
+                if json.loads(meta_path.read_text())["op"] == "delete":
+                    raise FileNotFoundError(self.path(rel))
+                return meta_path.with_suffix(".data").read_bytes()
+            except FileNotFoundError:
+                if meta_path.exists():
+                    raise  # a spooled delete: the object is gone
+                # uploaded (and unspooled) while we read: the store has it now
+        return self.inner.read_bytes(rel)
 
     def exists(self, rel: str) -> bool:
         meta_path = self._spooled(rel)
-        if meta_path is None:
-            return self.inner.exists(rel)
-        return json.loads(meta_path.read_text())["op"] == "put"
+        if meta_path is not None:
+            try:
+                return json.loads(meta_path.read_text())["op"] == "put"
+            except FileNotFoundError:
+                pass  # uploaded meanwhile
+        return self.inner.exists(rel)
 
     def list_sizes(self, prefix: str = "") -> dict[str, int]:
         # Snapshot the spool first, then list the store: an item uploaded in between is then in the listing,
