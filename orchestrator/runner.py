@@ -32,7 +32,7 @@ from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.search import build_scheduler, build_searcher
 from orchestrator.spec import JobSpec, check_against_workload
 from orchestrator.storage import is_remote, join_uri, open_store
-from orchestrator.storage.spool import SpoolingStore, drain_directory, pending_items, run_spool_dir
+from orchestrator.storage.spool import SpoolingStore, drain_until, pending_items, run_spool_dir, writer_dirs
 from orchestrator.summary import RunSummary, summarize_rows
 from orchestrator.tracking import RunTracker
 from orchestrator.training import TrialPlan
@@ -152,18 +152,11 @@ def _finish_uploads(store: SpoolingStore, the_plan: Plan, progress) -> int:
         for path in sorted(p for p in tune_dir.rglob("*") if p.is_file()):
             store.write_bytes(f"{TUNE_DIR}/{path.relative_to(tune_dir)}", path.read_bytes())
     spool = run_spool_dir(the_plan.results_uri)
-    if pending_items(spool):
-        progress(f"storage: {pending_items(spool)} item(s) waiting in the local spool; retrying uploads "
+    waiting = pending_items(spool)
+    if waiting:
+        progress(f"storage: {waiting} item(s) waiting in the local spool; retrying uploads "
                  f"for up to {DRAIN_TIMEOUT_S:.0f}s")
-    deadline, delay = time.monotonic() + DRAIN_TIMEOUT_S, 0.5
-    while pending_items(spool):
-        for directory in sorted(d for d in spool.iterdir() if d.is_dir() and d.name != "ray"):
-            drain_directory(store.inner, directory, deadline)
-        if not pending_items(spool) or time.monotonic() >= deadline:
-            break
-        time.sleep(delay)
-        delay = min(10.0, delay * 2)
-    return pending_items(spool)
+    return drain_until(store.inner, writer_dirs(spool), DRAIN_TIMEOUT_S) if waiting else 0
 
 
 def _expected_trials(the_plan: Plan) -> int:

@@ -26,6 +26,11 @@ class RunSummary:
         return asdict(self)
 
 
+def format_config(config: dict) -> str:
+    """`lr=0.001 hidden=64 ...`: a config on one line, floats to 4 significant digits."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
 def _summary(results_uri, rows: pa.Table | None, trials: pa.Table, wall_time_s: float) -> RunSummary:
     metric, mode = search_metric(trials)
     statuses: dict[str, int] = {}

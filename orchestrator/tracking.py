@@ -8,6 +8,7 @@ from typing import Callable
 from ray.tune import Callback
 
 from orchestrator.results import ResultsSchema, ResultsWriter
+from orchestrator.summary import format_config
 from orchestrator.trial import trial_name
 
 
@@ -29,7 +30,7 @@ class RunTracker(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         name = trial_name(trial)
         self._record(name, trial, "running")
-        self.progress(f"{self._clock()} {name} started  {self._fmt_config(trial.config)}")
+        self.progress(f"{self._clock()} {name} started  {format_config(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epoch" not in result:  # Tune's bookkeeping results carry no metrics
@@ -91,9 +92,6 @@ class RunTracker(Callback):
     def _clock(self) -> str:
         s = int(time.monotonic() - self.started)
         return f"[{s // 60:02d}:{s % 60:02d}]"
-
-    def _fmt_config(self, config: dict) -> str:
-        return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
 def _error_line(trial) -> str:

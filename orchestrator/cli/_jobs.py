@@ -83,7 +83,9 @@ def _print_summary(summary) -> None:
     if not best:
         print("best: none (no trial reported a metric)")
     else:
-        config = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["config"].items())
+        from orchestrator.summary import format_config
+
+        config = format_config(best["config"])
         print(f"best: {best['trial_id']} epoch {best['iteration']}: {summary.metric}={best['metric']:.4f} "
               f"({summary.mode})")
         print(f"      {config}")

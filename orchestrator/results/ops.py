@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.results.reader import ResultsNotFound, load_trials, result_files
+from orchestrator.results.reader import load_trials, read_result_files
 from orchestrator.results.writer import MANIFEST, TRIALS_FILE
 from orchestrator.storage import LocalStore, open_store
-from orchestrator.storage.spool import drain_directory, pending_items, run_spool_dir
+from orchestrator.storage.spool import drain_until, pending_items, run_spool_dir, writer_dirs
 
 RUN_FILE = "run.json"
 SPEC_FILE = "spec.yaml"
@@ -31,17 +31,8 @@ def pull(uri: str, to: str | Path, *, checkpoints: bool = False, options=None) -
     names at the moment of the pull, and the copied manifest names exactly them."""
     source = open_store(uri, options)
     dest = LocalStore(Path(to))
-    for _ in range(5):
-        try:
-            files = result_files(source)
-            copied = {f: source.read_bytes(f) for f in files}
-            break
-        except FileNotFoundError:  # compacted away between manifest and read: take the new manifest
-            continue
-    else:
-        raise ResultsNotFound(f"results under {source.uri} kept changing while being pulled")
-    if not copied:
-        raise ResultsNotFound(f"no results under {source.path('results')} (is {uri} a run's results_uri?)")
+    copied = read_result_files(source)
+    files = list(copied)
     for name in (SPEC_FILE, RUN_FILE, TRIALS_FILE):
         try:
             copied[name] = source.read_bytes(name)
@@ -98,9 +89,5 @@ def sync(uri: str, *, options=None) -> tuple[int, int]:
     """Upload what an outage left in the local spool for the run at `uri`. Returns (uploaded, still waiting)."""
     spool = run_spool_dir(uri)
     before = pending_items(spool)
-    if before:
-        store = open_store(uri, options)
-        for directory in sorted(d for d in spool.iterdir() if d.is_dir()):
-            drain_directory(store, directory)
-    after = pending_items(spool)
+    after = drain_until(open_store(uri, options), writer_dirs(spool), 0) if before else 0
     return before - after, after

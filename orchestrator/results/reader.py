@@ -26,26 +26,33 @@ def result_files(store: Store) -> list[str]:
         return [f for f in store.list(RESULTS_DIR) if f.endswith(".parquet")]
 
 
-def _read_table(store: Store, rel: str) -> pa.Table:
+def _decode(data: bytes) -> pa.Table:
     # Single-threaded decode: with pyarrow's thread pool used in a process that also used boto3, about half of
     # such processes abort at interpreter exit ("terminate called without an active exception"; measured).
-    return pq.read_table(io.BytesIO(store.read_bytes(rel)), use_threads=False)
+    return pq.read_table(io.BytesIO(data), use_threads=False)
 
 
-def load_results(uri: str | Store, *, as_pandas: bool = False, options=None):
-    """Every (trial, iteration) row of the run at `uri`, sorted by trial and iteration."""
-    store = uri if isinstance(uri, Store) else open_store(uri, options)
+def _read_table(store: Store, rel: str) -> pa.Table:
+    return _decode(store.read_bytes(rel))
+
+
+def read_result_files(store: Store) -> dict[str, bytes]:
+    """{file: bytes} of the results table as one consistent snapshot, even while the run compacts."""
     for _ in range(5):  # a compaction may delete a file between reading the manifest and the file
         files = result_files(store)
         if not files:
             raise ResultsNotFound(f"no results under {store.path(RESULTS_DIR)} (is {store.uri} a run's results_uri?)")
         try:
-            tables = [_read_table(store, f) for f in files]
-            break
+            return {f: store.read_bytes(f) for f in files}
         except FileNotFoundError:
             continue
-    else:
-        raise ResultsNotFound(f"results under {store.path(RESULTS_DIR)} kept changing while being read")
+    raise ResultsNotFound(f"results under {store.path(RESULTS_DIR)} kept changing while being read")
+
+
+def load_results(uri: str | Store, *, as_pandas: bool = False, options=None):
+    """Every (trial, iteration) row of the run at `uri`, sorted by trial and iteration."""
+    store = uri if isinstance(uri, Store) else open_store(uri, options)
+    tables = [_decode(data) for data in read_result_files(store).values()]
     table = pa.concat_tables(tables).sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
     table = table.replace_schema_metadata(tables[0].schema.metadata)
     return table.to_pandas() if as_pandas else table

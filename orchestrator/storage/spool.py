@@ -101,7 +101,26 @@ def drain_directory(store: Store, directory: Path, deadline: float | None = None
 
 
 def pending_items(run_dir: Path) -> int:
-    return sum(len(_items(d)) for d in run_dir.glob("*") if d.is_dir()) if run_dir.is_dir() else 0
+    return sum(len(_items(d)) for d in writer_dirs(run_dir))
+
+
+def writer_dirs(run_dir: Path) -> list[Path]:
+    """The spool directories of a run's writers (the driver and each trial)."""
+    return sorted(d for d in run_dir.iterdir() if d.is_dir() and d.name != "ray") if run_dir.is_dir() else []
+
+
+def drain_until(store: Store, directories: list[Path], timeout_s: float, *, backoff_s: float = 0.5,
+                max_backoff_s: float = 10.0) -> int:
+    """Upload the spools in `directories`, retrying with backoff for up to `timeout_s` (0: one pass).
+    Returns the items left."""
+    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+    delay = backoff_s
+    while True:
+        left = sum(drain_directory(store, d, deadline) for d in directories)
+        if left == 0 or deadline is None or time.monotonic() >= deadline:
+            return left
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(max_backoff_s, delay * 2)
 
 
 class SpoolingStore(Store):
@@ -249,12 +268,5 @@ class SpoolingStore(Store):
 
     def drain(self, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for the spool to empty (retrying now). True if nothing is left."""
-        deadline = time.monotonic() + timeout_s
-        delay = self.backoff_s
-        while True:
-            if drain_directory(self.inner, self.directory, deadline) == 0:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(self.max_backoff_s, delay * 2)
+        return drain_until(self.inner, [self.directory], timeout_s, backoff_s=self.backoff_s,
+                           max_backoff_s=self.max_backoff_s) == 0
