@@ -31,8 +31,8 @@ class TrialCheckpoints:
         return f"{self.base}/epoch-{epoch:04d}.pt"
 
     def index(self, *, patience_s: float = 300.0) -> dict:
-        """The trial's checkpoint index. While the store is unreachable we cannot tell a fresh trial from a
-        restarted one, so we wait for it (up to `patience_s`) rather than risk restarting from scratch."""
+        """The trial's checkpoint index (only retries read it: first attempts call start_fresh). A retry needs
+        its checkpoint, so while the store is unreachable we wait (up to `patience_s`) rather than start over."""
         deadline, delay = time.monotonic() + patience_s, 0.5
         while self._index is None:
             try:
@@ -73,10 +73,16 @@ class TrialCheckpoints:
 
     def load_latest(self, map_location="cpu") -> dict | None:
         """The latest checkpoint's state, or None if this trial has none."""
+        return self._load(self.index()["latest"], map_location)
+
+    def load_best(self, map_location="cpu") -> dict | None:
+        """The checkpoint with the best search metric (the earliest of equals), or None."""
+        return self._load(self.index()["best"], map_location)
+
+    def _load(self, epoch: int | None, map_location) -> dict | None:
         import torch
 
-        latest = self.index()["latest"]
-        if latest is None:
+        if epoch is None:
             return None
-        data = self.store.read_bytes(self._epoch_file(latest))
+        data = self.store.read_bytes(self._epoch_file(epoch))
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)

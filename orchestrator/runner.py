@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,9 @@ from ray.tune.search import BasicVariantGenerator
 
 from orchestrator.ray_env import (DRIVER_CPU, check_resources, keep_credentials_out_of_ray, quiet_tune, start_ray,
                                   trial_cpus)
-from orchestrator.errors import RunError
+from orchestrator.errors import RunError, SanityFailed
 from orchestrator.results import ResultsSchema, ResultsWriter
+from orchestrator.results.ops import RUN_FILE, SPEC_FILE
 from orchestrator.search import build_scheduler, build_searcher
 from orchestrator.spec import JobSpec, check_against_workload
 from orchestrator.storage import is_remote, join_uri, open_store
@@ -38,8 +40,6 @@ from orchestrator.tracking import RunTracker
 from orchestrator.training import TrialPlan
 from orchestrator.trial import TrialNamer, run_trial, trial_name
 
-SPEC_FILE = "spec.yaml"
-RUN_FILE = "run.json"
 TUNE_DIR = "tune"  # Ray Tune's experiment state
 TRAIN_DIR = "train"  # Ray Train controller state of multi-worker trials
 DRAIN_TIMEOUT_S = float(os.environ.get("HPO_DRAIN_TIMEOUT_S", "60"))
@@ -104,6 +104,8 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
     inner = open_store(results_uri, spec.storage_options.s3())
     if is_remote(results_uri) and (warning := inner.preflight()):  # a missing bucket fails here, not later
         progress(f"storage: {warning}")
+    if spec.sanity:
+        _sanity_first(spec, inner, results_uri, progress)
     quiet_tune()
     keep_credentials_out_of_ray()
     started_ray = start_ray(address, num_cpus, min_cpus=trial_cpus(spec.train) * spec.search.max_concurrent)
@@ -117,9 +119,9 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
         writer = ResultsWriter(store, the_plan.schema)
         tracker = RunTracker(writer, the_plan.schema, fixed=the_plan.spec.search.fixed,
                              max_epochs=spec.train.max_epochs, num_trials=_expected_trials(the_plan),
-                             progress=progress)
+                             progress=progress, results_uri=results_uri, max_retries=spec.train.max_retries)
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # stdout is ours: results_uri line and the summary
+            with contextlib.redirect_stdout(sys.stderr), _stable_cwd():  # stdout: results line + summary
                 _tuner(the_plan, tracker).fit()
         finally:
             writer.finish()
@@ -137,6 +139,33 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
     summary.upload_pending = pending
     summary.spool_dir = str(run_spool_dir(results_uri)) if pending else None
     return summary
+
+
+def _sanity_first(spec: JobSpec, store, results_uri: str, progress) -> None:
+    """`sanity: true`: the checks of `hpo sanity`, written beside the run's results; a failure stops the job."""
+    from orchestrator.sanity import sanity_checks, write_report
+
+    report = sanity_checks(spec, progress)
+    report.results_uri = results_uri
+    write_report(report, store)
+    if not report.passed:
+        raise SanityFailed(f"sanity checks failed, the search did not start: {report.failures()} "
+                           f"(see {results_uri}/sanity.parquet)")
+
+
+@contextlib.contextmanager
+def _stable_cwd():
+    """Run Tune from a directory this run owns. A job submitted to a cluster starts in Ray's copy of its working
+    dir, and Ray may delete and re-create that copy while the job runs (each node of a fake multi-node cluster
+    re-extracts it into the one shared session dir); Tune's final os.getcwd() then fails and the job with it."""
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="hpo-driver-") as private:
+        os.chdir(private)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.chdir(here)
 
 
 def _write_run_file(store, the_plan: Plan, status: str, **extra) -> None:
@@ -179,7 +208,7 @@ def _tuner(the_plan: Plan, tracker: RunTracker):
         reuse_actors=spec.train.workers == 1,  # measured: halves per-trial start cost of in-process trials
         trial_name_creator=TrialNamer(first=0 if isinstance(the_plan.search_alg, BasicVariantGenerator) else 1),
         trial_dirname_creator=trial_name)
-    run_config = tune.RunConfig(name=TUNE_DIR, storage_path=str(Path(the_plan.staging).resolve())
+    run_config = tune.RunConfig(name=TUNE_DIR, failure_config=tune.FailureConfig(max_failures=spec.train.max_retries), storage_path=str(Path(the_plan.staging).resolve())
                                 if not is_remote(the_plan.staging) else the_plan.staging,
                                 callbacks=[tracker], verbose=0)
     return tune.Tuner(trainable, param_space=the_plan.param_space, tune_config=tune_config, run_config=run_config)

@@ -35,6 +35,9 @@ class Search(_Section):
     mode: Literal["min", "max"] = "min"
     space: dict[StrictStr, Annotated[Distribution, BeforeValidator(_check_distribution_shape)]] = Field(description="searched hyperparameters, one distribution each")
     fixed: dict[StrictStr, Scalar] = Field(default_factory=dict, description="hyperparameters held fixed")
+    roles: dict[StrictStr, Literal["scientific", "nuisance", "fixed"]] = Field(
+        default_factory=dict, description="Tuning Playbook roles for `hpo analyze`: scientific (compared), "
+        "nuisance (optimized over), fixed; searched hyperparameters default to nuisance")
 
     @field_validator("space", mode="before")
     @classmethod
@@ -49,12 +52,25 @@ class Search(_Section):
         both = sorted(set(self.space) & set(self.fixed))
         if both:
             raise ValueError(f"{both[0]!r} is both searched (space) and fixed; keep it in one")
+        for name, role in self.roles.items():
+            if name not in self.space and name not in self.fixed:
+                close = difflib.get_close_matches(name, [*self.space, *self.fixed], n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"roles.{name}: not a searched or fixed hyperparameter ({hint}searched: "
+                                 f"{', '.join(self.space)})")
+            if (role == "fixed") != (name in self.fixed):
+                where = "fixed" if name in self.fixed else "space"
+                raise ValueError(f"roles.{name}: {role!r} does not match where it is ({where}); searched "
+                                 f"hyperparameters are scientific or nuisance, those in fixed are fixed")
         if self.algorithm == "grid":
             for name, dist in self.space.items():
                 if not isinstance(dist, Choice):
                     raise ValueError(f"grid search needs every hyperparameter to be a choice; space.{name} is "
                                      f"{next(iter(dist.model_dump()))} (use algorithm: random or quasirandom)")
         return self
+
+    def role(self, name: str) -> str:
+        return self.roles.get(name, "fixed" if name in self.fixed else "nuisance")
 
     def distribution(self, name: str) -> tuple[str, list]:
         """(kind, arguments) of a searched hyperparameter, e.g. ("loguniform", [1e-4, 0.1])."""
@@ -84,6 +100,8 @@ class Train(_Section):
     cpus_per_worker: Annotated[Float, Field(gt=0, le=1024)] = Field(1.0, description="logical CPUs per worker")
     checkpoints_to_keep: Annotated[StrictInt, Field(gt=0, le=1000)] = Field(
         2, description="per trial: the best by the search metric and the latest are kept")
+    max_retries: Annotated[StrictInt, Field(ge=0, le=100)] = Field(
+        2, description="times a failed trial is run again, continuing from its last checkpoint")
 
 
 _SECRET_WORDS = ("secret", "access_key", "accesskey", "password", "token", "session", "credential")
@@ -138,6 +156,7 @@ class JobSpec(_Section):
     train: Train = Field(default_factory=Train)
     storage: StrictStr = Field("./results", description="a local folder, file://... or s3://bucket/prefix")
     storage_options: StorageOptions = Field(default_factory=StorageOptions, description="for s3:// storage")
+    sanity: StrictBool = Field(False, description="run `hpo sanity`'s checks first; do not search if one fails")
 
     @field_validator("name")
     @classmethod

@@ -7,6 +7,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
+from orchestrator.attempts import forget, record_retry
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.summary import format_config
 from orchestrator.trial import trial_name
@@ -16,13 +17,16 @@ class RunTracker(Callback):
     """Turns Tune events into result rows, trial records and one progress line per event worth seeing."""
 
     def __init__(self, writer: ResultsWriter, schema: ResultsSchema, *, fixed: dict, max_epochs: int,
-                 num_trials: int, progress: Callable[[str], None]):
+                 num_trials: int, progress: Callable[[str], None], results_uri: str = "", max_retries: int = 0):
         self.writer, self.schema, self.max_epochs, self.num_trials = writer, schema, max_epochs, num_trials
+        self.results_uri, self.max_retries = results_uri, max_retries
+        self.retries: dict[str, int] = {}  # trial -> retries so far
         self.fixed = dict(fixed)
         self.progress = progress
         self.rows: dict[str, list[dict]] = {}
         self.records: dict[str, dict] = {}
         self.checkpoints: dict[str, tuple] = {}  # trial -> (latest, best) checkpoint URIs
+        self.nodes: dict[str, str] = {}  # trial -> Ray node id that reported its results
         self.best: dict | None = None
         self.started = time.monotonic()
 
@@ -42,6 +46,8 @@ class RunTracker(Callback):
         row = self.schema.row(name, result, {**self.fixed, **trial.config})
         rows.append(row)
         self.writer.add(row)
+        if result.get("node_id"):
+            self.nodes[name] = result["node_id"]
         if result.get("checkpoint"):
             self.checkpoints[name] = (result["checkpoint"], result.get("best_checkpoint"))
         metric, value = self.schema.metric, row.get(self.schema.metric)
@@ -62,6 +68,15 @@ class RunTracker(Callback):
         self.progress(f"{self._clock()} {name} {how} after {record['iterations']} epoch(s), {shown}  "
                       f"[{self._done()}/{self.num_trials} trials done{job_best}]")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial Tune will run again: tell its next attempt to continue from its last checkpoint."""
+        name = trial_name(trial)
+        self.retries[name] = self.retries.get(name, 0) + 1
+        record_retry(self.results_uri, name, self.retries[name])
+        self._record(name, trial, "running")
+        self.progress(f"{self._clock()} {name} failed, retry {self.retries[name]} of {self.max_retries} from its "
+                      f"last checkpoint: {_error_line(trial)}")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial_name(trial)
         error = _error_line(trial)
@@ -71,6 +86,8 @@ class RunTracker(Callback):
 
     def on_experiment_end(self, trials, **info):
         self.writer.flush()
+        if self.retries:
+            forget(self.results_uri, list(self.retries))
 
     def all_rows(self) -> list[dict]:
         return [row for name in sorted(self.rows) for row in self.rows[name]]
@@ -78,7 +95,8 @@ class RunTracker(Callback):
     # -- helpers ------------------------------------------------------------------------------------------
     def _record(self, name: str, trial, status: str, error: str | None = None) -> dict:
         record = self.schema.trial_record(name, status, self.rows.get(name, []), {**self.fixed, **trial.config},
-                                          self.max_epochs, self.checkpoints.get(name, (None, None)), error)
+                                          self.max_epochs, self.checkpoints.get(name, (None, None)), error,
+                                          self.nodes.get(name), self.retries.get(name, 0))
         self.records[name] = record
         self.writer.write_trials(list(self.records.values()))
         return record

@@ -61,7 +61,7 @@ def make_optimizer(hp: Mapping[str, Any], params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, weight_decay=wd)
 
 
-def _loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def task_loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out.squeeze(-1), y)
 
 
@@ -72,7 +72,7 @@ def evaluate(model, task: str, x: torch.Tensor, y: torch.Tensor, device) -> dict
     for start in range(0, len(x), EVAL_BATCH):
         xb, yb = x[start:start + EVAL_BATCH].to(device), y[start:start + EVAL_BATCH].to(device)
         out = model(xb)
-        total += float(_loss(task, out, yb)) * len(xb)
+        total += float(task_loss(task, out, yb)) * len(xb)
         if task == "classification":
             correct += int((out.argmax(dim=-1) == yb).sum())
     metrics = {"loss": total / len(x)}
@@ -98,7 +98,7 @@ def _train_epoch(model, optimizer, task, x, y, order, batch, device, world: int)
         idx = order[start:start + batch]
         xb, yb = x[idx].to(device), y[idx].to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = _loss(task, model(xb), yb)
+        loss = task_loss(task, model(xb), yb)
         loss.backward()
         optimizer.step()
         total += torch.tensor([float(loss.detach()) * len(idx), len(idx)], dtype=torch.float64)
@@ -129,6 +129,10 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         start = state["epoch"] + 1
+        if state.get("metrics"):  # the attempt may have died between writing this checkpoint and reporting it
+            index = checkpoints.index()
+            reporter.report({**state["metrics"], "checkpoint": checkpoints.uri(index["latest"]),
+                             "best_checkpoint": checkpoints.uri(index["best"])})
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[int(device.split(":")[1])]
@@ -147,7 +151,7 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
         rngs = _gather_rng(world)
         if rank == 0:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "rng": rngs, "config": dict(hp), "seed": seed}
+                     "rng": rngs, "config": dict(hp), "seed": seed, "metrics": dict(metrics)}
             index = checkpoints.save(epoch, state, metrics.get(plan.metric))
             metrics["checkpoint"] = checkpoints.uri(index["latest"])
             metrics["best_checkpoint"] = checkpoints.uri(index["best"])

@@ -13,6 +13,7 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator.attempts import current_attempt
 from orchestrator.checkpoints import TrialCheckpoints
 from orchestrator.determinism import derive_seed
 from orchestrator.storage import is_remote, open_store
@@ -20,9 +21,6 @@ from orchestrator.storage.spool import SpoolingStore, run_spool_dir
 from orchestrator.training import TrialPlan, run_training
 
 TRIAL_PREFIX = "trial_"
-# Every trial starts fresh: Tune is not asked to retry failed trials yet, so there is no checkpoint to find, and
-# not looking means a trial can start while the store is down. Retries and `hpo resume` will turn this on.
-RESTORE_CHECKPOINTS = False
 
 
 class TrialNamer:
@@ -50,16 +48,25 @@ def trial_seed(job_seed: int, index: int) -> int:
     return derive_seed(job_seed, index)
 
 
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 class _TuneReporter:
+    def __init__(self, attempt: int):
+        self.attempt = attempt
+
     def report(self, metrics: dict) -> None:
-        tune.report(metrics)
+        tune.report({**metrics, "node_id": _node_id(), "attempt": self.attempt})
 
 
-class _TrainReporter:
+class _TrainReporter(_TuneReporter):
     def report(self, metrics: dict) -> None:
         import ray.train
 
-        ray.train.report(metrics)
+        ray.train.report({**metrics, "node_id": _node_id(), "attempt": self.attempt})
 
 
 def trial_checkpoints(plan: TrialPlan, name: str) -> TrialCheckpoints:
@@ -102,8 +109,10 @@ def _ddp_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     plan: TrialPlan = loop_config["plan"]
     checkpoints = trial_checkpoints(plan, loop_config["name"])
-    run_training(loop_config["hp"], loop_config["seed"], plan, _TrainReporter(), checkpoints,
-                 restore=RESTORE_CHECKPOINTS, rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=_device(plan, ctx.get_local_rank()))
+    attempt = loop_config["attempt"]
+    run_training(loop_config["hp"], loop_config["seed"], plan, _TrainReporter(attempt), checkpoints,
+                 restore=attempt > 0, rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+                 device=_device(plan, ctx.get_local_rank()))
 
 
 def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
@@ -111,26 +120,28 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     name = tune.get_context().get_trial_name()
     seed = trial_seed(plan.job_seed, trial_index(name))
     hp = {**plan.fixed, **config}
+    attempt = current_attempt(plan.results_uri, name)  # > 0: a retry, which continues from the last checkpoint
     if plan.workers == 1:
-        run_training(hp, seed, plan, _TuneReporter(), trial_checkpoints(plan, name), restore=RESTORE_CHECKPOINTS,
+        run_training(hp, seed, plan, _TuneReporter(attempt), trial_checkpoints(plan, name), restore=attempt > 0,
                      device=_device(plan, 0))
         return
-    _run_ddp(name, hp, seed, plan)
+    _run_ddp(name, hp, seed, plan, attempt)
 
 
-def _run_ddp(name: str, hp: dict, seed: int, plan: TrialPlan) -> None:
+def _run_ddp(name: str, hp: dict, seed: int, plan: TrialPlan, attempt: int) -> None:
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trainer = TorchTrainer(
         _ddp_worker,
-        train_loop_config={"hp": hp, "seed": seed, "plan": plan, "name": name},
+        train_loop_config={"hp": hp, "seed": seed, "plan": plan, "name": name, "attempt": attempt},
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu and not _fake_gpu() else "gloo"),
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": plan.cpus_per_worker}),
         run_config=RunConfig(
-            name=name, storage_path=plan.train_storage, callbacks=[TuneReportCallback()],
+            # a fresh Train run name per attempt: our checkpoints restore the trial, Train must not resume its own
+            name=f"{name}-attempt{attempt}", storage_path=plan.train_storage, callbacks=[TuneReportCallback()],
             logging_config=LoggingConfig(log_level="WARNING")),  # Train logs every report at INFO
     )
     trainer.fit()

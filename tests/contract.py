@@ -78,6 +78,6 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
 
 
 def deterministic_rows(rows: pa.Table) -> list[dict]:
-    from orchestrator.results import TIMING_COLUMNS
+    from orchestrator.results import RUN_VARYING_COLUMNS
 
-    return rows.drop_columns(list(TIMING_COLUMNS)).to_pylist()
+    return rows.drop_columns(list(RUN_VARYING_COLUMNS)).to_pylist()

@@ -125,3 +125,23 @@ def test_regression_workload_reports_losses_only(ray_cluster, tmp_path):
                          train={"max_epochs": 2})
     rows, _ = check_contract(summary, spec)
     assert "val_accuracy" not in rows.column_names and summary.best["metric"] < 10
+
+
+def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint_bit_identically(ray_cluster, tmp_path):
+    """One trial's process dies mid-epoch (os._exit); Tune retries it, the retry continues from the last
+    checkpoint, and every row equals a run where nothing died. `attempt` says which rows the retry wrote."""
+    marker = tmp_path / "died"
+    kwargs = dict(workload="tests.workloads_for_tests:dies_once", train={"max_epochs": 4},
+                  search={"num_samples": 1, "max_concurrent": 1,
+                          "fixed": {"batch_size": 128, "die_marker": str(marker), "die_at_step": 25}})
+    spec, interrupted = _run(tmp_path / "a", **kwargs)
+    assert marker.exists()  # it did die
+    rows, trials = check_contract(interrupted, spec)
+    assert trials["retries"].to_pylist() == [1] and trials["status"].to_pylist() == ["completed"]
+    attempts = rows["attempt"].to_pylist()
+    # 11 training steps and 1 validation pass per epoch here: step 25 is in epoch 3, after epoch 2's checkpoint
+    assert attempts == [0, 0, 1, 1], attempts
+    _, clean = _run(tmp_path / "b", **kwargs)  # the marker exists now: nothing dies
+    clean_rows = load_results(clean.results_uri)
+    assert clean_rows["attempt"].to_pylist() == [0, 0, 0, 0]
+    assert deterministic_rows(rows) == deterministic_rows(clean_rows)

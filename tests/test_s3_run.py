@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -207,3 +209,13 @@ def test_missing_bucket_or_wrong_key_is_refused_before_training(ray_cluster, s3,
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and "results_uri" not in proc.stdout
         assert "wrong-secret" not in proc.stderr and s3server.SECRET_KEY not in proc.stderr
+
+
+def test_ensemble_reads_checkpoints_from_s3_and_writes_ensemble_parquet_there(s3_run):
+    from orchestrator.ensemble import ENSEMBLE_FILE, build_ensemble
+
+    _, summary, _ = s3_run
+    result = build_ensemble(summary.results_uri, top_k=2)
+    table = pq.read_table(io.BytesIO(open_store(summary.results_uri).read_bytes(ENSEMBLE_FILE)))
+    assert table["role"].to_pylist() == ["ensemble", "best_single", "member", "member"]
+    assert table["test_accuracy"][0].as_py() == result.ensemble["test_accuracy"]

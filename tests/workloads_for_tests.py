@@ -33,3 +33,100 @@ def _regressor(config):
 def digit_value() -> Workload:
     return Workload(name="digit-value", build_model=_regressor, load_data=_digit_value_splits, task="regression",
                     hyperparameters={"hidden": 32})
+
+
+def _dies_once_model(config):
+    """The digits MLP, whose process dies (os._exit: no exception, no cleanup, like a lost worker) on its
+    `die_at_step`-th forward pass, once: the marker file says it already happened."""
+    import os
+    from pathlib import Path
+
+    from orchestrator.workloads.digits import build_mlp
+
+    model, marker, steps = build_mlp(config), Path(config["die_marker"]), [0]
+
+    def hook(module, inputs):
+        steps[0] += 1
+        if steps[0] == config["die_at_step"] and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+
+    if config["die_marker"]:
+        model.register_forward_pre_hook(hook)
+    return model
+
+
+def dies_once() -> Workload:
+    base = digits_mlp()
+    return dataclasses.replace(base, name="dies-once", build_model=_dies_once_model,
+                               hyperparameters={**base.hyperparameters, "die_marker": "", "die_at_step": 25})
+
+
+# --- planted bugs for `hpo sanity`: each is the digits MLP with one classic mistake -------------------------
+class _BatchMixer(torch.nn.Module):
+    """Reshapes with a view where a transpose was meant: (B, F) -> (F, B) -> view (B, F) mixes examples."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.t().contiguous().view(x.shape[0], -1))
+
+
+def batch_mixing() -> Workload:
+    from orchestrator.workloads.digits import build_mlp
+
+    return dataclasses.replace(digits_mlp(), name="batch-mixing", build_model=lambda c: _BatchMixer(build_mlp(c)))
+
+
+def _shuffled_label_splits(config) -> Splits:
+    """Labels permuted independently of the inputs (e.g. shuffling x and y with different generators)."""
+    splits = load_digits_splits(config)
+    gen = torch.Generator().manual_seed(0)
+    return Splits(*((x, y[torch.randperm(len(y), generator=gen)]) for x, y in splits))
+
+
+def shuffled_labels() -> Workload:
+    return dataclasses.replace(digits_mlp(), name="shuffled-labels", load_data=_shuffled_label_splits)
+
+
+class _IgnoresInput(torch.nn.Module):
+    """Multiplies its input by zero on the way in (a mask or scale bug): the output depends on nothing."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x * 0)
+
+
+def ignores_input() -> Workload:
+    from orchestrator.workloads.digits import build_mlp
+
+    return dataclasses.replace(digits_mlp(), name="ignores-input",
+                               build_model=lambda c: _IgnoresInput(build_mlp(c)))
+
+
+class _UnseededNoise(torch.nn.Module):
+    """Adds noise drawn from a generator seeded by the clock, not by the trial's seed."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        import time
+
+        if self.training:
+            gen = torch.Generator().manual_seed(time.perf_counter_ns())
+            x = x + 0.1 * torch.randn(x.shape, generator=gen)
+        return self.inner(x)
+
+
+def unseeded_noise() -> Workload:
+    from orchestrator.workloads.digits import build_mlp
+
+    return dataclasses.replace(digits_mlp(), name="unseeded-noise",
+                               build_model=lambda c: _UnseededNoise(build_mlp(c)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.cli import _cluster, _jobs, _results
+from orchestrator.cli import _cluster, _jobs, _practice, _results
 from orchestrator.cli._common import run_command
 
 __all__ = ["main", "build_parser"]
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _jobs.register(commands)
     _results.register(commands)
+    _practice.register(commands)
     _cluster.register(commands)
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from orchestrator.results import CONFIG_PREFIX, ResultsNotFound
-from orchestrator.errors import RunError
+from orchestrator.errors import RunError, SanityFailed
 from orchestrator.storage import StoreError
 from orchestrator.spec import JobSpec, SpecError, load_spec
 
@@ -33,6 +33,9 @@ def run_command(handler, args) -> int:
     except CliError as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return exc.code
+    except SanityFailed as exc:
+        print(f"hpo: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (ResultsNotFound, RunError, StoreError) as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -15,6 +15,20 @@ RUN_FILE = "run.json"
 SPEC_FILE = "spec.yaml"
 
 
+def stored_spec(uri: str, options=None):
+    """The resolved spec a run recorded (its `spec.yaml`)."""
+    from orchestrator._yaml import load_yaml_text
+    from orchestrator.results.reader import ResultsNotFound
+    from orchestrator.spec import parse_spec
+
+    store = open_store(uri, options)
+    try:
+        text = store.read_bytes(SPEC_FILE)
+    except FileNotFoundError:
+        raise ResultsNotFound(f"no {SPEC_FILE} under {store.path()} (is {uri} a run's results_uri?)") from None
+    return parse_spec(load_yaml_text(text), check_workload=False)
+
+
 @dataclass
 class PullReport:
     destination: str

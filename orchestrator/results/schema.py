@@ -14,8 +14,10 @@ import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 CONFIG_PREFIX = "config/"
-# Columns that vary between otherwise identical runs (wall-clock); everything else is deterministic.
+# Columns that vary between otherwise identical runs: wall-clock, and which attempt of a retried trial produced
+# the row (a retry continues from the checkpoint bit-identically). Everything else is deterministic.
 TIMING_COLUMNS = ("epoch_time_s", "time_total_s", "timestamp")
+RUN_VARYING_COLUMNS = TIMING_COLUMNS + ("attempt",)
 TRIAL_STATUSES = ("running", "completed", "stopped_early", "error")
 
 
@@ -75,7 +77,8 @@ class ResultsSchema:
         fields = [pa.field("trial_id", pa.string(), nullable=False), pa.field("iteration", pa.int64(), False)]
         fields += [pa.field(m, pa.float64()) for m in self.metrics]
         fields += self._config_fields()
-        fields += [pa.field("trial_seed", pa.int64()), pa.field("epoch_time_s", pa.float64()),
+        fields += [pa.field("trial_seed", pa.int64()), pa.field("attempt", pa.int64()),
+                   pa.field("epoch_time_s", pa.float64()),
                    pa.field("time_total_s", pa.float64()), pa.field("timestamp", pa.timestamp("ms", tz="UTC"))]
         return pa.schema(fields, metadata=self._metadata())
 
@@ -86,7 +89,9 @@ class ResultsSchema:
         fields += [pa.field(f"last_{m}", pa.float64()) for m in self.metrics]
         fields += self._config_fields()
         fields += [pa.field("trial_seed", pa.int64()), pa.field("checkpoint", pa.string()),
-                   pa.field("best_checkpoint", pa.string()), pa.field("error", pa.string())]
+                   pa.field("best_checkpoint", pa.string()), pa.field("error", pa.string()),
+                   pa.field("node_id", pa.string()),  # the Ray node that ran the trial (rank 0 under DDP)
+                   pa.field("retries", pa.int64())]
         return pa.schema(fields, metadata=self._metadata())
 
     def row(self, trial_id: str, result: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,16 +100,19 @@ class ResultsSchema:
         row.update({m: _cast(result.get(m), pa.float64()) for m in self.metrics})
         row.update({CONFIG_PREFIX + n: _cast(config.get(n), t) for n, t in self.config})
         row["trial_seed"] = int(result["trial_seed"])
+        row["attempt"] = int(result.get("attempt", 0))  # 0: the trial's first run; n: its n-th retry
         row["epoch_time_s"] = float(result.get("epoch_time_s", 0.0))
         row["time_total_s"] = float(result.get("time_total_s", 0.0))
         row["timestamp"] = int(float(result.get("timestamp", 0)) * 1000)
         return row
 
     def trial_record(self, trial_id: str, status: str, rows: list[dict], config: Mapping[str, Any],
-                     max_epochs: int, checkpoints: tuple[str | None, str | None], error: str | None) -> dict:
+                     max_epochs: int, checkpoints: tuple[str | None, str | None], error: str | None,
+                     node_id: str | None = None, retries: int = 0) -> dict:
         """One trials.parquet row from the trial's reported rows (in order); checkpoints = (latest, best)."""
         record: dict[str, Any] = {"trial_id": trial_id, "iterations": len(rows), "checkpoint": checkpoints[0],
-                                  "best_checkpoint": checkpoints[1], "error": error}
+                                  "best_checkpoint": checkpoints[1], "error": error, "node_id": node_id,
+                                  "retries": retries}
         finished = status in ("completed", "stopped_early")
         record["stopped_early"] = finished and (rows[-1]["iteration"] if rows else 0) < max_epochs
         record["status"] = "stopped_early" if record["stopped_early"] else status

@@ -1,0 +1,74 @@
+"""`hpo sanity`: the built-in workload passes every check; each planted bug is caught by the check meant for it."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import run_hpo, spec_dict
+from orchestrator.sanity import CHECKS, sanity_checks
+from orchestrator.spec import parse_spec
+
+NAMES = ["loss_at_init", "overfit_one_batch", "input_independent", "gradient_dependency", "determinism"]
+
+
+def _failed(workload: str) -> set[str]:
+    report = sanity_checks(parse_spec(spec_dict(workload=workload)))
+    assert [c.name for c in report.checks] == NAMES
+    return {c.name for c in report.checks if not c.passed}
+
+
+def test_check_names_are_the_documented_ones():
+    assert [c.__name__.removeprefix("check_") for c in CHECKS] == NAMES
+
+
+@pytest.mark.parametrize("workload, caught_by", [
+    ("tests.workloads_for_tests:batch_mixing", "gradient_dependency"),
+    ("tests.workloads_for_tests:shuffled_labels", "input_independent"),
+    ("tests.workloads_for_tests:ignores_input", "input_independent"),
+    ("tests.workloads_for_tests:unseeded_noise", "determinism"),
+])
+def test_each_planted_bug_is_caught_by_its_check(workload, caught_by):
+    assert caught_by in _failed(workload)
+
+
+def test_regression_workload_passes():
+    assert _failed("tests.workloads_for_tests:digit_value") == set()
+
+
+def test_cli_passes_the_built_in_workload_and_writes_sanity_parquet(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(storage=str(tmp_path / "out"))))
+    proc = run_hpo("sanity", str(spec), "--output", "json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["passed"] is True and [c["name"] for c in report["checks"]] == NAMES
+    init = report["checks"][0]
+    assert abs(init["measured"] - 2.302585) < 0.25 * 2.302585 and "-log(1/10)" in init["expected"]
+    table = pq.read_table(f"{report['results_uri']}/sanity.parquet")
+    assert table.column("check").to_pylist() == NAMES and all(table.column("passed").to_pylist())
+
+
+def test_cli_exits_1_and_shows_the_failing_check(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(workload="tests.workloads_for_tests:batch_mixing",
+                                             storage=str(tmp_path / "out"))))
+    proc = run_hpo("sanity", str(spec))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("gradient_dependency"))
+    assert "FAIL" in line and "Traceback" not in proc.stderr
+
+
+def test_sanity_true_in_a_tuning_spec_refuses_to_search_when_a_check_fails(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(workload="tests.workloads_for_tests:unseeded_noise", sanity=True,
+                                             storage=str(tmp_path / "out"))))
+    proc = run_hpo("run", str(spec))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "sanity checks failed, the search did not start: determinism" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    [run_dir] = (tmp_path / "out" / "t-job").iterdir()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["sanity.parquet"]  # no trial ran, nothing else written
