@@ -27,6 +27,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/results_io.py
+	$(BIN)/python bench/search_efficiency.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -77,12 +77,12 @@ def _predict(results_uri: str, storage_options: dict, workload_name: str, trial_
     return preds, labels, workload.task
 
 
-def _predict_all(spec, results_uri: str, trial_ids: list[str]):
+def _predict_all(spec, results_uri: str, trial_ids: list[str], address: str | None):
     import ray
 
     from orchestrator.ray_env import start_ray
 
-    started = start_ray(min_cpus=1)
+    started = start_ray(address, min_cpus=1)
     try:
         task = ray.remote(num_cpus=1)(_predict)
         refs = [task.remote(results_uri, spec.storage_options.s3(), spec.workload, t, spec.search.mode)
@@ -114,9 +114,10 @@ def _greedy(library: list[str], preds: dict, labels, task: str, size: int) -> di
     return counts
 
 
-def build_ensemble(results_uri: str, *, top_k: int = 3, method: str = "topk",
-                   progress: Callable[[str], None] = lambda line: None) -> EnsembleResult:
-    """Ensemble the best `top_k` trials of the finished run at `results_uri`; writes ensemble.parquet there."""
+def build_ensemble(results_uri: str, *, top_k: int = 3, method: str = "topk", address: str | None = None,
+                   options=None, progress: Callable[[str], None] = lambda line: None) -> EnsembleResult:
+    """Ensemble the best `top_k` trials of the finished run at `results_uri`; writes ensemble.parquet there.
+    Predictions run as Ray tasks on the cluster at `address`, or on an embedded Ray."""
     from orchestrator.results.ops import stored_spec
     from orchestrator.results import load_trials
     from orchestrator.storage import open_store
@@ -125,8 +126,12 @@ def build_ensemble(results_uri: str, *, top_k: int = 3, method: str = "topk",
         raise RunError(f"method {method!r}: use one of {', '.join(METHODS)}")
     if not 1 <= top_k <= 1000:
         raise RunError(f"top_k {top_k}: use a number from 1 to 1000")
-    spec = stored_spec(results_uri)
-    store = open_store(results_uri, spec.storage_options.s3())
+    spec = stored_spec(results_uri, options)
+    from orchestrator.workloads import resolve_workload
+
+    if resolve_workload(spec.workload).objective is not None:
+        raise RunError(f"workload {spec.workload} evaluates a function and trains no model: nothing to ensemble")
+    store = open_store(results_uri, options or spec.storage_options.s3())
     metric, mode = spec.search.metric, spec.search.mode
     finished = [t for t in load_trials(store).to_pylist()
                 if t["best_checkpoint"] and t[f"best_{metric}"] is not None]
@@ -135,7 +140,7 @@ def build_ensemble(results_uri: str, *, top_k: int = 3, method: str = "topk",
     finished.sort(key=lambda t: (t[f"best_{metric}"] if mode == "min" else -t[f"best_{metric}"], t["trial_id"]))
     pool = [t["trial_id"] for t in finished[:top_k if method == "topk" else max(3 * top_k, 10)]]
     progress(f"ensemble: predicting with {len(pool)} trial(s) as Ray tasks")
-    predicted = _predict_all(spec, results_uri, pool)
+    predicted = _predict_all(spec, results_uri, pool, address)
     labels, task = predicted[pool[0]][1], predicted[pool[0]][2]
     preds = {t: predicted[t][0] for t in pool}
     weights = {t: 1 for t in pool} if method == "topk" else _greedy(pool, preds, labels, task, top_k)

@@ -178,6 +178,10 @@ def sanity_checks(spec, progress: Callable[[str], None] = lambda line: None) -> 
     from orchestrator.workloads import resolve_workload
 
     workload = resolve_workload(spec.workload)
+    if workload.objective is not None:
+        from orchestrator.errors import RunError
+
+        raise RunError(f"workload {workload.name} evaluates a function and trains no model: nothing to check")
     config = representative_config(spec, workload)
     configure_determinism(use_gpu=False, threads=max(1, math.floor(spec.train.cpus_per_worker)))
     splits = workload.load_data(config)

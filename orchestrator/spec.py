@@ -147,6 +147,7 @@ class StorageOptions(_Section):
 
 
 class JobSpec(_Section):
+    kind: Literal["tune"] = Field("tune", description="tune (a search; the default) | ensemble (see EnsembleSpec)")
     name: StrictStr = Field(description="lowercase letters, digits, dashes; at most 63 characters")
     workload: StrictStr = Field(description="a built-in workload or 'package.module:function'")
     seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = Field(0, description="job seed")
@@ -218,17 +219,47 @@ def _format_error(err: dict) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def parse_spec(data: Any, *, check_workload: bool = True) -> JobSpec:
-    """Validate an already-parsed mapping. Raises SpecError."""
+class EnsembleSpec(_Section):
+    """`kind: ensemble`: ensemble the best trials of a finished tuning run (what `hpo ensemble` does), as a job
+    that `hpo run` runs and `hpo submit` sends to a cluster."""
+
+    kind: Literal["ensemble"]
+    name: StrictStr = Field(description="lowercase letters, digits, dashes; at most 63 characters")
+    description: StrictStr = ""
+    run: StrictStr = Field(description="the tuning run's results_uri (printed by hpo run)")
+    top_k: Annotated[StrictInt, Field(ge=1, le=1000)] = Field(3, description="members, or greedy selection steps")
+    method: Literal["topk", "greedy"] = Field("topk", description="topk | greedy (Caruana forward selection)")
+    storage_options: StorageOptions = Field(default_factory=StorageOptions, description="for s3:// runs")
+
+    _name = field_validator("name")(JobSpec._name.__func__)
+
+    @field_validator("run")
+    @classmethod
+    def _run(cls, value: str) -> str:
+        from orchestrator.storage import check_storage_uri
+
+        return check_storage_uri(value)
+
+
+KINDS = {"tune": JobSpec, "ensemble": EnsembleSpec}
+
+
+def parse_spec(data: Any, *, check_workload: bool = True) -> JobSpec | EnsembleSpec:
+    """Validate an already-parsed mapping (a JobSpec, or an EnsembleSpec for `kind: ensemble`). Raises SpecError."""
     if data is None:
         raise SpecError("file is empty; a job spec is a YAML mapping with at least name, workload and search")
     if not isinstance(data, dict):
         raise SpecError(f"must be a YAML mapping (key: value), got a {type(data).__name__}")
+    kind = data.get("kind", "tune")
+    if kind not in KINDS:
+        close = difflib.get_close_matches(str(kind), list(KINDS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SpecError(f"kind: {kind!r} is not allowed ({hint}allowed: {', '.join(KINDS)})")
     try:
-        spec = JobSpec.model_validate(data)
+        spec = KINDS[kind].model_validate(data)
     except ValidationError as exc:
         raise SpecError(_format_error(exc.errors()[0])) from None
-    if check_workload:
+    if check_workload and isinstance(spec, JobSpec):
         check_against_workload(spec)
     return spec
 
@@ -269,7 +300,7 @@ def check_against_workload(spec: JobSpec):
     return workload
 
 
-def load_spec(path: str | Path, *, check_workload: bool = True) -> JobSpec:
+def load_spec(path: str | Path, *, check_workload: bool = True) -> JobSpec | EnsembleSpec:
     """Read and validate a job spec file. Raises SpecError with a one-line reason."""
     path = Path(path)
     try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import RunError
-from orchestrator.spec import JobSpec
+from orchestrator.spec import EnsembleSpec, JobSpec
 
 SPEC_IN_JOB = ".hpo/spec.yaml"
 METADATA_KEY = "hpo"
@@ -88,17 +88,17 @@ class Submission:
     results_uri: str
 
 
-def submit(spec: JobSpec, spec_text: str, *, address: str | None, token_file: str | None = None,
+def submit(spec: JobSpec | EnsembleSpec, spec_text: str, *, address: str | None, token_file: str | None = None,
            working_dir: str | None = None, storage: str | None = None) -> Submission:
     """Submit `spec` (already validated) to run as `hpo run` on the cluster."""
     from orchestrator.runner import new_run_id, results_uri_for
 
-    target = storage or spec.storage
+    target = spec.run if isinstance(spec, EnsembleSpec) else storage or spec.storage
     if "://" not in target and not os.path.isabs(target):
         raise RunError(f"storage {target!r} is relative: on a cluster it would land in the job's temporary "
                        "directory; use s3://bucket/prefix or an absolute path every node shares (--storage)")
     run_id = new_run_id()
-    results_uri = results_uri_for(spec, run_id, storage)
+    results_uri = spec.run if isinstance(spec, EnsembleSpec) else results_uri_for(spec, run_id, storage)
     jobs = client(address, token_file)
     url = resolve_address(address)
     with tempfile.TemporaryDirectory(prefix="hpo-submit-") as staging:

@@ -114,6 +114,10 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
     epoch. Rank 0 writes a checkpoint every epoch; with `restore` every rank starts from the latest one."""
     configure_determinism(use_gpu=plan.use_gpu, threads=max(1, math.floor(plan.cpus_per_worker)))
     workload = _workload(plan.workload)
+    if workload.objective is not None:  # a benchmark function: nothing to train or checkpoint
+        for epoch in range(1, plan.max_epochs + 1):
+            reporter.report({"epoch": epoch, **workload.objective(hp, epoch), "trial_seed": seed, "epoch_time_s": 0.0})
+        return
     seed_everything(seed)  # the same on every rank: identical initial weights
     splits = workload.load_data(hp)
     (x_train, y_train), (x_val, y_val) = splits.train, splits.val

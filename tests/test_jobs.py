@@ -24,3 +24,23 @@ def test_shipped_job_loads_and_plans(path, tmp_path):
     assert set(the_plan.spec.search.fixed) >= set(spec.search.fixed)
     assert the_plan.trial_plan.max_epochs == spec.train.max_epochs
     assert not (tmp_path / spec.name).exists()  # planning writes nothing
+
+
+def _readme_yaml_blocks() -> list[str]:
+    import re
+
+    return re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_every_spec_in_the_readme_validates():
+    """The README's spec reference (every field) and its `kind: ensemble` example are real specs."""
+    from orchestrator._yaml import load_yaml_text
+    from orchestrator.spec import EnsembleSpec, JobSpec, parse_spec
+
+    specs = [load_yaml_text(b) for b in _readme_yaml_blocks()]
+    specs = [s for s in specs if isinstance(s, dict) and ("search" in s or s.get("kind") == "ensemble")]
+    parsed = [parse_spec(s, check_workload=s.get("workload") == "digits-mlp") for s in specs]
+    kinds = {type(p) for p in parsed}
+    assert kinds == {JobSpec, EnsembleSpec}
+    reference = next(p for p in parsed if isinstance(p, JobSpec) and p.name == "digits-asha")
+    assert reference.search.role("hidden") == "scientific" and reference.train.max_retries == 2

@@ -7,6 +7,7 @@ import re
 import urllib.error
 import urllib.request
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -66,6 +67,17 @@ def test_submitted_job_succeeds_with_logs_and_results(head, tmp_path):
     assert "submitted" in row and "SUCCEEDED" in row and results_uri in row
     for output in (status, logs, listed):
         assert head.token not in output.stdout + output.stderr
+    # kind: ensemble specs are jobs too: ensemble the run just made, on the cluster.
+    ensemble_spec = tmp_path / "ensemble.yaml"
+    ensemble_spec.write_text(yaml.safe_dump({"kind": "ensemble", "name": "submitted-ens", "run": results_uri,
+                                             "top_k": 2}))
+    ens = _hpo(head, "submit", str(ensemble_spec), "--follow")
+    assert ens.returncode == 0 and "SUCCEEDED" in ens.stderr, ens.stderr[-3000:]
+    assert ens.stdout.startswith(f"results_uri: {results_uri}")
+    ens_logs = _hpo(head, "logs", ens.stdout.strip().splitlines()[-1])
+    result = json.loads(ens_logs.stdout.strip().splitlines()[-1])
+    assert len(result["members"]) == 2
+    assert pq.read_table(f"{results_uri}/ensemble.parquet").num_rows == 4  # ensemble, best single, 2 members
 
 
 def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, tmp_path):

@@ -7,7 +7,7 @@ import sys
 from orchestrator.results import CONFIG_PREFIX, ResultsNotFound
 from orchestrator.errors import RunError, SanityFailed
 from orchestrator.storage import StoreError
-from orchestrator.spec import JobSpec, SpecError, load_spec
+from orchestrator.spec import EnsembleSpec, JobSpec, SpecError, load_spec
 
 EXIT_FAILED = 1  # the job ran and failed
 EXIT_USAGE = 2  # bad input: nothing was started
@@ -20,11 +20,18 @@ class CliError(Exception):
         self.code = code
 
 
-def read_spec(path: str) -> JobSpec:
+def read_spec(path: str) -> JobSpec | EnsembleSpec:
     try:
         return load_spec(path)
     except SpecError as exc:
         raise CliError(f"Invalid job spec {path}: {exc}") from None
+
+
+def read_tune_spec(path: str, command: str) -> JobSpec:
+    spec = read_spec(path)
+    if not isinstance(spec, JobSpec):
+        raise CliError(f"{path}: hpo {command} needs a tuning spec, not kind: {spec.kind}")
+    return spec
 
 
 def run_command(handler, args) -> int:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from orchestrator.cli._common import EXIT_FAILED, EXIT_UNSYNCED, CliError, read_spec
-from orchestrator.spec import json_schema
+from orchestrator.spec import EnsembleSpec, json_schema
 
 
 def register(commands) -> None:
@@ -32,6 +32,9 @@ def register(commands) -> None:
 
 def validate(args) -> int:
     spec = read_spec(args.spec)
+    if isinstance(spec, EnsembleSpec):
+        print(f"ok: {spec.name}: ensemble ({spec.method}) of the best {spec.top_k} trials of {spec.run}")
+        return 0
     space = ", ".join(f"{n}~{spec.search.distribution(n)[0]}" for n in spec.search.space)
     print(f"ok: {spec.name}: {spec.search.algorithm} search over {space}; {spec.scheduler.type} scheduler; "
           f"workload {spec.workload}")
@@ -48,6 +51,8 @@ def run(args) -> int:
     from orchestrator.storage import check_storage_uri
 
     spec = read_spec(args.spec)
+    if isinstance(spec, EnsembleSpec):
+        return _run_ensemble(spec, args)
     if args.storage:
         try:
             check_storage_uri(args.storage)
@@ -73,6 +78,18 @@ def run(args) -> int:
     if failed == summary.num_trials:
         print(f"hpo: every trial failed ({summary.results_uri}/trials.parquet holds each error)", file=sys.stderr)
         return EXIT_FAILED
+    return 0
+
+
+def _run_ensemble(spec: EnsembleSpec, args) -> int:
+    from orchestrator.cli._practice import print_ensemble
+    from orchestrator.ensemble import build_ensemble
+
+    print(f"results_uri: {spec.run}", flush=True)
+    result = build_ensemble(spec.run, top_k=spec.top_k, method=spec.method, address=args.address,
+                            options=spec.storage_options.s3(),
+                            progress=lambda line: args.quiet or print(line, file=sys.stderr, flush=True))
+    print_ensemble(result, args.output)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from orchestrator.cli._common import EXIT_FAILED, CliError, print_table, read_spec
+from orchestrator.cli._common import EXIT_FAILED, CliError, print_table, read_tune_spec
 
 
 def register(commands) -> None:
@@ -38,21 +38,25 @@ def ensemble(args) -> int:
         raise CliError(f"--top-k {args.top_k}: use 1 or more")
     result = build_ensemble(args.uri, top_k=args.top_k, method=args.method,
                             progress=lambda line: print(line, file=sys.stderr, flush=True))
-    if args.output == "json":
+    print_ensemble(result, args.output)
+    return 0
+
+
+def print_ensemble(result, output: str) -> None:
+    if output == "json":
         print(json.dumps(result.to_json()))
-        return 0
+        return
     rows = [{"": "ensemble", **result.ensemble}, {"": f"best single ({result.best_single['trial_id']})",
                                                    **result.best_single}]
     rows += [{"": f"member {m['trial_id']} x{m['weight']:.2f}", **m} for m in result.members]
     print_table(["", *result.ensemble], rows)
     print(f"wrote {result.results_uri}/ensemble.parquet")
-    return 0
 
 
 def sanity(args) -> int:
     from orchestrator.sanity import run_sanity
 
-    spec = read_spec(args.spec)
+    spec = read_tune_spec(args.spec, "sanity")
     report = run_sanity(spec, storage=args.storage, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.output == "json":
         print(json.dumps(report.to_json()))

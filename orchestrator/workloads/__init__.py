@@ -51,6 +51,9 @@ class Workload:
     load_data: Callable[[Mapping[str, Any]], Splits]
     task: Literal["classification", "regression"] = "classification"
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    # Set for workloads that evaluate a function instead of training (the `synthetic` benchmark functions):
+    # (config, epoch) -> metrics. build_model and load_data are then never called.
+    objective: Callable[[Mapping[str, Any], int], dict[str, float]] | None = None
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -73,7 +76,13 @@ def _digits_mlp() -> Workload:
     return digits_mlp()
 
 
-BUILTIN_WORKLOADS: dict[str, Callable[[], Workload]] = {"digits-mlp": _digits_mlp}
+def _synthetic() -> Workload:
+    from orchestrator.workloads.synthetic import synthetic
+
+    return synthetic()
+
+
+BUILTIN_WORKLOADS: dict[str, Callable[[], Workload]] = {"digits-mlp": _digits_mlp, "synthetic": _synthetic}
 
 
 def resolve_workload(name: str) -> Workload:

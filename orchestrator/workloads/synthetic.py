@@ -1,0 +1,62 @@
+"""`synthetic`: benchmark functions with known optima that cost no training (for bench/search_efficiency.py).
+
+Hyperparameters x1..x6 in [0, 1] are mapped onto the function's domain: `function: branin` uses x1, x2
+(global minimum 0.397887 at three points), `function: hartmann6` uses x1..x6 (global minimum -3.32237).
+`val_loss` at epoch e is f(x) + gap(x) / e: every trial converges to f(x), and trials that end better tend
+to, but do not always, look better early (gap grows with the distance from the domain's centre), so early
+stopping has something to get right and something to get wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+OPTIMA = {"branin": 0.397887, "hartmann6": -3.32237}
+
+_H_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+_H_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
+                 [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
+_H_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+                        [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+
+
+def branin(u1: float, u2: float) -> float:
+    x1, x2 = 15 * u1 - 5, 15 * u2  # x1 in [-5, 10], x2 in [0, 15]
+    b, c, t = 5.1 / (4 * math.pi ** 2), 5 / math.pi, 1 / (8 * math.pi)
+    return (x2 - b * x1 ** 2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
+
+
+def hartmann6(u: np.ndarray) -> float:
+    return float(-np.sum(_H_ALPHA * np.exp(-np.sum(_H_A * (u - _H_P) ** 2, axis=1))))
+
+
+def value(config: Mapping[str, Any]) -> float:
+    u = np.array([float(config[f"x{i}"]) for i in range(1, 7)])
+    if config["function"] == "branin":
+        return branin(u[0], u[1])
+    if config["function"] == "hartmann6":
+        return hartmann6(u)
+    raise ValueError(f"function {config['function']!r}: use branin or hartmann6")
+
+
+def objective(config: Mapping[str, Any], epoch: int) -> dict[str, float]:
+    """The metrics of `epoch` (1-based) for this config."""
+    f = value(config)
+    u = np.array([float(config[f"x{i}"]) for i in range(1, 7)])
+    gap = 1.0 + 4.0 * float(np.abs(u - 0.5).mean())
+    loss = f + gap / epoch
+    return {"train_loss": loss, "val_loss": loss}
+
+
+def synthetic():
+    from orchestrator.workloads import Workload
+
+    def no_model(config):
+        raise TypeError("the synthetic workload has no model: it evaluates a function (see workload.objective)")
+
+    return Workload(name="synthetic", build_model=no_model, load_data=no_model, task="regression",
+                    hyperparameters={"function": "branin", **{f"x{i}": 0.5 for i in range(1, 7)}},
+                    objective=objective)
