@@ -138,12 +138,25 @@ class StorageOptions(_Section):
                 raise ValueError(f"{value!r} is not an http(s):// URL")
             if "@" in parsed.netloc:
                 raise ValueError("must not carry credentials; set them in the environment or ~/.aws")
+            if not URL_RE.fullmatch(value):
+                raise ValueError(f"{value!r} is not a plain http(s)://host[:port][/path] URL (no spaces, quotes, "
+                                 "query strings or shell characters)")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", value):
+            raise ValueError(f"{value!r} is not a region name (lowercase letters, digits, dashes, e.g. us-east-1)")
         return value
 
     def s3(self):
         from orchestrator.storage import S3Options
 
         return S3Options(self.endpoint_url, self.region, self.addressing_style)
+
+
+URL_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~\-/]*)?")
 
 
 class JobSpec(_Section):
@@ -251,7 +264,7 @@ def parse_spec(data: Any, *, check_workload: bool = True) -> JobSpec | EnsembleS
     if not isinstance(data, dict):
         raise SpecError(f"must be a YAML mapping (key: value), got a {type(data).__name__}")
     kind = data.get("kind", "tune")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         close = difflib.get_close_matches(str(kind), list(KINDS), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise SpecError(f"kind: {kind!r} is not allowed ({hint}allowed: {', '.join(KINDS)})")
@@ -265,39 +278,10 @@ def parse_spec(data: Any, *, check_workload: bool = True) -> JobSpec | EnsembleS
 
 
 def check_against_workload(spec: JobSpec):
-    """Checks that need the workload: it resolves, knows every hyperparameter, and reports the metric."""
-    from orchestrator.workloads import OPTIMIZERS, WorkloadError, resolve_workload
+    """Checks that need the workload (see spec_workload.py); returns the workload."""
+    from orchestrator.spec_workload import check_against_workload as check
 
-    try:
-        workload = resolve_workload(spec.workload)
-    except WorkloadError as exc:
-        raise SpecError(f"workload: {exc}") from None
-    known = list(workload.defaults())
-    for section in ("space", "fixed"):
-        for name in getattr(spec.search, section):
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise SpecError(f"search.{section}.{name}: workload {workload.name} has no such hyperparameter "
-                                f"({hint}known: {', '.join(known)})")
-    if spec.search.metric not in workload.metrics:
-        close = difflib.get_close_matches(spec.search.metric, workload.metrics, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise SpecError(f"search.metric: {spec.search.metric!r} is not reported by workload {workload.name} "
-                        f"({hint}it reports: {', '.join(workload.metrics)})")
-    optimizer = spec.search.fixed.get("optimizer")
-    if optimizer is not None and optimizer not in OPTIMIZERS:
-        raise SpecError(f"search.fixed.optimizer: {optimizer!r} is not allowed (allowed: {', '.join(OPTIMIZERS)})")
-    if "optimizer" in spec.search.space:
-        kind, values = spec.search.distribution("optimizer")
-        bad = [v for v in values if v not in OPTIMIZERS] if kind == "choice" else [kind]
-        if bad:
-            raise SpecError(f"search.space.optimizer: {bad[0]!r} is not allowed (allowed: {', '.join(OPTIMIZERS)})")
-    batch = spec.search.fixed.get("batch_size", workload.defaults()["batch_size"])
-    if "batch_size" not in spec.search.space and (not isinstance(batch, int) or batch < spec.train.workers):
-        raise SpecError(f"search.fixed.batch_size: {batch!r} must be an integer of at least train.workers "
-                        f"({spec.train.workers}); it is the global batch, split across workers")
-    return workload
+    return check(spec)
 
 
 def load_spec(path: str | Path, *, check_workload: bool = True) -> JobSpec | EnsembleSpec:

@@ -3,6 +3,8 @@ implementations, and a spool (spool.py) that keeps writes safe through storage o
 
 from __future__ import annotations
 
+import re
+
 from urllib.parse import urlparse
 
 from orchestrator.storage.base import Store, StoreError
@@ -31,6 +33,11 @@ def check_storage_uri(uri: str) -> str:
                          "environment, ~/.aws/credentials, or use an instance role")
     if not parsed.netloc:
         raise ValueError(f"{uri!r} names no bucket; write s3://bucket/prefix")
+    if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{0,62}(/[A-Za-z0-9!_.*'()\-/=]*)?", uri):
+        raise ValueError(f"{uri!r}: use a bucket name (lowercase letters, digits, dots, dashes) and a prefix of "
+                         "letters, digits and !_.*'()-=/ (S3's safe characters)")
+    if any(part in (".", "..") for part in parsed.path.split("/")) or "//" in parsed.path:
+        raise ValueError(f"{uri!r}: S3 keys take no '.', '..' or empty path segments; write s3://bucket/prefix")
     return uri
 
 

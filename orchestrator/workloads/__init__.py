@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, NamedTuple
 
@@ -104,6 +106,11 @@ def _load_entry_point(name: str) -> Workload:
     parts = module_name.split(".")
     if not attr.isidentifier() or not all(p.isidentifier() for p in parts):
         raise WorkloadError(f"{name!r} is not of the form 'package.module:function'")
+    # A workload path is code the user trusts, but a typo or a hostile spec must not reach the standard
+    # library or this package (`os:fork`, `pdb:set_trace`, `orchestrator.cli:main` are zero-argument callables).
+    if parts[0] in sys.stdlib_module_names or parts[0] in ("orchestrator", "builtins", "__main__"):
+        raise WorkloadError(f"{name!r} names a module of Python or of hpo itself; a workload is a function in a "
+                            "module of your own ('package.module:function')")
     if os.getcwd() not in sys.path:  # console scripts do not put the working directory on sys.path
         sys.path.insert(0, os.getcwd())
     try:
@@ -111,11 +118,16 @@ def _load_entry_point(name: str) -> Workload:
     except Exception as exc:  # the user's module may raise anything while importing
         raise WorkloadError(f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
     factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise WorkloadError(f"module {module_name!r} has no function {attr!r}")
+    if not isinstance(factory, types.FunctionType):
+        raise WorkloadError(f"module {module_name!r} has no function {attr!r} (a plain Python function, not a "
+                            "class, a builtin or another callable)")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        raise WorkloadError(f"{name} must take no arguments (it returns a Workload)") from None
     try:
         workload = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise WorkloadError(f"{name} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(workload, Workload):
         raise WorkloadError(f"{name} returned {type(workload).__name__}, not an orchestrator.workloads.Workload")
