@@ -51,6 +51,17 @@ def check_resources(train, embedded: bool) -> None:
                        f"{have.get('CPU', 0):g}; lower them or raise --num-cpus")
 
 
+def check_train_can_start(train) -> None:
+    """Refuse multi-worker trials on a Ray without its dashboard. Measured on Ray 2.60: Train's placement-group
+    cleaner then cannot reach the State API and the next trial's worker group never starts (RUNNING forever)."""
+    import ray
+
+    if train.workers > 1 and not ray._private.worker.get_dashboard_url():
+        raise RunError(f"train.workers is {train.workers} but this Ray runs without its dashboard, and Ray Train "
+                       "2.60 then hangs starting worker groups; start Ray with the dashboard (ray start "
+                       "--include-dashboard=true) or use train.workers: 1")
+
+
 def keep_credentials_out_of_ray() -> None:
     """Ray Tune copies AWS_SECRET_ACCESS_KEY (and friends) from the driver's environment into every trial
     actor's runtime_env, which Ray records as job metadata and logs in runtime_env_agent.log. Trial processes

@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 from ray.tune.search import BasicVariantGenerator
 
-from orchestrator.ray_env import (DRIVER_CPU, check_resources, keep_credentials_out_of_ray, quiet_tune, start_ray,
-                                  trial_cpus)
+from orchestrator.ray_env import (DRIVER_CPU, check_resources, check_train_can_start, keep_credentials_out_of_ray,
+                                  quiet_tune, start_ray, trial_cpus)
 from orchestrator.errors import RunError, SanityFailed
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.ops import RUN_FILE, SPEC_FILE
@@ -111,6 +111,7 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
     started_ray = start_ray(address, num_cpus, min_cpus=trial_cpus(spec.train) * spec.search.max_concurrent)
     try:
         check_resources(spec.train, embedded=not address)  # before anything is written
+        check_train_can_start(spec.train)
         store = SpoolingStore(inner, run_spool_dir(results_uri) / "driver", write_behind=is_remote(results_uri))
         store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
         _write_run_file(store, the_plan, "running")
@@ -119,14 +120,15 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
         writer = ResultsWriter(store, the_plan.schema)
         tracker = RunTracker(writer, the_plan.schema, fixed=the_plan.spec.search.fixed,
                              max_epochs=spec.train.max_epochs, num_trials=_expected_trials(the_plan),
-                             progress=progress, results_uri=results_uri, max_retries=spec.train.max_retries)
+                             progress=progress, results_uri=results_uri, max_retries=spec.train.max_retries,
+                             trial_timeout_s=spec.train.trial_timeout_s)
         try:
             with contextlib.redirect_stdout(sys.stderr), _stable_cwd():  # stdout: results line + summary
                 _tuner(the_plan, tracker).fit()
         finally:
             writer.finish()
-            status = "failed" if tracker.records and all(r["status"] == "error" for r in tracker.records.values()) \
-                else "finished"
+            errors = [r["status"] == "error" for r in tracker.records.values()]
+            status = "failed" if errors and (all(errors) or (spec.train.fail_fast and any(errors))) else "finished"
             _write_run_file(store, the_plan, status, rows=writer.rows_written, trials=len(tracker.records))
             pending = _finish_uploads(store, the_plan, progress)
     finally:
@@ -208,7 +210,8 @@ def _tuner(the_plan: Plan, tracker: RunTracker):
         reuse_actors=spec.train.workers == 1,  # measured: halves per-trial start cost of in-process trials
         trial_name_creator=TrialNamer(first=0 if isinstance(the_plan.search_alg, BasicVariantGenerator) else 1),
         trial_dirname_creator=trial_name)
-    run_config = tune.RunConfig(name=TUNE_DIR, failure_config=tune.FailureConfig(max_failures=spec.train.max_retries), storage_path=str(Path(the_plan.staging).resolve())
-                                if not is_remote(the_plan.staging) else the_plan.staging,
-                                callbacks=[tracker], verbose=0)
+    staging = the_plan.staging if is_remote(the_plan.staging) else str(Path(the_plan.staging).resolve())
+    failures = tune.FailureConfig(max_failures=spec.train.max_retries, fail_fast=spec.train.fail_fast)
+    run_config = tune.RunConfig(name=TUNE_DIR, storage_path=staging, failure_config=failures, callbacks=[tracker],
+                                verbose=0)
     return tune.Tuner(trainable, param_space=the_plan.param_space, tune_config=tune_config, run_config=run_config)

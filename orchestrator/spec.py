@@ -102,6 +102,10 @@ class Train(_Section):
         2, description="per trial: the best by the search metric and the latest are kept")
     max_retries: Annotated[StrictInt, Field(ge=0, le=100)] = Field(
         2, description="times a failed trial is run again, continuing from its last checkpoint")
+    trial_timeout_s: Annotated[Float, Field(gt=0, le=7 * 24 * 3600)] = Field(
+        1800.0, description="a trial that reports nothing for this long (e.g. a worker group that never "
+        "starts) is stopped and counts as failed")
+    fail_fast: StrictBool = Field(False, description="stop the whole job at the first failed trial (exit 1)")
 
 
 _SECRET_WORDS = ("secret", "access_key", "accesskey", "password", "token", "session", "credential")

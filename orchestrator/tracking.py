@@ -17,10 +17,14 @@ class RunTracker(Callback):
     """Turns Tune events into result rows, trial records and one progress line per event worth seeing."""
 
     def __init__(self, writer: ResultsWriter, schema: ResultsSchema, *, fixed: dict, max_epochs: int,
-                 num_trials: int, progress: Callable[[str], None], results_uri: str = "", max_retries: int = 0):
+                 num_trials: int, progress: Callable[[str], None], results_uri: str = "", max_retries: int = 0,
+                 trial_timeout_s: float = float("inf")):
         self.writer, self.schema, self.max_epochs, self.num_trials = writer, schema, max_epochs, num_trials
         self.results_uri, self.max_retries = results_uri, max_retries
         self.retries: dict[str, int] = {}  # trial -> retries so far
+        self.trial_timeout_s = trial_timeout_s
+        self.last_seen: dict[str, float] = {}  # trial -> monotonic time of its start or last report
+        self.timed_out: dict[str, str] = {}  # trial -> why the watchdog stopped it
         self.fixed = dict(fixed)
         self.progress = progress
         self.rows: dict[str, list[dict]] = {}
@@ -31,8 +35,30 @@ class RunTracker(Callback):
         self.started = time.monotonic()
 
     # -- Tune hooks ---------------------------------------------------------------------------------------
+    def on_step_begin(self, iteration, trials, **info):
+        """The watchdog: stop a running trial that has reported nothing for trial_timeout_s. Its actor is killed
+        (a DDP trial's Train controller and workers go with it, their owner), and Tune treats it as failed."""
+        now = time.monotonic()
+        for trial in trials:
+            name = trial_name(trial)
+            since = self.last_seen.get(name)
+            if trial.status != "RUNNING" or since is None or now - since < self.trial_timeout_s \
+                    or name in self.timed_out:
+                continue
+            actor = trial.temporary_state.ray_actor
+            if actor is None:
+                continue
+            import ray
+
+            self.timed_out[name] = (f"no report for {now - since:.0f} s (train.trial_timeout_s = "
+                                    f"{self.trial_timeout_s:g}): the trial was stopped")
+            self.progress(f"{self._clock()} {name} {self.timed_out[name]}")
+            ray.kill(actor, no_restart=True)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         name = trial_name(trial)
+        self.last_seen[name] = time.monotonic()
+        self.timed_out.pop(name, None)
         self._record(name, trial, "running")
         self.progress(f"{self._clock()} {name} started  {format_config(trial.config)}")
 
@@ -40,6 +66,7 @@ class RunTracker(Callback):
         if "epoch" not in result:  # Tune's bookkeeping results carry no metrics
             return
         name = trial_name(trial)
+        self.last_seen[name] = time.monotonic()
         rows = self.rows.setdefault(name, [])
         if rows and rows[-1]["iteration"] >= int(result["epoch"]):
             return  # a repeated report (e.g. a restored trial) is not a new row
@@ -75,16 +102,20 @@ class RunTracker(Callback):
         record_retry(self.results_uri, name, self.retries[name])
         self._record(name, trial, "running")
         self.progress(f"{self._clock()} {name} failed, retry {self.retries[name]} of {self.max_retries} from its "
-                      f"last checkpoint: {_error_line(trial)}")
+                      f"last checkpoint: {self._why(name, trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial_name(trial)
-        error = _error_line(trial)
+        error = self._why(name, trial)
         self._record(name, trial, "error", error=error)
         self.writer.flush()
         self.progress(f"{self._clock()} {name} FAILED: {error}  [{self._done()}/{self.num_trials} trials done]")
 
     def on_experiment_end(self, trials, **info):
+        for trial in trials:  # with fail_fast, Tune ends the others without telling callbacks
+            name = trial_name(trial)
+            if self.records.get(name, {}).get("status") == "running":
+                self._record(name, trial, "cancelled", error="the job stopped (train.fail_fast) before it finished")
         self.writer.flush()
         if self.retries:
             forget(self.results_uri, list(self.retries))
@@ -100,6 +131,9 @@ class RunTracker(Callback):
         self.records[name] = record
         self.writer.write_trials(list(self.records.values()))
         return record
+
+    def _why(self, name: str, trial) -> str:
+        return self.timed_out.get(name) or _error_line(trial)
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.schema.mode == "min" else a > b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
@@ -145,3 +146,58 @@ def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint_bit_identical
     clean_rows = load_results(clean.results_uri)
     assert clean_rows["attempt"].to_pylist() == [0, 0, 0, 0]
     assert deterministic_rows(rows) == deterministic_rows(clean_rows)
+
+
+def test_a_trial_that_stops_reporting_is_stopped_by_the_watchdog_and_the_job_goes_on(ray_cluster, tmp_path):
+    lines: list[str] = []
+    kwargs = dict(workload="tests.workloads_for_tests:hangs", train={"max_epochs": 4, "trial_timeout_s": 4,
+                                                                     "max_retries": 0},
+                  search={"algorithm": "grid", "num_samples": 1, "space": {"hidden": {"choice": [16, 32]}},
+                          "fixed": {"batch_size": 128}})
+    spec, summary = _run(tmp_path / "a", lines, **kwargs)
+    trials = {t["config/hidden"]: t for t in load_trials(summary.results_uri).to_pylist()}
+    assert trials[32]["status"] == "completed"
+    assert trials[16]["status"] == "error" and trials[16]["iterations"] == 2  # it hung in epoch 3
+    assert "no report for" in trials[16]["error"] and "train.trial_timeout_s = 4" in trials[16]["error"]
+    assert any("trial_0000 no report for" in line for line in lines)
+    assert summary.statuses == {"completed": 1, "error": 1}
+
+
+def test_fail_fast_stops_the_job_at_the_first_failure(tmp_path):
+    import yaml
+
+    from conftest import run_hpo
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(workload="tests.workloads_for_tests:broken", storage=str(tmp_path / "r"),
+                                             train={"fail_fast": True, "max_retries": 0},
+                                             search={"num_samples": 4, "max_concurrent": 1})))
+    proc = run_hpo("run", str(spec), "--output", "json")
+    assert proc.returncode == 1 and "train.fail_fast is set" in proc.stderr, proc.stderr[-2000:]
+    statuses = json.loads(proc.stdout.strip().splitlines()[-1])["statuses"]
+    assert statuses["error"] == 1 and set(statuses) <= {"error", "cancelled"}, statuses  # 3 trials never failed
+
+
+def test_multi_worker_trials_are_refused_on_a_ray_without_its_dashboard(tmp_path):
+    """Ray 2.60 hangs forever starting the second Train worker group without the dashboard: refuse up front."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = f"""
+import logging, ray, sys
+sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})
+from conftest import spec_dict
+from orchestrator.errors import RunError
+from orchestrator.runner import run
+from orchestrator.spec import parse_spec
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+try:
+    run(parse_spec(spec_dict(storage={str(tmp_path / 'r')!r}, train={{"workers": 2, "cpus_per_worker": 0.5}})))
+except RunError as exc:
+    print("refused:", exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "refused: train.workers is 2 but this Ray runs without its dashboard" in proc.stdout, proc.stderr[-2000:]
+    assert not (tmp_path / "r").exists()

@@ -130,3 +130,25 @@ def unseeded_noise() -> Workload:
 
     return dataclasses.replace(digits_mlp(), name="unseeded-noise",
                                build_model=lambda c: _UnseededNoise(build_mlp(c)))
+
+
+def _hangs_model(config):
+    """The digits MLP, except that a model with `hidden: 16` hangs forever in its 30th forward pass (a stuck
+    collective, a dead data loader): it stops reporting without failing."""
+    import time
+
+    from orchestrator.workloads.digits import build_mlp
+
+    model, steps = build_mlp(config), [0]
+
+    def hook(module, inputs):
+        steps[0] += 1
+        if steps[0] == 30 and int(config["hidden"]) == 16:
+            time.sleep(10**6)
+
+    model.register_forward_pre_hook(hook)
+    return model
+
+
+def hangs() -> Workload:
+    return dataclasses.replace(digits_mlp(), name="hangs", build_model=_hangs_model)

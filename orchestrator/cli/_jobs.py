@@ -75,6 +75,10 @@ def run(args) -> int:
               f"run `hpo results sync {summary.results_uri}` when it is back", file=sys.stderr)
         return EXIT_UNSYNCED
     failed = summary.statuses.get("error", 0)
+    if failed and spec.train.fail_fast:
+        print(f"hpo: a trial failed and train.fail_fast is set: the job stopped ({summary.results_uri}/"
+              "trials.parquet holds the error)", file=sys.stderr)
+        return EXIT_FAILED
     if failed == summary.num_trials:
         print(f"hpo: every trial failed ({summary.results_uri}/trials.parquet holds each error)", file=sys.stderr)
         return EXIT_FAILED

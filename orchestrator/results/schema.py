@@ -18,7 +18,7 @@ CONFIG_PREFIX = "config/"
 # the row (a retry continues from the checkpoint bit-identically). Everything else is deterministic.
 TIMING_COLUMNS = ("epoch_time_s", "time_total_s", "timestamp")
 RUN_VARYING_COLUMNS = TIMING_COLUMNS + ("attempt",)
-TRIAL_STATUSES = ("running", "completed", "stopped_early", "error")
+TRIAL_STATUSES = ("running", "completed", "stopped_early", "error", "cancelled")
 
 
 def _scalar_type(values: list) -> pa.DataType:
