@@ -94,17 +94,18 @@ def _stderr(line: str) -> None:
 
 def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None, num_cpus: float | None = None,
         progress: Callable[[str], None] = _stderr, on_start: Callable[[str], None] | None = None,
-        run_id: str | None = None) -> RunSummary:
-    """Run the job described by `spec` and return its summary. `on_start(results_uri)` runs before any trial."""
+        run_id: str | None = None, resume_from: str | None = None) -> RunSummary:
+    """Run the job described by `spec` and return its summary. `on_start(results_uri)` runs before any trial.
+    `resume_from` (see resume.py) continues the run stored there instead of starting a new one."""
     began = time.monotonic()
     if run_id is not None and not re.fullmatch(r"[0-9A-Za-z-]{1,64}", run_id):
         raise RunError(f"run id {run_id!r}: use letters, digits and dashes")
-    results_uri = results_uri_for(spec, run_id or new_run_id(), storage)
+    results_uri = resume_from or results_uri_for(spec, run_id or new_run_id(), storage)
     the_plan = plan(spec, results_uri)
     inner = open_store(results_uri, spec.storage_options.s3())
     if is_remote(results_uri) and (warning := inner.preflight()):  # a missing bucket fails here, not later
         progress(f"storage: {warning}")
-    if spec.sanity:
+    if spec.sanity and not resume_from:
         _sanity_first(spec, inner, results_uri, progress)
     quiet_tune()
     keep_credentials_out_of_ray()
@@ -122,6 +123,10 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
                              max_epochs=spec.train.max_epochs, num_trials=_expected_trials(the_plan),
                              progress=progress, results_uri=results_uri, max_retries=spec.train.max_retries,
                              trial_timeout_s=spec.train.trial_timeout_s)
+        if resume_from:
+            from orchestrator.resume import continue_from_storage
+
+            the_plan = continue_from_storage(the_plan, writer, tracker, progress)
         try:
             with contextlib.redirect_stdout(sys.stderr), _stable_cwd():  # stdout: results line + summary
                 _tuner(the_plan, tracker).fit()

@@ -34,6 +34,21 @@ class RunTracker(Callback):
         self.best: dict | None = None
         self.started = time.monotonic()
 
+    def preload(self, rows: list[dict], records: list[dict]) -> None:
+        """`hpo resume`: what the killed run already stored, so it is kept and never written twice."""
+        for row in sorted(rows, key=lambda r: (r["trial_id"], r["iteration"])):
+            kept = self.rows.setdefault(row["trial_id"], [])
+            if not kept or kept[-1]["iteration"] < row["iteration"]:
+                kept.append(row)
+            metric, value = self.schema.metric, row.get(self.schema.metric)
+            if value is not None and (self.best is None or self._better(value, self.best[metric])):
+                self.best = row
+        for record in records:
+            self.records[record["trial_id"]] = record
+            self.retries[record["trial_id"]] = record.get("retries") or 0
+            if record.get("checkpoint"):
+                self.checkpoints[record["trial_id"]] = (record["checkpoint"], record.get("best_checkpoint"))
+
     # -- Tune hooks ---------------------------------------------------------------------------------------
     def on_step_begin(self, iteration, trials, **info):
         """The watchdog: stop a running trial that has reported nothing for trial_timeout_s. Its actor is killed

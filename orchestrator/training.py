@@ -10,7 +10,7 @@ import functools
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 import numpy as np
@@ -41,6 +41,8 @@ class TrialPlan:
     results_uri: str  # checkpoints go to <results_uri>/checkpoints/<trial_id>/ through the run's store
     storage_options: Any  # S3Options (endpoint, region, addressing; never credentials)
     train_storage: str  # local staging for the Ray Train runs of multi-worker trials (controller state only)
+    resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from
+    replay: Mapping[str, list] = field(default_factory=dict)  # resume: finished trials' rows, reported, not rerun
 
 
 class Reporter(Protocol):
@@ -133,10 +135,15 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         start = state["epoch"] + 1
-        if state.get("metrics"):  # the attempt may have died between writing this checkpoint and reporting it
-            index = checkpoints.index()
-            reporter.report({**state["metrics"], "checkpoint": checkpoints.uri(index["latest"]),
-                             "best_checkpoint": checkpoints.uri(index["best"])})
+        # Report every epoch up to the checkpoint again: the run may have died before some of those rows were
+        # reported or written (a crash between checkpoint and report, a driver killed before its flush). The
+        # driver keeps the first row it sees for each epoch, so nothing is doubled.
+        index = checkpoints.index()
+        links = {"checkpoint": checkpoints.uri(index["latest"]), "best_checkpoint": checkpoints.uri(index["best"])}
+        history = state.get("history", [])
+        for past in history:
+            reporter.report({**past, **(links if past is history[-1] else {})})
+    history = list(state.get("history", [])) if state is not None else []
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[int(device.split(":")[1])]
@@ -153,9 +160,10 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
             metrics["val_accuracy"] = val["accuracy"]
         metrics["epoch_time_s"] = time.perf_counter() - began
         rngs = _gather_rng(world)
+        history.append(dict(metrics))
         if rank == 0:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "rng": rngs, "config": dict(hp), "seed": seed, "metrics": dict(metrics)}
+                     "rng": rngs, "config": dict(hp), "seed": seed, "history": history}
             index = checkpoints.save(epoch, state, metrics.get(plan.metric))
             metrics["checkpoint"] = checkpoints.uri(index["latest"])
             metrics["best_checkpoint"] = checkpoints.uri(index["best"])

@@ -111,7 +111,7 @@ def _ddp_worker(loop_config: dict) -> None:
     checkpoints = trial_checkpoints(plan, loop_config["name"])
     attempt = loop_config["attempt"]
     run_training(loop_config["hp"], loop_config["seed"], plan, _TrainReporter(attempt), checkpoints,
-                 restore=attempt > 0, rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+                 restore=attempt > 0 or plan.resume, rank=ctx.get_world_rank(), world=ctx.get_world_size(),
                  device=_device(plan, ctx.get_local_rank()))
 
 
@@ -121,9 +121,13 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     seed = trial_seed(plan.job_seed, trial_index(name))
     hp = {**plan.fixed, **config}
     attempt = current_attempt(plan.results_uri, name)  # > 0: a retry, which continues from the last checkpoint
+    if name in plan.replay:  # `hpo resume`: this trial finished before the run was killed
+        for metrics in plan.replay[name]:
+            tune.report(metrics)
+        return
     if plan.workers == 1:
-        run_training(hp, seed, plan, _TuneReporter(attempt), trial_checkpoints(plan, name), restore=attempt > 0,
-                     device=_device(plan, 0))
+        run_training(hp, seed, plan, _TuneReporter(attempt), trial_checkpoints(plan, name),
+                     restore=attempt > 0 or plan.resume, device=_device(plan, 0))
         return
     _run_ddp(name, hp, seed, plan, attempt)
 

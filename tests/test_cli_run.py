@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from conftest import ROOT, run_hpo
@@ -96,3 +98,24 @@ def test_gpu_job_on_a_machine_without_gpus_is_refused_before_anything_is_written
     assert proc.returncode == 2
     assert "train.use_gpu is true" in proc.stderr and "Traceback" not in proc.stderr
     assert "results_uri" not in proc.stdout and not storage.exists()
+
+
+def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference(readme_run):
+    import pyarrow.parquet as pq
+
+    work, proc = readme_run
+    uri = proc.stdout.splitlines()[0].removeprefix("results_uri: ")
+    same = run_hpo("reproduce", uri, "trial_0002", "--output", "json", cwd=work)
+    assert same.returncode == 0, same.stderr[-2000:]
+    result = json.loads(same.stdout.strip().splitlines()[-1])
+    assert result["identical"] is True and result["iterations"] >= 1 and "val_accuracy" in result["metrics"]
+    # Tamper with one stored value: the rerun must point at exactly that epoch and metric.
+    [part] = json.loads((Path(uri) / "results" / "_manifest.json").read_text())["files"]
+    table = pq.read_table(Path(uri) / part)
+    rows = table.to_pylist()
+    target = next(i for i, r in enumerate(rows) if r["trial_id"] == "trial_0002" and r["iteration"] == 1)
+    rows[target]["val_loss"] = rows[target]["val_loss"] + 1e-12
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), Path(uri) / part)
+    differs = run_hpo("reproduce", uri, "trial_0002", cwd=work)
+    assert differs.returncode == 1, differs.stderr[-2000:]
+    assert differs.stdout.startswith("trial_0002: differs first at epoch 1, val_loss: recorded ")

@@ -201,3 +201,22 @@ except RunError as exc:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert "refused: train.workers is 2 but this Ray runs without its dashboard" in proc.stdout, proc.stderr[-2000:]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_killed_ddp_worker_changes_nothing(ray_cluster, tmp_path):
+    """Rank 1 of a 2-worker DDP trial dies mid-epoch 3; the trial is retried from epoch 2's checkpoint and its
+    rows equal a run where nothing died, bit for bit."""
+    marker = tmp_path / "died"
+    kwargs = dict(workload="tests.workloads_for_tests:dies_once",
+                  train={"max_epochs": 4, "workers": 2, "cpus_per_worker": 0.5},
+                  search={"num_samples": 1, "max_concurrent": 1,
+                          "fixed": {"batch_size": 128, "die_marker": str(marker), "die_at_step": 25}})
+    lines: list[str] = []
+    spec, interrupted = _run(tmp_path / "a", lines, **kwargs)
+    assert marker.exists()
+    rows, trials = check_contract(interrupted, spec)
+    assert trials["retries"].to_pylist() == [1] and trials["status"].to_pylist() == ["completed"]
+    assert rows["attempt"].to_pylist() == [0, 0, 1, 1]
+    assert any("retry 1 of 2 from its last checkpoint" in line for line in lines)
+    _, clean = _run(tmp_path / "b", **kwargs)
+    assert deterministic_rows(rows) == deterministic_rows(load_results(clean.results_uri))

@@ -46,6 +46,10 @@ def _dies_once_model(config):
     model, marker, steps = build_mlp(config), Path(config["die_marker"]), [0]
 
     def hook(module, inputs):
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_rank() != 1:
+            return  # under DDP only rank 1 dies: a worker lost while its peer waits in the all-reduce
         steps[0] += 1
         if steps[0] == config["die_at_step"] and not marker.exists():
             marker.write_text(str(os.getpid()))

@@ -29,6 +29,16 @@ def register(commands) -> None:
     p.add_argument("--run-id", help=argparse.SUPPRESS)  # chosen by `hpo submit`, so it knows the results URI
     p.set_defaults(handler=run)
 
+    p = commands.add_parser("resume", help="continue a run whose driver died, from its storage (local or s3://)")
+    p.add_argument("uri", help="the run's results_uri (printed by hpo run)")
+    p.add_argument("--spec", help="refuse to resume unless this spec is the run's (the difference is named)")
+    p.add_argument("--output", choices=("text", "json"), default="text",
+                   help="json: the last line of stdout is the summary as one JSON object")
+    p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
+    p.add_argument("--num-cpus", type=float, help="logical CPUs for the embedded Ray (default: enough for the job)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    p.set_defaults(handler=resume)
+
 
 def validate(args) -> int:
     spec = read_spec(args.spec)
@@ -66,6 +76,35 @@ def run(args) -> int:
     summary = run_job(spec, storage=args.storage, address=args.address, num_cpus=args.num_cpus, progress=progress,
                       run_id=args.run_id,
                       on_start=lambda uri: print(f"results_uri: {uri}", flush=True))
+    return _finish(summary, spec, args)
+
+
+def resume(args) -> int:
+    from orchestrator.resume import AlreadyFinished, resume as resume_run
+    from orchestrator.summary import summarize
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    try:
+        summary = resume_run(args.uri, spec_path=args.spec, address=args.address, num_cpus=args.num_cpus,
+                             progress=progress, on_start=lambda uri: print(f"results_uri: {uri}", flush=True))
+    except AlreadyFinished as exc:
+        print(f"hpo: {exc}", file=sys.stderr)
+        print(f"results_uri: {args.uri}")
+        summary = summarize(args.uri)
+        if args.output == "json":
+            print(json.dumps(summary.to_json(), default=str))
+        else:
+            _print_summary(summary)
+        return 0
+    from orchestrator.results.ops import stored_spec
+
+    return _finish(summary, stored_spec(args.uri), args)
+
+
+def _finish(summary, spec, args) -> int:
     if args.output == "json":
         print(json.dumps(summary.to_json(), default=str))
     else:

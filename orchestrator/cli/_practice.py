@@ -25,6 +25,13 @@ def register(commands) -> None:
                    help="json: the last line of stdout is one JSON object")
     p.set_defaults(handler=sanity)
 
+    p = commands.add_parser("reproduce", help="rerun one trial from its recorded config and seed; compare bit for bit")
+    p.add_argument("uri", help="a run's results_uri")
+    p.add_argument("trial_id", help="e.g. trial_0003")
+    p.add_argument("--output", choices=("text", "json"), default="text",
+                   help="json: the last line of stdout is one JSON object")
+    p.set_defaults(handler=reproduce)
+
     p = commands.add_parser("analyze", help="learning curves, isolation plots and warnings for a run")
     p.add_argument("uri", help="a run's results_uri")
     p.add_argument("--out", required=True, help="folder for the PNG plots and report.txt")
@@ -75,3 +82,11 @@ def analyze(args) -> int:
         print(line)
     print(f"wrote {len(report.plots)} plot(s) and report.txt to {args.out}")
     return 0
+
+
+def reproduce(args) -> int:
+    from orchestrator.reproduce import reproduce as rerun
+
+    result = rerun(args.uri, args.trial_id)
+    print(json.dumps(result.to_json()) if args.output == "json" else result.describe())
+    return 0 if result.identical else EXIT_FAILED

@@ -55,6 +55,22 @@ class ResultsWriter:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def adopt(self) -> list[dict]:
+        """Continue the table a killed run left (`hpo resume`): its files stay in the manifest and new rows are
+        appended after them. Returns the rows already there. A run with no results yet starts empty."""
+        from orchestrator.results.reader import ResultsNotFound, _decode, read_result_files
+
+        try:
+            files = read_result_files(self.store)
+        except ResultsNotFound:
+            return []
+        with self._lock:
+            self._files = {name: _decode(data).cast(self.schema.rows_schema()) for name, data in files.items()}
+            numbers = [int(name.rsplit("-", 1)[1].split(".")[0]) for name in self._files]
+            self._seq = max(numbers, default=-1) + 1
+            self.rows_written = sum(t.num_rows for t in self._files.values())
+            return [row for table in self._files.values() for row in table.to_pylist()]
+
     def add(self, row: dict) -> None:
         with self._lock:
             self._rows.append(row)

@@ -1,0 +1,107 @@
+"""`hpo resume URI`: continue a run whose driver died (SIGKILL, a lost head node, a closed laptop) from what
+it stored. Nothing of Ray's own state is needed, so it works the same on local disk and S3.
+
+- The run's stored spec is the job; a spec given with --spec must match it (the first difference is named).
+- Whatever the dead run left in this machine's spool is uploaded first.
+- The search runs again with the same seed, so trial i gets the same config and seed as before. A trial that
+  completed (or that ASHA stopped) is not rerun: its stored rows are reported to Tune again so the searcher
+  and scheduler see what they saw. Every other trial continues from its latest checkpoint, re-reporting the
+  epochs that checkpoint covers; the driver keeps the first row it sees for each (trial, epoch), so the table
+  ends with each exactly once. Failed trials get another try, from their checkpoints.
+- For whole-job-deterministic specs (see the README) the final table and summary equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Callable
+
+from orchestrator.errors import RunError
+
+DONE = ("completed", "stopped_early")
+
+
+class AlreadyFinished(Exception):
+    """The run finished before: resuming it changes nothing."""
+
+
+def _first_difference(given, stored, path: str = "") -> str | None:
+    if isinstance(given, dict) and isinstance(stored, dict):
+        for key in list(stored) + [k for k in given if k not in stored]:
+            found = _first_difference(given.get(key), stored.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    if given != stored:
+        return f"{path}: {given!r} in the given spec, {stored!r} in the run"
+    return None
+
+
+def check_same_spec(given_path: str, stored) -> None:
+    from orchestrator.spec import check_against_workload, load_spec
+
+    given = load_spec(given_path)
+    if getattr(given, "kind", "tune") != "tune":
+        raise RunError(f"{given_path} is a kind: {given.kind} spec, not the tuning run's")
+    resolved = given.resolved(check_against_workload(given))
+    difference = _first_difference(resolved.model_dump(mode="json"), stored.model_dump(mode="json"))
+    if difference:
+        raise RunError(f"the spec differs from the run's at {difference}; resume without --spec (the run's own "
+                       "spec is used) or start a new run")
+
+
+def resume(uri: str, *, spec_path: str | None = None, address: str | None = None, num_cpus: float | None = None,
+           progress: Callable[[str], None] = lambda line: None, on_start=None):
+    """Continue the run at `uri`; returns its RunSummary. Raises AlreadyFinished if there is nothing to do."""
+    from orchestrator.results.ops import RUN_FILE, stored_spec
+    from orchestrator.runner import run
+    from orchestrator.storage import open_store
+    from orchestrator.storage.spool import drain_until, run_spool_dir, writer_dirs
+
+    spec = stored_spec(uri)
+    store = open_store(uri, spec.storage_options.s3())
+    if spec_path:
+        check_same_spec(spec_path, spec)
+    try:
+        status = json.loads(store.read_bytes(RUN_FILE)).get("status")
+    except FileNotFoundError:
+        status = None
+    if status == "finished":
+        raise AlreadyFinished(f"{uri} already finished; nothing to resume")
+    left = drain_until(store, writer_dirs(run_spool_dir(uri)), 30.0)
+    if left:
+        raise RunError(f"{left} item(s) of the killed run still wait in {run_spool_dir(uri)} and the store does "
+                       f"not take them; run `hpo results sync {uri}` when it answers, then resume")
+    return run(spec, address=address, num_cpus=num_cpus, progress=progress, on_start=on_start, resume_from=uri)
+
+
+def continue_from_storage(the_plan, writer, tracker, progress):
+    """Called by runner.run for a resumed run: adopt the stored rows and trial records; return the plan whose
+    trials replay what finished and restore the rest."""
+    from orchestrator.results import ResultsNotFound, load_trials
+    from orchestrator.runner import new_run_id
+
+    rows = writer.adopt()
+    try:
+        records = load_trials(writer.store).to_pylist()
+    except ResultsNotFound:
+        records = []
+    tracker.preload(rows, records)
+    done = {r["trial_id"] for r in records if r["status"] in DONE}
+    metrics = the_plan.schema.metrics
+    replay = {trial: [_as_result(row, metrics) for row in tracker.rows.get(trial, [])] for trial in done}
+    progress(f"resuming: {len(rows)} row(s) kept; {len(done)} finished trial(s) replayed, the others continue "
+             "from their checkpoints")
+    trial_plan = dataclasses.replace(
+        the_plan.trial_plan, resume=True, replay=replay,
+        # a fresh place for Ray Train's controller state: a resumed trial must not pick up the dead run's
+        train_storage=f"{the_plan.trial_plan.train_storage}-resumed-{new_run_id()}")
+    return dataclasses.replace(the_plan, trial_plan=trial_plan)
+
+
+def _as_result(row: dict, metrics: tuple[str, ...]) -> dict:
+    result = {"epoch": row["iteration"], "trial_seed": row["trial_seed"], "attempt": row.get("attempt") or 0,
+              "epoch_time_s": row.get("epoch_time_s") or 0.0}
+    result.update({m: row[m] for m in metrics if row.get(m) is not None})
+    return result
