@@ -28,6 +28,8 @@ bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/results_io.py
 	$(BIN)/python bench/search_efficiency.py
+	$(BIN)/python bench/determinism.py
+	$(BIN)/python bench/resume.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -216,7 +216,11 @@ def test_a_killed_ddp_worker_changes_nothing(ray_cluster, tmp_path):
     assert marker.exists()
     rows, trials = check_contract(interrupted, spec)
     assert trials["retries"].to_pylist() == [1] and trials["status"].to_pylist() == ["completed"]
-    assert rows["attempt"].to_pylist() == [0, 0, 1, 1]
+    # Epochs 3 and 4 come from the retry. Under DDP, reports reach Tune through Ray Train's controller a little
+    # later than they happen, so epoch 2's row (checkpointed, maybe not yet relayed when rank 1 died) may be
+    # the retry's re-report of it: either way once, and bit-identical.
+    attempts = rows["attempt"].to_pylist()
+    assert attempts == sorted(attempts) and attempts[0] == 0 and attempts[2:] == [1, 1], attempts
     assert any("retry 1 of 2 from its last checkpoint" in line for line in lines)
     _, clean = _run(tmp_path / "b", **kwargs)
     assert deterministic_rows(rows) == deterministic_rows(load_results(clean.results_uri))
