@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from orchestrator.errors import RunError
 
@@ -54,12 +55,23 @@ def check_resources(train, embedded: bool) -> None:
 def check_train_can_start(train) -> None:
     """Refuse multi-worker trials on a Ray without its dashboard. Measured on Ray 2.60: Train's placement-group
     cleaner then cannot reach the State API and the next trial's worker group never starts (RUNNING forever)."""
-    import ray
-
-    if train.workers > 1 and not ray._private.worker.get_dashboard_url():
+    if train.workers > 1 and not _dashboard_url():
         raise RunError(f"train.workers is {train.workers} but this Ray runs without its dashboard, and Ray Train "
                        "2.60 then hangs starting worker groups; start Ray with the dashboard (ray start "
                        "--include-dashboard=true) or use train.workers: 1")
+
+
+def _dashboard_url(wait_s: float = 15.0) -> str | None:
+    """The cluster's dashboard address. A driver reads it from the GCS when it connects, and a dashboard still
+    starting has not written it yet, so ask the GCS again for a while before concluding there is none."""
+    from ray._private import services, worker
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        url = worker.get_dashboard_url() or services.get_webui_url_from_internal_kv()
+        if url or time.monotonic() > deadline:
+            return url
+        time.sleep(0.5)
 
 
 def keep_credentials_out_of_ray() -> None:

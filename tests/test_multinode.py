@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from conftest import ROOT, spec_dict
+from rayhead import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,9 @@ from ray.cluster_utils import Cluster
 from orchestrator.runner import run
 from orchestrator.spec import parse_spec
 
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+# its own dashboard port: the session's embedded Ray of the other tests may hold the default 8265
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                                         "dashboard_port": int(sys.argv[2])})
 for _ in range(2):
     cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
@@ -45,8 +48,8 @@ def test_ddp_trial_spans_two_nodes(tmp_path):
 
     data = spec_dict(name="two-nodes", storage=str(tmp_path), search={"num_samples": 1, "max_concurrent": 1},
                      train={"max_epochs": 2, "workers": 2, "cpus_per_worker": 1})
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(data)], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(data), str(free_port())], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["nodes"] == 3

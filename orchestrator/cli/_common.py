@@ -67,3 +67,25 @@ def print_table(columns: list[str], rows: list[dict]) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def add_output(parser, what: str = "one JSON object") -> None:
+    parser.add_argument("--output", choices=("text", "json"), default="text",
+                        help=f"json: the last line of stdout is {what}")
+
+
+def add_ray_options(parser) -> None:
+    """The options of commands that run a job: hpo run and hpo resume."""
+    add_output(parser, "the summary as one JSON object")
+    parser.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
+    parser.add_argument("--num-cpus", type=float, help="logical CPUs for the embedded Ray (default: enough for "
+                                                       "the job)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+
+
+def progress_printer(args):
+    """Progress lines to stderr, unless --quiet."""
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+    return progress

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from orchestrator.cli._common import EXIT_FAILED, EXIT_UNSYNCED, CliError, read_spec
+from orchestrator.cli._common import (EXIT_FAILED, EXIT_UNSYNCED, CliError, add_ray_options, progress_printer,
+                                      read_spec)
 from orchestrator.spec import EnsembleSpec, json_schema
 
 
@@ -21,22 +22,14 @@ def register(commands) -> None:
     p = commands.add_parser("run", help="run a job on an embedded Ray (or --address) and write its results")
     p.add_argument("spec", help="path to a YAML job spec")
     p.add_argument("--storage", help="override the spec's storage (a local folder)")
-    p.add_argument("--output", choices=("text", "json"), default="text",
-                   help="json: the last line of stdout is the summary as one JSON object")
-    p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
-    p.add_argument("--num-cpus", type=float, help="logical CPUs for the embedded Ray (default: enough for the job)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    add_ray_options(p)
     p.add_argument("--run-id", help=argparse.SUPPRESS)  # chosen by `hpo submit`, so it knows the results URI
     p.set_defaults(handler=run)
 
     p = commands.add_parser("resume", help="continue a run whose driver died, from its storage (local or s3://)")
     p.add_argument("uri", help="the run's results_uri (printed by hpo run)")
     p.add_argument("--spec", help="refuse to resume unless this spec is the run's (the difference is named)")
-    p.add_argument("--output", choices=("text", "json"), default="text",
-                   help="json: the last line of stdout is the summary as one JSON object")
-    p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
-    p.add_argument("--num-cpus", type=float, help="logical CPUs for the embedded Ray (default: enough for the job)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    add_ray_options(p)
     p.set_defaults(handler=resume)
 
 
@@ -69,11 +62,8 @@ def run(args) -> int:
         except ValueError as exc:
             raise CliError(f"--storage: {exc}") from None
 
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
-
-    summary = run_job(spec, storage=args.storage, address=args.address, num_cpus=args.num_cpus, progress=progress,
+    summary = run_job(spec, storage=args.storage, address=args.address, num_cpus=args.num_cpus,
+                      progress=progress_printer(args),
                       run_id=args.run_id,
                       on_start=lambda uri: print(f"results_uri: {uri}", flush=True))
     return _finish(summary, spec, args)
@@ -83,13 +73,9 @@ def resume(args) -> int:
     from orchestrator.resume import AlreadyFinished, resume as resume_run
     from orchestrator.summary import summarize
 
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
-
     try:
         summary = resume_run(args.uri, spec_path=args.spec, address=args.address, num_cpus=args.num_cpus,
-                             progress=progress, on_start=lambda uri: print(f"results_uri: {uri}", flush=True))
+                             progress=progress_printer(args), on_start=lambda uri: print(f"results_uri: {uri}", flush=True))
     except AlreadyFinished as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         print(f"results_uri: {args.uri}")
@@ -131,7 +117,7 @@ def _run_ensemble(spec: EnsembleSpec, args) -> int:
     print(f"results_uri: {spec.run}", flush=True)
     result = build_ensemble(spec.run, top_k=spec.top_k, method=spec.method, address=args.address,
                             options=spec.storage_options.s3(),
-                            progress=lambda line: args.quiet or print(line, file=sys.stderr, flush=True))
+                            progress=progress_printer(args))
     print_ensemble(result, args.output)
     return 0
 

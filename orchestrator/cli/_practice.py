@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from orchestrator.cli._common import EXIT_FAILED, CliError, print_table, read_tune_spec
+from orchestrator.cli._common import EXIT_FAILED, CliError, add_output, print_table, read_tune_spec
 
 
 def register(commands) -> None:
@@ -14,22 +14,19 @@ def register(commands) -> None:
     p.add_argument("--top-k", type=int, default=3, help="members (topk) or selection steps (greedy); default 3")
     p.add_argument("--method", choices=("topk", "greedy"), default="topk",
                    help="topk: average the K best trials; greedy: Caruana forward selection on validation loss")
-    p.add_argument("--output", choices=("text", "json"), default="text",
-                   help="json: the last line of stdout is one JSON object")
+    add_output(p)
     p.set_defaults(handler=ensemble)
 
     p = commands.add_parser("sanity", help="check a workload before searching (loss at init, overfit one batch, ...)")
     p.add_argument("spec", help="path to a YAML job spec")
     p.add_argument("--storage", help="override the spec's storage (where sanity.parquet goes)")
-    p.add_argument("--output", choices=("text", "json"), default="text",
-                   help="json: the last line of stdout is one JSON object")
+    add_output(p)
     p.set_defaults(handler=sanity)
 
     p = commands.add_parser("reproduce", help="rerun one trial from its recorded config and seed; compare bit for bit")
     p.add_argument("uri", help="a run's results_uri")
     p.add_argument("trial_id", help="e.g. trial_0003")
-    p.add_argument("--output", choices=("text", "json"), default="text",
-                   help="json: the last line of stdout is one JSON object")
+    add_output(p)
     p.set_defaults(handler=reproduce)
 
     p = commands.add_parser("analyze", help="learning curves, isolation plots and warnings for a run")
