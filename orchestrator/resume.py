@@ -88,7 +88,10 @@ def continue_from_storage(the_plan, writer, tracker, progress):
     except ResultsNotFound:
         records = []
     tracker.preload(rows, records)
-    done = {r["trial_id"] for r in records if r["status"] in DONE}
+    # Finished, with every row stored; anything else (a row lost with the driver, say) continues from its
+    # checkpoint, which re-reports what is missing.
+    done = {r["trial_id"] for r in records
+            if r["status"] in DONE and len(tracker.rows.get(r["trial_id"], [])) == r["iterations"]}
     metrics = the_plan.schema.metrics
     replay = {trial: [_as_result(row, metrics) for row in tracker.rows.get(trial, [])] for trial in done}
     progress(f"resuming: {len(rows)} row(s) kept; {len(done)} finished trial(s) replayed, the others continue "

@@ -40,12 +40,12 @@ class RunTracker(Callback):
             kept = self.rows.setdefault(row["trial_id"], [])
             if not kept or kept[-1]["iteration"] < row["iteration"]:
                 kept.append(row)
-            metric, value = self.schema.metric, row.get(self.schema.metric)
-            if value is not None and (self.best is None or self._better(value, self.best[metric])):
-                self.best = row
+            self._consider_best(row)
         for record in records:
             self.records[record["trial_id"]] = record
             self.retries[record["trial_id"]] = record.get("retries") or 0
+            if record.get("node_id"):
+                self.nodes[record["trial_id"]] = record["node_id"]
             if record.get("checkpoint"):
                 self.checkpoints[record["trial_id"]] = (record["checkpoint"], record.get("best_checkpoint"))
 
@@ -92,16 +92,14 @@ class RunTracker(Callback):
             self.nodes[name] = result["node_id"]
         if result.get("checkpoint"):
             self.checkpoints[name] = (result["checkpoint"], result.get("best_checkpoint"))
-        metric, value = self.schema.metric, row.get(self.schema.metric)
-        if value is not None and (self.best is None or self._better(value, self.best[metric])):
-            self.best = row
+        self._consider_best(row)
         extra = "  ".join(f"{m}={row[m]:.4f}" for m in self.schema.metrics if row.get(m) is not None)
         self.progress(f"{self._clock()} {name} epoch {row['iteration']:>3}/{self.max_epochs}  {extra}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         name = trial_name(trial)
+        self.writer.flush()  # rows first: a stored "completed" record must never precede its rows (hpo resume)
         record = self._record(name, trial, "completed")
-        self.writer.flush()
         how = "stopped by ASHA" if record["stopped_early"] else "completed"
         metric = self.schema.metric
         best = record[f"best_{metric}"]
@@ -122,15 +120,16 @@ class RunTracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial_name(trial)
         error = self._why(name, trial)
-        self._record(name, trial, "error", error=error)
         self.writer.flush()
+        self._record(name, trial, "error", error=error)
         self.progress(f"{self._clock()} {name} FAILED: {error}  [{self._done()}/{self.num_trials} trials done]")
 
     def on_experiment_end(self, trials, **info):
         for trial in trials:  # with fail_fast, Tune ends the others without telling callbacks
             name = trial_name(trial)
             if self.records.get(name, {}).get("status") == "running":
-                self._record(name, trial, "cancelled", error="the job stopped (train.fail_fast) before it finished")
+                why = "the job stopped before this trial finished (train.fail_fast, or an interrupt)"
+                self._record(name, trial, "cancelled", error=why)
         self.writer.flush()
         if self.retries:
             forget(self.results_uri, list(self.retries))
@@ -149,6 +148,11 @@ class RunTracker(Callback):
 
     def _why(self, name: str, trial) -> str:
         return self.timed_out.get(name) or _error_line(trial)
+
+    def _consider_best(self, row: dict) -> None:
+        metric, value = self.schema.metric, row.get(self.schema.metric)
+        if value is not None and (self.best is None or self._better(value, self.best[metric])):
+            self.best = row
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.schema.mode == "min" else a > b
