@@ -51,7 +51,7 @@ def _same(a, b) -> bool:
 
 def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
     from orchestrator.checkpoints import TrialCheckpoints
-    from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
+    from orchestrator.results import config_of, load_results, load_trials
     from orchestrator.results.ops import stored_spec
     from orchestrator.runner import plan
     from orchestrator.storage import LocalStore
@@ -68,7 +68,7 @@ def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
                   key=lambda r: r["iteration"])
     if not rows:
         raise RunError(f"{trial_id} reported no epoch: nothing to compare")
-    hp = {k.removeprefix(CONFIG_PREFIX): v for k, v in trial.items() if k.startswith(CONFIG_PREFIX)}
+    hp = config_of(trial)
     the_plan = plan(spec, uri).trial_plan
     the_plan = dataclasses.replace(the_plan, max_epochs=rows[-1]["iteration"])
     with tempfile.TemporaryDirectory(prefix="hpo-reproduce-") as scratch:  # its checkpoints are thrown away

@@ -17,7 +17,7 @@ import torch
 
 from orchestrator.determinism import configure_determinism, epoch_permutation, seed_everything
 from orchestrator.results.writer import parquet_bytes
-from orchestrator.training import make_optimizer, task_loss
+from orchestrator.training import evaluate, make_optimizer, task_loss
 
 SANITY_FILE = "sanity.parquet"
 INIT_TOLERANCE = 0.25  # loss at init within 25% of -log(1/C) (classification) or of mean(y^2) (regression)
@@ -94,10 +94,8 @@ def _train(workload, config, x, y, steps: int, seed: int) -> tuple[torch.nn.Modu
     return model, losses
 
 
-@torch.no_grad()
 def _loss_on(model, task, x, y) -> float:
-    model.eval()
-    return float(task_loss(task, model(x), y))
+    return evaluate(model, task, x, y, "cpu")["loss"]
 
 
 def check_loss_at_init(workload, config, splits, seed) -> Check:

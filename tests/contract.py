@@ -8,8 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
-from orchestrator._yaml import load_yaml_text
-from orchestrator.spec import parse_spec
+from orchestrator.results.ops import stored_spec
 from orchestrator.storage import open_store
 from orchestrator.trial import trial_index, trial_seed
 
@@ -18,7 +17,7 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
     """Assert everything the foundation issue promises about a finished run; return (rows, trials)."""
     uri = summary.results_uri
     store = open_store(uri)
-    resolved = parse_spec(load_yaml_text(store.read_bytes("spec.yaml")), check_workload=False)
+    resolved = stored_spec(uri)
     assert resolved.name == spec.name and resolved.seed == spec.seed
     rows, trials = load_results(uri), load_trials(uri)
     metric, mode = spec.search.metric, spec.search.mode
