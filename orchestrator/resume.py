@@ -4,10 +4,10 @@ it stored. Nothing of Ray's own state is needed, so it works the same on local d
 - The run's stored spec is the job; a spec given with --spec must match it (the first difference is named).
 - Whatever the dead run left in this machine's spool is uploaded first.
 - The search runs again with the same seed, so trial i gets the same config and seed as before. A trial that
-  completed (or that ASHA stopped) is not rerun: its stored rows are reported to Tune again so the searcher
-  and scheduler see what they saw. Every other trial continues from its latest checkpoint, re-reporting the
-  epochs that checkpoint covers; the driver keeps the first row it sees for each (trial, epoch), so the table
-  ends with each exactly once. Failed trials get another try, from their checkpoints.
+  completed (or that ASHA stopped) never reaches Ray: the searcher and scheduler are told what it reported
+  (fast_forward.py) and the search moves on. Every other trial continues from its latest checkpoint,
+  re-reporting the epochs that checkpoint covers; the driver keeps the first row it sees for each (trial,
+  epoch), so the table ends with each exactly once. Failed trials get another try, from their checkpoints.
 - For whole-job-deterministic specs (see the README) the final table and summary equal an uninterrupted run's.
 """
 
@@ -78,9 +78,11 @@ def resume(uri: str, *, spec_path: str | None = None, address: str | None = None
 
 def continue_from_storage(the_plan, writer, tracker, progress):
     """Called by runner.run for a resumed run: adopt the stored rows and trial records; return the plan whose
-    trials replay what finished and restore the rest."""
+    search passes over what finished and whose trials restore the rest."""
+    from orchestrator.fast_forward import fast_forward
     from orchestrator.results import ResultsNotFound, load_trials
     from orchestrator.runner import new_run_id
+    from orchestrator.trial import trial_index
 
     rows = writer.adopt()
     try:
@@ -93,14 +95,33 @@ def continue_from_storage(the_plan, writer, tracker, progress):
     done = {r["trial_id"] for r in records
             if r["status"] in DONE and len(tracker.rows.get(r["trial_id"], [])) == r["iterations"]}
     metrics = the_plan.schema.metrics
-    replay = {trial: [_as_result(row, metrics) for row in tracker.rows.get(trial, [])] for trial in done}
-    progress(f"resuming: {len(rows)} row(s) kept; {len(done)} finished trial(s) replayed, the others continue "
-             "from their checkpoints")
+    fast_forward(the_plan.search_alg, the_plan.scheduler,
+                 {trial: [_as_result(row, metrics) for row in tracker.rows[trial]] for trial in done},
+                 {trial_index(r["trial_id"]): _searched_config(r, the_plan.spec.search) for r in records})
+    progress(f"resuming: {len(rows)} row(s) kept; {len(done)} finished trial(s) are not rerun, the others "
+             "continue from their checkpoints")
     trial_plan = dataclasses.replace(
-        the_plan.trial_plan, resume=True, replay=replay,
+        the_plan.trial_plan, resume=True,
         # a fresh place for Ray Train's controller state: a resumed trial must not pick up the dead run's
         train_storage=f"{the_plan.trial_plan.train_storage}-resumed-{new_run_id()}")
     return dataclasses.replace(the_plan, trial_plan=trial_plan)
+
+
+def _searched_config(record: dict, search) -> dict:
+    """The searched hyperparameters of a stored trial record, as the searcher proposed them (a choice's stored
+    value may be its string form: the category itself is returned)."""
+    from orchestrator.results import config_of
+    from orchestrator.results.schema import as_column_value, config_type
+
+    stored, config = config_of(record), {}
+    for name in search.space:
+        kind, args = search.distribution(name)
+        value = stored.get(name)
+        if kind == "choice":
+            dtype = config_type(kind, args)
+            value = next((a for a in args if as_column_value(a, dtype) == value), value)
+        config[name] = value
+    return config
 
 
 def _as_result(row: dict, metrics: tuple[str, ...]) -> dict:

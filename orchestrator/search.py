@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter
+
+from orchestrator.fast_forward import SearcherGenerator, VariantGenerator
 
 from orchestrator.space import QuasiRandomSearcher, grid_space, tune_space
 from orchestrator.spec import JobSpec
@@ -32,30 +34,32 @@ def _lookup(registry: dict, kind: str, name: str):
 
 def _random(spec: JobSpec):
     # Configs are drawn in trial-creation order from one seeded generator: concurrency does not change them.
-    gen = BasicVariantGenerator(max_concurrent=spec.search.max_concurrent, random_state=spec.seed)
+    gen = VariantGenerator(max_concurrent=spec.search.max_concurrent, random_state=spec.seed)
     return gen, tune_space(spec.search), spec.search.num_samples
 
 
 def _grid(spec: JobSpec):
-    gen = BasicVariantGenerator(max_concurrent=spec.search.max_concurrent, random_state=spec.seed)
+    gen = VariantGenerator(max_concurrent=spec.search.max_concurrent, random_state=spec.seed)
     return gen, grid_space(spec.search), spec.search.num_samples
 
 
 def _quasirandom(spec: JobSpec):
     searcher = QuasiRandomSearcher(spec.search, seed=spec.seed)
-    return ConcurrencyLimiter(searcher, spec.search.max_concurrent), {}, spec.search.num_samples
+    return SearcherGenerator(ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}, spec.search.num_samples
 
 
 def _hyperopt(spec: JobSpec):
-    from ray.tune.search.hyperopt import HyperOptSearch
+    from orchestrator.search_tpe import PinnableHyperOpt
 
     # Space, metric and mode reach the searcher through the Tuner (Tune converts its domains for HyperOpt).
-    searcher = HyperOptSearch(random_state_seed=spec.seed)
-    return ConcurrencyLimiter(searcher, spec.search.max_concurrent), tune_space(spec.search), spec.search.num_samples
+    searcher = PinnableHyperOpt(random_state_seed=spec.seed)
+    limited = ConcurrencyLimiter(searcher, spec.search.max_concurrent)
+    return SearcherGenerator(limited), tune_space(spec.search), spec.search.num_samples
 
 
-# name -> builder(spec) -> (search algorithm, Tune param_space, num_samples). Each caps its own concurrency:
-# Tune's max_concurrent_trials silently ignores BasicVariantGenerator instances.
+# name -> builder(spec) -> (search algorithm, Tune param_space, num_samples). Each caps its own concurrency
+# (Tune's max_concurrent_trials silently ignores BasicVariantGenerator instances) and is a fast_forward class,
+# so `hpo resume` can pass over the trials a killed run finished.
 SEARCHERS: dict[str, Callable[[JobSpec], tuple[Any, dict, int]]] = {
     "random": _random,
     "grid": _grid,

@@ -10,7 +10,7 @@ import functools
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
 import numpy as np
@@ -42,7 +42,6 @@ class TrialPlan:
     storage_options: Any  # S3Options (endpoint, region, addressing; never credentials)
     train_storage: str  # local staging for the Ray Train runs of multi-worker trials (controller state only)
     resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from
-    replay: Mapping[str, list] = field(default_factory=dict)  # resume: finished trials' rows, reported, not rerun
 
 
 class Reporter(Protocol):
@@ -131,6 +130,7 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
         checkpoints.start_fresh()
     state = checkpoints.load_latest(map_location=device) if restore else None
     if state is not None:
+        _check_same_trial(state, hp, seed, checkpoints)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
@@ -168,6 +168,18 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
             metrics["checkpoint"] = checkpoints.uri(index["latest"])
             metrics["best_checkpoint"] = checkpoints.uri(index["best"])
         reporter.report(metrics)
+
+
+def _check_same_trial(state: dict, hp: Mapping[str, Any], seed: int, checkpoints: TrialCheckpoints) -> None:
+    """A checkpoint continues only the trial that wrote it: same hyperparameters, same seed. Anything else
+    (a resumed search proposing another config for this trial's name) would silently mix two trials."""
+    if state.get("seed") == seed and state.get("config") == dict(hp):
+        return
+    stored = state.get("config") or {}
+    differ = sorted(k for k in set(stored) | set(hp) if stored.get(k) != hp.get(k)) or ["seed"]
+    raise RuntimeError(f"{checkpoints.trial_id}: its checkpoint was written with {differ[0]}="
+                       f"{stored.get(differ[0], state.get('seed'))!r}, this attempt has "
+                       f"{hp.get(differ[0], seed)!r}; refusing to continue another trial's training")
 
 
 def _gather_rng(world: int) -> list:

@@ -121,10 +121,6 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     seed = trial_seed(plan.job_seed, trial_index(name))
     hp = {**plan.fixed, **config}
     attempt = current_attempt(plan.results_uri, name)  # > 0: a retry, which continues from the last checkpoint
-    if name in plan.replay:  # `hpo resume`: this trial finished before the run was killed
-        for metrics in plan.replay[name]:
-            tune.report(metrics)
-        return
     if plan.workers == 1:
         run_training(hp, seed, plan, _TuneReporter(attempt), trial_checkpoints(plan, name),
                      restore=attempt > 0 or plan.resume, device=_device(plan, 0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -26,17 +27,22 @@ def _sorted(table):
     return table.sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
 
 
-def run_and_kill(spec_path, trials_done: int) -> str:
+FINISHED_LINE = re.compile(r"\] (trial_\d+) (?:completed|stopped by ASHA) after ")
+
+
+def run_and_kill(spec_path, trials_done: int) -> tuple[str, set[str]]:
     """Start `hpo run`, SIGKILL it and every process it started once it reports `trials_done` finished trials
-    (counted on its progress output, so storage lag cannot let the job finish first); return its URI."""
+    (counted on its progress output, so storage lag cannot let the job finish first); return its URI and the
+    trials it reported finished."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([*HPO, "run", str(spec_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
     uri = proc.stdout.readline().strip().removeprefix("results_uri: ")
-    done = 0
+    finished = set()
     for line in proc.stderr:
-        done += " completed after " in line
-        if done >= trials_done:
+        if found := FINISHED_LINE.search(line):
+            finished.add(found.group(1))
+        if len(finished) >= trials_done:
             break
     family = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -47,7 +53,14 @@ def run_and_kill(spec_path, trials_done: int) -> str:
             pass
     proc.wait()
     assert json.loads(open_store(uri).read_bytes("run.json"))["status"] == "running"  # it died mid-run
-    return uri
+    return uri, finished
+
+
+def assert_not_rerun(finished: set[str], resumed_stderr: str) -> None:
+    """No trial the killed run finished reaches Ray again: it never starts, and the resume counts it."""
+    assert not [name for name in finished if f"] {name} started" in resumed_stderr], resumed_stderr[-3000:]
+    passed_over = int(re.search(r"(\d+) finished trial\(s\) are not rerun", resumed_stderr).group(1))
+    assert passed_over >= len(finished)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -59,10 +72,11 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
     spec_path.write_text(yaml.safe_dump(spec_dict(name="killed", storage=storage,
                                                   search={"num_samples": 8, "max_concurrent": 2},
                                                   train={"max_epochs": 6})))
-    uri = run_and_kill(spec_path, trials_done=2)
+    uri, finished = run_and_kill(spec_path, trials_done=2)
     resumed = run_hpo("resume", uri, "--spec", str(spec_path), "--output", "json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming: " in resumed.stderr and "row(s) kept" in resumed.stderr
+    assert_not_rerun(finished, resumed.stderr)
     summary = RunSummary(**json.loads(resumed.stdout.strip().splitlines()[-1]))
     rows, _ = check_contract(summary, load_spec(spec_path))  # every (trial, iteration) exactly once
     clean = run_hpo("run", str(spec_path), "--output", "json", "--storage", str(tmp_path / "clean"))
@@ -84,7 +98,7 @@ def test_resume_with_a_changed_spec_is_refused_naming_the_difference(tmp_path):
     spec_path.write_text(yaml.safe_dump(spec_dict(name="changed", storage=str(tmp_path / "runs"),
                                                   search={"num_samples": 6, "max_concurrent": 2},
                                                   train={"max_epochs": 4})))
-    uri = run_and_kill(spec_path, trials_done=1)
+    uri, _ = run_and_kill(spec_path, trials_done=1)
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(spec_dict(name="changed", storage=str(tmp_path / "runs"),
                                                 search={"num_samples": 6, "max_concurrent": 2},
@@ -92,3 +106,30 @@ def test_resume_with_a_changed_spec_is_refused_naming_the_difference(tmp_path):
     refused = run_hpo("resume", uri, "--spec", str(changed))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "differs from the run's at train.max_epochs: 5 in the given spec, 4 in the run" in refused.stderr
+
+
+def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(tmp_path):
+    """TPE proposes from the results it has seen and ASHA stops trials against its rungs: both must be told
+    what the finished trials reported, or the resumed run's later trials differ from an uninterrupted run's.
+    At max_concurrent 1 both are whole-job deterministic; the kill comes after TPE's 20 random start-up
+    trials, so the trials after it are TPE's own proposals."""
+    spec = spec_dict(name="adaptive", workload="synthetic", storage=str(tmp_path / "runs"),
+                     search={"algorithm": "hyperopt", "num_samples": 26, "max_concurrent": 1,
+                             "space": {"x1": {"uniform": [0, 1]}, "x2": {"uniform": [0, 1]}},
+                             "fixed": {"function": "branin"}},
+                     scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
+                     train={"max_epochs": 9})
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    uri, finished = run_and_kill(spec_path, trials_done=22)
+    resumed = run_hpo("resume", uri, "--output", "json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_not_rerun(finished, resumed.stderr)
+    summary = RunSummary(**json.loads(resumed.stdout.strip().splitlines()[-1]))
+    rows = load_results(uri)  # (no checkpoints to check: the synthetic workload trains nothing)
+    clean = run_hpo("run", str(spec_path), "--output", "json", "--storage", str(tmp_path / "clean"))
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    uninterrupted = RunSummary(**json.loads(clean.stdout.strip().splitlines()[-1]))
+    expected = load_results(uninterrupted.results_uri)
+    assert deterministic_rows(_sorted(rows)) == deterministic_rows(_sorted(expected))
+    assert summary.statuses == uninterrupted.statuses and "stopped_early" in summary.statuses

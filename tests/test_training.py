@@ -72,6 +72,18 @@ def test_checkpoint_holds_full_state_and_resumes_bit_identically(tmp_path):
     assert _strip(resumed.metrics) == _strip(full.metrics)  # bit-identical, dropout RNG included
 
 
+def test_a_checkpoint_continues_only_the_trial_that_wrote_it(tmp_path):
+    written = MemoryReporter(tmp_path / "t")
+    run(HP, 5, _plan(epochs=2), written)
+    other = MemoryReporter(tmp_path / "t")  # same trial name and store, another config: refused, not mixed
+    with pytest.raises(RuntimeError, match=r"trial_0000: its checkpoint was written with lr=0.01, this attempt "
+                                           r"has 0.02; refusing"):
+        run({**HP, "lr": 0.02}, 5, _plan(epochs=4), other)
+    with pytest.raises(RuntimeError, match="written with seed=5, this attempt has 6"):
+        run(HP, 6, _plan(epochs=4), MemoryReporter(tmp_path / "t"))
+    assert other.metrics == []
+
+
 def test_checkpoints_keep_latest_and_best(tmp_path):
     reporter = MemoryReporter(tmp_path, keep=1)
     run({**HP, "lr": 0.5}, 5, _plan(epochs=5), reporter)  # a high lr makes val_loss bounce

@@ -41,7 +41,8 @@ def config_type(kind: str, args: list) -> pa.DataType:
     return _scalar_type(list(args))
 
 
-def _cast(value: Any, dtype: pa.DataType) -> Any:
+def as_column_value(value: Any, dtype: pa.DataType) -> Any:
+    """`value` as a column of type `dtype` stores it (metrics and hyperparameters)."""
     if value is None:
         return None
     if pa.types.is_string(dtype):
@@ -97,8 +98,8 @@ class ResultsSchema:
     def row(self, trial_id: str, result: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
         """One results row from a reported Tune result and the trial's full config."""
         row: dict[str, Any] = {"trial_id": trial_id, "iteration": int(result["epoch"])}
-        row.update({m: _cast(result.get(m), pa.float64()) for m in self.metrics})
-        row.update({CONFIG_PREFIX + n: _cast(config.get(n), t) for n, t in self.config})
+        row.update({m: as_column_value(result.get(m), pa.float64()) for m in self.metrics})
+        row.update({CONFIG_PREFIX + n: as_column_value(config.get(n), t) for n, t in self.config})
         row["trial_seed"] = int(result["trial_seed"])
         row["attempt"] = int(result.get("attempt", 0))  # 0: the trial's first run; n: its n-th retry
         row["epoch_time_s"] = float(result.get("epoch_time_s", 0.0))
@@ -121,6 +122,6 @@ class ResultsSchema:
         record[f"best_{self.metric}"] = best[self.metric] if best else None
         record["best_iteration"] = best["iteration"] if best else None
         record.update({f"last_{m}": rows[-1].get(m) if rows else None for m in self.metrics})
-        record.update({CONFIG_PREFIX + n: _cast(config.get(n), t) for n, t in self.config})
+        record.update({CONFIG_PREFIX + n: as_column_value(config.get(n), t) for n, t in self.config})
         record["trial_seed"] = rows[0]["trial_seed"] if rows else None
         return record
