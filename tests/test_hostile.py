@@ -94,6 +94,29 @@ def test_hostile_spec_is_refused_in_one_line_and_nothing_happens(label, text, tm
     assert not MARKER.exists()
 
 
+# --- hostile storage URIs given on the command line -------------------------------------------------------
+BAD_URIS = ["", "   ", "gs://bucket/run", "s3://", "s3://Bad_Bucket/x", "s3://b/../etc", "s3://b//x",
+            "s3://key:secret@b/x", "s3://b/x; touch pwned", "/tmp/a\nb", "/tmp/a\x00b"]
+URI_COMMANDS = [["resume", "{uri}"], ["reproduce", "{uri}", "trial_0000"], ["results", "show", "{uri}"],
+                ["results", "pull", "{uri}", "--to", "{out}"], ["results", "ls", "{uri}"], ["results", "sync", "{uri}"],
+                ["ensemble", "{uri}"], ["analyze", "{uri}", "--out", "{out}"]]
+
+
+@pytest.mark.parametrize("uri", BAD_URIS)
+def test_a_hostile_storage_uri_is_refused_by_every_command_in_one_line(uri, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = str(tmp_path / "out")
+    for command in URI_COMMANDS:
+        argv = [arg.format(uri=uri, out=out) for arg in command]
+        code = main(argv)
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert code == 2, (argv, captured.err)
+        assert len(lines) == 1 and lines[0].startswith("hpo: ") and "Traceback" not in captured.err, captured.err
+        assert captured.out == ""
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path / "pwned").exists()
+
+
 # --- fuzzing the loader: any input gives a spec or a SpecError, never another exception -----------------
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
 _values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),

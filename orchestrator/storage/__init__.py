@@ -50,8 +50,14 @@ def join_uri(base: str, *parts: str) -> str:
 
 
 def open_store(uri: str, options: S3Options | None = None) -> Store:
-    """The store rooted at `uri` (a local path, file://, or s3://bucket/prefix)."""
-    check_storage_uri(uri)
+    """The store rooted at `uri` (a local path, file://, or s3://bucket/prefix). A URI we cannot use is a
+    StoreError naming it and the fix (the CLI prints it as one line, exit 2)."""
+    try:
+        check_storage_uri(uri)
+    except ValueError as exc:
+        reason = str(exc)
+        raise StoreError(f"storage URI {reason}" if reason.startswith(repr(uri)) else
+                         f"storage URI {uri!r} {reason}") from None
     if is_remote(uri):
         return S3Store(uri, options)
     return LocalStore(uri.removeprefix("file://"))
