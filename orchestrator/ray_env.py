@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import sys
+import tempfile
 import time
 
 from orchestrator.errors import RunError
@@ -26,7 +30,7 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, *, min_
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     worker_logging = ray.LoggingConfig(log_level="WARNING")  # Ray's per-report INFO lines drown the progress
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, logging_config=worker_logging)
+        _join(address, worker_logging)
     else:
         # address="local": never join a cluster a killed head left in ray_current_cluster. Keep the dashboard:
         # without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
@@ -34,6 +38,67 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, *, min_
         ray.init(address="local", num_cpus=cpus, include_dashboard=True, logging_level=logging.WARNING,
                  logging_config=worker_logging)
     return True
+
+
+def check_address(address: str | None) -> None:
+    """Refuse an --address that cannot be a reachable Ray head, before anything is written. ray.init retries an
+    unreachable GCS for minutes (measured on Ray 2.60: still waiting after 3 min for 127.0.0.1:1)."""
+    if not address or address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise RunError(f"--address {address}: that is a dashboard (Jobs API) address, which hpo submit takes; "
+                       "to run here against a cluster give its GCS address HOST:PORT (ray start --head prints it)")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise RunError(f"--address {address!r}: give a Ray head's GCS address as HOST:PORT (e.g. 10.0.0.5:6379), "
+                       "ray://HOST:PORT, or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:
+        raise RunError(f"--address {address}: cannot reach a Ray head there ({error.strerror or error}); start one "
+                       f"(ray start --head --port={port}) or fix the address") from None
+
+
+def _join(address: str, worker_logging) -> None:
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    check_address(address)
+    # Ray 2.60 joins an explicit address with token auth off unless RAY_AUTH_MODE=token, so a cluster with token
+    # auth (its default) refuses a driver that has the right RAY_AUTH_TOKEN. A user who gave a token means to use
+    # it. Ray reads the mode into a cached config at import; its own helper sets the variable and refreshes that.
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or
+                                              os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    try:
+        with _stderr_kept_on_success():  # a refused driver's core worker logs a warning a second for 20 s
+            ray.init(address=address, logging_level=logging.WARNING, logging_config=worker_logging)
+    except (ConnectionError, AuthenticationError) as error:
+        cause = error if isinstance(error, AuthenticationError) else error.__cause__
+        if isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause):
+            raise RunError(f"--address {address}: the Ray cluster refused this driver's auth token; set "
+                           "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token") from None
+        raise RunError(f"--address {address}: could not join the Ray cluster there "
+                       f"({str(error).splitlines()[0]}); check the address and that its head is up") from None
+
+
+@contextlib.contextmanager
+def _stderr_kept_on_success():
+    """Hold what is written to file descriptor 2 (Ray's C++ logs too) and pass it on unless the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def check_resources(train, embedded: bool) -> None:

@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 from ray.tune.search import BasicVariantGenerator
 
-from orchestrator.ray_env import (DRIVER_CPU, check_resources, check_train_can_start, keep_credentials_out_of_ray,
-                                  quiet_tune, start_ray, trial_cpus)
+from orchestrator.ray_env import (DRIVER_CPU, check_address, check_resources, check_train_can_start,
+                                  keep_credentials_out_of_ray, quiet_tune, start_ray, trial_cpus)
 from orchestrator.errors import RunError, SanityFailed
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.ops import RUN_FILE, SPEC_FILE
@@ -102,6 +102,7 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
         raise RunError(f"run id {run_id!r}: use letters, digits and dashes")
     results_uri = resume_from or results_uri_for(spec, run_id or new_run_id(), storage)
     the_plan = plan(spec, results_uri)
+    check_address(address)  # an unreachable cluster fails now, not after sanity checks wrote their results
     inner = open_store(results_uri, spec.storage_options.s3())
     if is_remote(results_uri) and (warning := inner.preflight()):  # a missing bucket fails here, not later
         progress(f"storage: {warning}")

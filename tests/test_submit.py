@@ -15,7 +15,7 @@ from conftest import run_hpo, spec_dict
 from contract import check_contract
 from orchestrator.spec import parse_spec
 from orchestrator.summary import RunSummary
-from rayhead import RayHead
+from rayhead import RayHead, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -112,3 +112,26 @@ def test_hostile_values_reach_the_cluster_as_data_not_shell(head, tmp_path):
     assert not pwned.exists()
     runs = list((hostile / "quoted").iterdir())
     assert len(runs) == 1 and (runs[0] / "trials.parquet").is_file()
+
+
+def test_hpo_run_joins_a_token_cluster_by_its_gcs_address_and_refuses_a_bad_one(head, tmp_path):
+    """`hpo run --address HOST:PORT` drives trials on the head's Ray; a wrong token, an unreachable head or a
+    dashboard URL is one line, exit 2, nothing written (ray.init alone waits minutes on an unreachable head)."""
+    storage = tmp_path / "results"
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict(name="joined", storage=str(storage),
+                                                  search={"num_samples": 2}, train={"max_epochs": 2})))
+    gcs = f"127.0.0.1:{head.gcs_port}"
+    refusals = {"refused this driver's auth token": (gcs, "wrong-token"),
+                "cannot reach a Ray head there": (f"127.0.0.1:{free_port()}", head.token),
+                "that is a dashboard (Jobs API) address": (head.url, head.token)}
+    for reason, (address, token) in refusals.items():
+        proc = run_hpo("run", str(spec_path), "--address", address, env={"RAY_AUTH_TOKEN": token})
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr, proc.stderr[-2000:]
+        assert not storage.exists() and proc.stdout == "" and "wrong-token" not in proc.stderr
+    joined = run_hpo("run", str(spec_path), "--address", gcs, env={"RAY_AUTH_TOKEN": head.token})
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert head.token not in joined.stdout + joined.stderr
+    assert "finished 2 trials (2 completed)" in joined.stdout
+    jobs = head.get("/api/jobs/")  # a driver that joined shows up as a job of the head's cluster
+    assert any(job.get("type") == "DRIVER" and job.get("status") == "SUCCEEDED" for job in jobs), jobs
