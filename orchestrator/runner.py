@@ -27,7 +27,8 @@ from typing import Any, Callable
 from ray.tune.search import BasicVariantGenerator
 
 from orchestrator.ray_env import (DRIVER_CPU, check_address, check_resources, check_train_can_start,
-                                  keep_credentials_out_of_ray, quiet_tune, start_ray, trial_cpus)
+                                  keep_credentials_out_of_ray, quiet_tune, release_train_leftovers, start_ray,
+                                  trial_cpus)
 from orchestrator.errors import RunError, SanityFailed
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.ops import RUN_FILE, SPEC_FILE
@@ -88,6 +89,14 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
                 search_alg, param_space, num_samples, build_scheduler(spec), resources)
 
 
+def _release_train_leftovers(progress: Callable[[str], None]) -> None:
+    try:
+        if removed := release_train_leftovers():
+            progress(f"removed {removed} placement group(s) that stopped DDP trials left on the cluster")
+    except Exception as error:  # the results matter more than the cleanup; say what may be left
+        progress(f"warning: could not check for placement groups left by stopped DDP trials ({error})")
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -132,6 +141,8 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
             with contextlib.redirect_stdout(sys.stderr), _stable_cwd():  # stdout: results line + summary
                 _tuner(the_plan, tracker).fit()
         finally:
+            if address and spec.train.workers > 1:
+                _release_train_leftovers(progress)
             writer.finish()
             errors = [r["status"] == "error" for r in tracker.records.values()]
             status = "failed" if errors and (all(errors) or (spec.train.fail_fast and any(errors))) else "finished"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
@@ -11,6 +12,22 @@ from orchestrator.attempts import forget, record_retry
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.summary import format_config
 from orchestrator.trial import trial_name
+
+
+TUNE_CONTROLLER_LOG = logging.getLogger("ray.tune.execution.tune_controller")
+
+
+class _QuietWatchdogStops(logging.Filter):
+    """Tune logs 'Trial task failed' with an 'actor died unexpectedly' traceback for a trial the watchdog stopped:
+    it reads as a crash, and the progress line and trials.parquet already say what happened."""
+
+    def __init__(self, timed_out: dict[str, str]):
+        super().__init__()
+        self.timed_out = timed_out
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message == f"Trial task failed for trial {name}" for name in self.timed_out)
 
 
 class RunTracker(Callback):
@@ -25,6 +42,7 @@ class RunTracker(Callback):
         self.trial_timeout_s = trial_timeout_s
         self.last_seen: dict[str, float] = {}  # trial -> monotonic time of its start or last report
         self.timed_out: dict[str, str] = {}  # trial -> why the watchdog stopped it
+        self._quiet_stops = _QuietWatchdogStops(self.timed_out)
         self.fixed = dict(fixed)
         self.progress = progress
         self.rows: dict[str, list[dict]] = {}
@@ -68,6 +86,7 @@ class RunTracker(Callback):
             self.timed_out[name] = (f"no report for {now - since:.0f} s (train.trial_timeout_s = "
                                     f"{self.trial_timeout_s:g}): the trial was stopped")
             self.progress(f"{self._clock()} {name} {self.timed_out[name]}")
+            TUNE_CONTROLLER_LOG.addFilter(self._quiet_stops)  # once: a logger keeps a set of filters
             ray.kill(actor, no_restart=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -125,6 +144,7 @@ class RunTracker(Callback):
         self.progress(f"{self._clock()} {name} FAILED: {error}  [{self._done()}/{self.num_trials} trials done]")
 
     def on_experiment_end(self, trials, **info):
+        TUNE_CONTROLLER_LOG.removeFilter(self._quiet_stops)
         for trial in trials:  # with fail_fast, Tune ends the others without telling callbacks
             name = trial_name(trial)
             if self.records.get(name, {}).get("status") == "running":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -135,3 +136,33 @@ def test_hpo_run_joins_a_token_cluster_by_its_gcs_address_and_refuses_a_bad_one(
     assert "finished 2 trials (2 completed)" in joined.stdout
     jobs = head.get("/api/jobs/")  # a driver that joined shows up as a job of the head's cluster
     assert any(job.get("type") == "DRIVER" and job.get("status") == "SUCCEEDED" for job in jobs), jobs
+
+
+def test_a_ddp_trial_whose_worker_group_cannot_start_fails_in_bounded_time(head, tmp_path):
+    """Two workers x 1.5 CPUs never fit on the head's 2 CPUs: Ray Train waits for them forever. The watchdog
+    stops the trial after train.trial_timeout_s with the reason in trials.parquet; every trial failed: exit 1."""
+    storage = tmp_path / "results"
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict(
+        name="stuck", storage=str(storage), search={"num_samples": 1},
+        train={"max_epochs": 1, "workers": 2, "cpus_per_worker": 1.5, "trial_timeout_s": 15, "max_retries": 0})))
+    proc = run_hpo("run", str(spec_path), "--address", f"127.0.0.1:{head.gcs_port}", "--output", "json",
+                   env={"RAY_AUTH_TOKEN": head.token}, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["statuses"] == {"error": 1}
+    trial = pq.read_table(f"{summary['results_uri']}/trials.parquet").to_pylist()[0]
+    assert trial["status"] == "error" and trial["iterations"] == 0
+    assert "no report for" in trial["error"] and "train.trial_timeout_s = 15" in trial["error"]
+    # nothing of the stuck trial is left holding the cluster: its worker group's placement group and controller
+    # (the GCS removes a finished job's groups shortly after its driver exits; a pending one would keep an
+    # autoscaler launching nodes for it)
+    for _ in range(30):
+        groups = head.get("/api/v0/placement_groups")["data"]["result"]["result"]
+        left = [group for group in groups if group["state"] != "REMOVED"]
+        if not left:
+            break
+        time.sleep(1)
+    assert groups and not left, left
+    actors = head.get("/api/v0/actors?limit=1000")["data"]["result"]["result"]
+    assert not [a for a in actors if a["class_name"] in ("TrainController", "ImplicitFunc") and a["state"] != "DEAD"]
