@@ -61,7 +61,9 @@ def main() -> None:
     default, deterministic = statistics.median(times[False]), statistics.median(times[True])
     print(f"digits MLP (3 x {args.hidden}), {args.epochs} epochs, 1 thread, {args.rounds} rounds alternating")
     print(f"  default mode        median {default:.3f} s  ({', '.join(f'{t:.3f}' for t in times[False])})")
-    print(f"  deterministic mode  median {deterministic:.3f} s  ({', '.join(f'{t:.3f}' for t in times[True])})")
+    print(
+        f"  deterministic mode  median {deterministic:.3f} s  ({', '.join(f'{t:.3f}' for t in times[True])})"
+    )
     print(f"  deterministic / default = {deterministic / default:.3f} (goal <= 1.05)")
     print(f"  distinct final val losses: deterministic {len(losses[True])}, default {len(losses[False])}")
 

@@ -26,8 +26,8 @@ import torch.nn.functional as F  # noqa: E402
 from ray import tune  # noqa: E402
 
 from orchestrator.ray_env import start_ray  # noqa: E402
-from orchestrator.runner import run  # noqa: E402
 from orchestrator.results import load_results  # noqa: E402
+from orchestrator.runner import run  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.workloads.digits import build_mlp, load_digits_splits  # noqa: E402
 
@@ -44,7 +44,7 @@ def bare_trainable(config):
         model.train()
         order = torch.randperm(len(x))
         for start in range(0, len(x), config["batch_size"]):
-            idx = order[start:start + config["batch_size"]]
+            idx = order[start : start + config["batch_size"]]
             opt.zero_grad()
             loss = F.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
@@ -54,7 +54,9 @@ def bare_trainable(config):
             val_loss = float(F.cross_entropy(model(xv), yv))
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, os.path.join(tmp, "c.pt"))
-            tune.report({"val_loss": val_loss, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(
+                {"val_loss": val_loss, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(tmp)
+            )
 
 
 def bare_run(configs: list[dict], epochs: int, concurrency: int, storage: str) -> float:
@@ -68,23 +70,46 @@ def bare_run(configs: list[dict], epochs: int, concurrency: int, storage: str) -
         bare_trainable({**by_idx[config["idx"]], "epochs": epochs, "seed": config["idx"]})
 
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": 1}), param_space=space,
-        tune_config=tune.TuneConfig(metric="val_loss", mode="min", reuse_actors=True,
-                                    search_alg=BasicVariantGenerator(max_concurrent=concurrency)),
-        run_config=tune.RunConfig(storage_path=storage, name="bare", verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        tune.with_resources(trainable, {"CPU": 1}),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric="val_loss",
+            mode="min",
+            reuse_actors=True,
+            search_alg=BasicVariantGenerator(max_concurrent=concurrency),
+        ),
+        run_config=tune.RunConfig(
+            storage_path=storage,
+            name="bare",
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
     tuner.fit()
     return time.perf_counter() - began
 
 
 def spec_for(trials: int, epochs: int, concurrency: int, storage: str, workers: int = 1):
-    return parse_spec({
-        "name": "bench", "workload": "digits-mlp", "seed": 0, "storage": storage,
-        "search": {"algorithm": "random", "num_samples": trials, "max_concurrent": concurrency,
-                   "space": {"lr": {"loguniform": [1e-3, 1e-1]}, "hidden": {"choice": [32, 64, 128]}},
-                   "fixed": {"batch_size": 64, "depth": 2, "dropout": 0.1}},
-        "train": {"max_epochs": epochs, "workers": workers, "cpus_per_worker": 1 if workers == 1 else 0.5},
-    })
+    return parse_spec(
+        {
+            "name": "bench",
+            "workload": "digits-mlp",
+            "seed": 0,
+            "storage": storage,
+            "search": {
+                "algorithm": "random",
+                "num_samples": trials,
+                "max_concurrent": concurrency,
+                "space": {"lr": {"loguniform": [1e-3, 1e-1]}, "hidden": {"choice": [32, 64, 128]}},
+                "fixed": {"batch_size": 64, "depth": 2, "dropout": 0.1},
+            },
+            "train": {
+                "max_epochs": epochs,
+                "workers": workers,
+                "cpus_per_worker": 1 if workers == 1 else 0.5,
+            },
+        }
+    )
 
 
 def hpo_run(spec) -> tuple[float, list[dict]]:
@@ -110,8 +135,13 @@ def main() -> None:
     _, rows = hpo_run(spec)  # warm-up (imports, dataset cache on workers)
     configs = {}
     for r in rows.to_pylist():
-        configs[r["trial_id"]] = {"lr": r["config/lr"], "hidden": r["config/hidden"], "depth": 2, "dropout": 0.1,
-                                  "batch_size": 64}
+        configs[r["trial_id"]] = {
+            "lr": r["config/lr"],
+            "hidden": r["config/hidden"],
+            "depth": 2,
+            "dropout": 0.1,
+            "batch_size": 64,
+        }
     configs = [configs[k] for k in sorted(configs)]
     bare_run(configs, args.epochs, args.concurrency, storage)  # warm-up
     hpo_times, bare_times = [], []
@@ -127,8 +157,10 @@ def main() -> None:
         one = spec_for(1, 1, 1, storage, workers=workers)
         wall, rows = hpo_run(one)
         epoch = rows["epoch_time_s"][0].as_py()
-        print(f"start cost, {workers}-worker trial: {wall - epoch:.2f}s (1-trial 1-epoch job {wall:.2f}s, "
-              f"epoch {epoch:.2f}s)")
+        print(
+            f"start cost, {workers}-worker trial: {wall - epoch:.2f}s (1-trial 1-epoch job {wall:.2f}s, "
+            f"epoch {epoch:.2f}s)"
+        )
 
 
 if __name__ == "__main__":

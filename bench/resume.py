@@ -34,12 +34,19 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 HPO = [sys.executable, "-m", "orchestrator.cli"]
 
 from rayhead import RayHead  # noqa: E402  (the tests' token-auth head on free ports)
+
 from orchestrator.results import RUN_VARYING_COLUMNS, load_results  # noqa: E402
 
 
 def _start(args: list[str], cluster: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([*HPO, *args, *cluster, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT), **env), start_new_session=True)
+    return subprocess.Popen(
+        [*HPO, *args, *cluster, "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
+        start_new_session=True,
+    )
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -93,15 +100,25 @@ def main() -> None:
     parser.add_argument("--scenario", choices=["driver", "all", "both"], default="both")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hpo-bench-resume-"))
-    spec = {"name": "bench-resume", "workload": "digits-mlp", "seed": 3, "storage": str(work / "runs"),
-            "search": {"algorithm": "random", "num_samples": args.trials, "max_concurrent": 2, "metric": "val_loss",
-                       "space": {"lr": {"loguniform": [1e-3, 1e-1]}, "hidden": {"choice": [32, 64, 128]}},
-                       "fixed": {"batch_size": 64}},
-            "train": {"max_epochs": args.epochs}}
+    spec = {
+        "name": "bench-resume",
+        "workload": "digits-mlp",
+        "seed": 3,
+        "storage": str(work / "runs"),
+        "search": {
+            "algorithm": "random",
+            "num_samples": args.trials,
+            "max_concurrent": 2,
+            "metric": "val_loss",
+            "space": {"lr": {"loguniform": [1e-3, 1e-1]}, "hidden": {"choice": [32, 64, 128]}},
+            "fixed": {"batch_size": 64},
+        },
+        "train": {"max_epochs": args.epochs},
+    }
     spec_path = work / "job.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     print(f"{args.trials} trials x {args.epochs} epochs, max_concurrent 2, digits-mlp, {args.kills} kill(s)")
-    for scenario in (["driver", "all"] if args.scenario == "both" else [args.scenario]):
+    for scenario in ["driver", "all"] if args.scenario == "both" else [args.scenario]:
         head = None
         cluster, env = [], {}
         if scenario == "driver":
@@ -114,9 +131,11 @@ def main() -> None:
             if head:
                 head.stop()
         per_kill = (total - plain) / len(kills) if kills else 0.0
-        print(f"  {scenario:>6}: uninterrupted {plain:.1f} s; killed {len(kills)} time(s) (after "
-              f"{', '.join(map(str, kills))} s of each attempt) and resumed: {total:.1f} s in all (exit {code}); "
-              f"ratio {total / plain:.2f} (goal <= 1.3); {per_kill:.1f} s per kill; tables identical: {same}")
+        print(
+            f"  {scenario:>6}: uninterrupted {plain:.1f} s; killed {len(kills)} time(s) (after "
+            f"{', '.join(map(str, kills))} s of each attempt) and resumed: {total:.1f} s in all (exit {code}); "
+            f"ratio {total / plain:.2f} (goal <= 1.3); {per_kill:.1f} s per kill; tables identical: {same}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,10 +43,26 @@ def epochs_to_target(rows: list[dict], metric: str, target: float, mode: str) ->
     return None
 
 
-def asha_vs_fifo(root: str, seed: int, workload: str, space: dict, fixed: dict, metric: str, mode: str,
-                 trials: int, epochs: int) -> dict:
-    search = {"algorithm": "random", "num_samples": trials, "max_concurrent": 1, "metric": metric, "mode": mode,
-              "space": space, "fixed": fixed}
+def asha_vs_fifo(
+    root: str,
+    seed: int,
+    workload: str,
+    space: dict,
+    fixed: dict,
+    metric: str,
+    mode: str,
+    trials: int,
+    epochs: int,
+) -> dict:
+    search = {
+        "algorithm": "random",
+        "num_samples": trials,
+        "max_concurrent": 1,
+        "metric": metric,
+        "mode": mode,
+        "space": space,
+        "fixed": fixed,
+    }
     common = {"workload": workload, "seed": seed, "search": search, "train": {"max_epochs": epochs}}
     fifo = _run(root, **common, scheduler={"type": "fifo"})
     asha = _run(root, **common, scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3})
@@ -58,17 +74,34 @@ def asha_vs_fifo(root: str, seed: int, workload: str, space: dict, fixed: dict, 
     # strict: the best value any (trial, epoch) of the FIFO search reported (its best checkpoint);
     # final: the best value a FIFO trial ended with after its full budget
     for name, target in (("strict", pick(r[metric] for r in fifo)), ("final", pick(last.values()))):
-        out[name] = (target, epochs_to_target(fifo, metric, target, mode), epochs_to_target(asha, metric, target, mode))
+        out[name] = (
+            target,
+            epochs_to_target(fifo, metric, target, mode),
+            epochs_to_target(asha, metric, target, mode),
+        )
     return out
 
 
 def regret(root: str, algorithm: str, function: str, seed: int, budget: int) -> float:
     dims = 2 if function == "branin" else 6
-    rows = _run(root, workload="synthetic", seed=seed, train={"max_epochs": 1},
-                search={"algorithm": algorithm, "num_samples": budget, "max_concurrent": 1, "metric": "train_loss",
-                        "mode": "min", "space": {f"x{i}": UNIT for i in range(1, dims + 1)},
-                        "fixed": {"function": function}})
-    return min(r["train_loss"] for r in rows) - OPTIMA[function]  # the synthetic workload's train_loss is f(x)
+    rows = _run(
+        root,
+        workload="synthetic",
+        seed=seed,
+        train={"max_epochs": 1},
+        search={
+            "algorithm": algorithm,
+            "num_samples": budget,
+            "max_concurrent": 1,
+            "metric": "train_loss",
+            "mode": "min",
+            "space": {f"x{i}": UNIT for i in range(1, dims + 1)},
+            "fixed": {"function": function},
+        },
+    )
+    return (
+        min(r["train_loss"] for r in rows) - OPTIMA[function]
+    )  # the synthetic workload's train_loss is f(x)
 
 
 def main() -> None:
@@ -89,27 +122,49 @@ def main() -> None:
 
 def compare_schedulers(root: str, seeds: int) -> None:
     print("1. ASHA vs FIFO, same random configs, 1 trial at a time: epochs to reach FIFO's best")
-    digits = dict(workload="digits-mlp", metric="val_accuracy", mode="max", trials=27, epochs=27,
-                  space={"lr": {"loguniform": [1e-4, 1e-1]}, "hidden": {"choice": [16, 32, 64, 128]},
-                         "dropout": {"uniform": [0.0, 0.5]}}, fixed={"batch_size": 128})
-    hartmann = dict(workload="synthetic", metric="val_loss", mode="min", trials=27, epochs=27,
-                    space={f"x{i}": UNIT for i in range(1, 7)}, fixed={"function": "hartmann6"})
+    digits = dict(
+        workload="digits-mlp",
+        metric="val_accuracy",
+        mode="max",
+        trials=27,
+        epochs=27,
+        space={
+            "lr": {"loguniform": [1e-4, 1e-1]},
+            "hidden": {"choice": [16, 32, 64, 128]},
+            "dropout": {"uniform": [0.0, 0.5]},
+        },
+        fixed={"batch_size": 128},
+    )
+    hartmann = dict(
+        workload="synthetic",
+        metric="val_loss",
+        mode="min",
+        trials=27,
+        epochs=27,
+        space={f"x{i}": UNIT for i in range(1, 7)},
+        fixed={"function": "hartmann6"},
+    )
     for label, setup in (("digits-mlp", digits), ("synthetic hartmann6", hartmann)):
         ratios = {"strict": [], "final": []}
         for seed in range(seeds):
             r = asha_vs_fifo(root, seed, **setup)
-            print(f"  {label} seed {seed}: FIFO ran {r['fifo_total']} epochs, ASHA {r['asha_total']} "
-                  f"(ASHA's best {r['asha_best']:.4f})")
+            print(
+                f"  {label} seed {seed}: FIFO ran {r['fifo_total']} epochs, ASHA {r['asha_total']} "
+                f"(ASHA's best {r['asha_best']:.4f})"
+            )
             for kind in ("strict", "final"):
                 target, fifo, asha = r[kind]
                 ratios[kind].append(fifo / asha if asha else None)
-                print(f"    {kind:6s} target {target:.4f}: FIFO reached it after {fifo} epochs, ASHA "
-                      + (f"after {asha}  -> {fifo / asha:.2f}x fewer" if asha else "never"))
+                print(
+                    f"    {kind:6s} target {target:.4f}: FIFO reached it after {fifo} epochs, ASHA "
+                    + (f"after {asha}  -> {fifo / asha:.2f}x fewer" if asha else "never")
+                )
         for kind, values in ratios.items():
             reached = [x for x in values if x is not None]
-            print(f"  {label} {kind}: ASHA reached the target in {len(reached)}/{len(values)} seeds"
-                  + (f"; median ratio where reached {statistics.median(reached):.2f}x" if reached else ""))
-
+            print(
+                f"  {label} {kind}: ASHA reached the target in {len(reached)}/{len(values)} seeds"
+                + (f"; median ratio where reached {statistics.median(reached):.2f}x" if reached else "")
+            )
 
 
 def compare_searchers(root: str, seeds: int, budget: int) -> None:
@@ -119,8 +174,10 @@ def compare_searchers(root: str, seeds: int, budget: int) -> None:
         for algorithm in ("random", "quasirandom", "hyperopt"):
             values = [regret(root, algorithm, function, seed, budget) for seed in range(seeds)]
             medians[algorithm] = statistics.median(values)
-            print(f"  {function:9s} {algorithm:11s} median regret {medians[algorithm]:.4f}  "
-                  f"(seeds: {', '.join(f'{v:.3f}' for v in values)})")
+            print(
+                f"  {function:9s} {algorithm:11s} median regret {medians[algorithm]:.4f}  "
+                f"(seeds: {', '.join(f'{v:.3f}' for v in values)})"
+            )
         for algorithm in ("quasirandom", "hyperopt"):
             print(f"  {function:9s} {algorithm} / random = {medians[algorithm] / medians['random']:.2f}")
 

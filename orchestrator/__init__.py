@@ -13,15 +13,35 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["load_spec", "parse_spec", "SpecError", "JobSpec", "plan", "run", "RunSummary", "load_results",
-           "load_trials", "summarize", "Workload", "Splits"]
+__all__ = [
+    "load_spec",
+    "parse_spec",
+    "SpecError",
+    "JobSpec",
+    "plan",
+    "run",
+    "RunSummary",
+    "load_results",
+    "load_trials",
+    "summarize",
+    "Workload",
+    "Splits",
+]
 __version__ = "0.1.0"
 
 _HOME = {
-    "load_spec": "orchestrator.spec", "parse_spec": "orchestrator.spec", "SpecError": "orchestrator.spec",
-    "JobSpec": "orchestrator.spec", "plan": "orchestrator.runner", "run": "orchestrator.runner",
-    "RunSummary": "orchestrator.summary", "summarize": "orchestrator.summary", "load_results": "orchestrator.results",
-    "load_trials": "orchestrator.results", "Workload": "orchestrator.workloads", "Splits": "orchestrator.workloads",
+    "load_spec": "orchestrator.spec",
+    "parse_spec": "orchestrator.spec",
+    "SpecError": "orchestrator.spec",
+    "JobSpec": "orchestrator.spec",
+    "plan": "orchestrator.runner",
+    "run": "orchestrator.runner",
+    "RunSummary": "orchestrator.summary",
+    "summarize": "orchestrator.summary",
+    "load_results": "orchestrator.results",
+    "load_trials": "orchestrator.results",
+    "Workload": "orchestrator.workloads",
+    "Splits": "orchestrator.workloads",
 }
 
 

@@ -36,7 +36,9 @@ class _SpecLoader(yaml.SafeLoader):
         self._depth += 1
         if self._depth > MAX_DEPTH:
             mark = self.peek_event().start_mark
-            raise YamlError(f"line {mark.line + 1}: nested deeper than {MAX_DEPTH} levels; a job spec never is")
+            raise YamlError(
+                f"line {mark.line + 1}: nested deeper than {MAX_DEPTH} levels; a job spec never is"
+            )
         try:
             return super().compose_node(parent, index)
         finally:
@@ -62,7 +64,9 @@ _FLOAT_RE = re.compile(
 _SpecLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 for _first in "-+0123456789.":
     _SpecLoader.yaml_implicit_resolvers[_first] = [
-        (tag, rx) for tag, rx in _SpecLoader.yaml_implicit_resolvers.get(_first, []) if tag != "tag:yaml.org,2002:float"
+        (tag, rx)
+        for tag, rx in _SpecLoader.yaml_implicit_resolvers.get(_first, [])
+        if tag != "tag:yaml.org,2002:float"
     ]
 _SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
@@ -87,7 +91,9 @@ def load_yaml_text(data: bytes | str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise YamlError(f"not valid YAML: {where}{exc.problem}") from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        raise YamlError(f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise YamlError(
+            f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
     if len(docs) > 1:
         raise YamlError("holds several YAML documents (---); a job spec is one")
     return docs[0] if docs else None

@@ -70,8 +70,10 @@ def isolation(trials: list[dict], spec, name: str) -> dict[tuple, dict]:
 
 def _boundary_warnings(trials: list[dict], spec) -> list[str]:
     metric, mode = f"best_{spec.search.metric}", spec.search.mode
-    scored = sorted((t for t in trials if t[metric] is not None), key=lambda t: t[metric], reverse=mode == "max")
-    top = scored[:max(1, math.ceil(TOP_FRACTION * len(scored)))]
+    scored = sorted(
+        (t for t in trials if t[metric] is not None), key=lambda t: t[metric], reverse=mode == "max"
+    )
+    top = scored[: max(1, math.ceil(TOP_FRACTION * len(scored)))]
     warnings = []
     for name in spec.search.space:
         kind, args = spec.search.distribution(name)
@@ -81,10 +83,12 @@ def _boundary_warnings(trials: list[dict], spec) -> list[str]:
         for side, near in (("lower", lambda p: p <= EDGE), ("upper", lambda p: p >= 1 - EDGE)):
             if near(positions[0]):
                 scale = " (log scale)" if kind == "loguniform" else ""
-                warnings.append(f"{name}: the best trial ({top[0]['trial_id']}, {name}="
-                                f"{top[0][CONFIG_PREFIX + name]:.4g}) and {sum(map(near, positions)) - 1} of the "
-                                f"next {len(top) - 1} sit in the {side} {EDGE:.0%} of the range {args}{scale}; the "
-                                "optimum may lie outside it: widen the range")
+                warnings.append(
+                    f"{name}: the best trial ({top[0]['trial_id']}, {name}="
+                    f"{top[0][CONFIG_PREFIX + name]:.4g}) and {sum(map(near, positions)) - 1} of the "
+                    f"next {len(top) - 1} sit in the {side} {EDGE:.0%} of the range {args}{scale}; the "
+                    "optimum may lie outside it: widen the range"
+                )
     return warnings
 
 
@@ -96,14 +100,18 @@ def _seed_warning(trials: list[dict], spec) -> list[str]:
             groups.setdefault(tuple(t[CONFIG_PREFIX + n] for n in spec.search.space), []).append(t[metric])
     repeated = [v for v in groups.values() if len(v) > 1]
     if not repeated:
-        return ["note: no config ran with more than one seed, so seed noise is unmeasured (grid search with "
-                "num_samples > 1 repeats every config)"]
+        return [
+            "note: no config ran with more than one seed, so seed noise is unmeasured (grid search with "
+            "num_samples > 1 repeats every config)"
+        ]
     spread = max(max(v) - min(v) for v in repeated)
     bests = sorted((_better(mode)(v) for v in groups.values()), reverse=mode == "max")
     if len(bests) > 1 and spread > abs(bests[0] - bests[1]):
-        return [f"seed noise: the same config's best {spec.search.metric} varies by {spread:.4g} across seeds, "
-                f"more than the gap {abs(bests[0] - bests[1]):.4g} between the two best configs; the ranking of "
-                "the top configs is not trustworthy"]
+        return [
+            f"seed noise: the same config's best {spec.search.metric} varies by {spread:.4g} across seeds, "
+            f"more than the gap {abs(bests[0] - bests[1]):.4g} between the two best configs; the ranking of "
+            "the top configs is not trustworthy"
+        ]
     return []
 
 
@@ -124,13 +132,19 @@ def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
     scored = [t for t in trials if t[f"best_{metric}"] is not None]
     if scored:
         best = _better(spec.search.mode)(scored, key=lambda t: t[f"best_{metric}"])
-        report.lines.append(f"{len(trials)} trials; best {best['trial_id']} {metric}={best[f'best_{metric}']:.4g}")
+        report.lines.append(
+            f"{len(trials)} trials; best {best['trial_id']} {metric}={best[f'best_{metric}']:.4g}"
+        )
     for name in spec.search.space:
         series = isolation(trials, spec, name)
         report.plots.append(plot_isolation(trials, spec, name, series, out / f"isolation_{name}.png"))
-        report.lines.append(f"isolation {name} ({spec.search.role(name)}): " + "; ".join(
-            f"{_fmt(k)}: " + ", ".join(f"{_fmt(b)} -> {v:.4g}" for b, v in sorted(line.items()))
-            for k, line in series.items()))
+        report.lines.append(
+            f"isolation {name} ({spec.search.role(name)}): "
+            + "; ".join(
+                f"{_fmt(k)}: " + ", ".join(f"{_fmt(b)} -> {v:.4g}" for b, v in sorted(line.items()))
+                for k, line in series.items()
+            )
+        )
     report.warnings = _boundary_warnings(trials, spec) + _seed_warning(trials, spec)
     report.lines += [f"warning: {w}" if not w.startswith("note:") else w for w in report.warnings]
     (out / "report.txt").write_text("\n".join(report.lines) + "\n")

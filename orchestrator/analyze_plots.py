@@ -6,8 +6,12 @@ from pathlib import Path
 
 from orchestrator.results import CONFIG_PREFIX
 
-STYLE = {"completed": ("tab:blue", "-"), "stopped_early": ("tab:gray", "--"), "error": ("tab:red", ":"),
-         "running": ("tab:orange", "-")}
+STYLE = {
+    "completed": ("tab:blue", "-"),
+    "stopped_early": ("tab:gray", "--"),
+    "error": ("tab:red", ":"),
+    "running": ("tab:orange", "-"),
+}
 
 
 def plot_learning_curves(rows: list[dict], trials: list[dict], spec, path: Path) -> str:
@@ -49,8 +53,14 @@ def plot_isolation(trials: list[dict], spec, name: str, series: dict[tuple, dict
     categorical = kind == "choice" and not all(isinstance(v, (int, float)) for v, _ in points)
     position = {v: i for i, v in enumerate(sorted({v for v, _ in points}, key=str))} if categorical else None
     x = (lambda v: position[v]) if categorical else (lambda v: v)
-    ax.scatter([x(v) for v, _ in points], [m for _, m in points], s=14, color="tab:gray", alpha=0.5,
-               label="every trial")
+    ax.scatter(
+        [x(v) for v, _ in points],
+        [m for _, m in points],
+        s=14,
+        color="tab:gray",
+        alpha=0.5,
+        label="every trial",
+    )
     for key, line in series.items():
         buckets = sorted(line, key=str if categorical else float)
         label = "best at each value" + (f" ({key})" if key else "")
@@ -59,8 +69,11 @@ def plot_isolation(trials: list[dict], spec, name: str, series: dict[tuple, dict
         ax.set_xticks(list(position.values()), [str(v) for v in position])
     if kind == "loguniform":
         ax.set_xscale("log")
-    ax.set(xlabel=f"{name} ({spec.search.role(name)})", ylabel=metric,
-           title=f"isolation: {name}, best over nuisance hyperparameters")
+    ax.set(
+        xlabel=f"{name} ({spec.search.role(name)})",
+        ylabel=metric,
+        title=f"isolation: {name}, best over nuisance hyperparameters",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -19,8 +19,9 @@ def _key(results_uri: str, trial: str) -> bytes:
 def record_retry(results_uri: str, trial: str, attempt: int) -> None:
     from ray.experimental import internal_kv
 
-    internal_kv._internal_kv_put(_key(results_uri, trial), str(attempt).encode(), overwrite=True,
-                                 namespace=_NAMESPACE)
+    internal_kv._internal_kv_put(
+        _key(results_uri, trial), str(attempt).encode(), overwrite=True, namespace=_NAMESPACE
+    )
 
 
 def current_attempt(results_uri: str, trial: str) -> int:

@@ -64,7 +64,7 @@ class TrialCheckpoints:
             pick = min if self.mode == "min" else max
             best_score = pick(s for s, _ in scored)
             index["best"] = min(e for s, e in scored if s == best_score)  # earliest of equals
-        keep = {epoch, index["best"]} | set(sorted(int(e) for e in index["epochs"])[-self.keep:])
+        keep = {epoch, index["best"]} | set(sorted(int(e) for e in index["epochs"])[-self.keep :])
         for old in [int(e) for e in index["epochs"] if int(e) not in keep]:
             del index["epochs"][str(old)]
             self.store.delete(self._epoch_file(old))

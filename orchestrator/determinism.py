@@ -21,7 +21,9 @@ CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 def derive_seed(*keys: int) -> int:
     """A 31-bit seed from integer keys (job seed, trial index, epoch, rank...), stable across platforms."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint32)[0]) & 0x7FFFFFFF
+    return (
+        int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint32)[0]) & 0x7FFFFFFF
+    )
 
 
 def seed_everything(seed: int) -> None:

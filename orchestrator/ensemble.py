@@ -10,8 +10,8 @@ max(3K, 10) trials. Test metrics never influence any choice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +33,13 @@ class EnsembleResult:
     members: list[dict] = field(default_factory=list)  # trial_id, weight, metrics
 
     def to_json(self) -> dict:
-        return {"results_uri": self.results_uri, "method": self.method, "ensemble": self.ensemble,
-                "best_single": self.best_single, "members": self.members}
+        return {
+            "results_uri": self.results_uri,
+            "method": self.method,
+            "ensemble": self.ensemble,
+            "best_single": self.best_single,
+            "members": self.members,
+        }
 
 
 def _scores(task: str, preds: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
@@ -60,7 +65,9 @@ def _predict(results_uri: str, storage_options: dict, workload_name: str, trial_
 
     configure_determinism(use_gpu=False, threads=1)
     workload = resolve_workload(workload_name)
-    state = TrialCheckpoints(open_store(results_uri, storage_options), trial_id, keep=1, mode=mode).load_best()
+    state = TrialCheckpoints(
+        open_store(results_uri, storage_options), trial_id, keep=1, mode=mode
+    ).load_best()
     if state is None:
         raise RunError(f"{trial_id} has no checkpoint under {results_uri}")
     model = workload.build_model(state["config"])
@@ -71,8 +78,11 @@ def _predict(results_uri: str, storage_options: dict, workload_name: str, trial_
     with torch.no_grad():
         for split, (x, y) in (("val", splits.val), ("test", splits.test)):
             out = model(x)
-            preds[split] = (torch.softmax(out.double(), dim=-1) if workload.task == "classification"
-                            else out.double().squeeze(-1)).numpy()
+            preds[split] = (
+                torch.softmax(out.double(), dim=-1)
+                if workload.task == "classification"
+                else out.double().squeeze(-1)
+            ).numpy()
             labels[split] = y.numpy()
     return preds, labels, workload.task
 
@@ -85,9 +95,11 @@ def _predict_all(spec, results_uri: str, trial_ids: list[str], address: str | No
     started = start_ray(address, min_cpus=1)
     try:
         task = ray.remote(num_cpus=1)(_predict)
-        refs = [task.remote(results_uri, spec.storage_options.s3(), spec.workload, t, spec.search.mode)
-                for t in trial_ids]
-        return dict(zip(trial_ids, ray.get(refs)))
+        refs = [
+            task.remote(results_uri, spec.storage_options.s3(), spec.workload, t, spec.search.mode)
+            for t in trial_ids
+        ]
+        return dict(zip(trial_ids, ray.get(refs), strict=True))
     finally:
         if started:
             ray.shutdown()
@@ -99,9 +111,11 @@ def _greedy(library: list[str], preds: dict, labels, task: str, size: int) -> di
     total = None
     best_loss, best_prefix = float("inf"), 0
     for step in range(1, size + 1):
-        def loss_with(t):
+
+        def loss_with(t, total=total, step=step):
             avg = {s: ((total[s] if total else 0) + preds[t][s]) / step for s in ("val", "test")}
             return _scores(task, avg, labels)["val_loss"]
+
         pick = min(library, key=lambda t: (loss_with(t), library.index(t)))
         chosen.append(pick)
         total = {s: (total[s] if total else 0) + preds[pick][s] for s in ("val", "test")}
@@ -114,12 +128,19 @@ def _greedy(library: list[str], preds: dict, labels, task: str, size: int) -> di
     return counts
 
 
-def build_ensemble(results_uri: str, *, top_k: int = 3, method: str = "topk", address: str | None = None,
-                   options=None, progress: Callable[[str], None] = lambda line: None) -> EnsembleResult:
+def build_ensemble(
+    results_uri: str,
+    *,
+    top_k: int = 3,
+    method: str = "topk",
+    address: str | None = None,
+    options=None,
+    progress: Callable[[str], None] = lambda line: None,
+) -> EnsembleResult:
     """Ensemble the best `top_k` trials of the finished run at `results_uri`; writes ensemble.parquet there.
     Predictions run as Ray tasks on the cluster at `address`, or on an embedded Ray."""
-    from orchestrator.results.ops import stored_spec
     from orchestrator.results import load_trials
+    from orchestrator.results.ops import stored_spec
     from orchestrator.storage import open_store
 
     if method not in METHODS:
@@ -130,15 +151,20 @@ def build_ensemble(results_uri: str, *, top_k: int = 3, method: str = "topk", ad
     from orchestrator.workloads import resolve_workload
 
     if resolve_workload(spec.workload).objective is not None:
-        raise RunError(f"workload {spec.workload} evaluates a function and trains no model: nothing to ensemble")
+        raise RunError(
+            f"workload {spec.workload} evaluates a function and trains no model: nothing to ensemble"
+        )
     store = open_store(results_uri, options or spec.storage_options.s3())
     metric, mode = spec.search.metric, spec.search.mode
-    finished = [t for t in load_trials(store).to_pylist()
-                if t["best_checkpoint"] and t[f"best_{metric}"] is not None]
+    finished = [
+        t for t in load_trials(store).to_pylist() if t["best_checkpoint"] and t[f"best_{metric}"] is not None
+    ]
     if not finished:
         raise RunError(f"{results_uri}: no trial has a checkpoint and a {metric} to rank it by")
-    finished.sort(key=lambda t: (t[f"best_{metric}"] if mode == "min" else -t[f"best_{metric}"], t["trial_id"]))
-    pool = [t["trial_id"] for t in finished[:top_k if method == "topk" else max(3 * top_k, 10)]]
+    finished.sort(
+        key=lambda t: (t[f"best_{metric}"] if mode == "min" else -t[f"best_{metric}"], t["trial_id"])
+    )
+    pool = [t["trial_id"] for t in finished[: top_k if method == "topk" else max(3 * top_k, 10)]]
     progress(f"ensemble: predicting with {len(pool)} trial(s) as Ray tasks")
     predicted = _predict_all(spec, results_uri, pool, address)
     labels, task = predicted[pool[0]][1], predicted[pool[0]][2]
@@ -146,13 +172,22 @@ def build_ensemble(results_uri: str, *, top_k: int = 3, method: str = "topk", ad
     weights = {t: 1 for t in pool} if method == "topk" else _greedy(pool, preds, labels, task, top_k)
     size = sum(weights.values())
     averaged = {s: sum(preds[t][s] * n for t, n in weights.items()) / size for s in ("val", "test")}
-    members = [{"trial_id": t, "weight": weights.get(t, 0) / size, **_scores(task, preds[t], labels)}
-               for t in pool if t in weights]
+    members = [
+        {"trial_id": t, "weight": weights.get(t, 0) / size, **_scores(task, preds[t], labels)}
+        for t in pool
+        if t in weights
+    ]
     val_key = "val_accuracy" if metric == "val_accuracy" and task == "classification" else "val_loss"
     sign = -1 if val_key == "val_accuracy" else 1
     best = min(members, key=lambda m: (sign * m[val_key], m["trial_id"]))
-    result = EnsembleResult(results_uri, method, task, _scores(task, averaged, labels),
-                            {k: v for k, v in best.items() if k != "weight"}, members)
+    result = EnsembleResult(
+        results_uri,
+        method,
+        task,
+        _scores(task, averaged, labels),
+        {k: v for k, v in best.items() if k != "weight"},
+        members,
+    )
     store.write_bytes(ENSEMBLE_FILE, parquet_bytes(_table(result)))
     return result
 
@@ -162,7 +197,9 @@ def _table(result: EnsembleResult) -> pa.Table:
     rows.append({"role": "best_single", "weight": None, **result.best_single})
     rows += [{"role": "member", **m} for m in result.members]
     metrics = [k for k in result.ensemble]
-    schema = pa.schema([pa.field("role", pa.string()), pa.field("trial_id", pa.string()),
-                        pa.field("weight", pa.float64())] + [pa.field(m, pa.float64()) for m in metrics],
-                       metadata={b"hpo.method": result.method.encode()})
+    schema = pa.schema(
+        [pa.field("role", pa.string()), pa.field("trial_id", pa.string()), pa.field("weight", pa.float64())]
+        + [pa.field(m, pa.float64()) for m in metrics],
+        metadata={b"hpo.method": result.method.encode()},
+    )
     return pa.Table.from_pylist(rows, schema=schema)

@@ -73,13 +73,16 @@ class SearcherGenerator(_FastForward, SearchGenerator):
     """Tune's SearchGenerator, which Tune would wrap a Searcher in anyway (quasi-random, TPE)."""
 
 
-def fast_forward(search_alg: _FastForward, scheduler, results: dict[str, list[dict]],
-                 configs: dict[int, dict]) -> FinishedTrials:
+def fast_forward(
+    search_alg: _FastForward, scheduler, results: dict[str, list[dict]], configs: dict[int, dict]
+) -> FinishedTrials:
     """Arm `search_alg` to pass over the trials in `results` (telling `scheduler` and itself what they
     reported), and pin an adaptive searcher's proposals to `configs` (trial index -> the searched
     hyperparameters that trial had); returns the record of what it passed over."""
     if not isinstance(search_alg, _FastForward):
-        raise TypeError(f"{type(search_alg).__name__} cannot pass over finished trials; build it in search.py")
+        raise TypeError(
+            f"{type(search_alg).__name__} cannot pass over finished trials; build it in search.py"
+        )
     search_alg.finished = FinishedTrials(dict(results), scheduler)
     searcher = getattr(search_alg, "searcher", None)
     while searcher is not None:  # SearchGenerator -> ConcurrencyLimiter -> the searcher itself

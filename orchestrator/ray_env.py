@@ -35,8 +35,13 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, *, min_
         # address="local": never join a cluster a killed head left in ray_current_cluster. Keep the dashboard:
         # without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
         cpus = num_cpus or max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True, logging_level=logging.WARNING,
-                 logging_config=worker_logging)
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=True,
+            logging_level=logging.WARNING,
+            logging_config=worker_logging,
+        )
     return True
 
 
@@ -46,17 +51,23 @@ def check_address(address: str | None) -> None:
     if not address or address in ("auto", "local"):
         return
     if address.startswith(("http://", "https://")):
-        raise RunError(f"--address {address}: that is a dashboard (Jobs API) address, which hpo submit takes; "
-                       "to run here against a cluster give its GCS address HOST:PORT (ray start --head prints it)")
+        raise RunError(
+            f"--address {address}: that is a dashboard (Jobs API) address, which hpo submit takes; "
+            "to run here against a cluster give its GCS address HOST:PORT (ray start --head prints it)"
+        )
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise RunError(f"--address {address!r}: give a Ray head's GCS address as HOST:PORT (e.g. 10.0.0.5:6379), "
-                       "ray://HOST:PORT, or auto")
+        raise RunError(
+            f"--address {address!r}: give a Ray head's GCS address as HOST:PORT (e.g. 10.0.0.5:6379), "
+            "ray://HOST:PORT, or auto"
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as error:
-        raise RunError(f"--address {address}: cannot reach a Ray head there ({error.strerror or error}); start one "
-                       f"(ray start --head --port={port}) or fix the address") from None
+        raise RunError(
+            f"--address {address}: cannot reach a Ray head there ({error.strerror or error}); start one "
+            f"(ray start --head --port={port}) or fix the address"
+        ) from None
 
 
 def _join(address: str, worker_logging) -> None:
@@ -67,8 +78,9 @@ def _join(address: str, worker_logging) -> None:
     # Ray 2.60 joins an explicit address with token auth off unless RAY_AUTH_MODE=token, so a cluster with token
     # auth (its default) refuses a driver that has the right RAY_AUTH_TOKEN. A user who gave a token means to use
     # it. Ray reads the mode into a cached config at import; its own helper sets the variable and refreshes that.
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or
-                                              os.environ.get("RAY_AUTH_TOKEN_PATH")):
+    if "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    ):
         from ray._private.authentication.authentication_token_setup import _enable_token_auth
 
         _enable_token_auth()
@@ -78,10 +90,14 @@ def _join(address: str, worker_logging) -> None:
     except (ConnectionError, AuthenticationError) as error:
         cause = error if isinstance(error, AuthenticationError) else error.__cause__
         if isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause):
-            raise RunError(f"--address {address}: the Ray cluster refused this driver's auth token; set "
-                           "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token") from None
-        raise RunError(f"--address {address}: could not join the Ray cluster there "
-                       f"({str(error).splitlines()[0]}); check the address and that its head is up") from None
+            raise RunError(
+                f"--address {address}: the Ray cluster refused this driver's auth token; set "
+                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+            ) from None
+        raise RunError(
+            f"--address {address}: could not join the Ray cluster there "
+            f"({str(error).splitlines()[0]}); check the address and that its head is up"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -109,21 +125,27 @@ def check_resources(train, embedded: bool) -> None:
         return  # a real cluster may autoscale to fit
     have = ray.cluster_resources()
     if train.use_gpu and have.get("GPU", 0) < train.workers:
-        raise RunError(f"train.use_gpu is true with {train.workers} worker(s), but this machine's Ray has "
-                       f"{int(have.get('GPU', 0))} GPU(s); set use_gpu: false or run on GPU nodes (--address)")
+        raise RunError(
+            f"train.use_gpu is true with {train.workers} worker(s), but this machine's Ray has "
+            f"{int(have.get('GPU', 0))} GPU(s); set use_gpu: false or run on GPU nodes (--address)"
+        )
     need = trial_cpus(train)
     if need > have.get("CPU", 0) + 1e-9:
-        raise RunError(f"one trial needs {need:g} CPUs (train.workers x train.cpus_per_worker) but Ray has "
-                       f"{have.get('CPU', 0):g}; lower them or raise --num-cpus")
+        raise RunError(
+            f"one trial needs {need:g} CPUs (train.workers x train.cpus_per_worker) but Ray has "
+            f"{have.get('CPU', 0):g}; lower them or raise --num-cpus"
+        )
 
 
 def check_train_can_start(train) -> None:
     """Refuse multi-worker trials on a Ray without its dashboard. Measured on Ray 2.60: Train's placement-group
     cleaner then cannot reach the State API and the next trial's worker group never starts (RUNNING forever)."""
     if train.workers > 1 and not _dashboard_url():
-        raise RunError(f"train.workers is {train.workers} but this Ray runs without its dashboard, and Ray Train "
-                       "2.60 then hangs starting worker groups; start Ray with the dashboard (ray start "
-                       "--include-dashboard=true) or use train.workers: 1")
+        raise RunError(
+            f"train.workers is {train.workers} but this Ray runs without its dashboard, and Ray Train "
+            "2.60 then hangs starting worker groups; start Ray with the dashboard (ray start "
+            "--include-dashboard=true) or use train.workers: 1"
+        )
 
 
 def _dashboard_url(wait_s: float = 15.0) -> str | None:
@@ -159,8 +181,11 @@ def release_train_leftovers(wait_s: float = 20.0) -> int:
         time.sleep(0.5 if list_actors(filters=alive) else 1.0)
         if list_actors(filters=alive):
             continue
-        left = [pg for pg, info in placement_group_table().items()  # a placement group's id ends with its job's
-                if pg.endswith(job) and info["state"] != "REMOVED"]
+        left = [
+            pg
+            for pg, info in placement_group_table().items()  # a placement group's id ends with its job's
+            if pg.endswith(job) and info["state"] != "REMOVED"
+        ]
         for pg in left:
             remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg)))
         removed, quiet_checks = removed + len(left), 0 if left else quiet_checks + 1

@@ -29,11 +29,15 @@ class Reproduction:
 
     def describe(self) -> str:
         if self.identical:
-            return (f"{self.trial_id}: bit-identical ({self.iterations} epoch(s), "
-                    f"{', '.join(self.metrics)} compared exactly)")
+            return (
+                f"{self.trial_id}: bit-identical ({self.iterations} epoch(s), "
+                f"{', '.join(self.metrics)} compared exactly)"
+            )
         d = self.first_difference
-        return (f"{self.trial_id}: differs first at epoch {d['iteration']}, {d['metric']}: recorded "
-                f"{d['recorded']!r}, reproduced {d['reproduced']!r}")
+        return (
+            f"{self.trial_id}: differs first at epoch {d['iteration']}, {d['metric']}: recorded "
+            f"{d['recorded']!r}, reproduced {d['reproduced']!r}"
+        )
 
 
 class _Collect:
@@ -45,8 +49,11 @@ class _Collect:
 
 
 def _same(a, b) -> bool:
-    return (a is None and b is None) or a == b or (isinstance(a, float) and isinstance(b, float)
-                                                   and math.isnan(a) and math.isnan(b))
+    return (
+        (a is None and b is None)
+        or a == b
+        or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    )
 
 
 def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
@@ -64,8 +71,10 @@ def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
         known = ", ".join(sorted(trials)[:5]) + (" ..." if len(trials) > 5 else "")
         raise RunError(f"{uri} has no trial {trial_id!r} (it has: {known})")
     trial = trials[trial_id]
-    rows = sorted((r for r in load_results(uri, options=options).to_pylist() if r["trial_id"] == trial_id),
-                  key=lambda r: r["iteration"])
+    rows = sorted(
+        (r for r in load_results(uri, options=options).to_pylist() if r["trial_id"] == trial_id),
+        key=lambda r: r["iteration"],
+    )
     if not rows:
         raise RunError(f"{trial_id} reported no epoch: nothing to compare")
     hp = config_of(trial)
@@ -77,8 +86,15 @@ def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
         else:
             reporter = _Collect()
             checkpoints = TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode=spec.search.mode)
-            run_training(hp, int(trial["trial_seed"]), the_plan, reporter, checkpoints, restore=False,
-                         device=_device(the_plan, 0))
+            run_training(
+                hp,
+                int(trial["trial_seed"]),
+                the_plan,
+                reporter,
+                checkpoints,
+                restore=False,
+                device=_device(the_plan, 0),
+            )
             reproduced = reporter.metrics
     metrics = [m for m in ("train_loss", "val_loss", "val_accuracy") if m in rows[0]]
     result = Reproduction(trial_id, len(rows), True, metrics=metrics)
@@ -88,8 +104,12 @@ def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
             reproduced = again.get(row["iteration"], {}).get(metric)
             if not _same(row[metric], reproduced):
                 result.identical = False
-                result.first_difference = {"iteration": row["iteration"], "metric": metric,
-                                           "recorded": row[metric], "reproduced": reproduced}
+                result.first_difference = {
+                    "iteration": row["iteration"],
+                    "metric": metric,
+                    "recorded": row[metric],
+                    "reproduced": reproduced,
+                }
                 return result
     return result
 
@@ -106,9 +126,12 @@ def _rerun_ddp(hp: dict, seed: int, plan, trial_id: str, scratch: str) -> list[d
     plan = dataclasses.replace(plan, train_storage=str(Path(scratch) / "train"))
     started = start_ray(min_cpus=trial_cpus(plan) + 1)
     try:
-        ddp_trainer(_reproduce_worker, {"hp": hp, "seed": seed, "plan": plan, "out": str(out),
-                                        "scratch": scratch, "trial_id": trial_id},
-                    plan, run_name=f"reproduce-{trial_id}").fit()
+        ddp_trainer(
+            _reproduce_worker,
+            {"hp": hp, "seed": seed, "plan": plan, "out": str(out), "scratch": scratch, "trial_id": trial_id},
+            plan,
+            run_name=f"reproduce-{trial_id}",
+        ).fit()
     finally:
         if started:
             import ray
@@ -140,5 +163,14 @@ def _reproduce_worker(config: dict) -> None:
     rank = ctx.get_world_rank()
     reporter = _FileReporter(config["out"]) if rank == 0 else _Collect()
     checkpoints = TrialCheckpoints(LocalStore(config["scratch"]), config["trial_id"], keep=1, mode=plan.mode)
-    run_training(config["hp"], config["seed"], plan, reporter, checkpoints, restore=False, rank=rank,
-                 world=ctx.get_world_size(), device=_device(plan, ctx.get_local_rank()))
+    run_training(
+        config["hp"],
+        config["seed"],
+        plan,
+        reporter,
+        checkpoints,
+        restore=False,
+        rank=rank,
+        world=ctx.get_world_size(),
+        device=_device(plan, ctx.get_local_rank()),
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from orchestrator.errors import RunError
 
@@ -47,12 +47,21 @@ def check_same_spec(given_path: str, stored) -> None:
     resolved = given.resolved(check_against_workload(given))
     difference = _first_difference(resolved.model_dump(mode="json"), stored.model_dump(mode="json"))
     if difference:
-        raise RunError(f"the spec differs from the run's at {difference}; resume without --spec (the run's own "
-                       "spec is used) or start a new run")
+        raise RunError(
+            f"the spec differs from the run's at {difference}; resume without --spec (the run's own "
+            "spec is used) or start a new run"
+        )
 
 
-def resume(uri: str, *, spec_path: str | None = None, address: str | None = None, num_cpus: float | None = None,
-           progress: Callable[[str], None] = lambda line: None, on_start=None):
+def resume(
+    uri: str,
+    *,
+    spec_path: str | None = None,
+    address: str | None = None,
+    num_cpus: float | None = None,
+    progress: Callable[[str], None] = lambda line: None,
+    on_start=None,
+):
     """Continue the run at `uri`; returns its RunSummary. Raises AlreadyFinished if there is nothing to do."""
     from orchestrator.results.ops import RUN_FILE, stored_spec
     from orchestrator.runner import run
@@ -71,9 +80,13 @@ def resume(uri: str, *, spec_path: str | None = None, address: str | None = None
         raise AlreadyFinished(f"{uri} already finished; nothing to resume")
     left = drain_until(store, writer_dirs(run_spool_dir(uri)), 30.0)
     if left:
-        raise RunError(f"{left} item(s) of the killed run still wait in {run_spool_dir(uri)} and the store does "
-                       f"not take them; run `hpo results sync {uri}` when it answers, then resume")
-    return run(spec, address=address, num_cpus=num_cpus, progress=progress, on_start=on_start, resume_from=uri)
+        raise RunError(
+            f"{left} item(s) of the killed run still wait in {run_spool_dir(uri)} and the store does "
+            f"not take them; run `hpo results sync {uri}` when it answers, then resume"
+        )
+    return run(
+        spec, address=address, num_cpus=num_cpus, progress=progress, on_start=on_start, resume_from=uri
+    )
 
 
 def continue_from_storage(the_plan, writer, tracker, progress):
@@ -92,18 +105,28 @@ def continue_from_storage(the_plan, writer, tracker, progress):
     tracker.preload(rows, records)
     # Finished, with every row stored; anything else (a row lost with the driver, say) continues from its
     # checkpoint, which re-reports what is missing.
-    done = {r["trial_id"] for r in records
-            if r["status"] in DONE and len(tracker.rows.get(r["trial_id"], [])) == r["iterations"]}
+    done = {
+        r["trial_id"]
+        for r in records
+        if r["status"] in DONE and len(tracker.rows.get(r["trial_id"], [])) == r["iterations"]
+    }
     metrics = the_plan.schema.metrics
-    fast_forward(the_plan.search_alg, the_plan.scheduler,
-                 {trial: [_as_result(row, metrics) for row in tracker.rows[trial]] for trial in done},
-                 {trial_index(r["trial_id"]): _searched_config(r, the_plan.spec.search) for r in records})
-    progress(f"resuming: {len(rows)} row(s) kept; {len(done)} finished trial(s) are not rerun, the others "
-             "continue from their checkpoints")
+    fast_forward(
+        the_plan.search_alg,
+        the_plan.scheduler,
+        {trial: [_as_result(row, metrics) for row in tracker.rows[trial]] for trial in done},
+        {trial_index(r["trial_id"]): _searched_config(r, the_plan.spec.search) for r in records},
+    )
+    progress(
+        f"resuming: {len(rows)} row(s) kept; {len(done)} finished trial(s) are not rerun, the others "
+        "continue from their checkpoints"
+    )
     trial_plan = dataclasses.replace(
-        the_plan.trial_plan, resume=True,
+        the_plan.trial_plan,
+        resume=True,
         # a fresh place for Ray Train's controller state: a resumed trial must not pick up the dead run's
-        train_storage=f"{the_plan.trial_plan.train_storage}-resumed-{new_run_id()}")
+        train_storage=f"{the_plan.trial_plan.train_storage}-resumed-{new_run_id()}",
+    )
     return dataclasses.replace(the_plan, trial_plan=trial_plan)
 
 
@@ -125,7 +148,11 @@ def _searched_config(record: dict, search) -> dict:
 
 
 def _as_result(row: dict, metrics: tuple[str, ...]) -> dict:
-    result = {"epoch": row["iteration"], "trial_seed": row["trial_seed"], "attempt": row.get("attempt") or 0,
-              "epoch_time_s": row.get("epoch_time_s") or 0.0}
+    result = {
+        "epoch": row["iteration"],
+        "trial_seed": row["trial_seed"],
+        "attempt": row.get("attempt") or 0,
+        "epoch_time_s": row.get("epoch_time_s") or 0.0,
+    }
     result.update({m: row[m] for m in metrics if row.get(m) is not None})
     return result

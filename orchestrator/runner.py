@@ -20,16 +20,25 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ray.tune.search import BasicVariantGenerator
 
-from orchestrator.ray_env import (DRIVER_CPU, check_address, check_resources, check_train_can_start,
-                                  keep_credentials_out_of_ray, quiet_tune, release_train_leftovers, start_ray,
-                                  trial_cpus)
 from orchestrator.errors import RunError, SanityFailed
+from orchestrator.ray_env import (
+    DRIVER_CPU,
+    check_address,
+    check_resources,
+    check_train_can_start,
+    keep_credentials_out_of_ray,
+    quiet_tune,
+    release_train_leftovers,
+    start_ray,
+    trial_cpus,
+)
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.ops import RUN_FILE, SPEC_FILE
 from orchestrator.search import build_scheduler, build_searcher
@@ -76,17 +85,36 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
     train = spec.train
     staging = str(run_spool_dir(results_uri) / "ray") if is_remote(results_uri) else results_uri
     trial_plan = TrialPlan(
-        workload=spec.workload, job_seed=spec.seed, fixed=dict(spec.search.fixed), max_epochs=train.max_epochs,
-        workers=train.workers, use_gpu=train.use_gpu, cpus_per_worker=train.cpus_per_worker,
-        checkpoints_to_keep=train.checkpoints_to_keep, metric=spec.search.metric, mode=spec.search.mode,
-        results_uri=results_uri, storage_options=spec.storage_options.s3(),
-        train_storage=join_uri(staging, TRAIN_DIR))
+        workload=spec.workload,
+        job_seed=spec.seed,
+        fixed=dict(spec.search.fixed),
+        max_epochs=train.max_epochs,
+        workers=train.workers,
+        use_gpu=train.use_gpu,
+        cpus_per_worker=train.cpus_per_worker,
+        checkpoints_to_keep=train.checkpoints_to_keep,
+        metric=spec.search.metric,
+        mode=spec.search.mode,
+        results_uri=results_uri,
+        storage_options=spec.storage_options.s3(),
+        train_storage=join_uri(staging, TRAIN_DIR),
+    )
     if train.workers == 1:
         resources = {"CPU": train.cpus_per_worker, "GPU": 1.0 if train.use_gpu else 0.0}
     else:  # the trial only drives a TorchTrainer, whose workers reserve their own CPUs and GPUs.
         resources = {"CPU": DRIVER_CPU}  # Tune refuses an empty request; a sliver keeps it off the budget
-    return Plan(spec, results_uri, staging, ResultsSchema.for_spec(spec, workload.metrics), trial_plan,
-                search_alg, param_space, num_samples, build_scheduler(spec), resources)
+    return Plan(
+        spec,
+        results_uri,
+        staging,
+        ResultsSchema.for_spec(spec, workload.metrics),
+        trial_plan,
+        search_alg,
+        param_space,
+        num_samples,
+        build_scheduler(spec),
+        resources,
+    )
 
 
 def _release_train_leftovers(progress: Callable[[str], None]) -> None:
@@ -101,9 +129,17 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None, num_cpus: float | None = None,
-        progress: Callable[[str], None] = _stderr, on_start: Callable[[str], None] | None = None,
-        run_id: str | None = None, resume_from: str | None = None) -> RunSummary:
+def run(
+    spec: JobSpec,
+    *,
+    storage: str | None = None,
+    address: str | None = None,
+    num_cpus: float | None = None,
+    progress: Callable[[str], None] = _stderr,
+    on_start: Callable[[str], None] | None = None,
+    run_id: str | None = None,
+    resume_from: str | None = None,
+) -> RunSummary:
     """Run the job described by `spec` and return its summary. `on_start(results_uri)` runs before any trial.
     `resume_from` (see resume.py) continues the run stored there instead of starting a new one."""
     began = time.monotonic()
@@ -123,16 +159,25 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
     try:
         check_resources(spec.train, embedded=not address)  # before anything is written
         check_train_can_start(spec.train)
-        store = SpoolingStore(inner, run_spool_dir(results_uri) / "driver", write_behind=is_remote(results_uri))
+        store = SpoolingStore(
+            inner, run_spool_dir(results_uri) / "driver", write_behind=is_remote(results_uri)
+        )
         store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
         _write_run_file(store, the_plan, "running")
         if on_start:
             on_start(results_uri)
         writer = ResultsWriter(store, the_plan.schema)
-        tracker = RunTracker(writer, the_plan.schema, fixed=the_plan.spec.search.fixed,
-                             max_epochs=spec.train.max_epochs, num_trials=_expected_trials(the_plan),
-                             progress=progress, results_uri=results_uri, max_retries=spec.train.max_retries,
-                             trial_timeout_s=spec.train.trial_timeout_s)
+        tracker = RunTracker(
+            writer,
+            the_plan.schema,
+            fixed=the_plan.spec.search.fixed,
+            max_epochs=spec.train.max_epochs,
+            num_trials=_expected_trials(the_plan),
+            progress=progress,
+            results_uri=results_uri,
+            max_retries=spec.train.max_retries,
+            trial_timeout_s=spec.train.trial_timeout_s,
+        )
         if resume_from:
             from orchestrator.resume import continue_from_storage
 
@@ -145,7 +190,9 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
                 _release_train_leftovers(progress)
             writer.finish()
             errors = [r["status"] == "error" for r in tracker.records.values()]
-            status = "failed" if errors and (all(errors) or (spec.train.fail_fast and any(errors))) else "finished"
+            status = (
+                "failed" if errors and (all(errors) or (spec.train.fail_fast and any(errors))) else "finished"
+            )
             _write_run_file(store, the_plan, status, rows=writer.rows_written, trials=len(tracker.records))
             pending = _finish_uploads(store, the_plan, progress)
     finally:
@@ -153,8 +200,13 @@ def run(spec: JobSpec, *, storage: str | None = None, address: str | None = None
             import ray
 
             ray.shutdown()
-    summary = summarize_rows(results_uri, the_plan.schema, tracker.all_rows(), list(tracker.records.values()),
-                             wall_time_s=time.monotonic() - began)
+    summary = summarize_rows(
+        results_uri,
+        the_plan.schema,
+        tracker.all_rows(),
+        list(tracker.records.values()),
+        wall_time_s=time.monotonic() - began,
+    )
     summary.upload_pending = pending
     summary.spool_dir = str(run_spool_dir(results_uri)) if pending else None
     return summary
@@ -168,8 +220,10 @@ def _sanity_first(spec: JobSpec, store, results_uri: str, progress) -> None:
     report.results_uri = results_uri
     write_report(report, store)
     if not report.passed:
-        raise SanityFailed(f"sanity checks failed, the search did not start: {report.failures()} "
-                           f"(see {results_uri}/sanity.parquet)")
+        raise SanityFailed(
+            f"sanity checks failed, the search did not start: {report.failures()} "
+            f"(see {results_uri}/sanity.parquet)"
+        )
 
 
 @contextlib.contextmanager
@@ -188,8 +242,13 @@ def _stable_cwd():
 
 
 def _write_run_file(store, the_plan: Plan, status: str, **extra) -> None:
-    info = {"name": the_plan.spec.name, "run_id": the_plan.results_uri.rsplit("/", 1)[-1], "status": status,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    info = {
+        "name": the_plan.spec.name,
+        "run_id": the_plan.results_uri.rsplit("/", 1)[-1],
+        "status": status,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
     store.write_text(RUN_FILE, json.dumps(info))
 
 
@@ -202,8 +261,10 @@ def _finish_uploads(store: SpoolingStore, the_plan: Plan, progress) -> int:
     spool = run_spool_dir(the_plan.results_uri)
     waiting = pending_items(spool)
     if waiting:
-        progress(f"storage: {waiting} item(s) waiting in the local spool; retrying uploads "
-                 f"for up to {DRAIN_TIMEOUT_S:.0f}s")
+        progress(
+            f"storage: {waiting} item(s) waiting in the local spool; retrying uploads "
+            f"for up to {DRAIN_TIMEOUT_S:.0f}s"
+        )
     return drain_until(store.inner, writer_dirs(spool), DRAIN_TIMEOUT_S) if waiting else 0
 
 
@@ -219,16 +280,26 @@ def _tuner(the_plan: Plan, tracker: RunTracker):
     from ray import tune
 
     spec = the_plan.spec
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=the_plan.trial_plan),
-                                    the_plan.trial_resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, plan=the_plan.trial_plan), the_plan.trial_resources
+    )
     tune_config = tune.TuneConfig(
-        metric=spec.search.metric, mode=spec.search.mode, search_alg=the_plan.search_alg,
-        scheduler=the_plan.scheduler, num_samples=the_plan.num_samples,
+        metric=spec.search.metric,
+        mode=spec.search.mode,
+        search_alg=the_plan.search_alg,
+        scheduler=the_plan.scheduler,
+        num_samples=the_plan.num_samples,
         reuse_actors=spec.train.workers == 1,  # measured: halves per-trial start cost of in-process trials
-        trial_name_creator=TrialNamer(first=0 if isinstance(the_plan.search_alg, BasicVariantGenerator) else 1),
-        trial_dirname_creator=trial_name)
+        trial_name_creator=TrialNamer(
+            first=0 if isinstance(the_plan.search_alg, BasicVariantGenerator) else 1
+        ),
+        trial_dirname_creator=trial_name,
+    )
     staging = the_plan.staging if is_remote(the_plan.staging) else str(Path(the_plan.staging).resolve())
     failures = tune.FailureConfig(max_failures=spec.train.max_retries, fail_fast=spec.train.fail_fast)
-    run_config = tune.RunConfig(name=TUNE_DIR, storage_path=staging, failure_config=failures, callbacks=[tracker],
-                                verbose=0)
-    return tune.Tuner(trainable, param_space=the_plan.param_space, tune_config=tune_config, run_config=run_config)
+    run_config = tune.RunConfig(
+        name=TUNE_DIR, storage_path=staging, failure_config=failures, callbacks=[tracker], verbose=0
+    )
+    return tune.Tuner(
+        trainable, param_space=the_plan.param_space, tune_config=tune_config, run_config=run_config
+    )

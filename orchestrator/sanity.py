@@ -9,8 +9,9 @@ middle for loguniform). Each check states what it expects; the tolerances are co
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import torch
@@ -48,12 +49,17 @@ class SanityReport:
         return all(c.passed for c in self.checks)
 
     def failures(self) -> str:
-        return "; ".join(f"{c.name} (measured {c.measured}, expected {c.expected})" for c in self.checks
-                         if not c.passed)
+        return "; ".join(
+            f"{c.name} (measured {c.measured}, expected {c.expected})" for c in self.checks if not c.passed
+        )
 
     def to_json(self) -> dict:
-        return {"passed": self.passed, "results_uri": self.results_uri, "config": self.config,
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "passed": self.passed,
+            "results_uri": self.results_uri,
+            "config": self.config,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def representative_config(spec, workload) -> dict[str, Any]:
@@ -83,7 +89,7 @@ def _train(workload, config, x, y, steps: int, seed: int) -> tuple[torch.nn.Modu
         order = epoch_permutation(seed, epoch, len(x))
         for start in range(0, len(x) - batch + 1, batch):
             model.train()
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             optimizer.zero_grad(set_to_none=True)
             loss = task_loss(workload.task, model(x[idx]), y[idx])
             loss.backward()
@@ -109,8 +115,13 @@ def check_loss_at_init(workload, config, splits, seed) -> Check:
     else:
         expected, how = float((y.double() ** 2).mean()), f"mean(y^2) = {float((y.double() ** 2).mean()):.4f}"
     ok = abs(measured - expected) <= INIT_TOLERANCE * expected
-    return Check("loss_at_init", ok, round(measured, 6), f"{how} +/- {INIT_TOLERANCE:.0%}",
-                 "" if ok else "the output layer's initial scale or bias is off, or the loss is wrong")
+    return Check(
+        "loss_at_init",
+        ok,
+        round(measured, 6),
+        f"{how} +/- {INIT_TOLERANCE:.0%}",
+        "" if ok else "the output layer's initial scale or bias is off, or the loss is wrong",
+    )
 
 
 def check_overfit_one_batch(workload, config, splits, seed) -> Check:
@@ -119,10 +130,16 @@ def check_overfit_one_batch(workload, config, splits, seed) -> Check:
     _, losses = _train(workload, fast, x, y, OVERFIT_STEPS, seed)
     target = OVERFIT_TARGET if workload.task == "classification" else OVERFIT_TARGET * losses[0]
     ok = min(losses) <= target
-    return Check("overfit_one_batch", ok, round(min(losses), 6),
-                 f"<= {target:.4g} within {OVERFIT_STEPS} Adam steps (lr {OVERFIT_LR}) on {len(x)} examples",
-                 "" if ok else "the model cannot memorize a handful of examples: it may ignore its input, or "
-                               "the loss or optimizer is wired wrong")
+    return Check(
+        "overfit_one_batch",
+        ok,
+        round(min(losses), 6),
+        f"<= {target:.4g} within {OVERFIT_STEPS} Adam steps (lr {OVERFIT_LR}) on {len(x)} examples",
+        ""
+        if ok
+        else "the model cannot memorize a handful of examples: it may ignore its input, or "
+        "the loss or optimizer is wired wrong",
+    )
 
 
 def check_input_independent(workload, config, splits, seed) -> Check:
@@ -132,11 +149,17 @@ def check_input_independent(workload, config, splits, seed) -> Check:
     zeroed, _ = _train(workload, config, torch.zeros_like(x), y, BASELINE_STEPS, seed)
     without = _loss_on(zeroed, workload.task, torch.zeros_like(xv), yv)
     ok = with_data <= (1 - BASELINE_MARGIN) * without
-    return Check("input_independent", ok, round(with_data, 6),
-                 f"<= {(1 - BASELINE_MARGIN) * without:.4f} ({1 - BASELINE_MARGIN:.0%} of the zeroed-input "
-                 f"baseline's val loss {without:.4f}, {BASELINE_STEPS} steps each)",
-                 "" if ok else "training on the data is no better than on zeros: labels may not match inputs, "
-                               "or the model ignores its input")
+    return Check(
+        "input_independent",
+        ok,
+        round(with_data, 6),
+        f"<= {(1 - BASELINE_MARGIN) * without:.4f} ({1 - BASELINE_MARGIN:.0%} of the zeroed-input "
+        f"baseline's val loss {without:.4f}, {BASELINE_STEPS} steps each)",
+        ""
+        if ok
+        else "training on the data is no better than on zeros: labels may not match inputs, "
+        "or the model ignores its input",
+    )
 
 
 def check_gradient_dependency(workload, config, splits, seed) -> Check:
@@ -144,31 +167,49 @@ def check_gradient_dependency(workload, config, splits, seed) -> Check:
     model = workload.build_model(config).eval()  # eval: dropout off, batch norm uses running statistics
     x = splits.val[0][:4].clone()
     if not torch.is_floating_point(x):
-        return Check("gradient_dependency", True, "skipped", "float inputs", "integer inputs have no gradient")
+        return Check(
+            "gradient_dependency", True, "skipped", "float inputs", "integer inputs have no gradient"
+        )
     x.requires_grad_(True)
     target = 1
     model(x)[target].sum().backward()
     grad = x.grad.reshape(len(x), -1).abs().sum(dim=1)
     leaked = [i for i in range(len(x)) if i != target and grad[i] != 0]
     ok = not leaked and bool(grad[target] > 0)
-    return Check("gradient_dependency", ok, f"rows with gradient: {[i for i in range(len(x)) if grad[i] != 0]}",
-                 f"only row {target}", "" if ok else "examples of a batch are mixed (a view where a transpose "
-                                                     "was meant, a reduction over the wrong dimension)")
+    return Check(
+        "gradient_dependency",
+        ok,
+        f"rows with gradient: {[i for i in range(len(x)) if grad[i] != 0]}",
+        f"only row {target}",
+        ""
+        if ok
+        else "examples of a batch are mixed (a view where a transpose "
+        "was meant, a reduction over the wrong dimension)",
+    )
 
 
 def check_determinism(workload, config, splits, seed) -> Check:
     x, y = splits.train
     _, first = _train(workload, config, x, y, DETERMINISM_STEPS, seed)
     _, second = _train(workload, config, x, y, DETERMINISM_STEPS, seed)
-    differ = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), None)
+    differ = next((i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b), None)
     ok = differ is None
-    return Check("determinism", ok, "bit-identical" if ok else f"step {differ + 1}: {first[differ]!r} vs "
-                 f"{second[differ]!r}", f"{DETERMINISM_STEPS} steps bit-identical across two runs",
-                 "" if ok else "something is random without the trial's seed (or a non-deterministic op)")
+    return Check(
+        "determinism",
+        ok,
+        "bit-identical" if ok else f"step {differ + 1}: {first[differ]!r} vs {second[differ]!r}",
+        f"{DETERMINISM_STEPS} steps bit-identical across two runs",
+        "" if ok else "something is random without the trial's seed (or a non-deterministic op)",
+    )
 
 
-CHECKS: tuple[Callable, ...] = (check_loss_at_init, check_overfit_one_batch, check_input_independent,
-                                check_gradient_dependency, check_determinism)
+CHECKS: tuple[Callable, ...] = (
+    check_loss_at_init,
+    check_overfit_one_batch,
+    check_input_independent,
+    check_gradient_dependency,
+    check_determinism,
+)
 
 
 def sanity_checks(spec, progress: Callable[[str], None] = lambda line: None) -> SanityReport:
@@ -192,15 +233,31 @@ def sanity_checks(spec, progress: Callable[[str], None] = lambda line: None) -> 
 
 
 def write_report(report: SanityReport, store) -> None:
-    rows = [{"check": c.name, "passed": c.passed, "measured": str(c.measured), "expected": c.expected,
-             "detail": c.detail} for c in report.checks]
-    schema = pa.schema([("check", pa.string()), ("passed", pa.bool_()), ("measured", pa.string()),
-                        ("expected", pa.string()), ("detail", pa.string())])
+    rows = [
+        {
+            "check": c.name,
+            "passed": c.passed,
+            "measured": str(c.measured),
+            "expected": c.expected,
+            "detail": c.detail,
+        }
+        for c in report.checks
+    ]
+    schema = pa.schema(
+        [
+            ("check", pa.string()),
+            ("passed", pa.bool_()),
+            ("measured", pa.string()),
+            ("expected", pa.string()),
+            ("detail", pa.string()),
+        ]
+    )
     store.write_bytes(SANITY_FILE, parquet_bytes(pa.Table.from_pylist(rows, schema=schema)))
 
 
-def run_sanity(spec, *, storage: str | None = None, progress: Callable[[str], None] = lambda line: None
-               ) -> SanityReport:
+def run_sanity(
+    spec, *, storage: str | None = None, progress: Callable[[str], None] = lambda line: None
+) -> SanityReport:
     """`hpo sanity`: the checks, written to `<storage>/<name>/sanity-<id>/sanity.parquet`."""
     from orchestrator.runner import new_run_id, results_uri_for
     from orchestrator.storage import open_store

@@ -6,13 +6,13 @@ Ray Tune's own implementations are used where they exist; quasi-random search is
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator.fast_forward import SearcherGenerator, VariantGenerator
-
 from orchestrator.space import QuasiRandomSearcher, grid_space, tune_space
 from orchestrator.spec import JobSpec
 
@@ -45,7 +45,11 @@ def _grid(spec: JobSpec):
 
 def _quasirandom(spec: JobSpec):
     searcher = QuasiRandomSearcher(spec.search, seed=spec.seed)
-    return SearcherGenerator(ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}, spec.search.num_samples
+    return (
+        SearcherGenerator(ConcurrencyLimiter(searcher, spec.search.max_concurrent)),
+        {},
+        spec.search.num_samples,
+    )
 
 
 def _hyperopt(spec: JobSpec):
@@ -73,8 +77,12 @@ def _fifo(spec: JobSpec):
 
 
 def _asha(spec: JobSpec):
-    return ASHAScheduler(time_attr=TIME_ATTR, max_t=spec.train.max_epochs, grace_period=spec.scheduler.grace_period or 1,
-                         reduction_factor=spec.scheduler.reduction_factor or 3)
+    return ASHAScheduler(
+        time_attr=TIME_ATTR,
+        max_t=spec.train.max_epochs,
+        grace_period=spec.scheduler.grace_period or 1,
+        reduction_factor=spec.scheduler.reduction_factor or 3,
+    )
 
 
 SCHEDULERS: dict[str, Callable[[JobSpec], Any]] = {"fifo": _fifo, "asha": _asha}

@@ -24,7 +24,11 @@ class PinnableHyperOpt(HyperOptSearch):
         config = super().suggest(trial_id)
         index, self._proposed = self._proposed, self._proposed + 1
         pinned = self.pinned.get(index)
-        if not isinstance(config, dict) or pinned is None or all(config.get(k) == v for k, v in pinned.items()):
+        if (
+            not isinstance(config, dict)
+            or pinned is None
+            or all(config.get(k) == v for k, v in pinned.items())
+        ):
             return config
         _, doc = self._live_trial_mapping[trial_id]
         vals = dict(pinned)

@@ -71,7 +71,10 @@ class QuasiRandomSearcher(Searcher):
             return Searcher.FINISHED
         point = self._points[self._next]
         self._next += 1
-        return {name: from_unit(kind, args, float(u)) for (name, kind, args), u in zip(self._dims, point)}
+        return {
+            name: from_unit(kind, args, float(u))
+            for (name, kind, args), u in zip(self._dims, point, strict=True)
+        }
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
         pass  # not adaptive

@@ -13,12 +13,28 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
-from pydantic import model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator._yaml import YamlError, load_yaml_text
-from orchestrator.spec_parts import (DISTRIBUTIONS, Choice, Distribution, Float, Scalar, SpecError, _Section,
-                                     _check_distribution_shape)
+from orchestrator.spec_parts import (
+    DISTRIBUTIONS,
+    Choice,
+    Distribution,
+    Float,
+    Scalar,
+    SpecError,
+    _check_distribution_shape,
+    _Section,
+)
 
 __all__ = ["JobSpec", "SpecError", "load_spec", "parse_spec", "json_schema", "DISTRIBUTIONS"]
 
@@ -27,17 +43,25 @@ NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 class Search(_Section):
     algorithm: Literal["random", "grid", "quasirandom", "hyperopt"] = Field(
-        "quasirandom", description="random | grid | quasirandom (scrambled Sobol) | hyperopt (TPE)")
+        "quasirandom", description="random | grid | quasirandom (scrambled Sobol) | hyperopt (TPE)"
+    )
     num_samples: Annotated[StrictInt, Field(gt=0, le=1_000_000)] = Field(
-        16, description="number of trials (grid: passes over the full grid)")
-    max_concurrent: Annotated[StrictInt, Field(gt=0, le=10_000)] = Field(1, description="trials running at once")
+        16, description="number of trials (grid: passes over the full grid)"
+    )
+    max_concurrent: Annotated[StrictInt, Field(gt=0, le=10_000)] = Field(
+        1, description="trials running at once"
+    )
     metric: StrictStr = Field("val_loss", description="a metric the workload reports")
     mode: Literal["min", "max"] = "min"
-    space: dict[StrictStr, Annotated[Distribution, BeforeValidator(_check_distribution_shape)]] = Field(description="searched hyperparameters, one distribution each")
+    space: dict[StrictStr, Annotated[Distribution, BeforeValidator(_check_distribution_shape)]] = Field(
+        description="searched hyperparameters, one distribution each"
+    )
     fixed: dict[StrictStr, Scalar] = Field(default_factory=dict, description="hyperparameters held fixed")
     roles: dict[StrictStr, Literal["scientific", "nuisance", "fixed"]] = Field(
-        default_factory=dict, description="Tuning Playbook roles for `hpo analyze`: scientific (compared), "
-        "nuisance (optimized over), fixed; searched hyperparameters default to nuisance")
+        default_factory=dict,
+        description="Tuning Playbook roles for `hpo analyze`: scientific (compared), "
+        "nuisance (optimized over), fixed; searched hyperparameters default to nuisance",
+    )
 
     @field_validator("space", mode="before")
     @classmethod
@@ -56,17 +80,23 @@ class Search(_Section):
             if name not in self.space and name not in self.fixed:
                 close = difflib.get_close_matches(name, [*self.space, *self.fixed], n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ValueError(f"roles.{name}: not a searched or fixed hyperparameter ({hint}searched: "
-                                 f"{', '.join(self.space)})")
+                raise ValueError(
+                    f"roles.{name}: not a searched or fixed hyperparameter ({hint}searched: "
+                    f"{', '.join(self.space)})"
+                )
             if (role == "fixed") != (name in self.fixed):
                 where = "fixed" if name in self.fixed else "space"
-                raise ValueError(f"roles.{name}: {role!r} does not match where it is ({where}); searched "
-                                 f"hyperparameters are scientific or nuisance, those in fixed are fixed")
+                raise ValueError(
+                    f"roles.{name}: {role!r} does not match where it is ({where}); searched "
+                    f"hyperparameters are scientific or nuisance, those in fixed are fixed"
+                )
         if self.algorithm == "grid":
             for name, dist in self.space.items():
                 if not isinstance(dist, Choice):
-                    raise ValueError(f"grid search needs every hyperparameter to be a choice; space.{name} is "
-                                     f"{next(iter(dist.model_dump()))} (use algorithm: random or quasirandom)")
+                    raise ValueError(
+                        f"grid search needs every hyperparameter to be a choice; space.{name} is "
+                        f"{next(iter(dist.model_dump()))} (use algorithm: random or quasirandom)"
+                    )
         return self
 
     def role(self, name: str) -> str:
@@ -81,9 +111,11 @@ class Search(_Section):
 class Scheduler(_Section):
     type: Literal["fifo", "asha"] = Field("fifo", description="fifo (run every trial to the end) | asha")
     grace_period: Annotated[StrictInt, Field(gt=0)] | None = Field(
-        None, description="asha: epochs before a trial may be stopped (default 1)")
+        None, description="asha: epochs before a trial may be stopped (default 1)"
+    )
     reduction_factor: Annotated[Float, Field(gt=1, le=100)] | None = Field(
-        None, description="asha: keep the top 1/reduction_factor at each rung (default 3)")
+        None, description="asha: keep the top 1/reduction_factor at each rung (default 3)"
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -95,16 +127,23 @@ class Scheduler(_Section):
 class Train(_Section):
     max_epochs: Annotated[StrictInt, Field(gt=0, le=100_000)] = Field(10, description="epochs per trial")
     workers: Annotated[StrictInt, Field(gt=0, le=1024)] = Field(
-        1, description="Ray Train workers per trial; more than 1 runs DDP")
+        1, description="Ray Train workers per trial; more than 1 runs DDP"
+    )
     use_gpu: StrictBool = Field(False, description="one GPU per worker")
-    cpus_per_worker: Annotated[Float, Field(gt=0, le=1024)] = Field(1.0, description="logical CPUs per worker")
+    cpus_per_worker: Annotated[Float, Field(gt=0, le=1024)] = Field(
+        1.0, description="logical CPUs per worker"
+    )
     checkpoints_to_keep: Annotated[StrictInt, Field(gt=0, le=1000)] = Field(
-        2, description="per trial: the best by the search metric and the latest are kept")
+        2, description="per trial: the best by the search metric and the latest are kept"
+    )
     max_retries: Annotated[StrictInt, Field(ge=0, le=100)] = Field(
-        2, description="times a failed trial is run again, continuing from its last checkpoint")
+        2, description="times a failed trial is run again, continuing from its last checkpoint"
+    )
     trial_timeout_s: Annotated[Float, Field(gt=0, le=7 * 24 * 3600)] = Field(
-        1800.0, description="a trial that reports nothing for this long (e.g. a worker group that never "
-        "starts) is stopped and counts as failed")
+        1800.0,
+        description="a trial that reports nothing for this long (e.g. a worker group that never "
+        "starts) is stopped and counts as failed",
+    )
     fail_fast: StrictBool = Field(False, description="stop the whole job at the first failed trial (exit 1)")
 
 
@@ -114,11 +153,15 @@ _SECRET_WORDS = ("secret", "access_key", "accesskey", "password", "token", "sess
 class StorageOptions(_Section):
     """Non-secret settings for s3:// storage. Credentials never belong in a spec."""
 
-    endpoint_url: StrictStr | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:8333 "
-                                           "(default: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then AWS)")
+    endpoint_url: StrictStr | None = Field(
+        None,
+        description="S3-compatible endpoint, e.g. http://127.0.0.1:8333 "
+        "(default: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then AWS)",
+    )
     region: StrictStr | None = Field(None, description="default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1")
     addressing_style: Literal["path", "virtual", "auto"] | None = Field(
-        None, description="default: path with an endpoint_url, else auto")
+        None, description="default: path with an endpoint_url, else auto"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -126,9 +169,11 @@ class StorageOptions(_Section):
         if isinstance(data, dict):
             for key in data:
                 if any(word in str(key).lower() for word in _SECRET_WORDS):
-                    raise ValueError(f"{key!r} looks like a credential, and credentials never go in a spec: set "
-                                     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, use "
-                                     "~/.aws/credentials (AWS_PROFILE) or an instance role")
+                    raise ValueError(
+                        f"{key!r} looks like a credential, and credentials never go in a spec: set "
+                        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, use "
+                        "~/.aws/credentials (AWS_PROFILE) or an instance role"
+                    )
         return data
 
     @field_validator("endpoint_url")
@@ -143,15 +188,19 @@ class StorageOptions(_Section):
             if "@" in parsed.netloc:
                 raise ValueError("must not carry credentials; set them in the environment or ~/.aws")
             if not URL_RE.fullmatch(value):
-                raise ValueError(f"{value!r} is not a plain http(s)://host[:port][/path] URL (no spaces, quotes, "
-                                 "query strings or shell characters)")
+                raise ValueError(
+                    f"{value!r} is not a plain http(s)://host[:port][/path] URL (no spaces, quotes, "
+                    "query strings or shell characters)"
+                )
         return value
 
     @field_validator("region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", value):
-            raise ValueError(f"{value!r} is not a region name (lowercase letters, digits, dashes, e.g. us-east-1)")
+            raise ValueError(
+                f"{value!r} is not a region name (lowercase letters, digits, dashes, e.g. us-east-1)"
+            )
         return value
 
     def s3(self):
@@ -164,7 +213,9 @@ URL_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~\-/]*
 
 
 class JobSpec(_Section):
-    kind: Literal["tune"] = Field("tune", description="tune (a search; the default) | ensemble (see EnsembleSpec)")
+    kind: Literal["tune"] = Field(
+        "tune", description="tune (a search; the default) | ensemble (see EnsembleSpec)"
+    )
     name: StrictStr = Field(description="lowercase letters, digits, dashes; at most 63 characters")
     workload: StrictStr = Field(description="a built-in workload or 'package.module:function'")
     seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = Field(0, description="job seed")
@@ -174,14 +225,18 @@ class JobSpec(_Section):
     train: Train = Field(default_factory=Train)
     storage: StrictStr = Field("./results", description="a local folder, file://... or s3://bucket/prefix")
     storage_options: StorageOptions = Field(default_factory=StorageOptions, description="for s3:// storage")
-    sanity: StrictBool = Field(False, description="run `hpo sanity`'s checks first; do not search if one fails")
+    sanity: StrictBool = Field(
+        False, description="run `hpo sanity`'s checks first; do not search if one fails"
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not allowed: use lowercase letters, digits and dashes, starting and "
-                             "ending with a letter or digit, at most 63 characters (it becomes a path)")
+            raise ValueError(
+                f"{value!r} is not allowed: use lowercase letters, digits and dashes, starting and "
+                "ending with a letter or digit, at most 63 characters (it becomes a path)"
+            )
         return value
 
     @field_validator("storage")
@@ -195,20 +250,27 @@ class JobSpec(_Section):
     def _check(self):
         asha = self.scheduler.type == "asha"
         if asha and (self.scheduler.grace_period or 1) > self.train.max_epochs:
-            raise ValueError(f"scheduler.grace_period {self.scheduler.grace_period} is above train.max_epochs "
-                             f"{self.train.max_epochs}; ASHA could never stop a trial")
+            raise ValueError(
+                f"scheduler.grace_period {self.scheduler.grace_period} is above train.max_epochs "
+                f"{self.train.max_epochs}; ASHA could never stop a trial"
+            )
         return self
 
-    def resolved(self, workload) -> "JobSpec":
+    def resolved(self, workload) -> JobSpec:
         """This spec with the workload's defaults written into `search.fixed` for everything not searched."""
         fixed = {k: v for k, v in workload.defaults().items() if k not in self.search.space}
         fixed.update(self.search.fixed)
         scheduler = self.scheduler
         if scheduler.type == "asha":
-            scheduler = scheduler.model_copy(update={"grace_period": scheduler.grace_period or 1,
-                                                     "reduction_factor": scheduler.reduction_factor or 3.0})
-        return self.model_copy(update={"search": self.search.model_copy(update={"fixed": fixed}),
-                                       "scheduler": scheduler})
+            scheduler = scheduler.model_copy(
+                update={
+                    "grace_period": scheduler.grace_period or 1,
+                    "reduction_factor": scheduler.reduction_factor or 3.0,
+                }
+            )
+        return self.model_copy(
+            update={"search": self.search.model_copy(update={"fixed": fixed}), "scheduler": scheduler}
+        )
 
     def to_yaml(self) -> str:
         import yaml
@@ -244,7 +306,9 @@ class EnsembleSpec(_Section):
     name: StrictStr = Field(description="lowercase letters, digits, dashes; at most 63 characters")
     description: StrictStr = ""
     run: StrictStr = Field(description="the tuning run's results_uri (printed by hpo run)")
-    top_k: Annotated[StrictInt, Field(ge=1, le=1000)] = Field(3, description="members, or greedy selection steps")
+    top_k: Annotated[StrictInt, Field(ge=1, le=1000)] = Field(
+        3, description="members, or greedy selection steps"
+    )
     method: Literal["topk", "greedy"] = Field("topk", description="topk | greedy (Caruana forward selection)")
     storage_options: StorageOptions = Field(default_factory=StorageOptions, description="for s3:// runs")
 

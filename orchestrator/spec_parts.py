@@ -9,11 +9,21 @@ import difflib
 import math
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, StrictBool, StrictInt, StrictStr, Tag
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+    model_validator,
+)
 
 Float = Annotated[float, Strict()]  # accepts ints, refuses strings and booleans
-Scalar = Union[StrictBool, StrictInt, Float, StrictStr]
+Scalar = StrictBool | StrictInt | Float | StrictStr
 
 
 class SpecError(ValueError):
@@ -70,7 +80,9 @@ class LogUniform(_Section):
 
 
 class RandInt(_Section):
-    randint: Annotated[list[StrictInt], Field(min_length=2, max_length=2, description="[low, high], inclusive")]
+    randint: Annotated[
+        list[StrictInt], Field(min_length=2, max_length=2, description="[low, high], inclusive")
+    ]
 
     @model_validator(mode="after")
     def _check(self):
@@ -103,7 +115,7 @@ def _distribution_tag(value: Any) -> str | None:
 
 
 Distribution = Annotated[
-    Union[tuple(Annotated[cls, Tag(name)] for name, cls in DISTRIBUTIONS.items())],  # type: ignore[misc]
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in DISTRIBUTIONS.items())],  # type: ignore[misc]  # noqa: UP007
     Discriminator(_distribution_tag),
 ]
 
@@ -111,8 +123,10 @@ Distribution = Annotated[
 def _check_distribution_shape(value: Any) -> Any:
     names = list(DISTRIBUTIONS)
     if not isinstance(value, dict) or len(value) != 1:
-        raise ValueError(f"must be one distribution such as {{loguniform: [1.0e-4, 1.0e-1]}}, got {value!r}"
-                         f" (distributions: {', '.join(names)})")
+        raise ValueError(
+            f"must be one distribution such as {{loguniform: [1.0e-4, 1.0e-1]}}, got {value!r}"
+            f" (distributions: {', '.join(names)})"
+        )
     key = next(iter(value))
     if key not in DISTRIBUTIONS:
         close = difflib.get_close_matches(str(key), names, n=1)

@@ -88,30 +88,48 @@ class Submission:
     results_uri: str
 
 
-def submit(spec: JobSpec | EnsembleSpec, spec_text: str, *, address: str | None, token_file: str | None = None,
-           working_dir: str | None = None, storage: str | None = None) -> Submission:
+def submit(
+    spec: JobSpec | EnsembleSpec,
+    spec_text: str,
+    *,
+    address: str | None,
+    token_file: str | None = None,
+    working_dir: str | None = None,
+    storage: str | None = None,
+) -> Submission:
     """Submit `spec` (already validated) to run as `hpo run` on the cluster."""
     from orchestrator.runner import new_run_id, results_uri_for
 
     target = spec.run if isinstance(spec, EnsembleSpec) else storage or spec.storage
     if "://" not in target and not os.path.isabs(target):
-        raise RunError(f"storage {target!r} is relative: on a cluster it would land in the job's temporary "
-                       "directory; use s3://bucket/prefix or an absolute path every node shares (--storage)")
+        raise RunError(
+            f"storage {target!r} is relative: on a cluster it would land in the job's temporary "
+            "directory; use s3://bucket/prefix or an absolute path every node shares (--storage)"
+        )
     run_id = new_run_id()
     results_uri = spec.run if isinstance(spec, EnsembleSpec) else results_uri_for(spec, run_id, storage)
     jobs = client(address, token_file)
     url = resolve_address(address)
     with tempfile.TemporaryDirectory(prefix="hpo-submit-") as staging:
         if working_dir:
-            shutil.copytree(working_dir, staging, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns(".git", "__pycache__", ".venv", "results"))
+            shutil.copytree(
+                working_dir,
+                staging,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns(".git", "__pycache__", ".venv", "results"),
+            )
         (Path(staging) / SPEC_IN_JOB).parent.mkdir(parents=True, exist_ok=True)
         (Path(staging) / SPEC_IN_JOB).write_text(spec_text)
         argv = ["hpo", "run", SPEC_IN_JOB, "--address", "auto", "--run-id", run_id, "--output", "json"]
         if storage:
             argv += ["--storage", storage]
         submission_id = f"hpo-{spec.name}-{secrets.token_hex(3)}"
-        call(jobs.submit_job, url, entrypoint=shlex.join(argv), submission_id=submission_id,
-             runtime_env={"working_dir": staging},
-             metadata={METADATA_KEY: "1", "name": spec.name, "results_uri": results_uri})
+        call(
+            jobs.submit_job,
+            url,
+            entrypoint=shlex.join(argv),
+            submission_id=submission_id,
+            runtime_env={"working_dir": staging},
+            metadata={METADATA_KEY: "1", "name": spec.name, "results_uri": results_uri},
+        )
     return Submission(submission_id, results_uri)

@@ -40,8 +40,12 @@ def _summary(results_uri, rows: pa.Table | None, trials: pa.Table, wall_time_s: 
     if rows is not None and rows.num_rows:
         try:
             row = best_row(rows)
-            best = {"trial_id": row["trial_id"], "iteration": row["iteration"], "metric": row[metric],
-                    "config": config_of(row)}
+            best = {
+                "trial_id": row["trial_id"],
+                "iteration": row["iteration"],
+                "metric": row[metric],
+                "config": config_of(row),
+            }
         except ResultsNotFound:
             pass
     return RunSummary(results_uri, trials.num_rows, best, metric, mode, statuses, round(wall_time_s, 2))
@@ -57,8 +61,9 @@ def summarize(results_uri: str, wall_time_s: float = 0.0, options=None) -> RunSu
     return _summary(results_uri, rows, trials, wall_time_s)
 
 
-def summarize_rows(results_uri: str, schema, rows: list[dict], records: list[dict],
-                   wall_time_s: float = 0.0) -> RunSummary:
+def summarize_rows(
+    results_uri: str, schema, rows: list[dict], records: list[dict], wall_time_s: float = 0.0
+) -> RunSummary:
     """The summary of a run just written, from the rows the writer wrote (the store may be unreachable)."""
     rows_table = pa.Table.from_pylist(rows, schema=schema.rows_schema())
     trials = pa.Table.from_pylist(sorted(records, key=lambda r: r["trial_id"]), schema=schema.trials_schema())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ray.tune import Callback
 
@@ -12,7 +12,6 @@ from orchestrator.attempts import forget, record_retry
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.summary import format_config
 from orchestrator.trial import trial_name
-
 
 TUNE_CONTROLLER_LOG = logging.getLogger("ray.tune.execution.tune_controller")
 
@@ -33,9 +32,19 @@ class _QuietWatchdogStops(logging.Filter):
 class RunTracker(Callback):
     """Turns Tune events into result rows, trial records and one progress line per event worth seeing."""
 
-    def __init__(self, writer: ResultsWriter, schema: ResultsSchema, *, fixed: dict, max_epochs: int,
-                 num_trials: int, progress: Callable[[str], None], results_uri: str = "", max_retries: int = 0,
-                 trial_timeout_s: float = float("inf")):
+    def __init__(
+        self,
+        writer: ResultsWriter,
+        schema: ResultsSchema,
+        *,
+        fixed: dict,
+        max_epochs: int,
+        num_trials: int,
+        progress: Callable[[str], None],
+        results_uri: str = "",
+        max_retries: int = 0,
+        trial_timeout_s: float = float("inf"),
+    ):
         self.writer, self.schema, self.max_epochs, self.num_trials = writer, schema, max_epochs, num_trials
         self.results_uri, self.max_retries = results_uri, max_retries
         self.retries: dict[str, int] = {}  # trial -> retries so far
@@ -75,16 +84,22 @@ class RunTracker(Callback):
         for trial in trials:
             name = trial_name(trial)
             since = self.last_seen.get(name)
-            if trial.status != "RUNNING" or since is None or now - since < self.trial_timeout_s \
-                    or name in self.timed_out:
+            if (
+                trial.status != "RUNNING"
+                or since is None
+                or now - since < self.trial_timeout_s
+                or name in self.timed_out
+            ):
                 continue
             actor = trial.temporary_state.ray_actor
             if actor is None:
                 continue
             import ray
 
-            self.timed_out[name] = (f"no report for {now - since:.0f} s (train.trial_timeout_s = "
-                                    f"{self.trial_timeout_s:g}): the trial was stopped")
+            self.timed_out[name] = (
+                f"no report for {now - since:.0f} s (train.trial_timeout_s = "
+                f"{self.trial_timeout_s:g}): the trial was stopped"
+            )
             self.progress(f"{self._clock()} {name} {self.timed_out[name]}")
             TUNE_CONTROLLER_LOG.addFilter(self._quiet_stops)  # once: a logger keeps a set of filters
             ray.kill(actor, no_restart=True)
@@ -124,8 +139,10 @@ class RunTracker(Callback):
         best = record[f"best_{metric}"]
         shown = f"best {metric}={best:.4f}" if best is not None else "no metric"
         job_best = f"; job best {self.best['trial_id']} {self.best[metric]:.4f}" if self.best else ""
-        self.progress(f"{self._clock()} {name} {how} after {record['iterations']} epoch(s), {shown}  "
-                      f"[{self._done()}/{self.num_trials} trials done{job_best}]")
+        self.progress(
+            f"{self._clock()} {name} {how} after {record['iterations']} epoch(s), {shown}  "
+            f"[{self._done()}/{self.num_trials} trials done{job_best}]"
+        )
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed trial Tune will run again: tell its next attempt to continue from its last checkpoint."""
@@ -133,15 +150,19 @@ class RunTracker(Callback):
         self.retries[name] = self.retries.get(name, 0) + 1
         record_retry(self.results_uri, name, self.retries[name])
         self._record(name, trial, "running")
-        self.progress(f"{self._clock()} {name} failed, retry {self.retries[name]} of {self.max_retries} from its "
-                      f"last checkpoint: {self._why(name, trial)}")
+        self.progress(
+            f"{self._clock()} {name} failed, retry {self.retries[name]} of {self.max_retries} from its "
+            f"last checkpoint: {self._why(name, trial)}"
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial_name(trial)
         error = self._why(name, trial)
         self.writer.flush()
         self._record(name, trial, "error", error=error)
-        self.progress(f"{self._clock()} {name} FAILED: {error}  [{self._done()}/{self.num_trials} trials done]")
+        self.progress(
+            f"{self._clock()} {name} FAILED: {error}  [{self._done()}/{self.num_trials} trials done]"
+        )
 
     def on_experiment_end(self, trials, **info):
         TUNE_CONTROLLER_LOG.removeFilter(self._quiet_stops)
@@ -159,9 +180,17 @@ class RunTracker(Callback):
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _record(self, name: str, trial, status: str, error: str | None = None) -> dict:
-        record = self.schema.trial_record(name, status, self.rows.get(name, []), {**self.fixed, **trial.config},
-                                          self.max_epochs, self.checkpoints.get(name, (None, None)), error,
-                                          self.nodes.get(name), self.retries.get(name, 0))
+        record = self.schema.trial_record(
+            name,
+            status,
+            self.rows.get(name, []),
+            {**self.fixed, **trial.config},
+            self.max_epochs,
+            self.checkpoints.get(name, (None, None)),
+            error,
+            self.nodes.get(name),
+            self.retries.get(name, 0),
+        )
         self.records[name] = record
         self.writer.write_trials(list(self.records.values()))
         return record

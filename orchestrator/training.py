@@ -10,8 +10,9 @@ import functools
 import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ def evaluate(model, task: str, x: torch.Tensor, y: torch.Tensor, device) -> dict
     model.eval()
     total, correct = 0.0, 0
     for start in range(0, len(x), EVAL_BATCH):
-        xb, yb = x[start:start + EVAL_BATCH].to(device), y[start:start + EVAL_BATCH].to(device)
+        xb, yb = x[start : start + EVAL_BATCH].to(device), y[start : start + EVAL_BATCH].to(device)
         out = model(xb)
         total += float(task_loss(task, out, yb)) * len(xb)
         if task == "classification":
@@ -96,7 +97,7 @@ def _train_epoch(model, optimizer, task, x, y, order, batch, device, world: int)
     model.train()
     total = torch.zeros(2, dtype=torch.float64)  # (sum of losses, examples) on this rank
     for start in range(0, len(order), batch):
-        idx = order[start:start + batch]
+        idx = order[start : start + batch]
         xb, yb = x[idx].to(device), y[idx].to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = task_loss(task, model(xb), yb)
@@ -108,16 +109,27 @@ def _train_epoch(model, optimizer, task, x, y, order, batch, device, world: int)
     return float(total[0] / total[1])
 
 
-def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Reporter,
-                 checkpoints: TrialCheckpoints, *, restore: bool = True, rank: int = 0, world: int = 1,
-                 device: str = "cpu") -> None:
+def run_training(
+    hp: Mapping[str, Any],
+    seed: int,
+    plan: TrialPlan,
+    reporter: Reporter,
+    checkpoints: TrialCheckpoints,
+    *,
+    restore: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    device: str = "cpu",
+) -> None:
     """Train for plan.max_epochs (with `restore`, only the epochs after the latest checkpoint), reporting every
     epoch. Rank 0 writes a checkpoint every epoch; with `restore` every rank starts from the latest one."""
     configure_determinism(use_gpu=plan.use_gpu, threads=max(1, math.floor(plan.cpus_per_worker)))
     workload = _workload(plan.workload)
     if workload.objective is not None:  # a benchmark function: nothing to train or checkpoint
         for epoch in range(1, plan.max_epochs + 1):
-            reporter.report({"epoch": epoch, **workload.objective(hp, epoch), "trial_seed": seed, "epoch_time_s": 0.0})
+            reporter.report(
+                {"epoch": epoch, **workload.objective(hp, epoch), "trial_seed": seed, "epoch_time_s": 0.0}
+            )
         return
     seed_everything(seed)  # the same on every rank: identical initial weights
     splits = workload.load_data(hp)
@@ -139,21 +151,27 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
         # reported or written (a crash between checkpoint and report, a driver killed before its flush). The
         # driver keeps the first row it sees for each epoch, so nothing is doubled.
         index = checkpoints.index()
-        links = {"checkpoint": checkpoints.uri(index["latest"]), "best_checkpoint": checkpoints.uri(index["best"])}
+        links = {
+            "checkpoint": checkpoints.uri(index["latest"]),
+            "best_checkpoint": checkpoints.uri(index["best"]),
+        }
         history = state.get("history", [])
         for past in history:
             reporter.report({**past, **(links if past is history[-1] else {})})
     history = list(state.get("history", [])) if state is not None else []
     net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[int(device.split(":")[1])]
-                                                        if device.startswith("cuda") else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[int(device.split(":")[1])] if device.startswith("cuda") else None
+        )
     per_rank = max(1, int(hp["batch_size"]) // world)
     usable = (len(x_train) // world) * world  # equal shards: every rank runs the same number of steps
     for epoch in range(start, plan.max_epochs + 1):
         began = time.perf_counter()
         order = epoch_permutation(seed, epoch, len(x_train))[:usable][rank::world]
-        train_loss = _train_epoch(net, optimizer, workload.task, x_train, y_train, order, per_rank, device, world)
+        train_loss = _train_epoch(
+            net, optimizer, workload.task, x_train, y_train, order, per_rank, device, world
+        )
         val = evaluate(model, workload.task, x_val, y_val, device)
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "trial_seed": seed}
         if "accuracy" in val:
@@ -162,8 +180,15 @@ def run_training(hp: Mapping[str, Any], seed: int, plan: TrialPlan, reporter: Re
         rngs = _gather_rng(world)
         history.append(dict(metrics))
         if rank == 0:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "rng": rngs, "config": dict(hp), "seed": seed, "history": history}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "rng": rngs,
+                "config": dict(hp),
+                "seed": seed,
+                "history": history,
+            }
             index = checkpoints.save(epoch, state, metrics.get(plan.metric))
             metrics["checkpoint"] = checkpoints.uri(index["latest"])
             metrics["best_checkpoint"] = checkpoints.uri(index["best"])
@@ -177,9 +202,11 @@ def _check_same_trial(state: dict, hp: Mapping[str, Any], seed: int, checkpoints
         return
     stored = state.get("config") or {}
     differ = sorted(k for k in set(stored) | set(hp) if stored.get(k) != hp.get(k)) or ["seed"]
-    raise RuntimeError(f"{checkpoints.trial_id}: its checkpoint was written with {differ[0]}="
-                       f"{stored.get(differ[0], state.get('seed'))!r}, this attempt has "
-                       f"{hp.get(differ[0], seed)!r}; refusing to continue another trial's training")
+    raise RuntimeError(
+        f"{checkpoints.trial_id}: its checkpoint was written with {differ[0]}="
+        f"{stored.get(differ[0], state.get('seed'))!r}, this attempt has "
+        f"{hp.get(differ[0], seed)!r}; refusing to continue another trial's training"
+    )
 
 
 def _gather_rng(world: int) -> list:

@@ -71,8 +71,11 @@ class _TrainReporter(_TuneReporter):
 
 def trial_checkpoints(plan: TrialPlan, name: str) -> TrialCheckpoints:
     """This trial's checkpoints, written through a spooling store (outages wait on local disk)."""
-    store = SpoolingStore(open_store(plan.results_uri, plan.storage_options),
-                          run_spool_dir(plan.results_uri) / name, write_behind=is_remote(plan.results_uri))
+    store = SpoolingStore(
+        open_store(plan.results_uri, plan.storage_options),
+        run_spool_dir(plan.results_uri) / name,
+        write_behind=is_remote(plan.results_uri),
+    )
     return TrialCheckpoints(store, name, keep=plan.checkpoints_to_keep, mode=plan.mode)
 
 
@@ -93,8 +96,10 @@ def _device(plan: TrialPlan, local_rank: int) -> str:
     if not torch.cuda.is_available() and _fake_gpu():
         return "cpu"
     if not torch.cuda.is_available():
-        raise RuntimeError("train.use_gpu is true but CUDA is not available on this node "
-                           "(torch.cuda.is_available() is False); set use_gpu: false or run on GPU nodes")
+        raise RuntimeError(
+            "train.use_gpu is true but CUDA is not available on this node "
+            "(torch.cuda.is_available() is False); set use_gpu: false or run on GPU nodes"
+        )
     torch.cuda.set_device(local_rank)
     return f"cuda:{local_rank}"
 
@@ -110,9 +115,17 @@ def _ddp_worker(loop_config: dict) -> None:
     plan: TrialPlan = loop_config["plan"]
     checkpoints = trial_checkpoints(plan, loop_config["name"])
     attempt = loop_config["attempt"]
-    run_training(loop_config["hp"], loop_config["seed"], plan, _TrainReporter(attempt), checkpoints,
-                 restore=attempt > 0 or plan.resume, rank=ctx.get_world_rank(), world=ctx.get_world_size(),
-                 device=_device(plan, ctx.get_local_rank()))
+    run_training(
+        loop_config["hp"],
+        loop_config["seed"],
+        plan,
+        _TrainReporter(attempt),
+        checkpoints,
+        restore=attempt > 0 or plan.resume,
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        device=_device(plan, ctx.get_local_rank()),
+    )
 
 
 def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
@@ -120,10 +133,19 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     name = tune.get_context().get_trial_name()
     seed = trial_seed(plan.job_seed, trial_index(name))
     hp = {**plan.fixed, **config}
-    attempt = current_attempt(plan.results_uri, name)  # > 0: a retry, which continues from the last checkpoint
+    attempt = current_attempt(
+        plan.results_uri, name
+    )  # > 0: a retry, which continues from the last checkpoint
     if plan.workers == 1:
-        run_training(hp, seed, plan, _TuneReporter(attempt), trial_checkpoints(plan, name),
-                     restore=attempt > 0 or plan.resume, device=_device(plan, 0))
+        run_training(
+            hp,
+            seed,
+            plan,
+            _TuneReporter(attempt),
+            trial_checkpoints(plan, name),
+            restore=attempt > 0 or plan.resume,
+            device=_device(plan, 0),
+        )
         return
     _run_ddp(name, hp, seed, plan, attempt)
 
@@ -132,8 +154,13 @@ def _run_ddp(name: str, hp: dict, seed: int, plan: TrialPlan, attempt: int) -> N
     from ray.tune.integration.ray_train import TuneReportCallback
 
     # a fresh Train run name per attempt: our checkpoints restore the trial, Train must not resume its own
-    ddp_trainer(_ddp_worker, {"hp": hp, "seed": seed, "plan": plan, "name": name, "attempt": attempt}, plan,
-                run_name=f"{name}-attempt{attempt}", callbacks=[TuneReportCallback()]).fit()
+    ddp_trainer(
+        _ddp_worker,
+        {"hp": hp, "seed": seed, "plan": plan, "name": name, "attempt": attempt},
+        plan,
+        run_name=f"{name}-attempt{attempt}",
+        callbacks=[TuneReportCallback()],
+    ).fit()
 
 
 def ddp_trainer(worker, loop_config: dict, plan: TrialPlan, *, run_name: str, callbacks=()):
@@ -142,9 +169,16 @@ def ddp_trainer(worker, loop_config: dict, plan: TrialPlan, *, run_name: str, ca
     from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
-        worker, train_loop_config=loop_config,
+        worker,
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu and not _fake_gpu() else "gloo"),
-        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
-                                     resources_per_worker={"CPU": plan.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=plan.train_storage, callbacks=list(callbacks),
-                             logging_config=LoggingConfig(log_level="WARNING")))  # Train logs every report at INFO
+        scaling_config=ScalingConfig(
+            num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=plan.train_storage,
+            callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )  # Train logs every report at INFO

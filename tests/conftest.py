@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-
 import s3server
 
 ROOT = Path(__file__).resolve().parent.parent
 # Before anything starts Ray: every process of the session (and every Ray worker) finds the test S3 server
 # and its credentials through the standard AWS chain, and spools to a private directory.
-os.environ.update(AWS_ACCESS_KEY_ID=s3server.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=s3server.SECRET_KEY,
-                  AWS_ENDPOINT_URL_S3=s3server.ENDPOINT, AWS_REGION="us-east-1")
+os.environ.update(
+    AWS_ACCESS_KEY_ID=s3server.ACCESS_KEY,
+    AWS_SECRET_ACCESS_KEY=s3server.SECRET_KEY,
+    AWS_ENDPOINT_URL_S3=s3server.ENDPOINT,
+    AWS_REGION="us-east-1",
+)
 os.environ.setdefault("HPO_SPOOL_DIR", tempfile.mkdtemp(prefix="hpo-test-spool-"))
 HPO = [sys.executable, "-m", "orchestrator.cli"]
 

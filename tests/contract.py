@@ -23,7 +23,7 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
     metric, mode = spec.search.metric, spec.search.mode
 
     # One row per (trial, iteration), iterations 1..n without gaps.
-    keys = list(zip(rows["trial_id"].to_pylist(), rows["iteration"].to_pylist()))
+    keys = list(zip(rows["trial_id"].to_pylist(), rows["iteration"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys))
     by_trial: dict[str, list[dict]] = {}
     for row in rows.to_pylist():
@@ -71,7 +71,10 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
     best_value = pc.min(rows[metric]).as_py() if mode == "min" else pc.max(rows[metric]).as_py()
     assert summary.best["metric"] == best_value
     best_rows = [r for r in rows.to_pylist() if r[metric] == best_value]
-    assert (summary.best["trial_id"], summary.best["iteration"]) == (best_rows[0]["trial_id"], best_rows[0]["iteration"])
+    assert (summary.best["trial_id"], summary.best["iteration"]) == (
+        best_rows[0]["trial_id"],
+        best_rows[0]["iteration"],
+    )
     assert summary.best["config"]["lr"] == best_rows[0][CONFIG_PREFIX + "lr"]
     return rows, trials
 

@@ -38,20 +38,40 @@ class RayHead:
 
     def start(self, timeout_s: float = 120) -> None:
         bin_dir = str(Path(sys.executable).parent)
-        ports = {"port": self.gcs_port, "dashboard-port": self.dashboard_port,
-                 "dashboard-agent-listen-port": free_port(), "dashboard-agent-grpc-port": free_port(),
-                 "metrics-export-port": free_port(), "runtime-env-agent-port": free_port(),
-                 "ray-client-server-port": free_port(), "node-manager-port": free_port(),
-                 "object-manager-port": free_port()}
-        env = dict(os.environ, RAY_AUTH_TOKEN=self.token, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
-                   **self.extra_env)
+        ports = {
+            "port": self.gcs_port,
+            "dashboard-port": self.dashboard_port,
+            "dashboard-agent-listen-port": free_port(),
+            "dashboard-agent-grpc-port": free_port(),
+            "metrics-export-port": free_port(),
+            "runtime-env-agent-port": free_port(),
+            "ray-client-server-port": free_port(),
+            "node-manager-port": free_port(),
+            "object-manager-port": free_port(),
+        }
+        env = dict(
+            os.environ,
+            RAY_AUTH_TOKEN=self.token,
+            PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            **self.extra_env,
+        )
         env.pop("RAY_ADDRESS", None)
-        args = [os.path.join(bin_dir, "ray"), "start", "--head", "--block", "--disable-usage-stats",
-                f"--num-cpus={self.num_cpus}", "--include-dashboard=true", f"--temp-dir={self.ray_tmp}",
-                *[f"--{k}={v}" for k, v in ports.items()], *self.extra_args]
+        args = [
+            os.path.join(bin_dir, "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            f"--num-cpus={self.num_cpus}",
+            "--include-dashboard=true",
+            f"--temp-dir={self.ray_tmp}",
+            *[f"--{k}={v}" for k, v in ports.items()],
+            *self.extra_args,
+        ]
         self.log = open(self.root.parent / "ray-head.log", "ab")
-        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -60,7 +80,9 @@ class RayHead:
             time.sleep(1)
 
     def _ready(self) -> bool:
-        request = urllib.request.Request(f"{self.url}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"})
+        request = urllib.request.Request(
+            f"{self.url}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=3) as response:
                 return response.status == 200
@@ -70,7 +92,9 @@ class RayHead:
     def get(self, path: str):
         import json
 
-        request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"})
+        request = urllib.request.Request(
+            f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 

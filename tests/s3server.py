@@ -55,11 +55,20 @@ class WeedServer:
     def _start_once(self, timeout_s: float) -> bool:
         """False if `weed` exited early (e.g. one of its freshly picked ports was taken meanwhile)."""
         ports = {**PORTS, **{name: _free_port() for name in OTHER_PORTS}}
-        args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-bucket={BUCKET}", *[f"-{k}={v}" for k, v in ports.items()]]
+        args = [
+            weed_binary(),
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-bucket={BUCKET}",
+            *[f"-{k}={v}" for k, v in ports.items()],
+        ]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
         log = open(self.data_dir / "weed.log", "ab")
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         client = self.client()
         deadline = time.monotonic() + timeout_s
         while True:
@@ -70,7 +79,9 @@ class WeedServer:
                 if self.proc.poll() is not None:
                     return False
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS did not start in {timeout_s:.0f} s; see {self.data_dir / 'weed.log'}")
+                    raise RuntimeError(
+                        f"SeaweedFS did not start in {timeout_s:.0f} s; see {self.data_dir / 'weed.log'}"
+                    ) from None
                 time.sleep(0.2)
 
     def stop(self) -> None:
@@ -87,9 +98,14 @@ class WeedServer:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=ENDPOINT, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=secret,
-                            region_name="us-east-1", config=Config(retries={"max_attempts": 1},
-                                                                   connect_timeout=2, read_timeout=10))
+        return boto3.client(
+            "s3",
+            endpoint_url=ENDPOINT,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
+        )
 
     def all_objects(self) -> dict[str, bytes]:
         client = self.client()

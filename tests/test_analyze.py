@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import run_hpo, spec_dict
+
 from orchestrator.analyze import _boundary_warnings, _seed_warning, isolation
 from orchestrator.runner import run
 from orchestrator.spec import parse_spec
@@ -21,10 +21,16 @@ def _trial(i, lr, hidden, loss):
 
 
 def test_isolation_takes_the_best_over_nuisance_and_splits_by_other_scientific_hyperparameters():
-    spec = _spec(space={"lr": {"loguniform": [1e-4, 1e-1]}, "hidden": {"choice": [16, 32]}},
-                 roles={"hidden": "scientific"})
-    trials = [_trial(0, 0.001, 16, 0.9), _trial(1, 0.001, 16, 0.5), _trial(2, 0.001, 32, 0.4),
-              _trial(3, 0.05, 32, 0.2)]
+    spec = _spec(
+        space={"lr": {"loguniform": [1e-4, 1e-1]}, "hidden": {"choice": [16, 32]}},
+        roles={"hidden": "scientific"},
+    )
+    trials = [
+        _trial(0, 0.001, 16, 0.9),
+        _trial(1, 0.001, 16, 0.5),
+        _trial(2, 0.001, 32, 0.4),
+        _trial(3, 0.05, 32, 0.2),
+    ]
     by_hidden = isolation(trials, spec, "hidden")
     assert by_hidden == {(): {16: 0.5, 32: 0.2}}  # lr is nuisance: best over it
     by_lr = isolation(trials, spec, "lr")
@@ -36,7 +42,9 @@ def test_boundary_warning_is_in_the_distributions_scale():
     spec = _spec(space={"lr": {"loguniform": [1e-4, 1e-1]}, "hidden": {"choice": [16, 32]}})
     near_top = [_trial(i, 0.08 if i == 0 else 0.001, 16, 0.1 if i == 0 else 0.5) for i in range(10)]
     [warning] = _boundary_warnings(near_top, spec)
-    assert warning.startswith("lr: the best trial (trial_0000, lr=0.08) and 0 of the next 0 sit in the upper 10%")
+    assert warning.startswith(
+        "lr: the best trial (trial_0000, lr=0.08) and 0 of the next 0 sit in the upper 10%"
+    )
     assert "log scale" in warning
     # 0.03 is at 83% of [1e-4, 1e-1] in log scale (near the top only on a linear axis): no warning
     assert _boundary_warnings([_trial(0, 0.03, 16, 0.1), _trial(1, 0.001, 16, 0.5)], spec) == []
@@ -48,7 +56,9 @@ def test_seed_noise_larger_than_the_gap_between_top_configs_is_flagged():
     assert "seed noise" in _seed_warning(noisy, spec)[0]
     calm = [_trial(0, 0.01, 16, 0.30), _trial(1, 0.01, 16, 0.301), _trial(2, 0.02, 16, 0.40)]
     assert _seed_warning(calm, spec) == []
-    assert _seed_warning(noisy[:1] + noisy[2:], spec)[0].startswith("note: no config ran with more than one seed")
+    assert _seed_warning(noisy[:1] + noisy[2:], spec)[0].startswith(
+        "note: no config ran with more than one seed"
+    )
 
 
 def test_roles_are_validated():
@@ -64,11 +74,20 @@ def test_roles_are_validated():
 def test_analyze_writes_curves_isolation_plots_and_a_boundary_warning(ray_cluster, tmp_path):
     # lr's range ends at 3e-3, well below what Adam likes on digits: the best trial sits at its upper edge.
     # Quasi-random with 16 trials puts exactly one lr in each 1/16 of the (log) range, so one is in the top 10%.
-    spec = parse_spec(spec_dict(storage=str(tmp_path / "runs"), scheduler={"type": "asha"}, train={"max_epochs": 4},
-                                search={"algorithm": "quasirandom", "num_samples": 16, "max_concurrent": 2,
-                                        "roles": {"hidden": "scientific"},
-                                        "space": {"lr": {"loguniform": [1.0e-5, 3.0e-3]},
-                                                  "hidden": {"choice": [16, 32]}}}))
+    spec = parse_spec(
+        spec_dict(
+            storage=str(tmp_path / "runs"),
+            scheduler={"type": "asha"},
+            train={"max_epochs": 4},
+            search={
+                "algorithm": "quasirandom",
+                "num_samples": 16,
+                "max_concurrent": 2,
+                "roles": {"hidden": "scientific"},
+                "space": {"lr": {"loguniform": [1.0e-5, 3.0e-3]}, "hidden": {"choice": [16, 32]}},
+            },
+        )
+    )
     summary = run(spec, progress=lambda line: None)
     out = tmp_path / "analysis"
     proc = run_hpo("analyze", summary.results_uri, "--out", str(out))

@@ -7,12 +7,12 @@ import time
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_hpo, spec_dict
-from orchestrator.results import load_trials
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
-from orchestrator.trial import FAKE_GPU_ENV
 from rayhead import RayHead
+
+from orchestrator.results import load_trials
+from orchestrator.trial import FAKE_GPU_ENV
 
 
 def test_shipped_fake_config_passes_rays_schema():
@@ -27,9 +27,9 @@ def test_shipped_fake_config_passes_rays_schema():
 
 def test_fake_gpu_setting_trains_on_cpu_only_when_set(monkeypatch):
     import torch
+    from test_training import _plan
 
     from orchestrator.trial import _device
-    from test_training import _plan
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -45,7 +45,11 @@ def _nodes(head) -> list[dict]:
 
 
 def _alive_gpu_nodes(head) -> list[str]:
-    return [n["node_id"] for n in _nodes(head) if n["state"] == "ALIVE" and n.get("resources_total", {}).get("GPU")]
+    return [
+        n["node_id"]
+        for n in _nodes(head)
+        if n["state"] == "ALIVE" and n.get("resources_total", {}).get("GPU")
+    ]
 
 
 def _wait_for(predicate, timeout_s: float, what: str, head):
@@ -63,10 +67,17 @@ def test_fake_cluster_adds_gpu_nodes_runs_trials_on_them_and_removes_them(tmp_pa
     """The shipped local-fake.yaml on a real head: GPU workers start from zero when GPU trials wait, the
     trials run on them, and the nodes go after the idle timeout."""
     config = yaml.safe_load((ROOT / "cluster" / "local-fake.yaml").read_text())
-    head = RayHead(tmp_path / "ray", num_cpus=config["available_node_types"]["ray.head.default"]["resources"]["CPU"],
-                   extra_env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", FAKE_GPU_ENV: "1",
-                              # the fake provider knows the head by this id (its workers are ...00001, ...)
-                              "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID})
+    head = RayHead(
+        tmp_path / "ray",
+        num_cpus=config["available_node_types"]["ray.head.default"]["resources"]["CPU"],
+        extra_env={
+            "RAY_FAKE_CLUSTER": "1",
+            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+            FAKE_GPU_ENV: "1",
+            # the fake provider knows the head by this id (its workers are ...00001, ...)
+            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
+        },
+    )
     config["provider"]["gcs_address"] = f"127.0.0.1:{head.gcs_port}"
     config_path = tmp_path / "autoscaling.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -75,15 +86,34 @@ def test_fake_cluster_adds_gpu_nodes_runs_trials_on_them_and_removes_them(tmp_pa
     try:
         assert _alive_gpu_nodes(head) == []  # min_workers: 0 -> no GPU node before the job
         spec_path = tmp_path / "gpu-job.yaml"
-        spec_path.write_text(yaml.safe_dump(spec_dict(
-            name="fake-gpu", storage=str(tmp_path / "results"), train={"max_epochs": 2, "use_gpu": True},
-            search={"num_samples": 3, "max_concurrent": 2})))
-        proc = run_hpo("submit", str(spec_path), "--address", head.url, "--follow",
-                       env={"RAY_AUTH_TOKEN": head.token}, timeout=600)
+        spec_path.write_text(
+            yaml.safe_dump(
+                spec_dict(
+                    name="fake-gpu",
+                    storage=str(tmp_path / "results"),
+                    train={"max_epochs": 2, "use_gpu": True},
+                    search={"num_samples": 3, "max_concurrent": 2},
+                )
+            )
+        )
+        proc = run_hpo(
+            "submit",
+            str(spec_path),
+            "--address",
+            head.url,
+            "--follow",
+            env={"RAY_AUTH_TOKEN": head.token},
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         assert "SUCCEEDED" in proc.stderr
-        logs = run_hpo("logs", proc.stdout.strip().splitlines()[-1], "--address", head.url,
-                       env={"RAY_AUTH_TOKEN": head.token})
+        logs = run_hpo(
+            "logs",
+            proc.stdout.strip().splitlines()[-1],
+            "--address",
+            head.url,
+            env={"RAY_AUTH_TOKEN": head.token},
+        )
         summary = json.loads(logs.stdout.strip().splitlines()[-1])
         assert summary["num_trials"] == 3 and summary["statuses"] == {"completed": 3}, summary
         trials = load_trials(summary["results_uri"]).to_pandas()

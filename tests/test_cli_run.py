@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 from conftest import ROOT, run_hpo
 from contract import check_contract
-from orchestrator.summary import RunSummary
+
 from orchestrator.spec import load_spec
+from orchestrator.summary import RunSummary
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,11 @@ def test_results_show_prints_top_trials(readme_run):
     assert out[0].startswith("4 trials, ranked by best val_accuracy (max)")
     assert "trial_id" in out[1] and "width" in out[1] and len(out) == 4
     missing = run_hpo("results", "show", str(work / "nope"))
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no trials.parquet" in missing.stderr
+    assert (
+        missing.returncode == 2
+        and "Traceback" not in missing.stderr
+        and "no trials.parquet" in missing.stderr
+    )
 
 
 def test_tables_read_with_pandas_polars_duckdb(readme_run):
@@ -86,7 +90,6 @@ def test_tables_read_with_pandas_polars_duckdb(readme_run):
 def test_gpu_job_on_a_machine_without_gpus_is_refused_before_anything_is_written(tmp_path):
     import torch
     import yaml
-
     from conftest import spec_dict
 
     if torch.cuda.is_available():

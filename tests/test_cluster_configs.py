@@ -6,13 +6,14 @@ import copy
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 LAUNCHER = sorted((ROOT / "cluster").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", [p for p in LAUNCHER if p.name in ("aws.yaml", "gcp.yaml")], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in LAUNCHER if p.name in ("aws.yaml", "gcp.yaml")], ids=lambda p: p.name
+)
 def test_launcher_config_passes_rays_validator(path):
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -39,8 +40,11 @@ def test_kuberay_manifests_autoscale_gpu_workers_from_zero():
     """No CRD schema is available offline: check the fields KubeRay needs for what we promise."""
     import tomllib
 
-    ray_pin = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-                   if d.startswith("ray["))
+    ray_pin = next(
+        d
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if d.startswith("ray[")
+    )
     kinds = set()
     for path, doc, cluster in _cluster_specs():
         kinds.add(doc["kind"])

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
+
 import tomllib
-
-from dockerfile_parse import DockerfileParser
-
 from conftest import ROOT
+from dockerfile_parse import DockerfileParser
 
 
 def _parsed():

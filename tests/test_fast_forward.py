@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from conftest import spec_dict
+
 from orchestrator.search import build_searcher
 from orchestrator.search_tpe import PinnableHyperOpt
 from orchestrator.spec import parse_spec
 
-SPEC = parse_spec(spec_dict(search={"algorithm": "hyperopt", "num_samples": 30, "max_concurrent": 2,
-                                    "space": {"lr": {"loguniform": [1e-3, 1e-1]}, "hidden": {"choice": [16, 32]}}}))
+SPEC = parse_spec(
+    spec_dict(
+        search={
+            "algorithm": "hyperopt",
+            "num_samples": 30,
+            "max_concurrent": 2,
+            "space": {"lr": {"loguniform": [1e-3, 1e-1]}, "hidden": {"choice": [16, 32]}},
+        }
+    )
+)
 
 
 def _tpe(pinned=None) -> PinnableHyperOpt:

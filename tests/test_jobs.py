@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import ROOT
+
 from orchestrator.runner import plan
 from orchestrator.spec import load_spec
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, spec_dict
 from rayhead import free_port
 
@@ -43,13 +42,23 @@ cluster.shutdown()
 
 def test_ddp_trial_spans_two_nodes(tmp_path):
     from contract import check_contract
+
     from orchestrator.spec import parse_spec
     from orchestrator.summary import RunSummary
 
-    data = spec_dict(name="two-nodes", storage=str(tmp_path), search={"num_samples": 1, "max_concurrent": 1},
-                     train={"max_epochs": 2, "workers": 2, "cpus_per_worker": 1})
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(data), str(free_port())], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
+    data = spec_dict(
+        name="two-nodes",
+        storage=str(tmp_path),
+        search={"num_samples": 1, "max_concurrent": 1},
+        train={"max_epochs": 2, "workers": 2, "cpus_per_worker": 1},
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(data), str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["nodes"] == 3

@@ -10,11 +10,11 @@ import subprocess
 
 import psutil
 import pytest
-import yaml
-
 import s3server
+import yaml
 from conftest import HPO, ROOT, run_hpo, spec_dict
 from contract import check_contract, deterministic_rows
+
 from orchestrator.results import load_results
 from orchestrator.spec import load_spec
 from orchestrator.storage import open_store
@@ -35,8 +35,14 @@ def run_and_kill(spec_path, trials_done: int) -> tuple[str, set[str]]:
     (counted on its progress output, so storage lag cannot let the job finish first); return its URI and the
     trials it reported finished."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([*HPO, "run", str(spec_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [*HPO, "run", str(spec_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     uri = proc.stdout.readline().strip().removeprefix("results_uri: ")
     finished = set()
     for line in proc.stderr:
@@ -65,13 +71,22 @@ def assert_not_rerun(finished: set[str], resumed_stderr: str) -> None:
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summary(where, tmp_path, request):
-    storage = str(tmp_path / "runs") if where == "local" else f"s3://{s3server.BUCKET}/resume-{tmp_path.name[-12:]}"
+    storage = (
+        str(tmp_path / "runs") if where == "local" else f"s3://{s3server.BUCKET}/resume-{tmp_path.name[-12:]}"
+    )
     if where == "s3":
         request.getfixturevalue("s3")
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(name="killed", storage=storage,
-                                                  search={"num_samples": 8, "max_concurrent": 2},
-                                                  train={"max_epochs": 6})))
+    spec_path.write_text(
+        yaml.safe_dump(
+            spec_dict(
+                name="killed",
+                storage=storage,
+                search={"num_samples": 8, "max_concurrent": 2},
+                train={"max_epochs": 6},
+            )
+        )
+    )
     uri, finished = run_and_kill(spec_path, trials_done=2)
     resumed = run_hpo("resume", uri, "--spec", str(spec_path), "--output", "json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -82,9 +97,14 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
     clean = run_hpo("run", str(spec_path), "--output", "json", "--storage", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr[-2000:]
     uninterrupted = RunSummary(**json.loads(clean.stdout.strip().splitlines()[-1]))
-    assert deterministic_rows(_sorted(rows)) == deterministic_rows(_sorted(load_results(uninterrupted.results_uri)))
-    assert (summary.best, summary.statuses, summary.num_trials) == \
-        (uninterrupted.best, uninterrupted.statuses, uninterrupted.num_trials)
+    assert deterministic_rows(_sorted(rows)) == deterministic_rows(
+        _sorted(load_results(uninterrupted.results_uri))
+    )
+    assert (summary.best, summary.statuses, summary.num_trials) == (
+        uninterrupted.best,
+        uninterrupted.statuses,
+        uninterrupted.num_trials,
+    )
 
     # Resuming a finished run says so and changes nothing.
     before = open_store(uri).read_bytes("results/_manifest.json")
@@ -95,14 +115,28 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
 
 def test_resume_with_a_changed_spec_is_refused_naming_the_difference(tmp_path):
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(name="changed", storage=str(tmp_path / "runs"),
-                                                  search={"num_samples": 6, "max_concurrent": 2},
-                                                  train={"max_epochs": 4})))
+    spec_path.write_text(
+        yaml.safe_dump(
+            spec_dict(
+                name="changed",
+                storage=str(tmp_path / "runs"),
+                search={"num_samples": 6, "max_concurrent": 2},
+                train={"max_epochs": 4},
+            )
+        )
+    )
     uri, _ = run_and_kill(spec_path, trials_done=1)
     changed = tmp_path / "changed.yaml"
-    changed.write_text(yaml.safe_dump(spec_dict(name="changed", storage=str(tmp_path / "runs"),
-                                                search={"num_samples": 6, "max_concurrent": 2},
-                                                train={"max_epochs": 5})))
+    changed.write_text(
+        yaml.safe_dump(
+            spec_dict(
+                name="changed",
+                storage=str(tmp_path / "runs"),
+                search={"num_samples": 6, "max_concurrent": 2},
+                train={"max_epochs": 5},
+            )
+        )
+    )
     refused = run_hpo("resume", uri, "--spec", str(changed))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "differs from the run's at train.max_epochs: 5 in the given spec, 4 in the run" in refused.stderr
@@ -113,12 +147,20 @@ def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(tm
     what the finished trials reported, or the resumed run's later trials differ from an uninterrupted run's.
     At max_concurrent 1 both are whole-job deterministic; the kill comes after TPE's 20 random start-up
     trials, so the trials after it are TPE's own proposals."""
-    spec = spec_dict(name="adaptive", workload="synthetic", storage=str(tmp_path / "runs"),
-                     search={"algorithm": "hyperopt", "num_samples": 26, "max_concurrent": 1,
-                             "space": {"x1": {"uniform": [0, 1]}, "x2": {"uniform": [0, 1]}},
-                             "fixed": {"function": "branin"}},
-                     scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
-                     train={"max_epochs": 9})
+    spec = spec_dict(
+        name="adaptive",
+        workload="synthetic",
+        storage=str(tmp_path / "runs"),
+        search={
+            "algorithm": "hyperopt",
+            "num_samples": 26,
+            "max_concurrent": 1,
+            "space": {"x1": {"uniform": [0, 1]}, "x2": {"uniform": [0, 1]}},
+            "fixed": {"function": "branin"},
+        },
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
+        train={"max_epochs": 9},
+    )
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     uri, finished = run_and_kill(spec_path, trials_done=22)

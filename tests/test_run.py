@@ -6,15 +6,15 @@ import itertools
 import json
 
 import pytest
-
 from conftest import spec_dict
 from contract import check_contract, deterministic_rows
-from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
+
 from orchestrator.checkpoints import TrialCheckpoints
+from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.runner import run
-from orchestrator.storage import open_store
 from orchestrator.space import QuasiRandomSearcher, from_unit
 from orchestrator.spec import parse_spec
+from orchestrator.storage import open_store
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +47,23 @@ def test_fifo_job_does_not_depend_on_concurrency(ray_cluster, tmp_path, algorith
     search = {"algorithm": algorithm, "num_samples": 4}
     _, serial = _run(tmp_path / "a", search={**search, "max_concurrent": 1}, train={"max_epochs": 2})
     _, parallel = _run(tmp_path / "b", search={**search, "max_concurrent": 3}, train={"max_epochs": 2})
-    assert deterministic_rows(load_results(serial.results_uri)) == deterministic_rows(load_results(parallel.results_uri))
+    assert deterministic_rows(load_results(serial.results_uri)) == deterministic_rows(
+        load_results(parallel.results_uri)
+    )
 
 
 def test_grid_runs_the_cross_product_num_samples_times(ray_cluster, tmp_path):
     space = {"hidden": {"choice": [16, 32]}, "optimizer": {"choice": ["adam", "sgd"]}}
-    spec, summary = _run(tmp_path, search={"algorithm": "grid", "num_samples": 2, "space": space,
-                                           "fixed": {"batch_size": 128, "lr": 0.01}}, train={"max_epochs": 2})
+    spec, summary = _run(
+        tmp_path,
+        search={
+            "algorithm": "grid",
+            "num_samples": 2,
+            "space": space,
+            "fixed": {"batch_size": 128, "lr": 0.01},
+        },
+        train={"max_epochs": 2},
+    )
     rows, trials = check_contract(summary, spec)
     configs = _configs(rows, ["hidden", "optimizer"])
     assert sorted(configs) == sorted(list(itertools.product([16, 32], ["adam", "sgd"])) * 2)
@@ -63,18 +73,27 @@ def test_grid_runs_the_cross_product_num_samples_times(ray_cluster, tmp_path):
 
 def test_quasirandom_asha_follows_sobol_and_stops_trials(ray_cluster, tmp_path):
     lines: list[str] = []
-    space = {"lr": {"loguniform": [1.0e-5, 1.0]}, "dropout": {"uniform": [0.0, 0.5]},
-             "hidden": {"choice": [16, 32, 64]}, "depth": {"randint": [1, 3]}}
-    spec, summary = _run(tmp_path, lines, search={"algorithm": "quasirandom", "num_samples": 9, "max_concurrent": 1,
-                                                  "space": space},
-                         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
-                         train={"max_epochs": 4})
+    space = {
+        "lr": {"loguniform": [1.0e-5, 1.0]},
+        "dropout": {"uniform": [0.0, 0.5]},
+        "hidden": {"choice": [16, 32, 64]},
+        "depth": {"randint": [1, 3]},
+    }
+    spec, summary = _run(
+        tmp_path,
+        lines,
+        search={"algorithm": "quasirandom", "num_samples": 9, "max_concurrent": 1, "space": space},
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
+        train={"max_epochs": 4},
+    )
     rows, trials = check_contract(summary, spec)
     # The i-th trial got the i-th scrambled Sobol point of the job seed.
     points = QuasiRandomSearcher(spec.search, seed=spec.seed)._points
     names = list(space)
-    expected = [tuple(from_unit(*spec.search.distribution(n), float(u)) for n, u in zip(names, point))
-                for point in points]
+    expected = [
+        tuple(from_unit(*spec.search.distribution(n), float(u)) for n, u in zip(names, point, strict=True))
+        for point in points
+    ]
     assert _configs(rows, names) == expected
     assert set(r[-1] for r in expected) == {1, 2, 3}  # randint is inclusive at both ends
     stopped = trials.filter(trials["stopped_early"]).num_rows
@@ -84,10 +103,19 @@ def test_quasirandom_asha_follows_sobol_and_stops_trials(ray_cluster, tmp_path):
 
 
 def test_hyperopt_asha_at_concurrency_1_is_deterministic(ray_cluster, tmp_path):
-    kwargs = dict(search={"algorithm": "hyperopt", "num_samples": 5, "max_concurrent": 1,
-                          "space": {"lr": {"loguniform": [1.0e-4, 0.5]}, "depth": {"randint": [1, 3]},
-                                    "hidden": {"choice": [16, 64]}}},
-                  scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    kwargs = dict(
+        search={
+            "algorithm": "hyperopt",
+            "num_samples": 5,
+            "max_concurrent": 1,
+            "space": {
+                "lr": {"loguniform": [1.0e-4, 0.5]},
+                "depth": {"randint": [1, 3]},
+                "hidden": {"choice": [16, 64]},
+            },
+        },
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    )
     spec, first = _run(tmp_path / "a", **kwargs)
     rows_a, _ = check_contract(first, spec)
     _, second = _run(tmp_path / "b", **kwargs)
@@ -95,15 +123,20 @@ def test_hyperopt_asha_at_concurrency_1_is_deterministic(ray_cluster, tmp_path):
 
 
 def test_hyperopt_fifo_maximizing_accuracy(ray_cluster, tmp_path):
-    spec, summary = _run(tmp_path, search={"algorithm": "hyperopt", "num_samples": 4, "metric": "val_accuracy",
-                                           "mode": "max"}, train={"max_epochs": 2})
+    spec, summary = _run(
+        tmp_path,
+        search={"algorithm": "hyperopt", "num_samples": 4, "metric": "val_accuracy", "mode": "max"},
+        train={"max_epochs": 2},
+    )
     check_contract(summary, spec)
     assert 0.5 < summary.best["metric"] <= 1.0
 
 
 def test_two_worker_ddp_trial_is_bit_identical_across_runs(ray_cluster, tmp_path):
-    kwargs = dict(search={"num_samples": 1, "max_concurrent": 1},
-                  train={"max_epochs": 2, "workers": 2, "cpus_per_worker": 0.5})
+    kwargs = dict(
+        search={"num_samples": 1, "max_concurrent": 1},
+        train={"max_epochs": 2, "workers": 2, "cpus_per_worker": 0.5},
+    )
     spec, first = _run(tmp_path / "a", **kwargs)
     rows_a, trials = check_contract(first, spec)
     state = TrialCheckpoints(open_store(first.results_uri), "trial_0000", keep=2, mode="min").load_latest()
@@ -125,9 +158,12 @@ def test_failing_trials_are_recorded_and_the_job_still_ends(ray_cluster, tmp_pat
 
 
 def test_regression_workload_reports_losses_only(ray_cluster, tmp_path):
-    spec, summary = _run(tmp_path, workload="tests.workloads_for_tests:digit_value",
-                         search={"num_samples": 2, "space": {"lr": {"loguniform": [1.0e-3, 1.0e-2]}}},
-                         train={"max_epochs": 2})
+    spec, summary = _run(
+        tmp_path,
+        workload="tests.workloads_for_tests:digit_value",
+        search={"num_samples": 2, "space": {"lr": {"loguniform": [1.0e-3, 1.0e-2]}}},
+        train={"max_epochs": 2},
+    )
     rows, _ = check_contract(summary, spec)
     assert "val_accuracy" not in rows.column_names and summary.best["metric"] < 10
 
@@ -136,9 +172,15 @@ def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint_bit_identical
     """One trial's process dies mid-epoch (os._exit); Tune retries it, the retry continues from the last
     checkpoint, and every row equals a run where nothing died. `attempt` says which rows the retry wrote."""
     marker = tmp_path / "died"
-    kwargs = dict(workload="tests.workloads_for_tests:dies_once", train={"max_epochs": 4},
-                  search={"num_samples": 1, "max_concurrent": 1,
-                          "fixed": {"batch_size": 128, "die_marker": str(marker), "die_at_step": 25}})
+    kwargs = dict(
+        workload="tests.workloads_for_tests:dies_once",
+        train={"max_epochs": 4},
+        search={
+            "num_samples": 1,
+            "max_concurrent": 1,
+            "fixed": {"batch_size": 128, "die_marker": str(marker), "die_at_step": 25},
+        },
+    )
     spec, interrupted = _run(tmp_path / "a", **kwargs)
     assert marker.exists()  # it did die
     rows, trials = check_contract(interrupted, spec)
@@ -155,10 +197,16 @@ def test_a_trial_whose_process_dies_is_retried_from_its_checkpoint_bit_identical
 def test_a_trial_that_stops_reporting_is_stopped_by_the_watchdog_and_the_job_goes_on(ray_cluster, tmp_path):
     lines: list[str] = []
     # 15 s, not less: on a loaded 2-core CI machine the healthy trial went more than 4 s without a report
-    kwargs = dict(workload="tests.workloads_for_tests:hangs", train={"max_epochs": 4, "trial_timeout_s": 15,
-                                                                     "max_retries": 0},
-                  search={"algorithm": "grid", "num_samples": 1, "space": {"hidden": {"choice": [16, 32]}},
-                          "fixed": {"batch_size": 128}})
+    kwargs = dict(
+        workload="tests.workloads_for_tests:hangs",
+        train={"max_epochs": 4, "trial_timeout_s": 15, "max_retries": 0},
+        search={
+            "algorithm": "grid",
+            "num_samples": 1,
+            "space": {"hidden": {"choice": [16, 32]}},
+            "fixed": {"batch_size": 128},
+        },
+    )
     spec, summary = _run(tmp_path / "a", lines, **kwargs)
     trials = {t["config/hidden"]: t for t in load_trials(summary.results_uri).to_pylist()}
     assert trials[32]["status"] == "completed"
@@ -170,17 +218,25 @@ def test_a_trial_that_stops_reporting_is_stopped_by_the_watchdog_and_the_job_goe
 
 def test_fail_fast_stops_the_job_at_the_first_failure(tmp_path):
     import yaml
-
     from conftest import run_hpo
 
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(spec_dict(workload="tests.workloads_for_tests:broken", storage=str(tmp_path / "r"),
-                                             train={"fail_fast": True, "max_retries": 0},
-                                             search={"num_samples": 4, "max_concurrent": 1})))
+    spec.write_text(
+        yaml.safe_dump(
+            spec_dict(
+                workload="tests.workloads_for_tests:broken",
+                storage=str(tmp_path / "r"),
+                train={"fail_fast": True, "max_retries": 0},
+                search={"num_samples": 4, "max_concurrent": 1},
+            )
+        )
+    )
     proc = run_hpo("run", str(spec), "--output", "json")
     assert proc.returncode == 1 and "train.fail_fast is set" in proc.stderr, proc.stderr[-2000:]
     statuses = json.loads(proc.stdout.strip().splitlines()[-1])["statuses"]
-    assert statuses["error"] == 1 and set(statuses) <= {"error", "cancelled"}, statuses  # 3 trials never failed
+    assert statuses["error"] == 1 and set(statuses) <= {"error", "cancelled"}, (
+        statuses
+    )  # 3 trials never failed
 
 
 def test_multi_worker_trials_are_refused_on_a_ray_without_its_dashboard(tmp_path):
@@ -192,19 +248,21 @@ def test_multi_worker_trials_are_refused_on_a_ray_without_its_dashboard(tmp_path
 
     script = f"""
 import logging, ray, sys
-sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})
+sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / "tests")!r})
 from conftest import spec_dict
 from orchestrator.errors import RunError
 from orchestrator.runner import run
 from orchestrator.spec import parse_spec
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
 try:
-    run(parse_spec(spec_dict(storage={str(tmp_path / 'r')!r}, train={{"workers": 2, "cpus_per_worker": 0.5}})))
+    run(parse_spec(spec_dict(storage={str(tmp_path / "r")!r}, train={{"workers": 2, "cpus_per_worker": 0.5}})))
 except RunError as exc:
     print("refused:", exc)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert "refused: train.workers is 2 but this Ray runs without its dashboard" in proc.stdout, proc.stderr[-2000:]
+    assert "refused: train.workers is 2 but this Ray runs without its dashboard" in proc.stdout, proc.stderr[
+        -2000:
+    ]
     assert not (tmp_path / "r").exists()
 
 
@@ -212,10 +270,15 @@ def test_a_killed_ddp_worker_changes_nothing(ray_cluster, tmp_path):
     """Rank 1 of a 2-worker DDP trial dies mid-epoch 3; the trial is retried from epoch 2's checkpoint and its
     rows equal a run where nothing died, bit for bit."""
     marker = tmp_path / "died"
-    kwargs = dict(workload="tests.workloads_for_tests:dies_once",
-                  train={"max_epochs": 4, "workers": 2, "cpus_per_worker": 0.5},
-                  search={"num_samples": 1, "max_concurrent": 1,
-                          "fixed": {"batch_size": 128, "die_marker": str(marker), "die_at_step": 25}})
+    kwargs = dict(
+        workload="tests.workloads_for_tests:dies_once",
+        train={"max_epochs": 4, "workers": 2, "cpus_per_worker": 0.5},
+        search={
+            "num_samples": 1,
+            "max_concurrent": 1,
+            "fixed": {"batch_size": 128, "die_marker": str(marker), "die_at_step": 25},
+        },
+    )
     lines: list[str] = []
     spec, interrupted = _run(tmp_path / "a", lines, **kwargs)
     assert marker.exists()

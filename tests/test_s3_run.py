@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
-
 import s3server
+import yaml
 from conftest import ROOT, run_hpo, spec_dict
 from contract import check_contract, deterministic_rows
+
 from orchestrator.results import load_results, load_trials
 from orchestrator.runner import run
 from orchestrator.spec import parse_spec
@@ -29,8 +29,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def s3_run(ray_cluster, s3):
     storage = f"s3://{s3server.BUCKET}/jobs-{secrets.token_hex(3)}"
-    spec = parse_spec(spec_dict(storage=storage, search={"num_samples": 4, "max_concurrent": 2},
-                                scheduler={"type": "asha", "grace_period": 1}, train={"max_epochs": 4}))
+    spec = parse_spec(
+        spec_dict(
+            storage=storage,
+            search={"num_samples": 4, "max_concurrent": 2},
+            scheduler={"type": "asha", "grace_period": 1},
+            train={"max_epochs": 4},
+        )
+    )
     lines: list[str] = []
     summary = run(spec, progress=lines.append)
     return spec, summary, lines
@@ -53,7 +59,11 @@ def test_results_contract_holds_read_straight_from_s3(s3_run):
     import orchestrator
 
     again = orchestrator.summarize(summary.results_uri)  # read back from S3 alone
-    assert (again.best, again.num_trials, again.statuses) == (summary.best, summary.num_trials, summary.statuses)
+    assert (again.best, again.num_trials, again.statuses) == (
+        summary.best,
+        summary.num_trials,
+        summary.statuses,
+    )
 
 
 def test_polars_and_pyarrow_read_the_table_from_s3(s3_run):
@@ -61,8 +71,12 @@ def test_polars_and_pyarrow_read_the_table_from_s3(s3_run):
     import pyarrow.dataset as ds
 
     _, summary, _ = s3_run
-    options = {"aws_endpoint_url": s3server.ENDPOINT, "aws_access_key_id": s3server.ACCESS_KEY,
-               "aws_secret_access_key": s3server.SECRET_KEY, "aws_region": "us-east-1"}
+    options = {
+        "aws_endpoint_url": s3server.ENDPOINT,
+        "aws_access_key_id": s3server.ACCESS_KEY,
+        "aws_secret_access_key": s3server.SECRET_KEY,
+        "aws_region": "us-east-1",
+    }
     frame = pl.read_parquet(f"{summary.results_uri}/results/*.parquet", storage_options=options)
     rows = load_results(summary.results_uri)
     assert frame.height == rows.num_rows
@@ -101,12 +115,21 @@ def test_outage_mid_run_loses_no_row_and_leaks_no_secret(ray_cluster, s3, tmp_pa
     """Stop the server for ~25 s while a job runs (in its own process), restart it on the same data."""
     storage = f"s3://{s3server.BUCKET}/outage-{secrets.token_hex(3)}"
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(
-        name="outage", storage=storage, search={"num_samples": TRIALS, "max_concurrent": 2},
-        train={"max_epochs": EPOCHS})))
+    spec_path.write_text(
+        yaml.safe_dump(
+            spec_dict(
+                name="outage",
+                storage=storage,
+                search={"num_samples": TRIALS, "max_concurrent": 2},
+                train={"max_epochs": EPOCHS},
+            )
+        )
+    )
     proc = _start_hpo(["run", str(spec_path), "--output", "json"], tmp_path, {"HPO_DRAIN_TIMEOUT_S": "120"})
     progress: list[tuple[float, str]] = []
-    reader = threading.Thread(target=lambda: progress.extend((time.monotonic(), line) for line in proc.stderr))
+    reader = threading.Thread(
+        target=lambda: progress.extend((time.monotonic(), line) for line in proc.stderr)
+    )
     reader.start()
     store = open_store(storage)
     _wait_for(lambda: any("/results/part-" in n for n in store.list()), 180)  # rows are live on S3
@@ -121,7 +144,7 @@ def test_outage_mid_run_loses_no_row_and_leaks_no_secret(ray_cluster, s3, tmp_pa
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
     rows = load_results(summary["results_uri"])
-    keys = list(zip(rows["trial_id"].to_pylist(), rows["iteration"].to_pylist()))
+    keys = list(zip(rows["trial_id"].to_pylist(), rows["iteration"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == TRIALS * EPOCHS  # every row exactly once
     assert summary["upload_pending"] == 0
     # Training went on while the server was down: epochs were reported inside the outage window.
@@ -138,8 +161,14 @@ def _start_hpo(args, cwd: Path, env_extra: dict):
 
     env = dict(os.environ, **env_extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(condition, timeout_s: float) -> None:
@@ -153,11 +182,16 @@ def _wait_for(condition, timeout_s: float) -> None:
 def test_store_down_at_the_end_exits_3_and_sync_uploads_later(ray_cluster, s3, tmp_path):
     storage = f"s3://{s3server.BUCKET}/late-{secrets.token_hex(3)}"
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(name="late", storage=storage, search={"num_samples": 2},
-                                                  train={"max_epochs": 2})))
+    spec_path.write_text(
+        yaml.safe_dump(
+            spec_dict(name="late", storage=storage, search={"num_samples": 2}, train={"max_epochs": 2})
+        )
+    )
     s3.stop()  # down for the whole run
     try:
-        proc = run_hpo("run", str(spec_path), "--output", "json", cwd=tmp_path, env={"HPO_DRAIN_TIMEOUT_S": "3"})
+        proc = run_hpo(
+            "run", str(spec_path), "--output", "json", cwd=tmp_path, env={"HPO_DRAIN_TIMEOUT_S": "3"}
+        )
     finally:
         s3.start()
     env_note = proc.stderr
@@ -185,7 +219,9 @@ def test_secret_appears_in_no_log_object_or_spool(s3_run, s3):
     _, summary, lines = s3_run
     assert s3server.SECRET_KEY not in "\n".join(lines)
     objects = s3.all_objects()
-    assert any(key.endswith("tuner.pkl") for key in objects) and any(key.endswith(".parquet") for key in objects)
+    assert any(key.endswith("tuner.pkl") for key in objects) and any(
+        key.endswith(".parquet") for key in objects
+    )
     leaks = [key for key, data in objects.items() if secret in data]
     session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
     for root in (session_dir, Path(os.environ["HPO_SPOOL_DIR"])):
@@ -200,9 +236,10 @@ def test_secret_appears_in_no_log_object_or_spool(s3_run, s3):
 
 
 def test_missing_bucket_or_wrong_key_is_refused_before_training(ray_cluster, s3, tmp_path):
-    for storage, env, words in ((f"s3://no-such-bucket-{secrets.token_hex(3)}/x", {}, "NoSuchBucket"),
-                                (f"s3://{s3server.BUCKET}/x", {"AWS_SECRET_ACCESS_KEY": "wrong-secret"},
-                                 "AccessDenied")):
+    for storage, env, words in (
+        (f"s3://no-such-bucket-{secrets.token_hex(3)}/x", {}, "NoSuchBucket"),
+        (f"s3://{s3server.BUCKET}/x", {"AWS_SECRET_ACCESS_KEY": "wrong-secret"}, "AccessDenied"),
+    ):
         spec_path = tmp_path / "job.yaml"
         spec_path.write_text(yaml.safe_dump(spec_dict(storage=storage)))
         proc = run_hpo("run", str(spec_path), env=env)

@@ -7,8 +7,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import run_hpo, spec_dict
+
 from orchestrator.sanity import CHECKS, sanity_checks
 from orchestrator.spec import parse_spec
 
@@ -25,12 +25,15 @@ def test_check_names_are_the_documented_ones():
     assert [c.__name__.removeprefix("check_") for c in CHECKS] == NAMES
 
 
-@pytest.mark.parametrize("workload, caught_by", [
-    ("tests.workloads_for_tests:batch_mixing", "gradient_dependency"),
-    ("tests.workloads_for_tests:shuffled_labels", "input_independent"),
-    ("tests.workloads_for_tests:ignores_input", "input_independent"),
-    ("tests.workloads_for_tests:unseeded_noise", "determinism"),
-])
+@pytest.mark.parametrize(
+    "workload, caught_by",
+    [
+        ("tests.workloads_for_tests:batch_mixing", "gradient_dependency"),
+        ("tests.workloads_for_tests:shuffled_labels", "input_independent"),
+        ("tests.workloads_for_tests:ignores_input", "input_independent"),
+        ("tests.workloads_for_tests:unseeded_noise", "determinism"),
+    ],
+)
 def test_each_planted_bug_is_caught_by_its_check(workload, caught_by):
     assert caught_by in _failed(workload)
 
@@ -54,8 +57,11 @@ def test_cli_passes_the_built_in_workload_and_writes_sanity_parquet(tmp_path):
 
 def test_cli_exits_1_and_shows_the_failing_check(tmp_path):
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(spec_dict(workload="tests.workloads_for_tests:batch_mixing",
-                                             storage=str(tmp_path / "out"))))
+    spec.write_text(
+        yaml.safe_dump(
+            spec_dict(workload="tests.workloads_for_tests:batch_mixing", storage=str(tmp_path / "out"))
+        )
+    )
     proc = run_hpo("sanity", str(spec))
     assert proc.returncode == 1, proc.stderr[-2000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("gradient_dependency"))
@@ -64,11 +70,20 @@ def test_cli_exits_1_and_shows_the_failing_check(tmp_path):
 
 def test_sanity_true_in_a_tuning_spec_refuses_to_search_when_a_check_fails(tmp_path):
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(spec_dict(workload="tests.workloads_for_tests:unseeded_noise", sanity=True,
-                                             storage=str(tmp_path / "out"))))
+    spec.write_text(
+        yaml.safe_dump(
+            spec_dict(
+                workload="tests.workloads_for_tests:unseeded_noise",
+                sanity=True,
+                storage=str(tmp_path / "out"),
+            )
+        )
+    )
     proc = run_hpo("run", str(spec))
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "sanity checks failed, the search did not start: determinism" in proc.stderr
     assert "Traceback" not in proc.stderr
     [run_dir] = (tmp_path / "out" / "t-job").iterdir()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["sanity.parquet"]  # no trial ran, nothing else written
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "sanity.parquet"
+    ]  # no trial ran, nothing else written

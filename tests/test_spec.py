@@ -6,25 +6,64 @@ import json
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_hpo, spec_dict
+
 from orchestrator.spec import SpecError, load_spec, parse_spec
 
 # (description, spec mapping, words the one-line message must contain)
 BAD_SPECS = [
     ("unknown top-level key", spec_dict(sead=1), ["unknown key 'sead'", "did you mean 'seed'"]),
-    ("misspelt section key", spec_dict(search={"algoritm": "grid"}), ["search", "'algoritm'", "did you mean 'algorithm'"]),
-    ("unknown algorithm", spec_dict(search={"algorithm": "grdi"}), ["search.algorithm", "'grdi'", "did you mean 'grid'", "quasirandom"]),
-    ("unknown scheduler", spec_dict(scheduler={"type": "hyperband"}), ["scheduler.type", "'hyperband'", "fifo, asha"]),
-    ("unknown distribution", spec_dict(search={"space": {"lr": {"logunifrom": [0.1, 1]}}}),
-     ["search.space.lr", "'logunifrom'", "did you mean 'loguniform'"]),
-    ("loguniform low 0", spec_dict(search={"space": {"lr": {"loguniform": [0, 1]}}}), ["search.space.lr.loguniform", "0 < low < high"]),
-    ("loguniform reversed", spec_dict(search={"space": {"lr": {"loguniform": [0.1, 0.01]}}}), ["loguniform", "low < high"]),
-    ("uniform reversed", spec_dict(search={"space": {"dropout": {"uniform": [0.5, 0.1]}}}), ["uniform", "low < high"]),
-    ("randint reversed", spec_dict(search={"space": {"depth": {"randint": [3, 1]}}}), ["randint", "low <= high"]),
-    ("empty choice", spec_dict(search={"space": {"hidden": {"choice": []}}}), ["search.space.hidden.choice", "at least 1"]),
+    (
+        "misspelt section key",
+        spec_dict(search={"algoritm": "grid"}),
+        ["search", "'algoritm'", "did you mean 'algorithm'"],
+    ),
+    (
+        "unknown algorithm",
+        spec_dict(search={"algorithm": "grdi"}),
+        ["search.algorithm", "'grdi'", "did you mean 'grid'", "quasirandom"],
+    ),
+    (
+        "unknown scheduler",
+        spec_dict(scheduler={"type": "hyperband"}),
+        ["scheduler.type", "'hyperband'", "fifo, asha"],
+    ),
+    (
+        "unknown distribution",
+        spec_dict(search={"space": {"lr": {"logunifrom": [0.1, 1]}}}),
+        ["search.space.lr", "'logunifrom'", "did you mean 'loguniform'"],
+    ),
+    (
+        "loguniform low 0",
+        spec_dict(search={"space": {"lr": {"loguniform": [0, 1]}}}),
+        ["search.space.lr.loguniform", "0 < low < high"],
+    ),
+    (
+        "loguniform reversed",
+        spec_dict(search={"space": {"lr": {"loguniform": [0.1, 0.01]}}}),
+        ["loguniform", "low < high"],
+    ),
+    (
+        "uniform reversed",
+        spec_dict(search={"space": {"dropout": {"uniform": [0.5, 0.1]}}}),
+        ["uniform", "low < high"],
+    ),
+    (
+        "randint reversed",
+        spec_dict(search={"space": {"depth": {"randint": [3, 1]}}}),
+        ["randint", "low <= high"],
+    ),
+    (
+        "empty choice",
+        spec_dict(search={"space": {"hidden": {"choice": []}}}),
+        ["search.space.hidden.choice", "at least 1"],
+    ),
     ("wrong type: string seed", spec_dict(seed="1"), ["seed", "valid integer", "'1'"]),
-    ("wrong type: float epochs", spec_dict(train={"max_epochs": 1.5}), ["train.max_epochs", "integer", "1.5"]),
+    (
+        "wrong type: float epochs",
+        spec_dict(train={"max_epochs": 1.5}),
+        ["train.max_epochs", "integer", "1.5"],
+    ),
     ("wrong type: bool workers", spec_dict(train={"workers": True}), ["train.workers", "integer"]),
     ("negative seed", spec_dict(seed=-1), ["seed", "greater than or equal to 0", "-1"]),
     ("zero workers", spec_dict(train={"workers": 0}), ["train.workers", "greater than 0"]),
@@ -35,19 +74,55 @@ BAD_SPECS = [
     ("name with space", spec_dict(name="my job"), ["name", "'my job'"]),
     ("name too long", spec_dict(name="a" * 64), ["name", "at most 63"]),
     ("missing name", {k: v for k, v in spec_dict().items() if k != "name"}, ["name", "is required"]),
-    ("metric not reported", spec_dict(search={"metric": "val_acc"}), ["search.metric", "'val_acc'", "did you mean 'val_accuracy'"]),
-    ("unimportable workload", spec_dict(workload="no_such_pkg.mod:fn"), ["workload", "cannot import module 'no_such_pkg.mod'"]),
-    ("unknown built-in workload", spec_dict(workload="digits-mpl"), ["workload", "did you mean 'digits-mlp'"]),
+    (
+        "metric not reported",
+        spec_dict(search={"metric": "val_acc"}),
+        ["search.metric", "'val_acc'", "did you mean 'val_accuracy'"],
+    ),
+    (
+        "unimportable workload",
+        spec_dict(workload="no_such_pkg.mod:fn"),
+        ["workload", "cannot import module 'no_such_pkg.mod'"],
+    ),
+    (
+        "unknown built-in workload",
+        spec_dict(workload="digits-mpl"),
+        ["workload", "did you mean 'digits-mlp'"],
+    ),
     ("malformed entry point", spec_dict(workload="os:system;x"), ["workload", "package.module:function"]),
-    ("asha grace above epochs", spec_dict(scheduler={"type": "asha", "grace_period": 9}), ["grace_period 9", "max_epochs 3"]),
-    ("asha options on fifo", spec_dict(scheduler={"type": "fifo", "grace_period": 1}), ["scheduler", "only to type: asha"]),
-    ("grid over a range", spec_dict(search={"algorithm": "grid"}), ["grid search needs every hyperparameter to be a choice", "space.lr"]),
+    (
+        "asha grace above epochs",
+        spec_dict(scheduler={"type": "asha", "grace_period": 9}),
+        ["grace_period 9", "max_epochs 3"],
+    ),
+    (
+        "asha options on fifo",
+        spec_dict(scheduler={"type": "fifo", "grace_period": 1}),
+        ["scheduler", "only to type: asha"],
+    ),
+    (
+        "grid over a range",
+        spec_dict(search={"algorithm": "grid"}),
+        ["grid search needs every hyperparameter to be a choice", "space.lr"],
+    ),
     ("unsupported storage", spec_dict(storage="gs://bucket/x"), ["storage", "'gs://'", "local path"]),
-    ("unknown hyperparameter", spec_dict(search={"fixed": {"batchsize": 3}}), ["search.fixed.batchsize", "did you mean 'batch_size'"]),
+    (
+        "unknown hyperparameter",
+        spec_dict(search={"fixed": {"batchsize": 3}}),
+        ["search.fixed.batchsize", "did you mean 'batch_size'"],
+    ),
     ("searched and fixed", spec_dict(search={"fixed": {"lr": 0.1}}), ["'lr' is both searched", "fixed"]),
     ("empty space", spec_dict(search={"space": {}}), ["search.space", "is empty"]),
-    ("bad optimizer", spec_dict(search={"fixed": {"optimizer": "adamw"}}), ["search.fixed.optimizer", "'adamw'", "adam, sgd"]),
-    ("non-finite bound", spec_dict(search={"space": {"lr": {"uniform": [0, float("inf")]}}}), ["uniform", "finite"]),
+    (
+        "bad optimizer",
+        spec_dict(search={"fixed": {"optimizer": "adamw"}}),
+        ["search.fixed.optimizer", "'adamw'", "adam, sgd"],
+    ),
+    (
+        "non-finite bound",
+        spec_dict(search={"space": {"lr": {"uniform": [0, float("inf")]}}}),
+        ["uniform", "finite"],
+    ),
 ]
 
 
@@ -69,9 +144,12 @@ BAD_FILES = [
     ("not YAML", b"name: [unclosed\n", "not valid YAML: line"),
     ("binary garbage", bytes(range(256)) * 4, "binary"),
     ("not UTF-8", b"name: \xff\xfe\n", "not UTF-8"),
-    ("alias bomb", b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-                   b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
-     "YAML aliases (*a) are not allowed"),
+    (
+        "alias bomb",
+        b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+        "YAML aliases (*a) are not allowed",
+    ),
     ("duplicate key", b"name: a\nname: b\n", "duplicate key 'name'"),
     ("deep nesting", b"a: " + b"[" * 40 + b"]" * 40 + b"\n", "nested deeper than"),
     ("several documents", b"name: a\n---\nname: b\n", "several YAML documents"),
@@ -150,7 +228,10 @@ def test_schema_accepts_shipped_jobs_and_rejects_unknown_keys():
         data = yaml.safe_load(job.read_text())
         errors = list(validator.iter_errors(data))
         assert not errors, f"{job.name}: {errors[0].message}"
-    for bad in (spec_dict(extra=1), spec_dict(search={"algoritm": "grid"}),
-                spec_dict(search={"space": {"lr": {"loguniform": [0.1, 1], "x": 1}}}),
-                spec_dict(search={"space": {"lr": {"gauss": [0, 1]}}})):
+    for bad in (
+        spec_dict(extra=1),
+        spec_dict(search={"algoritm": "grid"}),
+        spec_dict(search={"space": {"lr": {"loguniform": [0.1, 1], "x": 1}}}),
+        spec_dict(search={"space": {"lr": {"gauss": [0, 1]}}}),
+    ):
         assert list(validator.iter_errors(bad)), bad

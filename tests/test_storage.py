@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 
 import pytest
-
 import s3server
+
 from orchestrator.storage import LocalStore, S3Options, StoreError, check_storage_uri, open_store
 from orchestrator.storage.spool import SpoolingStore, pending_items
 
@@ -51,8 +51,8 @@ def test_list_exists_delete(store):
 
 
 def test_path_and_arrow_filesystem(store):
-    import pyarrow.parquet as pq
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from orchestrator.results.writer import parquet_bytes
 
@@ -71,8 +71,12 @@ def test_local_store_refuses_paths_outside_its_root(tmp_path):
 
 def test_storage_uri_checks():
     assert check_storage_uri("s3://bucket/prefix") == "s3://bucket/prefix"
-    for bad, words in [("gs://b/p", "not supported"), ("s3://key:secret@bucket/p", "must not carry credentials"),
-                       ("s3:///p", "names no bucket"), ("", "is empty")]:
+    for bad, words in [
+        ("gs://b/p", "not supported"),
+        ("s3://key:secret@bucket/p", "must not carry credentials"),
+        ("s3:///p", "names no bucket"),
+        ("", "is empty"),
+    ]:
         with pytest.raises(ValueError, match=words):
             check_storage_uri(bad)
 
@@ -88,9 +92,12 @@ def test_wrong_credentials_are_refused(s3, monkeypatch):
 
 def test_spool_keeps_order_through_an_outage_and_uploads_on_return(s3, tmp_path):
     prefix = f"outage-{secrets.token_hex(4)}"
-    store = SpoolingStore(open_store(f"s3://{s3server.BUCKET}/{prefix}",
-                                     S3Options(endpoint_url=s3server.ENDPOINT)),
-                          tmp_path / "spool", backoff_s=0.2, max_backoff_s=1.0)
+    store = SpoolingStore(
+        open_store(f"s3://{s3server.BUCKET}/{prefix}", S3Options(endpoint_url=s3server.ENDPOINT)),
+        tmp_path / "spool",
+        backoff_s=0.2,
+        max_backoff_s=1.0,
+    )
     store.write_bytes("before", b"0")
     s3.stop()
     try:
@@ -115,8 +122,13 @@ def test_write_behind_never_blocks_on_a_dead_store(s3, tmp_path):
     import time
 
     prefix = f"behind-{secrets.token_hex(4)}"
-    store = SpoolingStore(open_store(f"s3://{s3server.BUCKET}/{prefix}"), tmp_path / "spool", write_behind=True,
-                          backoff_s=0.2, max_backoff_s=1.0)
+    store = SpoolingStore(
+        open_store(f"s3://{s3server.BUCKET}/{prefix}"),
+        tmp_path / "spool",
+        write_behind=True,
+        backoff_s=0.2,
+        max_backoff_s=1.0,
+    )
     s3.stop()
     try:
         began = time.monotonic()

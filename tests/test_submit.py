@@ -11,12 +11,12 @@ import urllib.request
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import run_hpo, spec_dict
 from contract import check_contract
+from rayhead import RayHead, free_port
+
 from orchestrator.spec import parse_spec
 from orchestrator.summary import RunSummary
-from rayhead import RayHead, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,13 @@ def test_unauthenticated_jobs_api_calls_are_refused(head):
 def test_submitted_job_succeeds_with_logs_and_results(head, tmp_path):
     storage = tmp_path / "results"
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(name="submitted", storage=str(storage),
-                                                  search={"num_samples": 2}, train={"max_epochs": 2})))
+    spec_path.write_text(
+        yaml.safe_dump(
+            spec_dict(
+                name="submitted", storage=str(storage), search={"num_samples": 2}, train={"max_epochs": 2}
+            )
+        )
+    )
     proc = _hpo(head, "submit", str(spec_path), "--follow")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -70,8 +75,9 @@ def test_submitted_job_succeeds_with_logs_and_results(head, tmp_path):
         assert head.token not in output.stdout + output.stderr
     # kind: ensemble specs are jobs too: ensemble the run just made, on the cluster.
     ensemble_spec = tmp_path / "ensemble.yaml"
-    ensemble_spec.write_text(yaml.safe_dump({"kind": "ensemble", "name": "submitted-ens", "run": results_uri,
-                                             "top_k": 2}))
+    ensemble_spec.write_text(
+        yaml.safe_dump({"kind": "ensemble", "name": "submitted-ens", "run": results_uri, "top_k": 2})
+    )
     ens = _hpo(head, "submit", str(ensemble_spec), "--follow")
     assert ens.returncode == 0 and "SUCCEEDED" in ens.stderr, ens.stderr[-3000:]
     assert ens.stdout.startswith(f"results_uri: {results_uri}")
@@ -83,15 +89,22 @@ def test_submitted_job_succeeds_with_logs_and_results(head, tmp_path):
 
 def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, tmp_path):
     missing = _hpo(head, "list", token=False)
-    assert missing.returncode in (1, 2) and "auth token" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode in (1, 2) and "auth token" in missing.stderr and "Traceback" not in missing.stderr
+    )
     token_file = tmp_path / "token"
     token_file.write_text("wrong-token")
-    wrong = run_hpo("status", "hpo-x", "--address", head.url, "--token-file", str(token_file),
-                    env={"RAY_AUTH_TOKEN": ""})
+    wrong = run_hpo(
+        "status", "hpo-x", "--address", head.url, "--token-file", str(token_file), env={"RAY_AUTH_TOKEN": ""}
+    )
     assert wrong.returncode in (1, 2) and "refused the Ray auth token" in wrong.stderr
     assert "wrong-token" not in wrong.stderr + wrong.stdout and "Traceback" not in wrong.stderr
     unknown = _hpo(head, "status", "hpo-does-not-exist")
-    assert unknown.returncode in (1, 2) and "Traceback" not in unknown.stderr and len(unknown.stderr.splitlines()) == 1
+    assert (
+        unknown.returncode in (1, 2)
+        and "Traceback" not in unknown.stderr
+        and len(unknown.stderr.splitlines()) == 1
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(spec_dict(search={"algorithm": "grdi"})))
     refused = _hpo(head, "submit", str(bad))
@@ -106,8 +119,16 @@ def test_hostile_values_reach_the_cluster_as_data_not_shell(head, tmp_path):
     pwned = tmp_path / "PWNED"
     hostile = tmp_path / f"out; touch {pwned}; $(touch {pwned}) `touch {pwned}`"
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(name="quoted", search={"num_samples": 1},
-                                                  train={"max_epochs": 1}, storage="/nonexistent-default")))
+    spec_path.write_text(
+        yaml.safe_dump(
+            spec_dict(
+                name="quoted",
+                search={"num_samples": 1},
+                train={"max_epochs": 1},
+                storage="/nonexistent-default",
+            )
+        )
+    )
     proc = _hpo(head, "submit", str(spec_path), "--storage", str(hostile), "--follow")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not pwned.exists()
@@ -120,15 +141,22 @@ def test_hpo_run_joins_a_token_cluster_by_its_gcs_address_and_refuses_a_bad_one(
     dashboard URL is one line, exit 2, nothing written (ray.init alone waits minutes on an unreachable head)."""
     storage = tmp_path / "results"
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(name="joined", storage=str(storage),
-                                                  search={"num_samples": 2}, train={"max_epochs": 2})))
+    spec_path.write_text(
+        yaml.safe_dump(
+            spec_dict(name="joined", storage=str(storage), search={"num_samples": 2}, train={"max_epochs": 2})
+        )
+    )
     gcs = f"127.0.0.1:{head.gcs_port}"
-    refusals = {"refused this driver's auth token": (gcs, "wrong-token"),
-                "cannot reach a Ray head there": (f"127.0.0.1:{free_port()}", head.token),
-                "that is a dashboard (Jobs API) address": (head.url, head.token)}
+    refusals = {
+        "refused this driver's auth token": (gcs, "wrong-token"),
+        "cannot reach a Ray head there": (f"127.0.0.1:{free_port()}", head.token),
+        "that is a dashboard (Jobs API) address": (head.url, head.token),
+    }
     for reason, (address, token) in refusals.items():
         proc = run_hpo("run", str(spec_path), "--address", address, env={"RAY_AUTH_TOKEN": token})
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr, proc.stderr[-2000:]
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr, proc.stderr[
+            -2000:
+        ]
         assert not storage.exists() and proc.stdout == "" and "wrong-token" not in proc.stderr
     joined = run_hpo("run", str(spec_path), "--address", gcs, env={"RAY_AUTH_TOKEN": head.token})
     assert joined.returncode == 0, joined.stderr[-3000:]
@@ -143,11 +171,32 @@ def test_a_ddp_trial_whose_worker_group_cannot_start_fails_in_bounded_time(head,
     stops the trial after train.trial_timeout_s with the reason in trials.parquet; every trial failed: exit 1."""
     storage = tmp_path / "results"
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(
-        name="stuck", storage=str(storage), search={"num_samples": 1},
-        train={"max_epochs": 1, "workers": 2, "cpus_per_worker": 1.5, "trial_timeout_s": 15, "max_retries": 0})))
-    proc = run_hpo("run", str(spec_path), "--address", f"127.0.0.1:{head.gcs_port}", "--output", "json",
-                   env={"RAY_AUTH_TOKEN": head.token}, timeout=300)
+    spec_path.write_text(
+        yaml.safe_dump(
+            spec_dict(
+                name="stuck",
+                storage=str(storage),
+                search={"num_samples": 1},
+                train={
+                    "max_epochs": 1,
+                    "workers": 2,
+                    "cpus_per_worker": 1.5,
+                    "trial_timeout_s": 15,
+                    "max_retries": 0,
+                },
+            )
+        )
+    )
+    proc = run_hpo(
+        "run",
+        str(spec_path),
+        "--address",
+        f"127.0.0.1:{head.gcs_port}",
+        "--output",
+        "json",
+        env={"RAY_AUTH_TOKEN": head.token},
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["statuses"] == {"error": 1}
@@ -165,4 +214,6 @@ def test_a_ddp_trial_whose_worker_group_cannot_start_fails_in_bounded_time(head,
         time.sleep(1)
     assert groups and not left, left
     actors = head.get("/api/v0/actors?limit=1000")["data"]["result"]["result"]
-    assert not [a for a in actors if a["class_name"] in ("TrainController", "ImplicitFunc") and a["state"] != "DEAD"]
+    assert not [
+        a for a in actors if a["class_name"] in ("TrainController", "ImplicitFunc") and a["state"] != "DEAD"
+    ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import spec_dict
+
 from orchestrator.errors import RunError
 from orchestrator.sanity import sanity_checks
 from orchestrator.spec import parse_spec
@@ -18,7 +18,11 @@ HARTMANN6_ARGMIN = [0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573]
 
 
 def _config(function, xs):
-    return {"function": function, **{f"x{i}": 0.5 for i in range(1, 7)}, **{f"x{i + 1}": x for i, x in enumerate(xs)}}
+    return {
+        "function": function,
+        **{f"x{i}": 0.5 for i in range(1, 7)},
+        **{f"x{i + 1}": x for i, x in enumerate(xs)},
+    }
 
 
 def test_known_optima_are_where_the_literature_puts_them():
@@ -26,21 +30,29 @@ def test_known_optima_are_where_the_literature_puts_them():
         config = _config("branin", [(x1 + 5) / 15, x2 / 15])
         assert objective(config, 1)["train_loss"] == pytest.approx(OPTIMA["branin"], abs=1e-5)
     assert objective(_config("hartmann6", HARTMANN6_ARGMIN), 1)["train_loss"] == pytest.approx(
-        OPTIMA["hartmann6"], abs=1e-4)
+        OPTIMA["hartmann6"], abs=1e-4
+    )
 
 
 def test_val_loss_is_a_learning_curve_converging_to_the_function():
     config = _config("hartmann6", [0.9, 0.1, 0.9, 0.1, 0.9, 0.1])
     curve = [objective(config, e)["val_loss"] for e in range(1, 30)]
     f = objective(config, 1)["train_loss"]
-    assert all(a > b > f for a, b in zip(curve, curve[1:]))
+    assert all(a > b > f for a, b in zip(curve, curve[1:], strict=False))
     assert curve[-1] - f < 0.2
 
 
 def test_synthetic_specs_validate_and_sanity_refuses_them():
-    spec = parse_spec(spec_dict(workload="synthetic", search={
-        "metric": "train_loss", "space": {"x1": {"uniform": [0, 1]}, "x2": {"uniform": [0, 1]}},
-        "fixed": {"function": "branin"}}))
+    spec = parse_spec(
+        spec_dict(
+            workload="synthetic",
+            search={
+                "metric": "train_loss",
+                "space": {"x1": {"uniform": [0, 1]}, "x2": {"uniform": [0, 1]}},
+                "fixed": {"function": "branin"},
+            },
+        )
+    )
     assert resolve_workload(spec.workload).objective is not None
     with pytest.raises(RunError, match="trains no model"):
         sanity_checks(spec)

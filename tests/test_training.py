@@ -7,17 +7,34 @@ import os
 import pytest
 import torch
 
-from orchestrator.determinism import CUBLAS_WORKSPACE_CONFIG, configure_determinism, derive_seed, epoch_permutation
 from orchestrator.checkpoints import TrialCheckpoints
+from orchestrator.determinism import (
+    CUBLAS_WORKSPACE_CONFIG,
+    configure_determinism,
+    derive_seed,
+    epoch_permutation,
+)
 from orchestrator.storage import LocalStore
 from orchestrator.training import TrialPlan, run_training
 from orchestrator.workloads import TRAINING_HYPERPARAMETERS, resolve_workload
 
 
 def _plan(epochs=3, **kw) -> TrialPlan:
-    base = dict(workload="digits-mlp", job_seed=0, fixed={}, max_epochs=epochs, workers=1, use_gpu=False,
-                cpus_per_worker=1.0, checkpoints_to_keep=2, metric="val_loss", mode="min", results_uri="",
-                storage_options=None, train_storage="")
+    base = dict(
+        workload="digits-mlp",
+        job_seed=0,
+        fixed={},
+        max_epochs=epochs,
+        workers=1,
+        use_gpu=False,
+        cpus_per_worker=1.0,
+        checkpoints_to_keep=2,
+        metric="val_loss",
+        mode="min",
+        results_uri="",
+        storage_options=None,
+        train_storage="",
+    )
     base.update(kw)
     return TrialPlan(**base)
 
@@ -41,8 +58,10 @@ def run(hp, seed, plan, reporter, **kw):
 
 
 def _strip(metrics):
-    return [{k: v for k, v in m.items() if k not in ("epoch_time_s", "checkpoint", "best_checkpoint")}
-            for m in metrics]
+    return [
+        {k: v for k, v in m.items() if k not in ("epoch_time_s", "checkpoint", "best_checkpoint")}
+        for m in metrics
+    ]
 
 
 def test_same_seed_same_metrics_different_seed_different(tmp_path):
@@ -76,8 +95,11 @@ def test_a_checkpoint_continues_only_the_trial_that_wrote_it(tmp_path):
     written = MemoryReporter(tmp_path / "t")
     run(HP, 5, _plan(epochs=2), written)
     other = MemoryReporter(tmp_path / "t")  # same trial name and store, another config: refused, not mixed
-    with pytest.raises(RuntimeError, match=r"trial_0000: its checkpoint was written with lr=0.01, this attempt "
-                                           r"has 0.02; refusing"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"trial_0000: its checkpoint was written with lr=0.01, this attempt "
+        r"has 0.02; refusing",
+    ):
         run({**HP, "lr": 0.02}, 5, _plan(epochs=4), other)
     with pytest.raises(RuntimeError, match="written with seed=5, this attempt has 6"):
         run(HP, 6, _plan(epochs=4), MemoryReporter(tmp_path / "t"))
@@ -145,8 +167,9 @@ def test_gpu_training_is_deterministic(tmp_path):
 def test_workload_entry_point_errors(tmp_path, monkeypatch):
     from orchestrator.workloads import WorkloadError
 
-    (tmp_path / "wl_bad.py").write_text("def not_a_workload():\n    return 42\n"
-                                        "def raises():\n    raise ValueError('boom')\n")
+    (tmp_path / "wl_bad.py").write_text(
+        "def not_a_workload():\n    return 42\ndef raises():\n    raise ValueError('boom')\n"
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(WorkloadError, match="returned int, not an orchestrator.workloads.Workload"):
         resolve_workload("wl_bad:not_a_workload")

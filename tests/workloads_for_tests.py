@@ -26,13 +26,19 @@ def _digit_value_splits(config) -> Splits:
 
 
 def _regressor(config):
-    return torch.nn.Sequential(torch.nn.Linear(64, config["hidden"]), torch.nn.ReLU(),
-                               torch.nn.Linear(config["hidden"], 1))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, config["hidden"]), torch.nn.ReLU(), torch.nn.Linear(config["hidden"], 1)
+    )
 
 
 def digit_value() -> Workload:
-    return Workload(name="digit-value", build_model=_regressor, load_data=_digit_value_splits, task="regression",
-                    hyperparameters={"hidden": 32})
+    return Workload(
+        name="digit-value",
+        build_model=_regressor,
+        load_data=_digit_value_splits,
+        task="regression",
+        hyperparameters={"hidden": 32},
+    )
 
 
 def _dies_once_model(config):
@@ -62,8 +68,12 @@ def _dies_once_model(config):
 
 def dies_once() -> Workload:
     base = digits_mlp()
-    return dataclasses.replace(base, name="dies-once", build_model=_dies_once_model,
-                               hyperparameters={**base.hyperparameters, "die_marker": "", "die_at_step": 25})
+    return dataclasses.replace(
+        base,
+        name="dies-once",
+        build_model=_dies_once_model,
+        hyperparameters={**base.hyperparameters, "die_marker": "", "die_at_step": 25},
+    )
 
 
 # --- planted bugs for `hpo sanity`: each is the digits MLP with one classic mistake -------------------------
@@ -81,7 +91,9 @@ class _BatchMixer(torch.nn.Module):
 def batch_mixing() -> Workload:
     from orchestrator.workloads.digits import build_mlp
 
-    return dataclasses.replace(digits_mlp(), name="batch-mixing", build_model=lambda c: _BatchMixer(build_mlp(c)))
+    return dataclasses.replace(
+        digits_mlp(), name="batch-mixing", build_model=lambda c: _BatchMixer(build_mlp(c))
+    )
 
 
 def _shuffled_label_splits(config) -> Splits:
@@ -109,8 +121,9 @@ class _IgnoresInput(torch.nn.Module):
 def ignores_input() -> Workload:
     from orchestrator.workloads.digits import build_mlp
 
-    return dataclasses.replace(digits_mlp(), name="ignores-input",
-                               build_model=lambda c: _IgnoresInput(build_mlp(c)))
+    return dataclasses.replace(
+        digits_mlp(), name="ignores-input", build_model=lambda c: _IgnoresInput(build_mlp(c))
+    )
 
 
 class _UnseededNoise(torch.nn.Module):
@@ -132,8 +145,9 @@ class _UnseededNoise(torch.nn.Module):
 def unseeded_noise() -> Workload:
     from orchestrator.workloads.digits import build_mlp
 
-    return dataclasses.replace(digits_mlp(), name="unseeded-noise",
-                               build_model=lambda c: _UnseededNoise(build_mlp(c)))
+    return dataclasses.replace(
+        digits_mlp(), name="unseeded-noise", build_model=lambda c: _UnseededNoise(build_mlp(c))
+    )
 
 
 def _hangs_model(config):

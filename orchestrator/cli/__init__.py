@@ -13,8 +13,12 @@ __all__ = ["main", "build_parser"]
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, no usage dump
-        print(f"hpo: {message} (see hpo {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''} --help)"
-              .replace("hpo  --help", "hpo --help"), file=sys.stderr)
+        print(
+            f"hpo: {message} (see hpo {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''} --help)".replace(
+                "hpo  --help", "hpo --help"
+            ),
+            file=sys.stderr,
+        )
         raise SystemExit(2)
 
 

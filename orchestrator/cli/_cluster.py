@@ -11,9 +11,14 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def _connection(parser) -> None:
-    parser.add_argument("--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
-    parser.add_argument("--token-file", help="file holding the Ray auth token (default: RAY_AUTH_TOKEN, "
-                                             "RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)")
+    parser.add_argument(
+        "--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS)"
+    )
+    parser.add_argument(
+        "--token-file",
+        help="file holding the Ray auth token (default: RAY_AUTH_TOKEN, "
+        "RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)",
+    )
 
 
 def register(commands) -> None:
@@ -24,9 +29,11 @@ def register(commands) -> None:
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
     _connection(p)
     p.set_defaults(handler=submit)
-    for name, help_text, handler in (("status", "print a submitted job's status", status),
-                                     ("logs", "print a submitted job's logs", logs),
-                                     ("stop", "stop a submitted job", stop)):
+    for name, help_text, handler in (
+        ("status", "print a submitted job's status", status),
+        ("logs", "print a submitted job's logs", logs),
+        ("stop", "stop a submitted job", stop),
+    ):
         p = commands.add_parser(name, help=help_text)
         p.add_argument("submission_id")
         if name == "logs":
@@ -50,8 +57,14 @@ def submit(args) -> int:
     spec = read_spec(args.spec)  # a bad spec never reaches the cluster
     with open(args.spec) as fh:
         text = fh.read()
-    submission = submit_job(spec, text, address=args.address, token_file=args.token_file,
-                            working_dir=args.working_dir, storage=args.storage)
+    submission = submit_job(
+        spec,
+        text,
+        address=args.address,
+        token_file=args.token_file,
+        working_dir=args.working_dir,
+        storage=args.storage,
+    )
     print(f"results_uri: {submission.results_uri}")
     code = 0
     if args.follow:
@@ -125,9 +138,18 @@ def list_jobs(args) -> int:
         end = job.end_time / 1000 if job.end_time else None
         duration = f"{(end or time.time()) - start:.0f}s" if start else "-"
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)) if start else "-"
-        rows.append({"submission_id": job.submission_id, "name": meta.get("name", "-"),
-                     "status": str(job.status.value), "start": started, "duration": duration,
-                     "results_uri": meta.get("results_uri", "-")})
-    print_table(["submission_id", "name", "status", "start", "duration", "results_uri"],
-                sorted(rows, key=lambda r: r["start"]))
+        rows.append(
+            {
+                "submission_id": job.submission_id,
+                "name": meta.get("name", "-"),
+                "status": str(job.status.value),
+                "start": started,
+                "duration": duration,
+                "results_uri": meta.get("results_uri", "-"),
+            }
+        )
+    print_table(
+        ["submission_id", "name", "status", "start", "duration", "results_uri"],
+        sorted(rows, key=lambda r: r["start"]),
+    )
     return 0

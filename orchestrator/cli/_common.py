@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from orchestrator.results import CONFIG_PREFIX, ResultsNotFound
 from orchestrator.errors import RunError, SanityFailed
-from orchestrator.storage import StoreError
+from orchestrator.results import CONFIG_PREFIX, ResultsNotFound
 from orchestrator.spec import EnsembleSpec, JobSpec, SpecError, load_spec
+from orchestrator.storage import StoreError
 
 EXIT_FAILED = 1  # the job ran and failed
 EXIT_USAGE = 2  # bad input: nothing was started
@@ -64,28 +64,32 @@ def print_table(columns: list[str], rows: list[dict]) -> None:
     headers = [c.removeprefix(CONFIG_PREFIX) for c in columns]
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 def add_output(parser, what: str = "one JSON object") -> None:
-    parser.add_argument("--output", choices=("text", "json"), default="text",
-                        help=f"json: the last line of stdout is {what}")
+    parser.add_argument(
+        "--output", choices=("text", "json"), default="text", help=f"json: the last line of stdout is {what}"
+    )
 
 
 def add_ray_options(parser) -> None:
     """The options of commands that run a job: hpo run and hpo resume."""
     add_output(parser, "the summary as one JSON object")
     parser.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
-    parser.add_argument("--num-cpus", type=float, help="logical CPUs for the embedded Ray (default: enough for "
-                                                       "the job)")
+    parser.add_argument(
+        "--num-cpus", type=float, help="logical CPUs for the embedded Ray (default: enough for the job)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
 
 
 def progress_printer(args):
     """Progress lines to stderr, unless --quiet."""
+
     def progress(line: str) -> None:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
+
     return progress

@@ -16,7 +16,9 @@ def register(commands) -> None:
     _endpoint(p)
     p.set_defaults(handler=show)
 
-    p = sub.add_parser("pull", help="copy a run's tables to a local folder (a consistent snapshot, even mid-run)")
+    p = sub.add_parser(
+        "pull", help="copy a run's tables to a local folder (a consistent snapshot, even mid-run)"
+    )
     p.add_argument("uri", help="a run's results_uri")
     p.add_argument("--to", required=True, help="local folder to copy into")
     p.add_argument("--checkpoints", action="store_true", help="also copy each trial's best checkpoint")
@@ -36,8 +38,10 @@ def register(commands) -> None:
 
 
 def _endpoint(parser) -> None:
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / "
-                                               "AWS_ENDPOINT_URL, else AWS)")
+    parser.add_argument(
+        "--endpoint-url",
+        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",
+    )
 
 
 def _options(args):
@@ -51,9 +55,11 @@ def show(args) -> int:
     metric = trials.schema.metadata[b"hpo.metric"].decode()
     mode = trials.schema.metadata[b"hpo.mode"].decode()
     rows = trials.to_pylist()
-    scored = sorted((r for r in rows if r[f"best_{metric}"] is not None),
-                    key=lambda r: r[f"best_{metric}"] * (1 if mode == "min" else -1))
-    shown = (scored + [r for r in rows if r[f"best_{metric}"] is None])[:max(0, args.top)]
+    scored = sorted(
+        (r for r in rows if r[f"best_{metric}"] is not None),
+        key=lambda r: r[f"best_{metric}"] * (1 if mode == "min" else -1),
+    )
+    shown = (scored + [r for r in rows if r[f"best_{metric}"] is None])[: max(0, args.top)]
     columns = ["trial_id", "status", "iterations", f"best_{metric}", "best_iteration"]
     columns += [c for c in trials.column_names if c.startswith(CONFIG_PREFIX)]
     print(f"{len(rows)} trials, ranked by best {metric} ({mode}); top {len(shown)}:")
@@ -65,8 +71,10 @@ def pull(args) -> int:
     from orchestrator.results.ops import pull as pull_run
 
     report = pull_run(args.uri, args.to, checkpoints=args.checkpoints, options=_options(args))
-    print(f"pulled {report.files} files ({report.bytes / 1e6:.2f} MB; {report.rows_files} results file(s), "
-          f"{report.checkpoints} checkpoint(s)) to {report.destination}")
+    print(
+        f"pulled {report.files} files ({report.bytes / 1e6:.2f} MB; {report.rows_files} results file(s), "
+        f"{report.checkpoints} checkpoint(s)) to {report.destination}"
+    )
     return 0
 
 
@@ -77,9 +85,21 @@ def ls(args) -> int:
     if not runs:
         print(f"no runs under {args.storage}")
         return 0
-    print_table(["name", "run_id", "status", "time", "objects", "size_mb", "uri"],
-                 [{"name": r.name, "run_id": r.run_id, "status": r.status, "time": r.time, "objects": r.objects,
-                   "size_mb": f"{r.bytes / 1e6:.2f}", "uri": r.uri} for r in runs])
+    print_table(
+        ["name", "run_id", "status", "time", "objects", "size_mb", "uri"],
+        [
+            {
+                "name": r.name,
+                "run_id": r.run_id,
+                "status": r.status,
+                "time": r.time,
+                "objects": r.objects,
+                "size_mb": f"{r.bytes / 1e6:.2f}",
+                "uri": r.uri,
+            }
+            for r in runs
+        ],
+    )
     return 0
 
 
@@ -88,7 +108,9 @@ def sync(args) -> int:
 
     uploaded, waiting = sync_run(args.uri, options=_options(args))
     if waiting:
-        print(f"uploaded {uploaded} item(s); {waiting} still wait (storage unreachable?); run this again later")
+        print(
+            f"uploaded {uploaded} item(s); {waiting} still wait (storage unreachable?); run this again later"
+        )
         return EXIT_UNSYNCED
     print(f"uploaded {uploaded} item(s); nothing waits for {args.uri}")
     return 0

@@ -25,7 +25,9 @@ def stored_spec(uri: str, options=None):
     try:
         text = store.read_bytes(SPEC_FILE)
     except FileNotFoundError:
-        raise ResultsNotFound(f"no {SPEC_FILE} under {store.path()} (is {uri} a run's results_uri?)") from None
+        raise ResultsNotFound(
+            f"no {SPEC_FILE} under {store.path()} (is {uri} a run's results_uri?)"
+        ) from None
     return parse_spec(load_yaml_text(text), check_workload=False)
 
 
@@ -52,14 +54,15 @@ def pull(uri: str, to: str | Path, *, checkpoints: bool = False, options=None) -
             copied[name] = source.read_bytes(name)
         except FileNotFoundError:
             pass
-    copied[MANIFEST] = json.dumps({"version": 1, "files": sorted(files), "complete": False,
-                                   "pulled_from": source.uri}).encode()
+    copied[MANIFEST] = json.dumps(
+        {"version": 1, "files": sorted(files), "complete": False, "pulled_from": source.uri}
+    ).encode()
     n_checkpoints = 0
     if checkpoints and TRIALS_FILE in copied:
         for row in load_trials(source).to_pylist():
             best = row.get("best_checkpoint")
             if best and best.startswith(source.uri + "/"):
-                rel = best[len(source.uri) + 1:]
+                rel = best[len(source.uri) + 1 :]
                 copied[rel] = source.read_bytes(rel)
                 n_checkpoints += 1
     for rel, data in copied.items():
@@ -94,8 +97,17 @@ def list_runs(storage: str, *, options=None) -> list[RunInfo]:
             info = {}
         if not info and not store.exists(f"{name}/{run_id}/{SPEC_FILE}"):
             continue  # not a run
-        infos.append(RunInfo(store.path(f"{name}/{run_id}"), name, run_id, info.get("status", "unknown"),
-                             info.get("time", ""), len(sizes), sum(sizes)))
+        infos.append(
+            RunInfo(
+                store.path(f"{name}/{run_id}"),
+                name,
+                run_id,
+                info.get("status", "unknown"),
+                info.get("time", ""),
+                len(sizes),
+                sum(sizes),
+            )
+        )
     return infos
 
 

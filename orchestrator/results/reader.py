@@ -41,7 +41,9 @@ def read_result_files(store: Store) -> dict[str, bytes]:
     for _ in range(5):  # a compaction may delete a file between reading the manifest and the file
         files = result_files(store)
         if not files:
-            raise ResultsNotFound(f"no results under {store.path(RESULTS_DIR)} (is {store.uri} a run's results_uri?)")
+            raise ResultsNotFound(
+                f"no results under {store.path(RESULTS_DIR)} (is {store.uri} a run's results_uri?)"
+            )
         try:
             return {f: store.read_bytes(f) for f in files}
         except FileNotFoundError:
@@ -64,7 +66,9 @@ def load_trials(uri: str | Store, *, as_pandas: bool = False, options=None):
     try:
         table = _read_table(store, TRIALS_FILE)
     except FileNotFoundError:
-        raise ResultsNotFound(f"no {TRIALS_FILE} under {store.path()} (is {store.uri} a run's results_uri?)") from None
+        raise ResultsNotFound(
+            f"no {TRIALS_FILE} under {store.path()} (is {store.uri} a run's results_uri?)"
+        ) from None
     return table.to_pandas() if as_pandas else table
 
 

@@ -7,8 +7,9 @@ a run has the same schema and pandas, polars and duckdb read the dataset without
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import pyarrow as pa
 
@@ -62,14 +63,17 @@ class ResultsSchema:
     mode: str
 
     @classmethod
-    def for_spec(cls, spec, metrics: tuple[str, ...]) -> "ResultsSchema":
+    def for_spec(cls, spec, metrics: tuple[str, ...]) -> ResultsSchema:
         config = [(name, config_type(*spec.search.distribution(name))) for name in spec.search.space]
         config += [(name, config_type("fixed", [value])) for name, value in spec.search.fixed.items()]
         return cls(tuple(metrics), tuple(config), spec.search.metric, spec.search.mode)
 
     def _metadata(self) -> dict[bytes, bytes]:
-        return {b"hpo.schema_version": SCHEMA_VERSION.encode(), b"hpo.metric": self.metric.encode(),
-                b"hpo.mode": self.mode.encode()}
+        return {
+            b"hpo.schema_version": SCHEMA_VERSION.encode(),
+            b"hpo.metric": self.metric.encode(),
+            b"hpo.mode": self.mode.encode(),
+        }
 
     def _config_fields(self) -> list[pa.Field]:
         return [pa.field(CONFIG_PREFIX + name, dtype) for name, dtype in self.config]
@@ -78,21 +82,34 @@ class ResultsSchema:
         fields = [pa.field("trial_id", pa.string(), nullable=False), pa.field("iteration", pa.int64(), False)]
         fields += [pa.field(m, pa.float64()) for m in self.metrics]
         fields += self._config_fields()
-        fields += [pa.field("trial_seed", pa.int64()), pa.field("attempt", pa.int64()),
-                   pa.field("epoch_time_s", pa.float64()),
-                   pa.field("time_total_s", pa.float64()), pa.field("timestamp", pa.timestamp("ms", tz="UTC"))]
+        fields += [
+            pa.field("trial_seed", pa.int64()),
+            pa.field("attempt", pa.int64()),
+            pa.field("epoch_time_s", pa.float64()),
+            pa.field("time_total_s", pa.float64()),
+            pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
+        ]
         return pa.schema(fields, metadata=self._metadata())
 
     def trials_schema(self) -> pa.Schema:
-        fields = [pa.field("trial_id", pa.string(), False), pa.field("status", pa.string()),
-                  pa.field("iterations", pa.int64()), pa.field("stopped_early", pa.bool_()),
-                  pa.field(f"best_{self.metric}", pa.float64()), pa.field("best_iteration", pa.int64())]
+        fields = [
+            pa.field("trial_id", pa.string(), False),
+            pa.field("status", pa.string()),
+            pa.field("iterations", pa.int64()),
+            pa.field("stopped_early", pa.bool_()),
+            pa.field(f"best_{self.metric}", pa.float64()),
+            pa.field("best_iteration", pa.int64()),
+        ]
         fields += [pa.field(f"last_{m}", pa.float64()) for m in self.metrics]
         fields += self._config_fields()
-        fields += [pa.field("trial_seed", pa.int64()), pa.field("checkpoint", pa.string()),
-                   pa.field("best_checkpoint", pa.string()), pa.field("error", pa.string()),
-                   pa.field("node_id", pa.string()),  # the Ray node that ran the trial (rank 0 under DDP)
-                   pa.field("retries", pa.int64())]
+        fields += [
+            pa.field("trial_seed", pa.int64()),
+            pa.field("checkpoint", pa.string()),
+            pa.field("best_checkpoint", pa.string()),
+            pa.field("error", pa.string()),
+            pa.field("node_id", pa.string()),  # the Ray node that ran the trial (rank 0 under DDP)
+            pa.field("retries", pa.int64()),
+        ]
         return pa.schema(fields, metadata=self._metadata())
 
     def row(self, trial_id: str, result: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,13 +124,28 @@ class ResultsSchema:
         row["timestamp"] = int(float(result.get("timestamp", 0)) * 1000)
         return row
 
-    def trial_record(self, trial_id: str, status: str, rows: list[dict], config: Mapping[str, Any],
-                     max_epochs: int, checkpoints: tuple[str | None, str | None], error: str | None,
-                     node_id: str | None = None, retries: int = 0) -> dict:
+    def trial_record(
+        self,
+        trial_id: str,
+        status: str,
+        rows: list[dict],
+        config: Mapping[str, Any],
+        max_epochs: int,
+        checkpoints: tuple[str | None, str | None],
+        error: str | None,
+        node_id: str | None = None,
+        retries: int = 0,
+    ) -> dict:
         """One trials.parquet row from the trial's reported rows (in order); checkpoints = (latest, best)."""
-        record: dict[str, Any] = {"trial_id": trial_id, "iterations": len(rows), "checkpoint": checkpoints[0],
-                                  "best_checkpoint": checkpoints[1], "error": error, "node_id": node_id,
-                                  "retries": retries}
+        record: dict[str, Any] = {
+            "trial_id": trial_id,
+            "iterations": len(rows),
+            "checkpoint": checkpoints[0],
+            "best_checkpoint": checkpoints[1],
+            "error": error,
+            "node_id": node_id,
+            "retries": retries,
+        }
         finished = status in ("completed", "stopped_early")
         record["stopped_early"] = finished and (rows[-1]["iteration"] if rows else 0) < max_epochs
         record["status"] = "stopped_early" if record["stopped_early"] else status

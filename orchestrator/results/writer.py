@@ -36,13 +36,17 @@ def parquet_bytes(table: pa.Table) -> bytes:
 class ResultsWriter:
     """Appends result rows and rewrites trials.parquet. Thread-safe."""
 
-    def __init__(self, store: Store, schema: ResultsSchema, *, flush_every_s: float = 10.0, compact_at: int = 16):
+    def __init__(
+        self, store: Store, schema: ResultsSchema, *, flush_every_s: float = 10.0, compact_at: int = 16
+    ):
         self.store, self.schema = store, schema
         self.flush_every_s, self.compact_at = flush_every_s, compact_at
         self._rows: list[dict] = []
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
-        self._files: dict[str, pa.Table] = {}  # the files the manifest names, with their rows (for compaction)
+        self._files: dict[
+            str, pa.Table
+        ] = {}  # the files the manifest names, with their rows (for compaction)
         self._seq = 0
         self.rows_written = 0
 
@@ -65,7 +69,9 @@ class ResultsWriter:
         except ResultsNotFound:
             return []
         with self._lock:
-            self._files = {name: _decode(data).cast(self.schema.rows_schema()) for name, data in files.items()}
+            self._files = {
+                name: _decode(data).cast(self.schema.rows_schema()) for name, data in files.items()
+            }
             numbers = [int(name.rsplit("-", 1)[1].split(".")[0]) for name in self._files]
             self._seq = max(numbers, default=-1) + 1
             self.rows_written = sum(t.num_rows for t in self._files.values())
@@ -119,11 +125,16 @@ class ResultsWriter:
             self.store.delete(name)  # ...before the old ones go
 
     def _write_manifest(self, complete: bool) -> None:
-        manifest = {"version": 1, "files": sorted(self._files), "rows": sum(t.num_rows for t in self._files.values()),
-                    "complete": complete}
+        manifest = {
+            "version": 1,
+            "files": sorted(self._files),
+            "rows": sum(t.num_rows for t in self._files.values()),
+            "complete": complete,
+        }
         self.store.write_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
 
     def write_trials(self, records: list[dict]) -> None:
-        table = pa.Table.from_pylist(sorted(records, key=lambda r: r["trial_id"]),
-                                     schema=self.schema.trials_schema())
+        table = pa.Table.from_pylist(
+            sorted(records, key=lambda r: r["trial_id"]), schema=self.schema.trials_schema()
+        )
         self.store.write_bytes(TRIALS_FILE, parquet_bytes(table))

@@ -22,10 +22,14 @@ class S3Options:
     addressing_style: str | None = None  # "path" | "virtual" | "auto"
 
     def resolved_endpoint(self) -> str | None:
-        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return (
+            self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
 
     def resolved_region(self) -> str:
-        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return (
+            self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        )
 
     def resolved_addressing(self) -> str:
         # S3-compatible servers on an endpoint almost always want path-style; AWS itself wants virtual hosts.
@@ -55,11 +59,19 @@ class S3Store(Store):
             import boto3
             from botocore.config import Config
 
-            config = Config(s3={"addressing_style": self.options.resolved_addressing()},
-                            retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=10)
+            config = Config(
+                s3={"addressing_style": self.options.resolved_addressing()},
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=3,
+                read_timeout=10,
+            )
             # A session per store: boto3's default session caches the credentials it resolved first.
-            self._client = boto3.session.Session().client("s3", endpoint_url=self.options.resolved_endpoint(),
-                                        region_name=self.options.resolved_region(), config=config)
+            self._client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=self.options.resolved_endpoint(),
+                region_name=self.options.resolved_region(),
+                config=config,
+            )
         return self._client
 
     def _key(self, rel: str) -> str:
@@ -102,7 +114,7 @@ class S3Store(Store):
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
             for page in pages:
                 for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(self.prefix) + 1:] if self.prefix else obj["Key"]
+                    rel = obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"]
                     found[rel] = obj["Size"]
         except Exception as exc:
             raise self._fail("list", prefix, exc) from None
@@ -114,8 +126,16 @@ class S3Store(Store):
         except Exception as exc:
             raise self._fail("delete", rel, exc) from None
 
-    DEFINITE = ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "404",
-                "NoCredentialsError", "PartialCredentialsError")
+    DEFINITE = (
+        "NoSuchBucket",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "403",
+        "404",
+        "NoCredentialsError",
+        "PartialCredentialsError",
+    )
 
     def preflight(self) -> str | None:
         """None if the bucket answers; else a reason. Raises StoreError for errors no retry can fix (no such
@@ -127,16 +147,19 @@ class S3Store(Store):
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "") or type(exc).__name__
             if code in self.DEFINITE:
                 what = {"404": "NoSuchBucket", "403": "AccessDenied"}.get(code, code)
-                raise StoreError(f"cannot use {self.uri}: {what} (check the bucket name, AWS credentials and "
-                                 "endpoint)") from None
+                raise StoreError(
+                    f"cannot use {self.uri}: {what} (check the bucket name, AWS credentials and endpoint)"
+                ) from None
             return f"{self.uri} is not answering ({code}); results will wait in the local spool"
 
     def arrow_filesystem(self):
         import pyarrow.fs as pafs
 
         endpoint = self.options.resolved_endpoint()
-        kwargs = {"region": self.options.resolved_region(),
-                  "force_virtual_addressing": self.options.resolved_addressing() == "virtual"}
+        kwargs = {
+            "region": self.options.resolved_region(),
+            "force_virtual_addressing": self.options.resolved_addressing() == "virtual",
+        }
         if endpoint:
             parsed = urlparse(endpoint)
             kwargs.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")

@@ -109,8 +109,14 @@ def writer_dirs(run_dir: Path) -> list[Path]:
     return sorted(d for d in run_dir.iterdir() if d.is_dir() and d.name != "ray") if run_dir.is_dir() else []
 
 
-def drain_until(store: Store, directories: list[Path], timeout_s: float, *, backoff_s: float = 0.5,
-                max_backoff_s: float = 10.0) -> int:
+def drain_until(
+    store: Store,
+    directories: list[Path],
+    timeout_s: float,
+    *,
+    backoff_s: float = 0.5,
+    max_backoff_s: float = 10.0,
+) -> int:
     """Upload the spools in `directories`, retrying with backoff for up to `timeout_s` (0: one pass).
     Returns the items left."""
     deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
@@ -126,8 +132,15 @@ def drain_until(store: Store, directories: list[Path], timeout_s: float, *, back
 class SpoolingStore(Store):
     """`inner` plus a local spool at `directory` for writes the inner store refuses."""
 
-    def __init__(self, inner: Store, directory: Path, *, write_behind: bool = False, backoff_s: float = 0.5,
-                 max_backoff_s: float = 10.0):
+    def __init__(
+        self,
+        inner: Store,
+        directory: Path,
+        *,
+        write_behind: bool = False,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+    ):
         self.inner, self.directory, self.write_behind = inner, Path(directory), write_behind
         self.uri = inner.uri
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
@@ -204,7 +217,9 @@ class SpoolingStore(Store):
         # Snapshot the spool first, then list the store: an item uploaded in between is then in the listing,
         # whereas the other order could miss it in both.
         base = prefix.strip("/")
-        overlay: list[tuple[str, int | None]] = []  # (rel, size) for a put, (rel, None) for a delete; in order
+        overlay: list[
+            tuple[str, int | None]
+        ] = []  # (rel, size) for a put, (rel, None) for a delete; in order
         for meta_path in _items(self.directory) if self.directory.is_dir() else []:
             try:
                 meta = json.loads(meta_path.read_text())
@@ -268,5 +283,13 @@ class SpoolingStore(Store):
 
     def drain(self, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for the spool to empty (retrying now). True if nothing is left."""
-        return drain_until(self.inner, [self.directory], timeout_s, backoff_s=self.backoff_s,
-                           max_backoff_s=self.max_backoff_s) == 0
+        return (
+            drain_until(
+                self.inner,
+                [self.directory],
+                timeout_s,
+                backoff_s=self.backoff_s,
+                max_backoff_s=self.max_backoff_s,
+            )
+            == 0
+        )

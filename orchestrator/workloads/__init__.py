@@ -24,10 +24,18 @@ import inspect
 import os
 import sys
 import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-__all__ = ["Workload", "Splits", "WorkloadError", "resolve_workload", "BUILTIN_WORKLOADS", "TRAINING_HYPERPARAMETERS"]
+__all__ = [
+    "Workload",
+    "Splits",
+    "WorkloadError",
+    "resolve_workload",
+    "BUILTIN_WORKLOADS",
+    "TRAINING_HYPERPARAMETERS",
+]
 
 # Hyperparameters the trial runner itself reads; every workload accepts them.
 TRAINING_HYPERPARAMETERS: dict[str, Any] = {
@@ -109,8 +117,10 @@ def _load_entry_point(name: str) -> Workload:
     # A workload path is code the user trusts, but a typo or a hostile spec must not reach the standard
     # library or this package (`os:fork`, `pdb:set_trace`, `orchestrator.cli:main` are zero-argument callables).
     if parts[0] in sys.stdlib_module_names or parts[0] in ("orchestrator", "builtins", "__main__"):
-        raise WorkloadError(f"{name!r} names a module of Python or of hpo itself; a workload is a function in a "
-                            "module of your own ('package.module:function')")
+        raise WorkloadError(
+            f"{name!r} names a module of Python or of hpo itself; a workload is a function in a "
+            "module of your own ('package.module:function')"
+        )
     if os.getcwd() not in sys.path:  # console scripts do not put the working directory on sys.path
         sys.path.insert(0, os.getcwd())
     try:
@@ -119,8 +129,10 @@ def _load_entry_point(name: str) -> Workload:
         raise WorkloadError(f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
     factory = getattr(module, attr, None)
     if not isinstance(factory, types.FunctionType):
-        raise WorkloadError(f"module {module_name!r} has no function {attr!r} (a plain Python function, not a "
-                            "class, a builtin or another callable)")
+        raise WorkloadError(
+            f"module {module_name!r} has no function {attr!r} (a plain Python function, not a "
+            "class, a builtin or another callable)"
+        )
     try:
         inspect.signature(factory).bind()
     except TypeError:
@@ -130,5 +142,7 @@ def _load_entry_point(name: str) -> Workload:
     except (Exception, SystemExit) as exc:
         raise WorkloadError(f"{name} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(workload, Workload):
-        raise WorkloadError(f"{name} returned {type(workload).__name__}, not an orchestrator.workloads.Workload")
+        raise WorkloadError(
+            f"{name} returned {type(workload).__name__}, not an orchestrator.workloads.Workload"
+        )
     return workload

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +31,14 @@ def _digits_arrays() -> tuple[np.ndarray, ...]:
     # Standardize with training statistics only, so validation and test stay unseen.
     mean, std = x[:n_train].mean(axis=0), x[:n_train].std(axis=0) + 1e-6
     x = (x - mean) / std
-    return x[:n_train], y[:n_train], x[n_train:n_train + n_val], y[n_train:n_train + n_val], \
-        x[n_train + n_val:], y[n_train + n_val:]
+    return (
+        x[:n_train],
+        y[:n_train],
+        x[n_train : n_train + n_val],
+        y[n_train : n_train + n_val],
+        x[n_train + n_val :],
+        y[n_train + n_val :],
+    )
 
 
 def load_digits_splits(config: Mapping[str, Any]) -> Splits:

@@ -11,23 +11,36 @@ has something to get right and something to get wrong.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 OPTIMA = {"branin": 0.397887, "hartmann6": -3.32237}
 
 _H_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
-_H_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
-                 [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
-_H_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
-                        [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_H_A = np.array(
+    [
+        [10, 3, 17, 3.5, 1.7, 8],
+        [0.05, 10, 17, 0.1, 8, 14],
+        [3, 3.5, 1.7, 10, 17, 8],
+        [17, 8, 0.05, 10, 0.1, 14],
+    ]
+)
+_H_P = 1e-4 * np.array(
+    [
+        [1312, 1696, 5569, 124, 8283, 5886],
+        [2329, 4135, 8307, 3736, 1004, 9991],
+        [2348, 1451, 3522, 2883, 3047, 6650],
+        [4047, 8828, 8732, 5743, 1091, 381],
+    ]
+)
 
 
 def branin(u1: float, u2: float) -> float:
     x1, x2 = 15 * u1 - 5, 15 * u2  # x1 in [-5, 10], x2 in [0, 15]
-    b, c, t = 5.1 / (4 * math.pi ** 2), 5 / math.pi, 1 / (8 * math.pi)
-    return (x2 - b * x1 ** 2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
+    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+    return (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
 
 
 def hartmann6(u: np.ndarray) -> float:
@@ -55,8 +68,15 @@ def synthetic():
     from orchestrator.workloads import Workload
 
     def no_model(config):
-        raise TypeError("the synthetic workload has no model: it evaluates a function (see workload.objective)")
+        raise TypeError(
+            "the synthetic workload has no model: it evaluates a function (see workload.objective)"
+        )
 
-    return Workload(name="synthetic", build_model=no_model, load_data=no_model, task="regression",
-                    hyperparameters={"function": "branin", **{f"x{i}": 0.5 for i in range(1, 7)}},
-                    objective=objective)
+    return Workload(
+        name="synthetic",
+        build_model=no_model,
+        load_data=no_model,
+        task="regression",
+        hyperparameters={"function": "branin", **{f"x{i}": 0.5 for i in range(1, 7)}},
+        objective=objective,
+    )
