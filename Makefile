@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,9 +24,18 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# The edit loop: no Ray, no subprocess, no sleep (conftest.py enforces it); the same tests run in `make test`.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+# The README's table of names, from the registries (a test checks it).
+docs: setup
+	$(BIN)/python -m orchestrator.spec.reference README.md
 
 bench: setup
 	$(BIN)/python bench/overhead.py

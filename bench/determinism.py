@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from orchestrator.determinism import configure_determinism, epoch_permutation, seed_everything  # noqa: E402
-from orchestrator.training import _train_epoch, evaluate, make_optimizer  # noqa: E402
+from orchestrator.train.determinism import configure_determinism, epoch_permutation, seed_everything  # noqa: E402
+from orchestrator.train.loop import _train_epoch, evaluate, make_optimizer  # noqa: E402
 from orchestrator.workloads.digits import digits_mlp  # noqa: E402
 
 

@@ -25,9 +25,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from ray import tune  # noqa: E402
 
-from orchestrator.ray_env import start_ray  # noqa: E402
+from orchestrator.api import run  # noqa: E402
+from orchestrator.execution.ray_env import start_ray  # noqa: E402
 from orchestrator.results import load_results  # noqa: E402
-from orchestrator.runner import run  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.workloads.digits import build_mlp, load_digits_splits  # noqa: E402
 

@@ -58,7 +58,7 @@ def _spec(storage: str, trials: int = 16, epochs: int = 10):
 
 
 def write_share(storage: str) -> None:
-    from orchestrator.runner import run
+    from orchestrator.api import run
 
     spent = {"s": 0.0}
     for name in ("flush", "write_trials", "finish"):

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.ray_env import start_ray  # noqa: E402
+from orchestrator.api import run  # noqa: E402
+from orchestrator.execution.ray_env import start_ray  # noqa: E402
 from orchestrator.results import load_results  # noqa: E402
-from orchestrator.runner import run  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.workloads.synthetic import OPTIMA  # noqa: E402
 

@@ -1,9 +1,11 @@
 """hpo-orchestrator: hyperparameter optimization jobs on Ray.
 
-Public API (imported lazily, so `hpo validate` does not pay for importing Ray and torch):
+Public API (each name is imported on first use, so `import orchestrator` does not import Ray or torch):
     load_spec(path) -> JobSpec          validate a YAML spec (raises SpecError)
+    parse_spec(mapping) -> JobSpec      the same for an already-parsed mapping
     plan(spec, results_uri) -> Plan     what would run, without starting anything
     run(spec, ...) -> RunSummary        run a job on an embedded Ray (or a given address)
+    resume(uri, ...) -> RunSummary      continue a run whose driver died, from its storage
     load_results(uri), load_trials(uri) the run's tables as pyarrow (as_pandas=True for pandas), local or s3://
     summarize(uri) -> RunSummary        a stored run's best row and trial counts
     Workload, Splits                    the workload protocol for your own models
@@ -20,6 +22,7 @@ __all__ = [
     "JobSpec",
     "plan",
     "run",
+    "resume",
     "RunSummary",
     "load_results",
     "load_trials",
@@ -29,15 +32,17 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# name -> the module that defines it; importing that module is what costs (Ray, torch), so it waits for first use
 _HOME = {
     "load_spec": "orchestrator.spec",
     "parse_spec": "orchestrator.spec",
-    "SpecError": "orchestrator.spec",
+    "SpecError": "orchestrator.errors",
     "JobSpec": "orchestrator.spec",
-    "plan": "orchestrator.runner",
-    "run": "orchestrator.runner",
-    "RunSummary": "orchestrator.summary",
-    "summarize": "orchestrator.summary",
+    "plan": "orchestrator.api",
+    "run": "orchestrator.api",
+    "resume": "orchestrator.api",
+    "RunSummary": "orchestrator.results",
+    "summarize": "orchestrator.results",
     "load_results": "orchestrator.results",
     "load_trials": "orchestrator.results",
     "Workload": "orchestrator.workloads",

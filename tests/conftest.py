@@ -1,4 +1,6 @@
-"""Session fixtures: one real local Ray for the in-process tests; spec builders."""
+"""Session fixtures: one real local Ray for the in-process tests, a real SeaweedFS; spec builders; the CLI run
+in this process; and the fast tier's guard: a test not marked `slow` may not start Ray, a subprocess or a
+server, nor sleep."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -54,14 +57,13 @@ def spec_dict(**sections) -> dict:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real embedded Ray shared by the in-process tests (4 logical CPUs so a DDP trial fits beside others)."""
-    import ray
+    """A real embedded Ray shared by the in-process tests (4 logical CPUs so a DDP trial fits beside others),
+    started through the same session every run uses, which stops it and restores the process at the end."""
+    from orchestrator.execution.driver import DriverSession
 
-    from orchestrator.ray_env import start_ray
-
-    start_ray(num_cpus=4)
-    yield
-    ray.shutdown()
+    with DriverSession() as session:
+        session.start_ray(num_cpus=4)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +79,51 @@ def run_hpo(*args: str, cwd: Path | str = ROOT, timeout: float = 600, env: dict 
     env = dict(os.environ, **(env or {}))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return subprocess.run([*HPO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_guard(request, monkeypatch):
+    """`make test-fast` runs the tests not marked slow, in well under a minute: none of them may start Ray, a
+    subprocess or a server, or sleep. Enforced here, so the tier cannot rot."""
+    if request.node.get_closest_marker("slow"):
+        return
+    needs = {"ray_cluster", "s3"} & set(request.fixturenames)
+    if needs:
+        pytest.fail(f"{request.node.name} uses {sorted(needs)}: mark it @pytest.mark.slow")
+
+    def refuse(what):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"a test not marked slow may not {what}; mark it @pytest.mark.slow")
+
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("start a subprocess (Ray, a server, the CLI)"))
+    monkeypatch.setattr(time, "sleep", refuse("sleep (wait on a condition, in a slow test)"))
+
+
+def hpo(capsys, *args: str) -> tuple[int, str, str]:
+    """`hpo ARGS` in this process (the session's Ray, if a run needs one): (exit code, stdout, stderr)."""
+    from orchestrator.cli import main
+
+    capsys.readouterr()  # what came before is not this command's
+    try:
+        code = main(list(args))
+    except SystemExit as exit:  # argparse refusing the arguments
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`cli(*args, env={...})`: `hpo ARGS` in this process with those environment variables set for the call;
+    returns a CompletedProcess (returncode, stdout, stderr), as run_hpo does for a real subprocess."""
+
+    def call(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as patched:
+            for name, value in (env or {}).items():
+                patched.setenv(name, value)
+            code, out, err = hpo(capsys, *args)
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return call

@@ -8,9 +8,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
+from orchestrator.results.layout import trial_index
 from orchestrator.results.ops import stored_spec
 from orchestrator.storage import open_store
-from orchestrator.trial import trial_index, trial_seed
+from orchestrator.train.determinism import trial_seed
 
 
 def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
@@ -41,13 +42,9 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
         assert CONFIG_PREFIX + name in rows.column_names, name
     for name, value in spec.search.fixed.items():
         assert set(rows[CONFIG_PREFIX + name].to_pylist()) == {value}
-    for name in spec.search.space:
-        kind, args = spec.search.distribution(name)
+    for name, dist in spec.search.space.items():
         values = rows[CONFIG_PREFIX + name].to_pylist()
-        if kind == "choice":
-            assert set(values) <= set(args)
-        else:
-            assert all(args[0] <= v <= args[1] for v in values), (name, values)
+        assert all(dist.contains(v) for v in values), (name, dist.describe(), values)
     for column in ("epoch_time_s", "time_total_s", "timestamp"):
         assert column in rows.column_names
 

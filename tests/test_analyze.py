@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import run_hpo, spec_dict
+from conftest import hpo, spec_dict
 
-from orchestrator.analyze import _boundary_warnings, _seed_warning, isolation
-from orchestrator.runner import run
+from orchestrator.api import run
+from orchestrator.practice.analyze import _boundary_warnings, _seed_warning, isolation
 from orchestrator.spec import parse_spec
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -71,7 +71,7 @@ def test_roles_are_validated():
 
 
 @pytest.mark.slow
-def test_analyze_writes_curves_isolation_plots_and_a_boundary_warning(ray_cluster, tmp_path):
+def test_analyze_writes_curves_isolation_plots_and_a_boundary_warning(ray_cluster, tmp_path, capsys):
     # lr's range ends at 3e-3, well below what Adam likes on digits: the best trial sits at its upper edge.
     # Quasi-random with 16 trials puts exactly one lr in each 1/16 of the (log) range, so one is in the top 10%.
     spec = parse_spec(
@@ -90,8 +90,8 @@ def test_analyze_writes_curves_isolation_plots_and_a_boundary_warning(ray_cluste
     )
     summary = run(spec, progress=lambda line: None)
     out = tmp_path / "analysis"
-    proc = run_hpo("analyze", summary.results_uri, "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = hpo(capsys, "analyze", summary.results_uri, "--out", str(out))
+    assert code == 0, err[-2000:]
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["isolation_hidden.png", "isolation_lr.png", "learning_curves.png"]
     assert all((out / p).read_bytes().startswith(PNG) and (out / p).stat().st_size > 5000 for p in pngs)

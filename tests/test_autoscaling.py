@@ -7,19 +7,18 @@ import time
 
 import pytest
 import yaml
-from conftest import ROOT, run_hpo, spec_dict
-from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+from conftest import ROOT, spec_dict
 from rayhead import RayHead
 
+from orchestrator.execution import ray_compat
 from orchestrator.results import load_trials
-from orchestrator.trial import FAKE_GPU_ENV
+from orchestrator.train.trial import FAKE_GPU_ENV
 
 
 def test_shipped_fake_config_passes_rays_schema():
-    from ray.autoscaler._private.util import validate_config
 
     config = yaml.safe_load((ROOT / "cluster" / "local-fake.yaml").read_text())
-    validate_config(config)  # prepare_config needs an example.yaml the wheel does not ship
+    ray_compat.validate_cluster_config(config, prepare=False)  # prepare needs an example.yaml the wheel lacks
     gpu = config["available_node_types"]["gpu-node"]
     assert gpu["min_workers"] == 0 and gpu["resources"]["GPU"] == 1
     assert not config["available_node_types"][config["head_node_type"]]["resources"].get("GPU")
@@ -29,15 +28,15 @@ def test_fake_gpu_setting_trains_on_cpu_only_when_set(monkeypatch):
     import torch
     from test_training import _plan
 
-    from orchestrator.trial import _device
+    from orchestrator.train.trial import device_for
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     monkeypatch.setenv(FAKE_GPU_ENV, "1")
-    assert _device(_plan(use_gpu=True), 0) == "cpu"
+    assert device_for(_plan(use_gpu=True), 0) == "cpu"
     monkeypatch.delenv(FAKE_GPU_ENV)
     with pytest.raises(RuntimeError, match="CUDA is not available"):
-        _device(_plan(use_gpu=True), 0)
+        device_for(_plan(use_gpu=True), 0)
 
 
 def _nodes(head) -> list[dict]:
@@ -63,7 +62,7 @@ def _wait_for(predicate, timeout_s: float, what: str, head):
 
 
 @pytest.mark.slow
-def test_fake_cluster_adds_gpu_nodes_runs_trials_on_them_and_removes_them(tmp_path):
+def test_fake_cluster_adds_gpu_nodes_runs_trials_on_them_and_removes_them(tmp_path, cli):
     """The shipped local-fake.yaml on a real head: GPU workers start from zero when GPU trials wait, the
     trials run on them, and the nodes go after the idle timeout."""
     config = yaml.safe_load((ROOT / "cluster" / "local-fake.yaml").read_text())
@@ -75,7 +74,7 @@ def test_fake_cluster_adds_gpu_nodes_runs_trials_on_them_and_removes_them(tmp_pa
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             FAKE_GPU_ENV: "1",
             # the fake provider knows the head by this id (its workers are ...00001, ...)
-            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
+            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": ray_compat.fake_head_node_id(),
         },
     )
     config["provider"]["gcs_address"] = f"127.0.0.1:{head.gcs_port}"
@@ -96,18 +95,12 @@ def test_fake_cluster_adds_gpu_nodes_runs_trials_on_them_and_removes_them(tmp_pa
                 )
             )
         )
-        proc = run_hpo(
-            "submit",
-            str(spec_path),
-            "--address",
-            head.url,
-            "--follow",
-            env={"RAY_AUTH_TOKEN": head.token},
-            timeout=600,
+        proc = cli(
+            "submit", str(spec_path), "--address", head.url, "--follow", env={"RAY_AUTH_TOKEN": head.token}
         )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         assert "SUCCEEDED" in proc.stderr
-        logs = run_hpo(
+        logs = cli(
             "logs",
             proc.stdout.strip().splitlines()[-1],
             "--address",

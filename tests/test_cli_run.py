@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import ROOT, run_hpo
+from conftest import ROOT, hpo, run_hpo
 from contract import check_contract
 
+from orchestrator.results import RunSummary
 from orchestrator.spec import load_spec
-from orchestrator.summary import RunSummary
 
 pytestmark = pytest.mark.slow
 
@@ -52,20 +52,16 @@ def test_readme_example_runs_and_obeys_the_contract(readme_run):
     assert "Traceback" not in proc.stderr
 
 
-def test_results_show_prints_top_trials(readme_run):
+def test_results_show_prints_top_trials(readme_run, capsys):
     work, proc = readme_run
     uri = proc.stdout.splitlines()[0].removeprefix("results_uri: ")
-    shown = run_hpo("results", "show", uri, "--top", "2")
-    assert shown.returncode == 0, shown.stderr
-    out = shown.stdout.splitlines()
+    code, out, err = hpo(capsys, "results", "show", uri, "--top", "2")
+    assert code == 0, err
+    out = out.splitlines()
     assert out[0].startswith("4 trials, ranked by best val_accuracy (max)")
     assert "trial_id" in out[1] and "width" in out[1] and len(out) == 4
-    missing = run_hpo("results", "show", str(work / "nope"))
-    assert (
-        missing.returncode == 2
-        and "Traceback" not in missing.stderr
-        and "no trials.parquet" in missing.stderr
-    )
+    code, out, err = hpo(capsys, "results", "show", str(work / "nope"))
+    assert code == 2 and "Traceback" not in err and "no trials.parquet" in err
 
 
 def test_tables_read_with_pandas_polars_duckdb(readme_run):
@@ -87,7 +83,9 @@ def test_tables_read_with_pandas_polars_duckdb(readme_run):
     assert best == json.loads(proc.stdout.splitlines()[-1])["best"]["metric"]
 
 
-def test_gpu_job_on_a_machine_without_gpus_is_refused_before_anything_is_written(tmp_path):
+def test_gpu_job_on_a_machine_without_gpus_is_refused_before_anything_is_written(
+    ray_cluster, tmp_path, capsys
+):
     import torch
     import yaml
     from conftest import spec_dict
@@ -97,20 +95,23 @@ def test_gpu_job_on_a_machine_without_gpus_is_refused_before_anything_is_written
     storage = tmp_path / "store"
     path = tmp_path / "gpu.yaml"
     path.write_text(yaml.safe_dump(spec_dict(train={"use_gpu": True}, storage=str(storage))))
-    proc = run_hpo("run", str(path))
-    assert proc.returncode == 2
-    assert "train.use_gpu is true" in proc.stderr and "Traceback" not in proc.stderr
-    assert "results_uri" not in proc.stdout and not storage.exists()
+    code, out, err = hpo(capsys, "run", str(path))
+    assert code == 2
+    assert "train.use_gpu is true" in err and "Traceback" not in err
+    assert "results_uri" not in out and not storage.exists()
 
 
-def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference(readme_run):
+def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference(
+    readme_run, capsys, monkeypatch
+):
     import pyarrow.parquet as pq
 
     work, proc = readme_run
     uri = proc.stdout.splitlines()[0].removeprefix("results_uri: ")
-    same = run_hpo("reproduce", uri, "trial_0002", "--output", "json", cwd=work)
-    assert same.returncode == 0, same.stderr[-2000:]
-    result = json.loads(same.stdout.strip().splitlines()[-1])
+    monkeypatch.chdir(work)  # the README's workload module is in the directory hpo runs from
+    code, out, err = hpo(capsys, "reproduce", uri, "trial_0002", "--output", "json")
+    assert code == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
     assert result["identical"] is True and result["iterations"] >= 1 and "val_accuracy" in result["metrics"]
     # Tamper with one stored value: the rerun must point at exactly that epoch and metric.
     [part] = json.loads((Path(uri) / "results" / "_manifest.json").read_text())["files"]
@@ -119,6 +120,6 @@ def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference
     target = next(i for i, r in enumerate(rows) if r["trial_id"] == "trial_0002" and r["iteration"] == 1)
     rows[target]["val_loss"] = rows[target]["val_loss"] + 1e-12
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), Path(uri) / part)
-    differs = run_hpo("reproduce", uri, "trial_0002", cwd=work)
-    assert differs.returncode == 1, differs.stderr[-2000:]
-    assert differs.stdout.startswith("trial_0002: differs first at epoch 1, val_loss: recorded ")
+    code, out, err = hpo(capsys, "reproduce", uri, "trial_0002")
+    assert code == 1, err[-2000:]
+    assert out.startswith("trial_0002: differs first at epoch 1, val_loss: recorded ")

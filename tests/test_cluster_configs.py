@@ -15,11 +15,10 @@ LAUNCHER = sorted((ROOT / "cluster").glob("*.yaml"))
     "path", [p for p in LAUNCHER if p.name in ("aws.yaml", "gcp.yaml")], ids=lambda p: p.name
 )
 def test_launcher_config_passes_rays_validator(path):
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    from orchestrator.execution import ray_compat
 
     config = yaml.safe_load(path.read_text())
-    prepared = prepare_config(copy.deepcopy(config))
-    validate_config(prepared)
+    prepared = ray_compat.validate_cluster_config(copy.deepcopy(config))
     types = prepared["available_node_types"]
     head = types[prepared["head_node_type"]]
     assert head["resources"].get("CPU") == 0 and not head["resources"].get("GPU")  # the head runs no trials

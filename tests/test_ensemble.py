@@ -6,11 +6,11 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_hpo, spec_dict
+from conftest import hpo, spec_dict
 
-from orchestrator.ensemble import build_ensemble
+from orchestrator.api import run
+from orchestrator.practice.ensemble import build_ensemble
 from orchestrator.results import load_trials
-from orchestrator.runner import run
 from orchestrator.spec import parse_spec
 
 pytestmark = pytest.mark.slow
@@ -43,10 +43,10 @@ def held_out_run(ray_cluster, tmp_path_factory):
     return summary
 
 
-def test_top3_ensemble_is_at_least_as_good_as_its_best_member_on_test(held_out_run):
-    proc = run_hpo("ensemble", held_out_run.results_uri, "--top-k", "3", "--output", "json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_top3_ensemble_is_at_least_as_good_as_its_best_member_on_test(held_out_run, capsys):
+    code, out, err = hpo(capsys, "ensemble", held_out_run.results_uri, "--top-k", "3", "--output", "json")
+    assert code == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
     ens, best = result["ensemble"], result["best_single"]
     assert set(ens) == set(best) - {"trial_id"} == {"val_accuracy", "test_accuracy", "val_loss", "test_loss"}
     ranked = sorted(load_trials(held_out_run.results_uri).to_pylist(), key=lambda t: t["best_val_loss"])
@@ -72,6 +72,6 @@ def test_greedy_selection_never_does_worse_on_validation_than_the_best_single_mo
     )
 
 
-def test_ensemble_of_a_path_without_a_run_is_a_one_line_error(tmp_path):
-    proc = run_hpo("ensemble", str(tmp_path), "--top-k", "3")
-    assert proc.returncode == 2 and "spec.yaml" in proc.stderr and "Traceback" not in proc.stderr
+def test_ensemble_of_a_path_without_a_run_is_a_one_line_error(tmp_path, capsys):
+    code, _, err = hpo(capsys, "ensemble", str(tmp_path), "--top-k", "3")
+    assert code == 2 and "spec.yaml" in err and "Traceback" not in err

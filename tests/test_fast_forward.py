@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from conftest import spec_dict
 
-from orchestrator.search import build_searcher
-from orchestrator.search_tpe import PinnableHyperOpt
+from orchestrator.execution.tune_search import PinnableHyperOpt, build_search
 from orchestrator.spec import parse_spec
 
 SPEC = parse_spec(
@@ -21,10 +20,9 @@ SPEC = parse_spec(
 
 
 def _tpe(pinned=None) -> PinnableHyperOpt:
-    search_alg, space, _ = build_searcher(SPEC)
+    search_alg, _, _ = build_search(SPEC)
     searcher = search_alg.searcher.searcher  # SearchGenerator -> ConcurrencyLimiter -> TPE
     assert isinstance(searcher, PinnableHyperOpt)
-    searcher.set_search_properties("val_loss", "min", space)
     searcher.pinned = dict(pinned or {})
     return searcher
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT
 
-from orchestrator.runner import plan
+from orchestrator.api import plan
 from orchestrator.spec import load_spec
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
@@ -34,8 +34,8 @@ def _readme_yaml_blocks() -> list[str]:
 
 def test_every_spec_in_the_readme_validates():
     """The README's spec reference (every field) and its `kind: ensemble` example are real specs."""
-    from orchestrator._yaml import load_yaml_text
     from orchestrator.spec import EnsembleSpec, JobSpec, parse_spec
+    from orchestrator.spec.yaml_load import load_yaml_text
 
     specs = [load_yaml_text(b) for b in _readme_yaml_blocks()]
     specs = [s for s in specs if isinstance(s, dict) and ("search" in s or s.get("kind") == "ensemble")]

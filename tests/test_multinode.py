@@ -21,7 +21,7 @@ SCRIPT = r"""
 import json, sys
 import ray
 from ray.cluster_utils import Cluster
-from orchestrator.runner import run
+from orchestrator.api import run
 from orchestrator.spec import parse_spec
 
 # its own dashboard port: the session's embedded Ray of the other tests may hold the default 8265
@@ -43,8 +43,8 @@ cluster.shutdown()
 def test_ddp_trial_spans_two_nodes(tmp_path):
     from contract import check_contract
 
+    from orchestrator.results import RunSummary
     from orchestrator.spec import parse_spec
-    from orchestrator.summary import RunSummary
 
     data = spec_dict(
         name="two-nodes",

@@ -12,13 +12,13 @@ import psutil
 import pytest
 import s3server
 import yaml
-from conftest import HPO, ROOT, run_hpo, spec_dict
+from conftest import HPO, ROOT, hpo, spec_dict
 from contract import check_contract, deterministic_rows
 
-from orchestrator.results import load_results
+from orchestrator.api import run
+from orchestrator.results import RunSummary, load_results
 from orchestrator.spec import load_spec
 from orchestrator.storage import open_store
-from orchestrator.summary import RunSummary
 
 pytestmark = pytest.mark.slow
 
@@ -69,51 +69,58 @@ def assert_not_rerun(finished: set[str], resumed_stderr: str) -> None:
     assert passed_over >= len(finished)
 
 
+KILLED = dict(name="killed", search={"num_samples": 8, "max_concurrent": 2}, train={"max_epochs": 6})
+
+
+def _spec_file(path, data):
+    """The spec as a user writes it: a YAML file (yaml.safe_dump sorts keys; a search draws in the order the
+    spec lists its hyperparameters, so a comparison run must read the same file)."""
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, tmp_path_factory):
+    """The killed runs' job, run once without interruption: what every resume must end up equal to."""
+    where = tmp_path_factory.mktemp("clean")
+    spec = load_spec(_spec_file(where / "job.yaml", spec_dict(**KILLED)))
+    summary = run(spec, storage=str(where / "runs"), progress=lambda line: None)
+    return summary, load_results(summary.results_uri)
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summary(where, tmp_path, request):
+def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summary(
+    where, uninterrupted, tmp_path, request, capsys
+):
     storage = (
         str(tmp_path / "runs") if where == "local" else f"s3://{s3server.BUCKET}/resume-{tmp_path.name[-12:]}"
     )
     if where == "s3":
         request.getfixturevalue("s3")
-    spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(
-        yaml.safe_dump(
-            spec_dict(
-                name="killed",
-                storage=storage,
-                search={"num_samples": 8, "max_concurrent": 2},
-                train={"max_epochs": 6},
-            )
-        )
-    )
+    spec_path = _spec_file(tmp_path / "job.yaml", spec_dict(storage=storage, **KILLED))
     uri, finished = run_and_kill(spec_path, trials_done=2)
-    resumed = run_hpo("resume", uri, "--spec", str(spec_path), "--output", "json")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming: " in resumed.stderr and "row(s) kept" in resumed.stderr
-    assert_not_rerun(finished, resumed.stderr)
-    summary = RunSummary(**json.loads(resumed.stdout.strip().splitlines()[-1]))
+    code, out, err = hpo(capsys, "resume", uri, "--spec", str(spec_path), "--output", "json")
+    assert code == 0, err[-3000:]
+    assert "resuming: " in err and "row(s) kept" in err
+    assert_not_rerun(finished, err)
+    summary = RunSummary(**json.loads(out.strip().splitlines()[-1]))
     rows, _ = check_contract(summary, load_spec(spec_path))  # every (trial, iteration) exactly once
-    clean = run_hpo("run", str(spec_path), "--output", "json", "--storage", str(tmp_path / "clean"))
-    assert clean.returncode == 0, clean.stderr[-2000:]
-    uninterrupted = RunSummary(**json.loads(clean.stdout.strip().splitlines()[-1]))
-    assert deterministic_rows(_sorted(rows)) == deterministic_rows(
-        _sorted(load_results(uninterrupted.results_uri))
-    )
+    clean, clean_rows = uninterrupted
+    assert deterministic_rows(_sorted(rows)) == deterministic_rows(_sorted(clean_rows))
     assert (summary.best, summary.statuses, summary.num_trials) == (
-        uninterrupted.best,
-        uninterrupted.statuses,
-        uninterrupted.num_trials,
+        clean.best,
+        clean.statuses,
+        clean.num_trials,
     )
 
     # Resuming a finished run says so and changes nothing.
     before = open_store(uri).read_bytes("results/_manifest.json")
-    again = run_hpo("resume", uri)
-    assert again.returncode == 0 and "already finished; nothing to resume" in again.stderr
+    code, _, err = hpo(capsys, "resume", uri)
+    assert code == 0 and "already finished; nothing to resume" in err
     assert open_store(uri).read_bytes("results/_manifest.json") == before
 
 
-def test_resume_with_a_changed_spec_is_refused_naming_the_difference(tmp_path):
+def test_resume_with_a_changed_spec_is_refused_naming_the_difference(tmp_path, capsys):
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(
         yaml.safe_dump(
@@ -137,12 +144,12 @@ def test_resume_with_a_changed_spec_is_refused_naming_the_difference(tmp_path):
             )
         )
     )
-    refused = run_hpo("resume", uri, "--spec", str(changed))
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "differs from the run's at train.max_epochs: 5 in the given spec, 4 in the run" in refused.stderr
+    code, _, err = hpo(capsys, "resume", uri, "--spec", str(changed))
+    assert code == 2 and "Traceback" not in err
+    assert "differs from the run's at train.max_epochs: 5 in the given spec, 4 in the run" in err
 
 
-def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(tmp_path):
+def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(ray_cluster, tmp_path, capsys):
     """TPE proposes from the results it has seen and ASHA stops trials against its rungs: both must be told
     what the finished trials reported, or the resumed run's later trials differ from an uninterrupted run's.
     At max_concurrent 1 both are whole-job deterministic; the kill comes after TPE's 20 random start-up
@@ -164,14 +171,12 @@ def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(tm
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     uri, finished = run_and_kill(spec_path, trials_done=22)
-    resumed = run_hpo("resume", uri, "--output", "json")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_not_rerun(finished, resumed.stderr)
-    summary = RunSummary(**json.loads(resumed.stdout.strip().splitlines()[-1]))
+    code, out, err = hpo(capsys, "resume", uri, "--output", "json")
+    assert code == 0, err[-3000:]
+    assert_not_rerun(finished, err)
+    summary = RunSummary(**json.loads(out.strip().splitlines()[-1]))
     rows = load_results(uri)  # (no checkpoints to check: the synthetic workload trains nothing)
-    clean = run_hpo("run", str(spec_path), "--output", "json", "--storage", str(tmp_path / "clean"))
-    assert clean.returncode == 0, clean.stderr[-2000:]
-    uninterrupted = RunSummary(**json.loads(clean.stdout.strip().splitlines()[-1]))
+    uninterrupted = run(load_spec(spec_path), storage=str(tmp_path / "clean"), progress=lambda line: None)
     expected = load_results(uninterrupted.results_uri)
     assert deterministic_rows(_sorted(rows)) == deterministic_rows(_sorted(expected))
     assert summary.statuses == uninterrupted.statuses and "stopped_early" in summary.statuses

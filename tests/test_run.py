@@ -9,12 +9,12 @@ import pytest
 from conftest import spec_dict
 from contract import check_contract, deterministic_rows
 
-from orchestrator.checkpoints import TrialCheckpoints
+from orchestrator.api import run
+from orchestrator.execution.reproduce import reproduce
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
-from orchestrator.runner import run
-from orchestrator.space import QuasiRandomSearcher, from_unit
 from orchestrator.spec import parse_spec
 from orchestrator.storage import open_store
+from orchestrator.train.checkpoints import TrialCheckpoints
 
 pytestmark = pytest.mark.slow
 
@@ -88,10 +88,14 @@ def test_quasirandom_asha_follows_sobol_and_stops_trials(ray_cluster, tmp_path):
     )
     rows, trials = check_contract(summary, spec)
     # The i-th trial got the i-th scrambled Sobol point of the job seed.
-    points = QuasiRandomSearcher(spec.search, seed=spec.seed)._points
+    from scipy.stats import qmc
+
+    points = qmc.Sobol(d=len(space), scramble=True, seed=spec.seed).random(
+        9
+    )  # not a power of 2: balance is moot
     names = list(space)
     expected = [
-        tuple(from_unit(*spec.search.distribution(n), float(u)) for n, u in zip(names, point, strict=True))
+        tuple(spec.search.space[n].from_unit(float(u)) for n, u in zip(names, point, strict=True))
         for point in points
     ]
     assert _configs(rows, names) == expected
@@ -130,23 +134,6 @@ def test_hyperopt_fifo_maximizing_accuracy(ray_cluster, tmp_path):
     )
     check_contract(summary, spec)
     assert 0.5 < summary.best["metric"] <= 1.0
-
-
-def test_two_worker_ddp_trial_is_bit_identical_across_runs(ray_cluster, tmp_path):
-    kwargs = dict(
-        search={"num_samples": 1, "max_concurrent": 1},
-        train={"max_epochs": 2, "workers": 2, "cpus_per_worker": 0.5},
-    )
-    spec, first = _run(tmp_path / "a", **kwargs)
-    rows_a, trials = check_contract(first, spec)
-    state = TrialCheckpoints(open_store(first.results_uri), "trial_0000", keep=2, mode="min").load_latest()
-    assert state["epoch"] == 2 and len(state["rng"]) == 2  # rank 0 saved both ranks' RNG states
-    _, second = _run(tmp_path / "b", **kwargs)
-    assert deterministic_rows(rows_a) == deterministic_rows(load_results(second.results_uri))
-    from orchestrator.reproduce import reproduce
-
-    again = reproduce(first.results_uri, "trial_0000")  # hpo reproduce's DDP path: a TorchTrainer, 2 workers
-    assert again.identical and again.iterations == 2, again.describe()
 
 
 def test_failing_trials_are_recorded_and_the_job_still_ends(ray_cluster, tmp_path):
@@ -216,9 +203,9 @@ def test_a_trial_that_stops_reporting_is_stopped_by_the_watchdog_and_the_job_goe
     assert summary.statuses == {"completed": 1, "error": 1}
 
 
-def test_fail_fast_stops_the_job_at_the_first_failure(tmp_path):
+def test_fail_fast_stops_the_job_at_the_first_failure(ray_cluster, tmp_path, capsys):
     import yaml
-    from conftest import run_hpo
+    from conftest import hpo
 
     spec = tmp_path / "job.yaml"
     spec.write_text(
@@ -231,9 +218,9 @@ def test_fail_fast_stops_the_job_at_the_first_failure(tmp_path):
             )
         )
     )
-    proc = run_hpo("run", str(spec), "--output", "json")
-    assert proc.returncode == 1 and "train.fail_fast is set" in proc.stderr, proc.stderr[-2000:]
-    statuses = json.loads(proc.stdout.strip().splitlines()[-1])["statuses"]
+    code, out, err = hpo(capsys, "run", str(spec), "--output", "json")
+    assert code == 1 and "train.fail_fast is set" in err, err[-2000:]
+    statuses = json.loads(out.strip().splitlines()[-1])["statuses"]
     assert statuses["error"] == 1 and set(statuses) <= {"error", "cancelled"}, (
         statuses
     )  # 3 trials never failed
@@ -251,7 +238,7 @@ import logging, ray, sys
 sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / "tests")!r})
 from conftest import spec_dict
 from orchestrator.errors import RunError
-from orchestrator.runner import run
+from orchestrator.api import run
 from orchestrator.spec import parse_spec
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
 try:
@@ -266,9 +253,13 @@ except RunError as exc:
     assert not (tmp_path / "r").exists()
 
 
-def test_a_killed_ddp_worker_changes_nothing(ray_cluster, tmp_path):
-    """Rank 1 of a 2-worker DDP trial dies mid-epoch 3; the trial is retried from epoch 2's checkpoint and its
-    rows equal a run where nothing died, bit for bit."""
+def test_a_two_worker_ddp_trial_is_bit_identical_across_runs_a_killed_worker_and_reproduce(
+    ray_cluster, tmp_path
+):
+    """Rank 1 of a 2-worker DDP trial dies mid-epoch 3; the trial is retried from epoch 2's checkpoint (which
+    holds both ranks' RNG states) and its rows equal, bit for bit, a second run where nothing died, and `hpo
+    reproduce`'s DDP path (a TorchTrainer with 2 workers) reruns that trial identically. One test, four worker
+    groups: each costs ~20 s to start on a 2-core machine."""
     marker = tmp_path / "died"
     kwargs = dict(
         workload="tests.workloads_for_tests:dies_once",
@@ -284,11 +275,17 @@ def test_a_killed_ddp_worker_changes_nothing(ray_cluster, tmp_path):
     assert marker.exists()
     rows, trials = check_contract(interrupted, spec)
     assert trials["retries"].to_pylist() == [1] and trials["status"].to_pylist() == ["completed"]
+    state = TrialCheckpoints(
+        open_store(interrupted.results_uri), "trial_0000", keep=2, mode="min"
+    ).load_latest()
+    assert state["epoch"] == 4 and len(state["rng"]) == 2  # rank 0 saved both ranks' RNG states
     # Epochs 3 and 4 come from the retry. Under DDP, reports reach Tune through Ray Train's controller a little
     # later than they happen, so epoch 2's row (checkpointed, maybe not yet relayed when rank 1 died) may be
     # the retry's re-report of it: either way once, and bit-identical.
     attempts = rows["attempt"].to_pylist()
     assert attempts == sorted(attempts) and attempts[0] == 0 and attempts[2:] == [1, 1], attempts
     assert any("retry 1 of 2 from its last checkpoint" in line for line in lines)
-    _, clean = _run(tmp_path / "b", **kwargs)
+    _, clean = _run(tmp_path / "b", **kwargs)  # the marker exists now: nothing dies
     assert deterministic_rows(rows) == deterministic_rows(load_results(clean.results_uri))
+    again = reproduce(clean.results_uri, "trial_0000")
+    assert again.identical and again.iterations == 4, again.describe()

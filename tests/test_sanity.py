@@ -7,9 +7,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import run_hpo, spec_dict
+from conftest import hpo, spec_dict
 
-from orchestrator.sanity import CHECKS, sanity_checks
+from orchestrator.practice.sanity import CHECKS, sanity_checks
 from orchestrator.spec import parse_spec
 
 NAMES = ["loss_at_init", "overfit_one_batch", "input_independent", "gradient_dependency", "determinism"]
@@ -42,12 +42,12 @@ def test_regression_workload_passes():
     assert _failed("tests.workloads_for_tests:digit_value") == set()
 
 
-def test_cli_passes_the_built_in_workload_and_writes_sanity_parquet(tmp_path):
+def test_cli_passes_the_built_in_workload_and_writes_sanity_parquet(tmp_path, capsys):
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(spec_dict(storage=str(tmp_path / "out"))))
-    proc = run_hpo("sanity", str(spec), "--output", "json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, out, err = hpo(capsys, "sanity", str(spec), "--output", "json")
+    assert code == 0, err[-2000:]
+    report = json.loads(out.strip().splitlines()[-1])
     assert report["passed"] is True and [c["name"] for c in report["checks"]] == NAMES
     init = report["checks"][0]
     assert abs(init["measured"] - 2.302585) < 0.25 * 2.302585 and "-log(1/10)" in init["expected"]
@@ -55,20 +55,20 @@ def test_cli_passes_the_built_in_workload_and_writes_sanity_parquet(tmp_path):
     assert table.column("check").to_pylist() == NAMES and all(table.column("passed").to_pylist())
 
 
-def test_cli_exits_1_and_shows_the_failing_check(tmp_path):
+def test_cli_exits_1_and_shows_the_failing_check(tmp_path, capsys):
     spec = tmp_path / "job.yaml"
     spec.write_text(
         yaml.safe_dump(
             spec_dict(workload="tests.workloads_for_tests:batch_mixing", storage=str(tmp_path / "out"))
         )
     )
-    proc = run_hpo("sanity", str(spec))
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("gradient_dependency"))
-    assert "FAIL" in line and "Traceback" not in proc.stderr
+    code, out, err = hpo(capsys, "sanity", str(spec))
+    assert code == 1, err[-2000:]
+    line = next(line for line in out.splitlines() if line.startswith("gradient_dependency"))
+    assert "FAIL" in line and "Traceback" not in err
 
 
-def test_sanity_true_in_a_tuning_spec_refuses_to_search_when_a_check_fails(tmp_path):
+def test_sanity_true_in_a_tuning_spec_refuses_to_search_when_a_check_fails(tmp_path, capsys):
     spec = tmp_path / "job.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -79,10 +79,10 @@ def test_sanity_true_in_a_tuning_spec_refuses_to_search_when_a_check_fails(tmp_p
             )
         )
     )
-    proc = run_hpo("run", str(spec))
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "sanity checks failed, the search did not start: determinism" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    code, out, err = hpo(capsys, "run", str(spec))
+    assert code == 1, err[-2000:]
+    assert "sanity checks failed, the search did not start: determinism" in err
+    assert "Traceback" not in err
     [run_dir] = (tmp_path / "out" / "t-job").iterdir()
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "sanity.parquet"

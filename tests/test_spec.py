@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_hpo, spec_dict
+from conftest import ROOT, hpo, run_hpo, spec_dict
 
 from orchestrator.spec import SpecError, load_spec, parse_spec
 
@@ -173,7 +176,7 @@ def test_yaml_12_floats_and_good_spec_load(tmp_path):
     text = yaml.safe_dump(data).replace("0.001", "1e-3")
     path.write_text(text)
     spec = load_spec(path)
-    assert spec.search.distribution("lr") == ("loguniform", [1e-3, 0.1])
+    assert (spec.search.space["lr"].name, spec.search.space["lr"].args) == ("loguniform", [1e-3, 0.1])
 
 
 def test_missing_file():
@@ -187,40 +190,39 @@ def _write(tmp_path, data) -> str:
     return str(path)
 
 
-def test_cli_validate_exit_codes(tmp_path):
-    good = run_hpo("validate", _write(tmp_path, spec_dict()))
-    assert good.returncode == 0, good.stderr
-    assert good.stdout.startswith("ok: t-job")
-    bad = run_hpo("validate", _write(tmp_path, spec_dict(search={"algorithm": "grdi"})))
-    assert bad.returncode == 2
-    assert "Traceback" not in bad.stderr
-    lines = bad.stderr.strip().splitlines()
+def test_cli_validate_exit_codes(tmp_path, capsys):
+    code, out, err = hpo(capsys, "validate", _write(tmp_path, spec_dict()))
+    assert code == 0, err
+    assert out.startswith("ok: t-job")
+    code, out, err = hpo(capsys, "validate", _write(tmp_path, spec_dict(search={"algorithm": "grdi"})))
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "search.algorithm" in lines[0] and "did you mean 'grid'" in lines[0]
 
 
-def test_cli_run_rejects_bad_spec_and_writes_nothing(tmp_path):
+def test_cli_run_rejects_bad_spec_and_writes_nothing(tmp_path, capsys):
     storage = tmp_path / "store"
     storage.mkdir()
     bad = _write(tmp_path, spec_dict(search={"space": {"lr": {"loguniform": [0, 1]}}}, storage=str(storage)))
-    proc = run_hpo("run", bad)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr and "0 < low < high" in proc.stderr
+    code, out, err = hpo(capsys, "run", bad)
+    assert code == 2
+    assert "Traceback" not in err and "0 < low < high" in err
     assert list(storage.iterdir()) == []
 
 
-def test_cli_bad_arguments_exit_2():
-    proc = run_hpo("run")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    proc = run_hpo("frobnicate")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+def test_cli_bad_arguments_exit_2(capsys):
+    for args in (["run"], ["frobnicate"]):
+        code, out, err = hpo(capsys, *args)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_schema_accepts_shipped_jobs_and_rejects_unknown_keys():
+def test_schema_accepts_shipped_jobs_and_rejects_unknown_keys(capsys):
     import jsonschema
 
-    proc = run_hpo("schema")
-    assert proc.returncode == 0
-    schema = json.loads(proc.stdout)
+    code, out, _ = hpo(capsys, "schema")
+    assert code == 0
+    schema = json.loads(out)
     validator = jsonschema.Draft202012Validator(schema)
     jobs = sorted((ROOT / "jobs").glob("*.yaml"))
     assert jobs
@@ -235,3 +237,42 @@ def test_schema_accepts_shipped_jobs_and_rejects_unknown_keys():
         spec_dict(search={"space": {"lr": {"gauss": [0, 1]}}}),
     ):
         assert list(validator.iter_errors(bad)), bad
+
+
+HEAVY = ("ray", "torch", "scipy", "sklearn", "hyperopt", "matplotlib", "boto3", "pyarrow")
+
+
+@pytest.mark.slow
+def test_the_real_entry_point_validates_without_importing_heavy_libraries(tmp_path):
+    """`hpo` as installed (the console script), and `python -m orchestrator`: validate, --help and a bad spec.
+    Validating a spec imports none of Ray, torch, SciPy, scikit-learn, HyperOpt, matplotlib, boto3, pyarrow."""
+    hpo_script = Path(sys.executable).parent / "hpo"
+    good = subprocess.run(
+        [str(hpo_script), "validate", str(ROOT / "jobs" / "digits-asha.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert good.returncode == 0 and good.stdout.startswith("ok: digits-asha"), good.stderr
+    helped = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert helped.returncode == 0 and "validate" in helped.stdout and "submit" in helped.stdout
+    bad = run_hpo("validate", _write(tmp_path, spec_dict(search={"algorithm": "grdi"})))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "did you mean 'grid'" in bad.stderr
+    probe = (
+        "import sys; from orchestrator.cli import main; code = main(['validate', sys.argv[1]]); "
+        f"print([m for m in {HEAVY!r} if m in sys.modules]); sys.exit(code)"
+    )
+    light = subprocess.run(
+        [sys.executable, "-c", probe, str(ROOT / "jobs" / "digits-asha.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert light.returncode == 0 and light.stdout.strip().endswith("[]"), light.stdout + light.stderr

@@ -11,7 +11,14 @@ from orchestrator.storage import LocalStore, S3Options, StoreError, check_storag
 from orchestrator.storage.spool import SpoolingStore, pending_items
 
 
-@pytest.fixture(params=["local", "spooled-local", "s3", "write-behind-s3"])
+@pytest.fixture(
+    params=[
+        "local",
+        "spooled-local",
+        pytest.param("s3", marks=pytest.mark.slow),
+        pytest.param("write-behind-s3", marks=pytest.mark.slow),
+    ]
+)
 def store(request, tmp_path):
     if request.param.endswith("local"):
         local = LocalStore(tmp_path / "root")
@@ -81,6 +88,7 @@ def test_storage_uri_checks():
             check_storage_uri(bad)
 
 
+@pytest.mark.slow
 def test_wrong_credentials_are_refused(s3, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     store = open_store(f"s3://{s3server.BUCKET}/wrong-keys")
@@ -90,6 +98,7 @@ def test_wrong_credentials_are_refused(s3, monkeypatch):
     assert s3server.SECRET_KEY not in str(info.value) and "not-the-secret" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_spool_keeps_order_through_an_outage_and_uploads_on_return(s3, tmp_path):
     prefix = f"outage-{secrets.token_hex(4)}"
     store = SpoolingStore(
@@ -117,6 +126,7 @@ def test_spool_keeps_order_through_an_outage_and_uploads_on_return(s3, tmp_path)
     assert store.pending() == 0
 
 
+@pytest.mark.slow
 def test_write_behind_never_blocks_on_a_dead_store(s3, tmp_path):
     """A write-behind store accepts writes at local-disk speed while the server is down."""
     import time

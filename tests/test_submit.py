@@ -15,8 +15,8 @@ from conftest import run_hpo, spec_dict
 from contract import check_contract
 from rayhead import RayHead, free_port
 
+from orchestrator.results import RunSummary
 from orchestrator.spec import parse_spec
-from orchestrator.summary import RunSummary
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +30,14 @@ def head(tmp_path_factory):
     server.stop()
 
 
-def _hpo(head, *args, token=True, **kw):
-    env = {"RAY_AUTH_TOKEN": head.token} if token else {"RAY_AUTH_TOKEN": ""}
-    return run_hpo(*args, "--address", head.url, env=env, **kw)
+@pytest.fixture
+def jobs_cli(head, cli):
+    """`hpo` in this process against the head's Jobs API (HTTP only: the commands start no Ray)."""
+
+    def call(*args, token=True):
+        return cli(*args, "--address", head.url, env={"RAY_AUTH_TOKEN": head.token if token else ""})
+
+    return call
 
 
 def test_unauthenticated_jobs_api_calls_are_refused(head):
@@ -43,7 +48,7 @@ def test_unauthenticated_jobs_api_calls_are_refused(head):
         assert info.value.code == code
 
 
-def test_submitted_job_succeeds_with_logs_and_results(head, tmp_path):
+def test_submitted_job_succeeds_with_logs_and_results(head, jobs_cli, tmp_path):
     storage = tmp_path / "results"
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(
@@ -53,21 +58,21 @@ def test_submitted_job_succeeds_with_logs_and_results(head, tmp_path):
             )
         )
     )
-    proc = _hpo(head, "submit", str(spec_path), "--follow")
+    proc = jobs_cli("submit", str(spec_path), "--follow")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     submission_id = lines[-1]
     assert re.fullmatch(r"hpo-submitted-[0-9a-f]{6}", submission_id)
     results_uri = lines[0].removeprefix("results_uri: ")
     assert "SUCCEEDED" in proc.stderr and head.token not in proc.stdout + proc.stderr
-    status = _hpo(head, "status", submission_id)
+    status = jobs_cli("status", submission_id)
     assert status.returncode == 0 and status.stdout.strip() == "SUCCEEDED"
-    logs = _hpo(head, "logs", submission_id)
+    logs = jobs_cli("logs", submission_id)
     assert logs.returncode == 0 and f"results_uri: {results_uri}" in logs.stdout
     summary = json.loads(logs.stdout.strip().splitlines()[-1])
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     check_contract(RunSummary(**summary), spec)
-    listed = _hpo(head, "list")
+    listed = jobs_cli("list")
     assert listed.returncode == 0
     row = next(line for line in listed.stdout.splitlines() if line.startswith(submission_id))
     assert "submitted" in row and "SUCCEEDED" in row and results_uri in row
@@ -78,28 +83,28 @@ def test_submitted_job_succeeds_with_logs_and_results(head, tmp_path):
     ensemble_spec.write_text(
         yaml.safe_dump({"kind": "ensemble", "name": "submitted-ens", "run": results_uri, "top_k": 2})
     )
-    ens = _hpo(head, "submit", str(ensemble_spec), "--follow")
+    ens = jobs_cli("submit", str(ensemble_spec), "--follow")
     assert ens.returncode == 0 and "SUCCEEDED" in ens.stderr, ens.stderr[-3000:]
     assert ens.stdout.startswith(f"results_uri: {results_uri}")
-    ens_logs = _hpo(head, "logs", ens.stdout.strip().splitlines()[-1])
+    ens_logs = jobs_cli("logs", ens.stdout.strip().splitlines()[-1])
     result = json.loads(ens_logs.stdout.strip().splitlines()[-1])
     assert len(result["members"]) == 2
     assert pq.read_table(f"{results_uri}/ensemble.parquet").num_rows == 4  # ensemble, best single, 2 members
 
 
-def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, tmp_path):
-    missing = _hpo(head, "list", token=False)
+def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, jobs_cli, cli, tmp_path):
+    missing = jobs_cli("list", token=False)
     assert (
         missing.returncode in (1, 2) and "auth token" in missing.stderr and "Traceback" not in missing.stderr
     )
     token_file = tmp_path / "token"
     token_file.write_text("wrong-token")
-    wrong = run_hpo(
+    wrong = cli(
         "status", "hpo-x", "--address", head.url, "--token-file", str(token_file), env={"RAY_AUTH_TOKEN": ""}
     )
     assert wrong.returncode in (1, 2) and "refused the Ray auth token" in wrong.stderr
     assert "wrong-token" not in wrong.stderr + wrong.stdout and "Traceback" not in wrong.stderr
-    unknown = _hpo(head, "status", "hpo-does-not-exist")
+    unknown = jobs_cli("status", "hpo-does-not-exist")
     assert (
         unknown.returncode in (1, 2)
         and "Traceback" not in unknown.stderr
@@ -107,14 +112,14 @@ def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, tmp
     )
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(spec_dict(search={"algorithm": "grdi"})))
-    refused = _hpo(head, "submit", str(bad))
+    refused = jobs_cli("submit", str(bad))
     assert refused.returncode == 2 and "did you mean 'grid'" in refused.stderr
-    unreachable = run_hpo("list", "--address", "http://127.0.0.1:9", env={"RAY_AUTH_TOKEN": head.token})
+    unreachable = cli("list", "--address", "http://127.0.0.1:9", env={"RAY_AUTH_TOKEN": head.token})
     assert unreachable.returncode in (1, 2) and "cannot reach" in unreachable.stderr
     assert head.token not in unreachable.stderr
 
 
-def test_hostile_values_reach_the_cluster_as_data_not_shell(head, tmp_path):
+def test_hostile_values_reach_the_cluster_as_data_not_shell(head, jobs_cli, tmp_path):
     """A storage path full of shell syntax is one argument on the cluster: the job writes there, runs nothing."""
     pwned = tmp_path / "PWNED"
     hostile = tmp_path / f"out; touch {pwned}; $(touch {pwned}) `touch {pwned}`"
@@ -129,14 +134,14 @@ def test_hostile_values_reach_the_cluster_as_data_not_shell(head, tmp_path):
             )
         )
     )
-    proc = _hpo(head, "submit", str(spec_path), "--storage", str(hostile), "--follow")
+    proc = jobs_cli("submit", str(spec_path), "--storage", str(hostile), "--follow")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not pwned.exists()
     runs = list((hostile / "quoted").iterdir())
     assert len(runs) == 1 and (runs[0] / "trials.parquet").is_file()
 
 
-def test_hpo_run_joins_a_token_cluster_by_its_gcs_address_and_refuses_a_bad_one(head, tmp_path):
+def test_hpo_run_joins_a_token_cluster_by_its_gcs_address_and_refuses_a_bad_one(head, cli, tmp_path):
     """`hpo run --address HOST:PORT` drives trials on the head's Ray; a wrong token, an unreachable head or a
     dashboard URL is one line, exit 2, nothing written (ray.init alone waits minutes on an unreachable head)."""
     storage = tmp_path / "results"
@@ -153,7 +158,9 @@ def test_hpo_run_joins_a_token_cluster_by_its_gcs_address_and_refuses_a_bad_one(
         "that is a dashboard (Jobs API) address": (head.url, head.token),
     }
     for reason, (address, token) in refusals.items():
-        proc = run_hpo("run", str(spec_path), "--address", address, env={"RAY_AUTH_TOKEN": token})
+        # a refused token needs a process that has not joined a Ray yet; the other two are refused before Ray
+        call = run_hpo if "auth token" in reason else cli
+        proc = call("run", str(spec_path), "--address", address, env={"RAY_AUTH_TOKEN": token})
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr, proc.stderr[
             -2000:
         ]
@@ -212,7 +219,7 @@ def test_a_ddp_trial_whose_worker_group_cannot_start_fails_in_bounded_time(head,
         if not left:
             break
         time.sleep(1)
-    assert groups and not left, left
+    assert groups and not left, (left, proc.stderr[-3000:])
     actors = head.get("/api/v0/actors?limit=1000")["data"]["result"]["result"]
     assert not [
         a for a in actors if a["class_name"] in ("TrainController", "ImplicitFunc") and a["state"] != "DEAD"

@@ -8,7 +8,7 @@ import pytest
 from conftest import spec_dict
 
 from orchestrator.errors import RunError
-from orchestrator.sanity import sanity_checks
+from orchestrator.practice.sanity import sanity_checks
 from orchestrator.spec import parse_spec
 from orchestrator.workloads import resolve_workload
 from orchestrator.workloads.synthetic import OPTIMA, objective

@@ -7,15 +7,16 @@ import os
 import pytest
 import torch
 
-from orchestrator.checkpoints import TrialCheckpoints
-from orchestrator.determinism import (
+from orchestrator.storage import LocalStore
+from orchestrator.train.checkpoints import TrialCheckpoints
+from orchestrator.train.determinism import (
     CUBLAS_WORKSPACE_CONFIG,
     configure_determinism,
     derive_seed,
     epoch_permutation,
 )
-from orchestrator.storage import LocalStore
-from orchestrator.training import TrialPlan, run_training
+from orchestrator.train.loop import run_training
+from orchestrator.train.plan import TrialPlan
 from orchestrator.workloads import TRAINING_HYPERPARAMETERS, resolve_workload
 
 
@@ -147,12 +148,12 @@ def test_gpu_determinism_settings_are_applied(monkeypatch):
 
 
 def test_use_gpu_without_cuda_is_a_clear_error():
-    from orchestrator.trial import _device
+    from orchestrator.train.trial import device_for
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="use_gpu is true but CUDA is not available"):
-        _device(_plan(use_gpu=True), 0)
+        device_for(_plan(use_gpu=True), 0)
 
 
 @pytest.mark.gpu
@@ -177,3 +178,17 @@ def test_workload_entry_point_errors(tmp_path, monkeypatch):
         resolve_workload("wl_bad:raises")
     with pytest.raises(WorkloadError, match="has no function 'missing'"):
         resolve_workload("wl_bad:missing")
+
+
+def test_digits_are_scikit_learns_without_importing_it():
+    """The digits workload reads scikit-learn's bundled CSV itself (importing sklearn.datasets costs every
+    trial process ~2 s): the arrays are exactly load_digits'."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from orchestrator.workloads.digits import _load_digits
+
+    x, y = _load_digits()
+    expected_x, expected_y = load_digits(return_X_y=True)
+    assert np.array_equal(x, expected_x) and np.array_equal(y, expected_y)
+    assert x.dtype == expected_x.dtype and y.dtype == expected_y.dtype

@@ -1,44 +1,27 @@
-"""`hpo`: a thin command line over the library. Every command calls a function a user could call."""
+"""`hpo`: a thin command line over the library. Every command calls a function a user could call; this package
+parses, calls, and prints. parser.py defines the commands; each command group's handlers live in one module
+(spec_cmds, job_cmds, results_cmds, practice_cmds, cluster_cmds), imported when one of its commands runs."""
 
 from __future__ import annotations
 
-import argparse
-import sys
+import importlib
 
-from orchestrator.cli import _cluster, _jobs, _practice, _results
-from orchestrator.cli._common import run_command
+from orchestrator.cli.common import run_command
+from orchestrator.cli.parser import build_parser
 
 __all__ = ["main", "build_parser"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        print(
-            f"hpo: {message} (see hpo {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''} --help)".replace(
-                "hpo  --help", "hpo --help"
-            ),
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hpo", description="Hyperparameter optimization jobs on Ray.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    _jobs.register(commands)
-    _results.register(commands)
-    _practice.register(commands)
-    _cluster.register(commands)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        parser.print_help()
+        getattr(args, "help_of", parser).print_help()
         return 2
-    return run_command(args.handler, args)
+    module, _, function = args.handler.partition(":")
+    # The command's module imports what it needs (Ray, torch, pyarrow) at its top: load it only now.
+    handler = getattr(importlib.import_module(f"orchestrator.cli.{module}"), function)
+    return run_command(handler, args)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Run results: one schema (schema.py), one writer (writer.py), one reader (reader.py)."""
+"""Run results: where everything lives (layout.py), one schema (schema.py), one writer (writer.py), one reader
+(reader.py), operations on stored runs (ops.py: pull, ls, sync, the stored spec) and summaries (summary.py)."""
 
-from orchestrator.results.reader import ResultsNotFound, best_row, config_of, load_results, load_trials
+from orchestrator.errors import ResultsNotFound
+from orchestrator.results.layout import RESULTS_DIR, TRIALS_FILE
+from orchestrator.results.reader import best_row, config_of, load_results, load_trials
 from orchestrator.results.schema import CONFIG_PREFIX, RUN_VARYING_COLUMNS, TIMING_COLUMNS, ResultsSchema
-from orchestrator.results.writer import RESULTS_DIR, TRIALS_FILE, ResultsWriter
+from orchestrator.results.summary import RunSummary, format_config, summarize
+from orchestrator.results.writer import ResultsWriter
 
 __all__ = [
     "ResultsSchema",
@@ -17,4 +21,7 @@ __all__ = [
     "RUN_VARYING_COLUMNS",
     "RESULTS_DIR",
     "TRIALS_FILE",
+    "RunSummary",
+    "summarize",
+    "format_config",
 ]

@@ -6,21 +6,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.errors import ResultsNotFound
+from orchestrator.results.layout import MANIFEST, RUN_FILE, SPEC_FILE, TRIALS_FILE
 from orchestrator.results.reader import load_trials, read_result_files
-from orchestrator.results.writer import MANIFEST, TRIALS_FILE
+from orchestrator.spec import JobSpec, parse_spec
+from orchestrator.spec.yaml_load import load_yaml_text
 from orchestrator.storage import LocalStore, open_store
 from orchestrator.storage.spool import drain_until, pending_items, run_spool_dir, writer_dirs
 
-RUN_FILE = "run.json"
-SPEC_FILE = "spec.yaml"
 
-
-def stored_spec(uri: str, options=None):
+def stored_spec(uri: str, options=None) -> JobSpec:
     """The resolved spec a run recorded (its `spec.yaml`)."""
-    from orchestrator._yaml import load_yaml_text
-    from orchestrator.results.reader import ResultsNotFound
-    from orchestrator.spec import parse_spec
-
     store = open_store(uri, options)
     try:
         text = store.read_bytes(SPEC_FILE)

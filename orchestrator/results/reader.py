@@ -9,13 +9,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from orchestrator.errors import ResultsNotFound
+from orchestrator.results.layout import MANIFEST, RESULTS_DIR, TRIALS_FILE
 from orchestrator.results.schema import CONFIG_PREFIX
-from orchestrator.results.writer import MANIFEST, RESULTS_DIR, TRIALS_FILE
 from orchestrator.storage import Store, open_store
-
-
-class ResultsNotFound(FileNotFoundError):
-    pass
 
 
 def result_files(store: Store) -> list[str]:
@@ -26,14 +23,14 @@ def result_files(store: Store) -> list[str]:
         return [f for f in store.list(RESULTS_DIR) if f.endswith(".parquet")]
 
 
-def _decode(data: bytes) -> pa.Table:
+def decode(data: bytes) -> pa.Table:
     # Single-threaded decode: with pyarrow's thread pool used in a process that also used boto3, about half of
     # such processes abort at interpreter exit ("terminate called without an active exception"; measured).
     return pq.read_table(io.BytesIO(data), use_threads=False)
 
 
 def _read_table(store: Store, rel: str) -> pa.Table:
-    return _decode(store.read_bytes(rel))
+    return decode(store.read_bytes(rel))
 
 
 def read_result_files(store: Store) -> dict[str, bytes]:
@@ -54,7 +51,7 @@ def read_result_files(store: Store) -> dict[str, bytes]:
 def load_results(uri: str | Store, *, as_pandas: bool = False, options=None):
     """Every (trial, iteration) row of the run at `uri`, sorted by trial and iteration."""
     store = uri if isinstance(uri, Store) else open_store(uri, options)
-    tables = [_decode(data) for data in read_result_files(store).values()]
+    tables = [decode(data) for data in read_result_files(store).values()]
     table = pa.concat_tables(tables).sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
     table = table.replace_schema_metadata(tables[0].schema.metadata)
     return table.to_pandas() if as_pandas else table

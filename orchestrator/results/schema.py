@@ -13,6 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from orchestrator.results.layout import ITERATION_KEY
+from orchestrator.search.distributions import scalar_type
+
 SCHEMA_VERSION = "1"
 CONFIG_PREFIX = "config/"
 # Columns that vary between otherwise identical runs: wall-clock, and which attempt of a retried trial produced
@@ -22,24 +25,12 @@ RUN_VARYING_COLUMNS = TIMING_COLUMNS + ("attempt",)
 TRIAL_STATUSES = ("running", "completed", "stopped_early", "error", "cancelled")
 
 
-def _scalar_type(values: list) -> pa.DataType:
-    kinds = {type(v) for v in values}
-    if kinds == {bool}:
-        return pa.bool_()
-    if kinds <= {int}:
-        return pa.int64()
-    if kinds <= {int, float}:
-        return pa.float64()
-    return pa.string()
+ARROW_TYPES = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
 
 
-def config_type(kind: str, args: list) -> pa.DataType:
-    """Arrow type of a hyperparameter column, from its distribution ("fixed" for a fixed value)."""
-    if kind in ("uniform", "loguniform"):
-        return pa.float64()
-    if kind == "randint":
-        return pa.int64()
-    return _scalar_type(list(args))
+def config_type(value_type: type) -> pa.DataType:
+    """Arrow type of a hyperparameter column whose values are of Python type `value_type`."""
+    return ARROW_TYPES[value_type]
 
 
 def as_column_value(value: Any, dtype: pa.DataType) -> Any:
@@ -64,8 +55,8 @@ class ResultsSchema:
 
     @classmethod
     def for_spec(cls, spec, metrics: tuple[str, ...]) -> ResultsSchema:
-        config = [(name, config_type(*spec.search.distribution(name))) for name in spec.search.space]
-        config += [(name, config_type("fixed", [value])) for name, value in spec.search.fixed.items()]
+        config = [(name, config_type(dist.value_type)) for name, dist in spec.search.space.items()]
+        config += [(name, config_type(scalar_type([value]))) for name, value in spec.search.fixed.items()]
         return cls(tuple(metrics), tuple(config), spec.search.metric, spec.search.mode)
 
     def _metadata(self) -> dict[bytes, bytes]:
@@ -114,7 +105,7 @@ class ResultsSchema:
 
     def row(self, trial_id: str, result: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
         """One results row from a reported Tune result and the trial's full config."""
-        row: dict[str, Any] = {"trial_id": trial_id, "iteration": int(result["epoch"])}
+        row: dict[str, Any] = {"trial_id": trial_id, "iteration": int(result[ITERATION_KEY])}
         row.update({m: as_column_value(result.get(m), pa.float64()) for m in self.metrics})
         row.update({CONFIG_PREFIX + n: as_column_value(config.get(n), t) for n, t in self.config})
         row["trial_seed"] = int(result["trial_seed"])

@@ -18,12 +18,12 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator.errors import ResultsNotFound
+from orchestrator.results.layout import MANIFEST, RESULTS_DIR, TRIALS_FILE
+from orchestrator.results.reader import decode, read_result_files
 from orchestrator.results.schema import ResultsSchema
 from orchestrator.storage import Store
 
-RESULTS_DIR = "results"
-MANIFEST = f"{RESULTS_DIR}/_manifest.json"
-TRIALS_FILE = "trials.parquet"
 MAX_ROWS_PER_FILE = 2_000_000
 
 
@@ -62,16 +62,12 @@ class ResultsWriter:
     def adopt(self) -> list[dict]:
         """Continue the table a killed run left (`hpo resume`): its files stay in the manifest and new rows are
         appended after them. Returns the rows already there. A run with no results yet starts empty."""
-        from orchestrator.results.reader import ResultsNotFound, _decode, read_result_files
-
         try:
             files = read_result_files(self.store)
         except ResultsNotFound:
             return []
         with self._lock:
-            self._files = {
-                name: _decode(data).cast(self.schema.rows_schema()) for name, data in files.items()
-            }
+            self._files = {name: decode(data).cast(self.schema.rows_schema()) for name, data in files.items()}
             numbers = [int(name.rsplit("-", 1)[1].split(".")[0]) for name in self._files]
             self._seq = max(numbers, default=-1) + 1
             self.rows_written = sum(t.num_rows for t in self._files.values())

@@ -1,11 +1,13 @@
-"""Where results live: a small `Store` interface (base.py) with local (local.py) and S3 (s3.py)
-implementations, and a spool (spool.py) that keeps writes safe through storage outages."""
+"""Where results live: a small `Store` interface (base.py), one implementation per URI scheme (local.py,
+s3.py), and a spool (spool.py) that keeps writes safe through storage outages.
+
+SCHEMES is the one list of schemes: a URI is checked, opened and described through it, and nothing outside
+this package looks at a URI's scheme. A path without a scheme is a local folder.
+"""
 
 from __future__ import annotations
 
-import re
-from urllib.parse import urlparse
-
+from orchestrator.errors import did_you_mean
 from orchestrator.storage.base import Store, StoreError
 from orchestrator.storage.local import LocalStore
 from orchestrator.storage.s3 import S3Options, S3Store
@@ -16,49 +18,38 @@ __all__ = [
     "LocalStore",
     "S3Store",
     "S3Options",
+    "SCHEMES",
     "open_store",
     "check_storage_uri",
     "join_uri",
-    "is_remote",
+    "shared_by_all_nodes",
 ]
+
+SCHEMES: dict[str, type[Store]] = {cls.scheme: cls for cls in (LocalStore, S3Store)}
+
+
+def _store_class(uri: str) -> type[Store]:
+    scheme = uri.split("://", 1)[0] if "://" in uri else LocalStore.scheme
+    if scheme not in SCHEMES:
+        known = [s + "://" for s in SCHEMES]
+        raise ValueError(
+            f"scheme {scheme + '://'!r} is not supported ({did_you_mean(scheme + '://', known)}use a local path, "
+            f"{' or '.join(known)}; for GCS, R2 or MinIO use s3:// with storage_options.endpoint_url)"
+        )
+    return SCHEMES[scheme]
 
 
 def check_storage_uri(uri: str) -> str:
     """Return `uri` if it names storage we can write to, else raise ValueError naming the fix."""
     if not uri.strip():
         raise ValueError("is empty; give a local folder such as ./results or s3://bucket/prefix")
-    if "\x00" in uri or "\n" in uri:
-        raise ValueError("contains a control character")
-    if "://" not in uri or uri.startswith("file://"):
-        return uri
-    scheme = uri.split("://", 1)[0]
-    if scheme != "s3":
-        raise ValueError(
-            f"scheme {scheme + '://'!r} is not supported (use a local path, file:// or s3://; for "
-            "GCS, R2 or MinIO use s3:// with storage_options.endpoint_url)"
-        )
-    parsed = urlparse(uri)
-    if "@" in parsed.netloc:
-        raise ValueError(
-            "s3:// URIs must not carry credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
-            "environment, ~/.aws/credentials, or use an instance role"
-        )
-    if not parsed.netloc:
-        raise ValueError(f"{uri!r} names no bucket; write s3://bucket/prefix")
-    if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{0,62}(/[A-Za-z0-9!_.*'()\-/=]*)?", uri):
-        raise ValueError(
-            f"{uri!r}: use a bucket name (lowercase letters, digits, dots, dashes) and a prefix of "
-            "letters, digits and !_.*'()-=/ (S3's safe characters)"
-        )
-    if any(part in (".", "..") for part in parsed.path.split("/")) or "//" in parsed.path:
-        raise ValueError(
-            f"{uri!r}: S3 keys take no '.', '..' or empty path segments; write s3://bucket/prefix"
-        )
+    _store_class(uri).check_uri(uri)
     return uri
 
 
-def is_remote(uri: str) -> bool:
-    return uri.startswith("s3://")
+def shared_by_all_nodes(uri: str) -> bool:
+    """Whether every node of a cluster reaches the same data at `uri` (s3://, an absolute path)."""
+    return _store_class(check_storage_uri(uri)).shared_by_all_nodes(uri)
 
 
 def join_uri(base: str, *parts: str) -> str:
@@ -75,6 +66,4 @@ def open_store(uri: str, options: S3Options | None = None) -> Store:
         raise StoreError(
             f"storage URI {reason}" if reason.startswith(repr(uri)) else f"storage URI {uri!r} {reason}"
         ) from None
-    if is_remote(uri):
-        return S3Store(uri, options)
-    return LocalStore(uri.removeprefix("file://"))
+    return _store_class(uri).open(uri, options)

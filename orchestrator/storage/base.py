@@ -1,12 +1,16 @@
 """The storage interface: a handful of operations on paths relative to a root URI.
 
-Everything a run writes goes through a Store, so a second implementation (S3) only has to pass the same
-contract tests. Writes are atomic: a reader sees the old object or the new one, never half of one.
+Everything a run writes goes through a Store, so each implementation only has to pass the same contract
+tests. Writes are atomic: a reader sees the old object or the new one, never half of one. A Store class
+registers the URI scheme it serves (storage/__init__.py keeps the registry), says whether it is `remote`
+(reached over a network: writes go behind a local spool) and checks, before a run starts, that it can be
+written (`preflight`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 
 class StoreError(OSError):
@@ -14,7 +18,30 @@ class StoreError(OSError):
 
 
 class Store(ABC):
+    scheme: ClassVar[str]  # the URI scheme this class serves ("file", "s3")
+    remote: ClassVar[bool]  # reached over a network: write behind a local spool, stage Ray's files locally
     uri: str
+
+    @classmethod
+    def check_uri(cls, uri: str) -> None:
+        """Raise ValueError naming the fix if `uri` (of this scheme) cannot be used. Subclasses add their rules."""
+        if "\x00" in uri or "\n" in uri:
+            raise ValueError("contains a control character")
+
+    @classmethod
+    def open(cls, uri: str, options=None) -> Store:
+        """The store rooted at `uri` (already checked); each scheme's class implements it."""
+        raise NotImplementedError(f"{cls.__name__} serves no URI scheme")
+
+    @classmethod
+    def shared_by_all_nodes(cls, uri: str) -> bool:
+        """Whether every node of a cluster reaches the same data at `uri` (a relative path does not)."""
+        return cls.remote
+
+    def preflight(self) -> str | None:
+        """Before a run writes anything: raise StoreError for what no retry can fix (no such bucket, refused
+        credentials); return a warning for what may pass (a server not answering yet); None if all is well."""
+        return None
 
     @abstractmethod
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -41,10 +68,10 @@ class Store(ABC):
 
     @abstractmethod
     def arrow_filesystem(self):
-        """(pyarrow.fs.FileSystem, root path within it) for Parquet readers and Ray's storage_path."""
+        """(pyarrow.fs.FileSystem, root path within it) for Parquet readers."""
 
     def path(self, rel: str = "") -> str:
-        """The URI of `rel` (for messages and for Ray's storage_path)."""
+        """The URI of `rel` (for messages and for the links results keep, e.g. to checkpoints)."""
         return "/".join([self.uri.rstrip("/"), rel.strip("/")]) if rel else self.uri
 
     def write_text(self, rel: str, text: str) -> None:

@@ -10,6 +10,19 @@ from orchestrator.storage.base import Store, StoreError
 
 
 class LocalStore(Store):
+    """A local folder, or one on a filesystem every node mounts; a path without a scheme is one."""
+
+    scheme = "file"
+    remote = False
+
+    @classmethod
+    def open(cls, uri: str, options=None) -> LocalStore:
+        return cls(uri.removeprefix("file://"))
+
+    @classmethod
+    def shared_by_all_nodes(cls, uri: str) -> bool:
+        return os.path.isabs(uri.removeprefix("file://"))  # a relative path is relative to each node's cwd
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
@@ -56,6 +69,6 @@ class LocalStore(Store):
         self._full(rel).unlink(missing_ok=True)
 
     def arrow_filesystem(self):
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # heavy: pyarrow, which validating a spec does not need
 
         return pafs.LocalFileSystem(), str(self.root)

@@ -9,6 +9,7 @@ the endpoint on to its S3FileSystem ourselves).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -41,7 +42,40 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.strip("/")
 
 
+_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.\-]{0,62}(/[A-Za-z0-9!_.*'()\-/=]*)?")
+
+
 class S3Store(Store):
+    """S3-compatible object storage (AWS S3, MinIO, SeaweedFS, R2, GCS's S3 API), written behind a local spool."""
+
+    scheme = "s3"
+    remote = True
+
+    @classmethod
+    def check_uri(cls, uri: str) -> None:
+        super().check_uri(uri)
+        parsed = urlparse(uri)
+        if "@" in parsed.netloc:
+            raise ValueError(
+                "s3:// URIs must not carry credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
+                "environment, ~/.aws/credentials, or use an instance role"
+            )
+        if not parsed.netloc:
+            raise ValueError(f"{uri!r} names no bucket; write s3://bucket/prefix")
+        if not _S3_URI.fullmatch(uri):
+            raise ValueError(
+                f"{uri!r}: use a bucket name (lowercase letters, digits, dots, dashes) and a prefix of "
+                "letters, digits and !_.*'()-=/ (S3's safe characters)"
+            )
+        if any(part in (".", "..") for part in parsed.path.split("/")) or "//" in parsed.path:
+            raise ValueError(
+                f"{uri!r}: S3 keys take no '.', '..' or empty path segments; write s3://bucket/prefix"
+            )
+
+    @classmethod
+    def open(cls, uri: str, options: S3Options | None = None) -> S3Store:
+        return cls(uri, options)
+
     def __init__(self, uri: str, options: S3Options | None = None):
         self.bucket, self.prefix = split_s3_uri(uri)
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -56,8 +90,8 @@ class S3Store(Store):
     @property
     def client(self):
         if self._client is None:
-            import boto3
-            from botocore.config import Config
+            import boto3  # heavy: boto3, which validating a spec does not need
+            from botocore.config import Config  # heavy: boto3's botocore
 
             config = Config(
                 s3={"addressing_style": self.options.resolved_addressing()},
@@ -153,7 +187,7 @@ class S3Store(Store):
             return f"{self.uri} is not answering ({code}); results will wait in the local spool"
 
     def arrow_filesystem(self):
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # heavy: pyarrow, which validating a spec does not need
 
         endpoint = self.options.resolved_endpoint()
         kwargs = {

@@ -147,6 +147,7 @@ class SpoolingStore(Store):
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self._seq = 0
         self.outage_seen = False
 
@@ -161,6 +162,13 @@ class SpoolingStore(Store):
         self._lock, self._wake, self._thread = threading.Lock(), threading.Event(), None
 
     # -- Store ---------------------------------------------------------------------------------------------
+    @property
+    def remote(self) -> bool:  # type: ignore[override]  # the wrapped store's
+        return self.inner.remote
+
+    def preflight(self) -> str | None:
+        return self.inner.preflight()
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         with self._lock:
             if not self.write_behind and not self.pending():
@@ -271,7 +279,7 @@ class SpoolingStore(Store):
             self._wake.clear()
             left = drain_directory(self.inner, self.directory)
             with self._lock:  # deciding to stop under the writers' lock: no item can be stranded
-                if left == 0 and self.pending() == 0:
+                if (left == 0 and self.pending() == 0) or self._closed:
                     self._thread = None
                     return
             if left:
@@ -280,6 +288,16 @@ class SpoolingStore(Store):
                 delay = min(self.max_backoff_s, delay * 2)
             else:
                 delay = self.backoff_s
+
+    def close(self) -> None:
+        """Stop the background uploader (after its current pass). What is still spooled stays on disk for
+        `hpo results sync` or a later writer; a process that ends its run leaves no thread behind."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join()
 
     def drain(self, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for the spool to empty (retrying now). True if nothing is left."""

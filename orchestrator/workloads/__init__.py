@@ -1,98 +1,50 @@
-"""Workloads: what a trial trains. A small protocol, built-ins, and user `package.module:function` entry points.
+"""Workloads: the protocol (base.py), the built-ins (one module each), and the resolver that turns a spec's
+`workload:` into a Workload, either a built-in by name or a user's "package.module:function".
 
-A workload is a `Workload` value. The trial runner owns the training loop (optimizer, batches, DDP,
-checkpoints, metrics); a workload only says how to build the model and the data from a config:
-
-- `build_model(config)` returns a fresh `torch.nn.Module`. It is called after the trial's seed is set, so
-  weight initialisation follows the trial seed.
-- `load_data(config)` returns `Splits(train, val, test)`, each an `(inputs, targets)` pair of tensors. The
-  split must not depend on the trial's seed, so that trials are comparable.
-- `task` is "classification" (integer targets, cross-entropy, accuracy reported) or "regression" (float
-  targets, mean squared error).
-- `hyperparameters` maps every hyperparameter the workload understands to its default. A spec may search or
-  fix only these names, so a misspelt one is caught before anything runs.
-
-A user's own workload is a zero-argument function returning a `Workload`, named in the spec as
-"package.module:function" (the current directory is importable, as with `python -m`).
+BUILTIN_WORKLOADS is the one list of built-in names; a built-in's description is its factory's docstring.
+The built-in modules import torch and scikit-learn only when a model or data is built, so resolving a
+workload to validate a spec stays cheap.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import os
 import sys
 import types
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable
+
+from orchestrator.errors import did_you_mean
+from orchestrator.workloads.base import (
+    OPTIMIZERS,
+    TRAINING_HYPERPARAMETERS,
+    TRAINING_RANGES,
+    Splits,
+    Workload,
+    WorkloadError,
+)
+from orchestrator.workloads.digits import digits_mlp
+from orchestrator.workloads.synthetic import synthetic
 
 __all__ = [
     "Workload",
     "Splits",
     "WorkloadError",
     "resolve_workload",
+    "describe_builtin",
     "BUILTIN_WORKLOADS",
     "TRAINING_HYPERPARAMETERS",
+    "TRAINING_RANGES",
+    "OPTIMIZERS",
 ]
 
-# Hyperparameters the trial runner itself reads; every workload accepts them.
-TRAINING_HYPERPARAMETERS: dict[str, Any] = {
-    "lr": 1e-3,
-    "weight_decay": 0.0,
-    "batch_size": 64,
-    "optimizer": "adam",  # adam | sgd
-    "momentum": 0.9,  # sgd only
-}
-OPTIMIZERS = ("adam", "sgd")
+BUILTIN_WORKLOADS: dict[str, Callable[[], Workload]] = {"digits-mlp": digits_mlp, "synthetic": synthetic}
 
 
-class Splits(NamedTuple):
-    train: tuple[Any, Any]
-    val: tuple[Any, Any]
-    test: tuple[Any, Any]
-
-
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    build_model: Callable[[Mapping[str, Any]], Any]
-    load_data: Callable[[Mapping[str, Any]], Splits]
-    task: Literal["classification", "regression"] = "classification"
-    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    # Set for workloads that evaluate a function instead of training (the `synthetic` benchmark functions):
-    # (config, epoch) -> metrics. build_model and load_data are then never called.
-    objective: Callable[[Mapping[str, Any], int], dict[str, float]] | None = None
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metrics every epoch reports, in column order."""
-        base = ("train_loss", "val_loss")
-        return base + ("val_accuracy",) if self.task == "classification" else base
-
-    def defaults(self) -> dict[str, Any]:
-        """Every hyperparameter this workload accepts, with its default."""
-        return {**TRAINING_HYPERPARAMETERS, **self.hyperparameters}
-
-
-class WorkloadError(ValueError):
-    """A workload name that cannot be resolved; the message names the fix."""
-
-
-def _digits_mlp() -> Workload:
-    from orchestrator.workloads.digits import digits_mlp
-
-    return digits_mlp()
-
-
-def _synthetic() -> Workload:
-    from orchestrator.workloads.synthetic import synthetic
-
-    return synthetic()
-
-
-BUILTIN_WORKLOADS: dict[str, Callable[[], Workload]] = {"digits-mlp": _digits_mlp, "synthetic": _synthetic}
+def describe_builtin(name: str) -> str:
+    """The first line of the built-in's factory docstring."""
+    return (inspect.getdoc(BUILTIN_WORKLOADS[name]) or "").splitlines()[0]
 
 
 def resolve_workload(name: str) -> Workload:
@@ -100,11 +52,9 @@ def resolve_workload(name: str) -> Workload:
     if name in BUILTIN_WORKLOADS:
         return BUILTIN_WORKLOADS[name]()
     if ":" not in name:
-        close = difflib.get_close_matches(name, BUILTIN_WORKLOADS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
         raise WorkloadError(
-            f"{name!r} is not a built-in workload ({hint}built-ins: {', '.join(BUILTIN_WORKLOADS)});"
-            " a workload of your own is written 'package.module:function'"
+            f"{name!r} is not a built-in workload ({did_you_mean(name, BUILTIN_WORKLOADS)}built-ins: "
+            f"{', '.join(BUILTIN_WORKLOADS)}); a workload of your own is written 'package.module:function'"
         )
     return _load_entry_point(name)
 
@@ -121,7 +71,7 @@ def _load_entry_point(name: str) -> Workload:
             f"{name!r} names a module of Python or of hpo itself; a workload is a function in a "
             "module of your own ('package.module:function')"
         )
-    if os.getcwd() not in sys.path:  # console scripts do not put the working directory on sys.path
+    if os.getcwd() not in sys.path:  # as with `python -m`: console scripts do not put it on sys.path
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.workloads.base import Workload
+
 OPTIMA = {"branin": 0.397887, "hartmann6": -3.32237}
 
 _H_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
@@ -64,8 +66,8 @@ def objective(config: Mapping[str, Any], epoch: int) -> dict[str, float]:
     return {"train_loss": f, "val_loss": f + gap / epoch}
 
 
-def synthetic():
-    from orchestrator.workloads import Workload
+def synthetic() -> Workload:
+    """benchmark functions with known optima (Branin, Hartmann6 over `x1`..`x6`); trains nothing"""
 
     def no_model(config):
         raise TypeError(

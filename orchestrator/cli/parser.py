@@ -1,0 +1,178 @@
+"""Every `hpo` command and option. A command names its handler as "module:function" in this package; main()
+imports that module only when the command runs, so `hpo --help` and `hpo validate` never import Ray or torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from orchestrator.spec import ENSEMBLE_METHODS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        command = self.prog.split(" ", 1)[-1] if " " in self.prog else ""
+        print(
+            f"hpo: {message} (see hpo {command} --help)".replace("hpo  --help", "hpo --help"), file=sys.stderr
+        )
+        raise SystemExit(2)
+
+
+def _output(parser, what: str = "one JSON object") -> None:
+    parser.add_argument(
+        "--output", choices=("text", "json"), default="text", help=f"json: the last line of stdout is {what}"
+    )
+
+
+def _ray_options(parser) -> None:
+    """The options of commands that run a job: hpo run and hpo resume."""
+    _output(parser, "the summary as one JSON object")
+    parser.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
+    parser.add_argument(
+        "--num-cpus", type=float, help="logical CPUs for the embedded Ray (default: enough for the job)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+
+
+def _endpoint(parser) -> None:
+    parser.add_argument(
+        "--endpoint-url",
+        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",
+    )
+
+
+def _connection(parser) -> None:
+    parser.add_argument(
+        "--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS)"
+    )
+    parser.add_argument(
+        "--token-file",
+        help="file holding the Ray auth token (default: RAY_AUTH_TOKEN, "
+        "RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)",
+    )
+
+
+def _jobs(commands) -> None:
+    p = commands.add_parser("validate", help="check a job spec; exit 2 with the reason if it is bad")
+    p.add_argument("spec", help="path to a YAML job spec")
+    p.set_defaults(handler="spec_cmds:validate")
+
+    p = commands.add_parser("schema", help="print the job spec's JSON Schema")
+    p.set_defaults(handler="spec_cmds:schema")
+
+    p = commands.add_parser("run", help="run a job on an embedded Ray (or --address) and write its results")
+    p.add_argument("spec", help="path to a YAML job spec")
+    p.add_argument("--storage", help="override the spec's storage (a local folder)")
+    _ray_options(p)
+    p.add_argument("--run-id", help=argparse.SUPPRESS)  # chosen by `hpo submit`, so it knows the results URI
+    p.set_defaults(handler="job_cmds:run")
+
+    p = commands.add_parser(
+        "resume", help="continue a run whose driver died, from its storage (local or s3://)"
+    )
+    p.add_argument("uri", help="the run's results_uri (printed by hpo run)")
+    p.add_argument("--spec", help="refuse to resume unless this spec is the run's (the difference is named)")
+    _ray_options(p)
+    p.set_defaults(handler="job_cmds:resume")
+
+
+def _results(commands) -> None:
+    group = commands.add_parser("results", help="read, copy and list runs' results (local or s3://)")
+    sub = group.add_subparsers(dest="results_command", metavar="SUBCOMMAND", parser_class=type(group))
+
+    p = sub.add_parser("show", help="print the top trials of a run")
+    p.add_argument("uri", help="a run's results_uri (printed by hpo run)")
+    p.add_argument("--top", type=int, default=10, help="how many trials (default 10)")
+    _endpoint(p)
+    p.set_defaults(handler="results_cmds:show")
+
+    p = sub.add_parser(
+        "pull", help="copy a run's tables to a local folder (a consistent snapshot, even mid-run)"
+    )
+    p.add_argument("uri", help="a run's results_uri")
+    p.add_argument("--to", required=True, help="local folder to copy into")
+    p.add_argument("--checkpoints", action="store_true", help="also copy each trial's best checkpoint")
+    _endpoint(p)
+    p.set_defaults(handler="results_cmds:pull")
+
+    p = sub.add_parser("ls", help="list the jobs and runs under a storage root, with status and size")
+    p.add_argument("storage", help="a storage root, e.g. ./results or s3://bucket/prefix")
+    _endpoint(p)
+    p.set_defaults(handler="results_cmds:ls")
+
+    p = sub.add_parser("sync", help="upload what a storage outage left in the local spool for a run")
+    p.add_argument("uri", help="a run's results_uri")
+    _endpoint(p)
+    p.set_defaults(handler="results_cmds:sync")
+    group.set_defaults(handler=None, help_of=group)
+
+
+def _practice(commands) -> None:
+    p = commands.add_parser(
+        "ensemble", help="ensemble the best trials of a finished run; writes ensemble.parquet"
+    )
+    p.add_argument("uri", help="a finished run's results_uri (printed by hpo run)")
+    p.add_argument(
+        "--top-k", type=int, default=3, help="members (topk) or selection steps (greedy); default 3"
+    )
+    p.add_argument(
+        "--method",
+        choices=tuple(ENSEMBLE_METHODS),
+        default="topk",
+        help="; ".join(f"{name}: {what}" for name, what in ENSEMBLE_METHODS.items()),
+    )
+    _output(p)
+    p.set_defaults(handler="practice_cmds:ensemble")
+
+    p = commands.add_parser(
+        "sanity", help="check a workload before searching (loss at init, overfit one batch, ...)"
+    )
+    p.add_argument("spec", help="path to a YAML job spec")
+    p.add_argument("--storage", help="override the spec's storage (where sanity.parquet goes)")
+    _output(p)
+    p.set_defaults(handler="practice_cmds:sanity")
+
+    p = commands.add_parser(
+        "reproduce", help="rerun one trial from its recorded config and seed; compare bit for bit"
+    )
+    p.add_argument("uri", help="a run's results_uri")
+    p.add_argument("trial_id", help="e.g. trial_0003")
+    _output(p)
+    p.set_defaults(handler="practice_cmds:reproduce")
+
+    p = commands.add_parser("analyze", help="learning curves, isolation plots and warnings for a run")
+    p.add_argument("uri", help="a run's results_uri")
+    p.add_argument("--out", required=True, help="folder for the PNG plots and report.txt")
+    p.set_defaults(handler="practice_cmds:analyze")
+
+
+def _cluster(commands) -> None:
+    p = commands.add_parser("submit", help="validate a spec and submit it to a Ray cluster as `hpo run`")
+    p.add_argument("spec", help="path to a YAML job spec")
+    p.add_argument("--working-dir", help="ship this folder (your workload code) with the job")
+    p.add_argument("--storage", help="override the spec's storage (s3://... or a path every node shares)")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    _connection(p)
+    p.set_defaults(handler="cluster_cmds:submit")
+    for name, help_text in (
+        ("status", "print a submitted job's status"),
+        ("logs", "print a submitted job's logs"),
+        ("stop", "stop a submitted job"),
+    ):
+        p = commands.add_parser(name, help=help_text)
+        p.add_argument("submission_id")
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="stream until the job ends")
+        _connection(p)
+        p.set_defaults(handler=f"cluster_cmds:{name}")
+    p = commands.add_parser("list", help="list the jobs submitted with hpo")
+    _connection(p)
+    p.set_defaults(handler="cluster_cmds:list_jobs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpo", description="Hyperparameter optimization jobs on Ray.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for group in (_jobs, _results, _practice, _cluster):
+        group(commands)
+    return parser

@@ -1,0 +1,78 @@
+"""hpo results show | pull | ls | sync: stored runs, local or s3://."""
+
+from __future__ import annotations
+
+from orchestrator.cli.common import EXIT_UNSYNCED
+from orchestrator.cli.output import print_table
+from orchestrator.results import CONFIG_PREFIX, load_trials
+from orchestrator.results.ops import list_runs
+from orchestrator.results.ops import pull as pull_run
+from orchestrator.results.ops import sync as sync_run
+from orchestrator.results.reader import search_metric
+from orchestrator.storage import S3Options
+
+
+def _options(args):
+    return S3Options(endpoint_url=args.endpoint_url) if args.endpoint_url else None
+
+
+def show(args) -> int:
+    trials = load_trials(args.uri, options=_options(args))
+    metric, mode = search_metric(trials)
+    rows = trials.to_pylist()
+    scored = sorted(
+        (r for r in rows if r[f"best_{metric}"] is not None),
+        key=lambda r: r[f"best_{metric}"] * (1 if mode == "min" else -1),
+    )
+    shown = (scored + [r for r in rows if r[f"best_{metric}"] is None])[: max(0, args.top)]
+    columns = ["trial_id", "status", "iterations", f"best_{metric}", "best_iteration"]
+    columns += [c for c in trials.column_names if c.startswith(CONFIG_PREFIX)]
+    print(f"{len(rows)} trials, ranked by best {metric} ({mode}); top {len(shown)}:")
+    print_table(columns, [{c: r.get(c) for c in columns} for r in shown])
+    return 0
+
+
+def pull(args) -> int:
+
+    report = pull_run(args.uri, args.to, checkpoints=args.checkpoints, options=_options(args))
+    print(
+        f"pulled {report.files} files ({report.bytes / 1e6:.2f} MB; {report.rows_files} results file(s), "
+        f"{report.checkpoints} checkpoint(s)) to {report.destination}"
+    )
+    return 0
+
+
+def ls(args) -> int:
+
+    runs = list_runs(args.storage, options=_options(args))
+    if not runs:
+        print(f"no runs under {args.storage}")
+        return 0
+    print_table(
+        ["name", "run_id", "status", "time", "objects", "size_mb", "uri"],
+        [
+            {
+                "name": r.name,
+                "run_id": r.run_id,
+                "status": r.status,
+                "time": r.time,
+                "objects": r.objects,
+                "size_mb": f"{r.bytes / 1e6:.2f}",
+                "uri": r.uri,
+            }
+            for r in runs
+        ],
+    )
+    return 0
+
+
+def sync(args) -> int:
+
+    uploaded, waiting = sync_run(args.uri, options=_options(args))
+    if waiting:
+        print(
+            f"uploaded {uploaded} item(s); {waiting} still wait (storage unreachable?); run this again later"
+        )
+        return EXIT_UNSYNCED
+    print(f"uploaded {uploaded} item(s); nothing waits for {args.uri}")
+    return 0

@@ -1,0 +1,35 @@
+"""Which attempt of a trial is running: the driver counts retries, the trial reads the count at start.
+
+Tune restarts a failed function trainable without telling it that it is a retry. A trial that restored on every
+start would have to read the store before its first epoch, and while the store is down it could not tell a
+fresh trial from a restarted one. So the driver records each retry in Ray's GCS key-value store (it lives as
+long as the cluster, outlives any node, and is written before Tune restarts the trial), and a trial restores
+from its checkpoint only when it is a retry. Attempt 0 is the first run.
+"""
+
+from __future__ import annotations
+
+from orchestrator.execution.ray_compat import kv_del, kv_get, kv_put, kv_ready
+
+_NAMESPACE = "hpo-attempts"
+
+
+def _key(results_uri: str, trial: str) -> bytes:
+    return f"{results_uri}\n{trial}".encode()
+
+
+def record_retry(results_uri: str, trial: str, attempt: int) -> None:
+    kv_put(_key(results_uri, trial), str(attempt).encode(), namespace=_NAMESPACE)
+
+
+def current_attempt(results_uri: str, trial: str) -> int:
+    if not kv_ready():
+        return 0  # not inside Ray (direct calls in tests): always a first attempt
+    value = kv_get(_key(results_uri, trial), namespace=_NAMESPACE)
+    return int(value) if value else 0
+
+
+def forget(results_uri: str, trials: list[str]) -> None:
+    """Drop a finished run's keys (a long-lived cluster should not collect them)."""
+    for trial in trials:
+        kv_del(_key(results_uri, trial), namespace=_NAMESPACE)

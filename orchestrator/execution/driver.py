@@ -1,0 +1,133 @@
+"""The driver process: everything a run changes in it, owned by one context manager that puts it back.
+
+A run changes its process: PYTHONPATH (Ray's workers import user workloads from the driver's working
+directory), Ray Tune's quiet settings and its list of variables copied into trial actors, Ray's token mode,
+sys.path (a user workload's directory), the working directory (Tune runs from a private one), logging levels,
+torch's global settings and random states (sanity checks and reproductions train in this process), and Ray
+itself. A library user calls `run()` twice in a notebook, or runs a job between two of their own steps: each
+time, the process is left as it was found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+import tempfile
+
+import numpy as np
+import ray
+
+from orchestrator.execution.ray_compat import (
+    QUIET_LOGGERS,
+    QUIET_TUNE_ENV,
+    propagate_env,
+    stop_propagating_env,
+)
+from orchestrator.execution.ray_env import start_ray
+
+# Ray Tune copies these from the driver's environment into every trial actor's runtime_env, which Ray records
+# as job metadata and logs in runtime_env_agent.log. Trial processes on this machine inherit the environment
+# anyway, and cluster nodes should get credentials from their own chain (instance roles, node environment).
+CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+_LOGGERS = ("ray", "ray.tune", *QUIET_LOGGERS)
+
+
+class DriverSession:
+    """`with DriverSession() as session:` ... `session.start_ray(...)` ...: on exit Ray is stopped if the session
+    started it, and the environment, sys.path, working directory, loggers, Tune's propagated variables, random
+    states and torch's settings are what they were on entry."""
+
+    def __enter__(self) -> DriverSession:
+        self._environ = dict(os.environ)
+        self._sys_path = list(sys.path)
+        self._cwd = os.getcwd()
+        self._loggers = {name: _logger_state(logging.getLogger(name)) for name in _LOGGERS}
+        self._random = (random.getstate(), np.random.get_state())
+        self._torch = _torch_state()
+        self.started_ray = False
+        for name, value in QUIET_TUNE_ENV.items():
+            os.environ.setdefault(name, value)
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+        self._not_propagated = stop_propagating_env(CREDENTIALS)
+        return self
+
+    def start_ray(
+        self, address: str | None = None, num_cpus: float | None = None, *, min_cpus: float = 1
+    ) -> None:
+        """Join `address` or start an embedded Ray, unless this process is connected already."""
+        self.started_ray = start_ray(address, num_cpus, min_cpus=min_cpus) or self.started_ray
+
+    @contextlib.contextmanager
+    def private_cwd(self):
+        """Run Tune from a directory this run owns. A job submitted to a cluster starts in Ray's copy of its
+        working dir, and Ray may delete and re-create that copy while the job runs (each node of a fake
+        multi-node cluster re-extracts it into the one shared session dir); Tune's final os.getcwd() then fails
+        and the job with it."""
+        here = os.getcwd()
+        with tempfile.TemporaryDirectory(prefix="hpo-driver-") as private:
+            os.chdir(private)
+            try:
+                yield
+            finally:
+                os.chdir(here)
+
+    def __exit__(self, *exc) -> None:
+        if self.started_ray:
+            ray.shutdown()
+        propagate_env(self._not_propagated)
+        for name, state in self._loggers.items():
+            _restore_logger(logging.getLogger(name), state)
+        random.setstate(self._random[0])
+        np.random.set_state(self._random[1])
+        _restore_torch(self._torch)
+        with contextlib.suppress(OSError):
+            os.chdir(self._cwd)
+        sys.path[:] = self._sys_path
+        os.environ.clear()
+        os.environ.update(self._environ)
+
+
+def _logger_state(logger: logging.Logger) -> tuple:
+    return logger.level, list(logger.handlers), list(logger.filters), logger.propagate
+
+
+def _restore_logger(logger: logging.Logger, state: tuple) -> None:
+    logger.level, logger.handlers[:], logger.filters[:], logger.propagate = (
+        state[0],
+        state[1],
+        state[2],
+        state[3],
+    )
+
+
+def _torch_state() -> dict | None:
+    torch = sys.modules.get("torch")  # only if the process uses torch already: never import it for this
+    if torch is None:
+        return None
+    return {
+        "threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "fill": torch.utils.deterministic.fill_uninitialized_memory,
+        "rng": torch.get_rng_state(),
+    }
+
+
+def _restore_torch(state: dict | None) -> None:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    if state is None:  # the run imported torch: leave it as a fresh import would be
+        state = {
+            "threads": torch.get_num_threads(),
+            "deterministic": False,
+            "fill": True,
+            "rng": torch.get_rng_state(),
+        }
+    torch.set_num_threads(state["threads"])
+    torch.use_deterministic_algorithms(state["deterministic"])
+    torch.utils.deterministic.fill_uninitialized_memory = state["fill"]
+    torch.set_rng_state(state["rng"])

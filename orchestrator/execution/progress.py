@@ -1,0 +1,67 @@
+"""What the user sees while a job runs: one line per event worth seeing, with a clock, and the job's best so far."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from orchestrator.results import ResultsSchema, format_config
+
+
+class BestRow:
+    """The best (trial, iteration) row by the search metric, as rows arrive."""
+
+    def __init__(self, schema: ResultsSchema):
+        self.metric, self.mode = schema.metric, schema.mode
+        self.row: dict | None = None
+
+    def consider(self, row: dict) -> None:
+        value = row.get(self.metric)
+        if value is not None and (self.row is None or self._better(value, self.row[self.metric])):
+            self.row = row
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.mode == "min" else a > b
+
+
+class Progress:
+    def __init__(
+        self,
+        emit: Callable[[str], None],
+        schema: ResultsSchema,
+        *,
+        max_epochs: int,
+        num_trials: int,
+        max_retries: int,
+    ):
+        self.emit, self.schema = emit, schema
+        self.max_epochs, self.num_trials, self.max_retries = max_epochs, num_trials, max_retries
+        self.started = time.monotonic()
+
+    def line(self, text: str) -> None:
+        s = int(time.monotonic() - self.started)
+        self.emit(f"[{s // 60:02d}:{s % 60:02d}] {text}")
+
+    def trial_started(self, name: str, config: dict) -> None:
+        self.line(f"{name} started  {format_config(config)}")
+
+    def epoch(self, name: str, row: dict) -> None:
+        extra = "  ".join(f"{m}={row[m]:.4f}" for m in self.schema.metrics if row.get(m) is not None)
+        self.line(f"{name} epoch {row['iteration']:>3}/{self.max_epochs}  {extra}")
+
+    def trial_completed(self, name: str, record: dict, done: int, best: dict | None) -> None:
+        how = "stopped by ASHA" if record["stopped_early"] else "completed"
+        metric = self.schema.metric
+        value = record[f"best_{metric}"]
+        shown = f"best {metric}={value:.4f}" if value is not None else "no metric"
+        job_best = f"; job best {best['trial_id']} {best[metric]:.4f}" if best else ""
+        self.line(
+            f"{name} {how} after {record['iterations']} epoch(s), {shown}  "
+            f"[{done}/{self.num_trials} trials done{job_best}]"
+        )
+
+    def trial_retried(self, name: str, retry: int, why: str) -> None:
+        self.line(f"{name} failed, retry {retry} of {self.max_retries} from its last checkpoint: {why}")
+
+    def trial_failed(self, name: str, why: str, done: int) -> None:
+        self.line(f"{name} FAILED: {why}  [{done}/{self.num_trials} trials done]")

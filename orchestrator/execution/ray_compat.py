@@ -1,0 +1,197 @@
+"""Every private Ray API, and every piece of Ray's internal behaviour, that hpo relies on: here and nowhere else.
+
+Each entry names what it reaches into and was checked against CHECKED_WITH (the Ray pinned in pyproject.toml).
+tests/test_ray_compat.py exercises each one against the real Ray, so a Ray upgrade that moves or changes one
+fails there, by name, before it fails a user's job. When upgrading Ray: run that test first, fix what it
+names here, and bump CHECKED_WITH.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+from ray.experimental import internal_kv
+
+CHECKED_WITH = "2.60.0"
+
+
+# -- the GCS key-value store (ray.experimental.internal_kv: private functions) -----------------------------
+def kv_ready() -> bool:
+    """Ray 2.60: whether this process is connected to a GCS whose key-value store it can use."""
+    return internal_kv._internal_kv_initialized()
+
+
+def kv_put(key: bytes, value: bytes, namespace: str) -> None:
+    """Ray 2.60: `_internal_kv_put` (overwrites)."""
+    internal_kv._internal_kv_put(key, value, overwrite=True, namespace=namespace)
+
+
+def kv_get(key: bytes, namespace: str) -> bytes | None:
+    """Ray 2.60: `_internal_kv_get`."""
+    return internal_kv._internal_kv_get(key, namespace=namespace)
+
+
+def kv_del(key: bytes, namespace: str) -> None:
+    """Ray 2.60: `_internal_kv_del`."""
+    internal_kv._internal_kv_del(key, namespace=namespace)
+
+
+# -- joining a cluster ------------------------------------------------------------------------------------
+def enable_token_auth() -> None:
+    """Ray 2.60 joins an explicit address with token auth off unless RAY_AUTH_MODE=token, and reads the mode into
+    a cached config at import. Its own helper sets the variable and refreshes that cache."""
+    from ray._private.authentication.authentication_token_setup import (
+        _enable_token_auth,
+    )  # here, not at the top: a move breaks only this
+
+    _enable_token_auth()
+
+
+def dashboard_url() -> str | None:
+    """Ray 2.60: the dashboard address the driver read from the GCS when it connected (`worker
+    .get_dashboard_url`), else the one the GCS holds now (a dashboard still starting writes it late)."""
+    from ray._private import services, worker  # here, not at the top: a move breaks only this
+
+    return worker.get_dashboard_url() or services.get_webui_url_from_internal_kv()
+
+
+def started_here_without_dashboard() -> bool:
+    """Ray 2.60: whether this process started the head node itself with include_dashboard=False (then there will
+    never be a dashboard, and there is no need to wait for one): `worker._global_node` and its `_ray_params`."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(node is not None and node.head and node._ray_params.include_dashboard is False)
+
+
+def session_dir() -> str:
+    """Ray 2.60: this process's Ray session directory (logs, sockets)."""
+    return ray._private.worker._global_node.get_session_dir_path()
+
+
+# -- Ray Tune ---------------------------------------------------------------------------------------------
+def stop_propagating_env(names: tuple[str, ...]) -> set[str]:
+    """Ray Tune 2.60 copies the variables named in `class_cache.ENV_VARS_TO_PROPAGATE` (the AWS credentials among
+    them) from the driver's environment into every trial actor's runtime_env, which Ray records as job metadata
+    and logs. Remove `names` from it; returns the ones removed (to put back with `propagate_env`)."""
+    from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
+
+    removed = set(names) & class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(removed)
+    return removed
+
+
+def propagate_env(names: set[str]) -> None:
+    from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
+
+    class_cache.ENV_VARS_TO_PROPAGATE.update(names)
+
+
+# Tune 2.60's knobs for a run whose results go to our Parquet: no json/csv loggers (TUNE_DISABLE_AUTO_CALLBACK_
+# LOGGERS), the legacy reporter (RAY_AIR_NEW_OUTPUT=0), which prints nothing at verbose=0, and no warning about
+# slow experiment-state syncs (our staging is local).
+QUIET_TUNE_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+# Without Tune's json/csv, its ResultGrid cannot find metrics and says so per trial at WARNING: we read our Parquet.
+QUIET_LOGGERS = {"ray.tune.analysis.experiment_analysis": logging.ERROR}
+# Tune 2.60 logs "Trial task failed for trial <name>" with the trial's traceback from this logger.
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+def trial_failed_message(name: str) -> str:
+    return f"Trial task failed for trial {name}"
+
+
+def trial_name(trial) -> str:
+    """Ray Tune 2.60's Trial: the name a trial_name_creator gave it (`custom_trial_name`), else its own."""
+    return trial.custom_trial_name or str(trial)
+
+
+def creation_counter(trial) -> int:
+    """Ray Tune 2.60 starts a trial's `experiment_tag` with its creation counter ("3_lr=0.01,..."):
+    BasicVariantGenerator counts from 0, SearchGenerator (every Searcher) from 1."""
+    return int(str(trial.experiment_tag).split("_", 1)[0])
+
+
+def trial_actor(trial):
+    """Ray Tune 2.60's Trial: the Ray actor running it (`temporary_state.ray_actor`), or None."""
+    return trial.temporary_state.ray_actor
+
+
+def trial_error_file(trial) -> str | None:
+    """Ray Tune 2.60's Trial: the file holding its last error's traceback (`error_file`)."""
+    return getattr(trial, "error_file", None)
+
+
+def tell_scheduler(scheduler, trial, results: list[dict]) -> list[dict]:
+    """Tell a Tune scheduler (FIFO, ASHA) that `trial` reported `results` and ended, as TuneController would,
+    without a controller: Ray 2.60's FIFO and ASHA never use the tune_controller argument. Returns the results
+    the scheduler let through to the searcher (not the one it stopped the trial on, nor any after it)."""
+    from ray.tune.schedulers import TrialScheduler  # here, not at the top: a move breaks only this
+
+    scheduler.on_trial_add(None, trial)
+    passed = []
+    for result in results:
+        if scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+            break
+        passed.append(result)
+    scheduler.on_trial_complete(None, trial, results[-1])
+    return passed
+
+
+def pin_hyperopt_suggestion(searcher, trial_id: str, config: dict) -> None:
+    """Ray 2.60's HyperOptSearch: make the suggestion it just made for `trial_id` be `config` in its own record
+    (`_live_trial_mapping`, `_hpopt_trials`), so TPE learns the result at the config that actually ran. HyperOpt
+    records a choice by its index (`_convert_categories_to_indices`)."""
+    _, doc = searcher._live_trial_mapping[trial_id]
+    vals = dict(config)
+    searcher._convert_categories_to_indices(vals)
+    for label in doc["misc"]["vals"]:
+        if label in vals:
+            doc["misc"]["vals"][label] = [vals[label]]
+    searcher._hpopt_trials.refresh()
+
+
+# -- Ray Train --------------------------------------------------------------------------------------------
+def quiet_train_worker() -> None:
+    """Ray Train 2.60 names the logger of its per-report INFO lines by file path, so LoggingConfig(log_level)
+    misses it: set it to WARNING (run on each Train worker)."""
+    from ray.train.v2._internal.execution import (
+        context as train_context,
+    )  # here, not at the top: a move breaks only this
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def placement_group(hex_id: str):
+    """Ray 2.60: a PlacementGroup handle from the hex id `placement_group_table()` lists (`ray._raylet`)."""
+    from ray._raylet import PlacementGroupID  # here, not at the top: a move breaks only this
+    from ray.util.placement_group import PlacementGroup  # here, not at the top: a move breaks only this
+
+    return PlacementGroup(PlacementGroupID.from_hex(hex_id))
+
+
+# -- the cluster launcher (used by the tests of the shipped cluster configs) ---------------------------------
+def validate_cluster_config(config: dict, *, prepare: bool = True) -> dict:
+    """Ray 2.60's autoscaler validator (`ray.autoscaler._private.util`); `prepare` fills the provider's
+    defaults first (it needs an example config that only some providers ship). Returns the checked config."""
+    from ray.autoscaler._private.util import (
+        prepare_config,
+        validate_config,
+    )  # here, not at the top: a move breaks only this
+
+    if prepare:
+        config = prepare_config(config)
+    validate_config(config)
+    return config
+
+
+def fake_head_node_id() -> str:
+    """Ray 2.60's fake multi-node provider knows the head by this node id."""
+    from ray.autoscaler._private.fake_multi_node.node_provider import (
+        FAKE_HEAD_NODE_ID,
+    )  # here, not at the top: a move breaks only this
+
+    return FAKE_HEAD_NODE_ID

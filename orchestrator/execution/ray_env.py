@@ -1,0 +1,196 @@
+"""Where trials run: starting or joining Ray, and refusing what would hang. The changes these make to the
+process (PYTHONPATH, the token mode) are undone by execution/driver.py's DriverSession, which calls them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+
+import ray
+from ray.exceptions import AuthenticationError
+from ray.util.placement_group import placement_group_table, remove_placement_group
+from ray.util.state import list_actors, list_workers
+
+from orchestrator.errors import RunError
+from orchestrator.execution.ray_compat import (
+    dashboard_url,
+    enable_token_auth,
+    placement_group,
+    started_here_without_dashboard,
+)
+
+
+def start_ray(address: str | None = None, num_cpus: float | None = None, *, min_cpus: float = 1) -> bool:
+    """Join `address`, or start an embedded Ray. Returns True if this call started Ray (and should stop it)."""
+    if ray.is_initialized():
+        connected = ray.get_runtime_context().gcs_address
+        if address and address != "auto" and not address.startswith("ray://") and address != connected:
+            raise RunError(
+                f"--address {address}: this process is connected to the Ray at {connected} already; "
+                "run the job from a new process to use another cluster"
+            )
+        return False
+    # Workers must import user workloads from the working directory, as the driver does.
+    paths = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    worker_logging = ray.LoggingConfig(log_level="WARNING")  # Ray's per-report INFO lines drown the progress
+    if address:
+        _join(address, worker_logging)
+    else:
+        # address="local": never join a cluster a killed head left in ray_current_cluster. Keep the dashboard:
+        # without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
+        cpus = num_cpus or max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=True,
+            logging_level=logging.WARNING,
+            logging_config=worker_logging,
+        )
+    return True
+
+
+def check_address(address: str | None) -> None:
+    """Refuse an --address that cannot be a reachable Ray head, before anything is written. ray.init retries an
+    unreachable GCS for minutes (measured on Ray 2.60: still waiting after 3 min for 127.0.0.1:1)."""
+    if not address or address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise RunError(
+            f"--address {address}: that is a dashboard (Jobs API) address, which hpo submit takes; "
+            "to run here against a cluster give its GCS address HOST:PORT (ray start --head prints it)"
+        )
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise RunError(
+            f"--address {address!r}: give a Ray head's GCS address as HOST:PORT (e.g. 10.0.0.5:6379), "
+            "ray://HOST:PORT, or auto"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:
+        raise RunError(
+            f"--address {address}: cannot reach a Ray head there ({error.strerror or error}); start one "
+            f"(ray start --head --port={port}) or fix the address"
+        ) from None
+
+
+def _join(address: str, worker_logging) -> None:
+    check_address(address)
+    # Ray 2.60 joins an explicit address with token auth off unless RAY_AUTH_MODE=token, so a cluster with token
+    # auth (its default) refuses a driver that has the right RAY_AUTH_TOKEN. A user who gave a token means to use
+    # it. Ray reads the mode into a cached config at import; its own helper sets the variable and refreshes that.
+    if "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    ):
+        enable_token_auth()
+    try:
+        with _stderr_kept_on_success():  # a refused driver's core worker logs a warning a second for 20 s
+            ray.init(address=address, logging_level=logging.WARNING, logging_config=worker_logging)
+    except (ConnectionError, AuthenticationError) as error:
+        cause = error if isinstance(error, AuthenticationError) else error.__cause__
+        if isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause):
+            raise RunError(
+                f"--address {address}: the Ray cluster refused this driver's auth token; set "
+                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+            ) from None
+        raise RunError(
+            f"--address {address}: could not join the Ray cluster there "
+            f"({str(error).splitlines()[0]}); check the address and that its head is up"
+        ) from None
+
+
+@contextlib.contextmanager
+def _stderr_kept_on_success():
+    """Hold what is written to file descriptor 2 (Ray's C++ logs too) and pass it on unless the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def check_resources(*, cpus: float, gpus: float, embedded: bool) -> None:
+    """Refuse a job whose trials (each `cpus` and `gpus`) can never be placed on an embedded Ray (Tune would
+    wait forever)."""
+    if not embedded:
+        return  # a real cluster may autoscale to fit
+    have = ray.cluster_resources()
+    if gpus > have.get("GPU", 0):
+        raise RunError(
+            f"train.use_gpu is true with {gpus:g} worker(s), but this machine's Ray has "
+            f"{int(have.get('GPU', 0))} GPU(s); set use_gpu: false or run on GPU nodes (--address)"
+        )
+    if cpus > have.get("CPU", 0) + 1e-9:
+        raise RunError(
+            f"one trial needs {cpus:g} CPUs (train.workers x train.cpus_per_worker) but Ray has "
+            f"{have.get('CPU', 0):g}; lower them or raise --num-cpus"
+        )
+
+
+def has_dashboard(wait_s: float = 15.0) -> bool:
+    """Whether the cluster runs Ray's dashboard. A driver reads its address from the GCS when it connects, and a
+    dashboard still starting has not written it yet, so ask the GCS again for a while before concluding there is
+    none (unless this process started Ray itself without one)."""
+    deadline = time.monotonic() + wait_s
+    while not started_here_without_dashboard():
+        if dashboard_url():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return False
+
+
+def release_train_leftovers(wait_s: float = 30.0) -> int:
+    """Remove placement groups this job's Ray Train runs left on a cluster that outlives the driver; returns how
+    many. Measured on Ray 2.60: a DDP trial the watchdog stops keeps its Train controller alive for a moment (its
+    owner's death reaches it late); if the driver exits then, Ray removes the job's groups at job end, the
+    controller retries and asks for a new group, and that one stays PENDING forever: an autoscaler would keep
+    launching nodes for it. So wait until this job's controllers are dead, processes and all, then remove what
+    is left."""
+    job = ray.get_runtime_context().get_job_id()
+    # The state API, asked without an address, asks the cluster started last on this machine
+    # (ray_current_cluster), which need not be the one this driver joined: name ours.
+    cluster = ray.get_runtime_context().gcs_address
+    ours = [("job_id", "=", job), ("class_name", "=", "TrainController")]
+    deadline, removed, quiet_checks = time.monotonic() + wait_s, 0, 0
+    # The state API calls a controller DEAD when its kill is decided, and its process may run on for a while
+    # (0.35 s measured on an idle machine, seconds under load) and make a new group. So wait until no controller
+    # of this job is alive, nor its worker process; then sweep, a second apart, until two sweeps find nothing.
+    while quiet_checks < 2 and time.monotonic() < deadline:
+        controllers = list_actors(address=cluster, filters=ours, limit=10_000)
+        if any(actor.state != "DEAD" for actor in controllers) or _processes_alive(cluster, controllers):
+            time.sleep(0.5)
+            continue
+        left = [
+            pg
+            for pg, info in placement_group_table().items()  # a placement group's id ends with its job's
+            if pg.endswith(job) and info["state"] != "REMOVED"
+        ]
+        for pg in left:
+            remove_placement_group(placement_group(pg))
+        removed, quiet_checks = removed + len(left), 0 if left else quiet_checks + 1
+        time.sleep(1.0)
+    return removed
+
+
+def _processes_alive(cluster: str, actors) -> bool:
+    """Whether the worker process of any of `actors` is still running (the GCS worker table)."""
+    alive = list_workers(
+        address=cluster, filters=[("is_alive", "=", "True")], limit=10_000, raise_on_missing_output=False
+    )
+    running = {(w.node_id, w.pid) for w in alive}
+    return any((a.node_id, a.pid) in running for a in actors if a.pid)

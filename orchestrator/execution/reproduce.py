@@ -1,0 +1,95 @@
+"""`hpo reproduce URI TRIAL_ID`: rerun one trial from its recorded config and seed and compare every metric
+of every recorded epoch, bit for bit, with what the run stored (ray #43900, #13616: "the best trial can't be
+reproduced"). A 1-worker trial reruns in this process; a multi-worker trial as a TorchTrainer with the same
+worker count on this machine's Ray (embedded unless one is running); on CPU or GPU as the run's spec says.
+It writes nothing to the run. Determinism holds for the same hardware type, library versions and thread count (see
+determinism.py), so a difference across machines is information, not necessarily a bug.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from dataclasses import dataclass, field
+
+from orchestrator.errors import RunError
+from orchestrator.execution.driver import DriverSession
+from orchestrator.execution.runner import plan
+from orchestrator.results import config_of, load_results, load_trials
+from orchestrator.results.layout import ITERATION_KEY
+from orchestrator.results.ops import stored_spec
+
+
+@dataclass
+class Reproduction:
+    trial_id: str
+    iterations: int
+    identical: bool
+    first_difference: dict | None = None  # iteration, metric, recorded, reproduced
+    metrics: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        if self.identical:
+            return (
+                f"{self.trial_id}: bit-identical ({self.iterations} epoch(s), "
+                f"{', '.join(self.metrics)} compared exactly)"
+            )
+        d = self.first_difference
+        return (
+            f"{self.trial_id}: differs first at epoch {d['iteration']}, {d['metric']}: recorded "
+            f"{d['recorded']!r}, reproduced {d['reproduced']!r}"
+        )
+
+
+def _same(a, b) -> bool:
+    return (
+        (a is None and b is None)
+        or a == b
+        or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    )
+
+
+def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
+    spec = stored_spec(uri, options)
+    trials = {t["trial_id"]: t for t in load_trials(uri, options=options).to_pylist()}
+    if trial_id not in trials:
+        known = ", ".join(sorted(trials)[:5]) + (" ..." if len(trials) > 5 else "")
+        raise RunError(f"{uri} has no trial {trial_id!r} (it has: {known})")
+    trial = trials[trial_id]
+    rows = sorted(
+        (r for r in load_results(uri, options=options).to_pylist() if r["trial_id"] == trial_id),
+        key=lambda r: r["iteration"],
+    )
+    if not rows:
+        raise RunError(f"{trial_id} reported no epoch: nothing to compare")
+    with DriverSession() as session:
+        the_plan = plan(spec, uri)
+        trial_plan = dataclasses.replace(the_plan.trial_plan, max_epochs=rows[-1]["iteration"])
+        if trial_plan.workers > 1:  # a TorchTrainer with the trial's worker count, on this machine's Ray
+            session.start_ray(min_cpus=the_plan.launcher.trial_cpus() + 1)
+        with tempfile.TemporaryDirectory(
+            prefix="hpo-reproduce-"
+        ) as scratch:  # its checkpoints are thrown away
+            reproduced = the_plan.launcher.reproduce(
+                config_of(trial), int(trial["trial_seed"]), trial_plan, trial_id, scratch
+            )
+    metrics = [m for m in the_plan.schema.metrics if m in rows[0]]
+    result = Reproduction(trial_id, len(rows), True, metrics=metrics)
+    again = {m[ITERATION_KEY]: m for m in reproduced}
+    for row in rows:
+        for metric in metrics:
+            value = again.get(row["iteration"], {}).get(metric)
+            if not _same(row[metric], value):
+                result.identical = False
+                result.first_difference = {
+                    "iteration": row["iteration"],
+                    "metric": metric,
+                    "recorded": row[metric],
+                    "reproduced": value,
+                }
+                return result
+    return result

@@ -1,0 +1,281 @@
+"""Plan a job (pure) and run it on Ray: spec -> plan -> Tune run -> results on storage -> summary.
+
+`plan(spec)` builds every Tune object without starting anything, so tests can inspect what would run.
+`run(spec)` starts (or joins) Ray, writes `spec.yaml` and `run.json`, runs the search with results streamed
+to Parquet and checkpoints written through the run's store, waits for anything an outage left in the local
+spool, and returns a `RunSummary`. `execute` is the same for a results URI chosen by the caller, with two
+hooks: a check before the search (the sanity gate, handed in by orchestrator/api.py, so execution/ never imports
+practice/) and the continuation of a stored run (handed in by resume.py).
+
+Ray itself only ever writes to local disk (its experiment state and the Ray Train controller's files go to a
+staging directory, mirrored into `tune/` at the end): every byte that reaches the store goes through our
+spooling Store, so a storage outage delays uploads instead of failing trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from orchestrator.errors import RunError
+from orchestrator.execution.driver import DriverSession
+from orchestrator.execution.launcher import Launcher, launcher_for
+from orchestrator.execution.ray_compat import trial_name
+from orchestrator.execution.ray_env import check_address, check_resources
+from orchestrator.execution.tracking import RunTracker
+from orchestrator.execution.tune_search import TrialNamer, build_scheduler, build_search
+from orchestrator.results import ResultsSchema, ResultsWriter
+from orchestrator.results.layout import (
+    RUN_FILE,
+    SPEC_FILE,
+    TRAIN_DIR,
+    TUNE_DIR,
+    new_run_id,
+    results_uri_for,
+    run_id_of,
+)
+from orchestrator.results.summary import RunSummary, summarize_rows
+from orchestrator.spec import JobSpec, check_against_workload
+from orchestrator.storage import Store, join_uri, open_store
+from orchestrator.storage.spool import SpoolingStore, drain_until, pending_items, run_spool_dir, writer_dirs
+from orchestrator.train.plan import TrialPlan
+
+
+def drain_timeout_s() -> float:
+    """How long the end of a run waits for the spool to empty (HPO_DRAIN_TIMEOUT_S, default 60 s)."""
+    return float(os.environ.get("HPO_DRAIN_TIMEOUT_S", "60"))
+
+
+@dataclass
+class Plan:
+    spec: JobSpec  # resolved: workload and scheduler defaults filled in
+    results_uri: str
+    staging: str  # local directory where Ray writes its own state
+    schema: ResultsSchema
+    trial_plan: TrialPlan
+    launcher: Launcher
+    search_alg: Any
+    param_space: dict
+    namer: TrialNamer
+    num_samples: int
+    scheduler: Any
+
+
+# A check before the search (the results store, the results URI, progress) and the continuation of a stored run.
+BeforeSearch = Callable[[JobSpec, Store, str, Callable[[str], None]], None]
+ContinueRun = Callable[[Plan, ResultsWriter, RunTracker, Callable[[str], None]], Plan]
+
+
+def plan(spec: JobSpec, results_uri: str) -> Plan:
+    """Everything Tune needs for `spec`, built without starting Ray or writing anything."""
+    workload = check_against_workload(spec)
+    spec = spec.resolved(workload)
+    search_alg, param_space, namer = build_search(spec)
+    train = spec.train
+    remote = open_store(results_uri, spec.storage_options.s3()).remote
+    staging = str(run_spool_dir(results_uri) / "ray") if remote else results_uri
+    trial_plan = TrialPlan(
+        workload=spec.workload,
+        job_seed=spec.seed,
+        fixed=dict(spec.search.fixed),
+        max_epochs=train.max_epochs,
+        workers=train.workers,
+        use_gpu=train.use_gpu,
+        cpus_per_worker=train.cpus_per_worker,
+        checkpoints_to_keep=train.checkpoints_to_keep,
+        metric=spec.search.metric,
+        mode=spec.search.mode,
+        results_uri=results_uri,
+        storage_options=spec.storage_options.s3(),
+        train_storage=join_uri(staging, TRAIN_DIR),
+    )
+    return Plan(
+        spec,
+        results_uri,
+        staging,
+        ResultsSchema.for_spec(spec, workload.metrics),
+        trial_plan,
+        launcher_for(train),
+        search_alg,
+        param_space,
+        namer,
+        spec.search.num_samples,
+        build_scheduler(spec),
+    )
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(
+    spec: JobSpec,
+    *,
+    storage: str | None = None,
+    address: str | None = None,
+    num_cpus: float | None = None,
+    progress: Callable[[str], None] = _stderr,
+    on_start: Callable[[str], None] | None = None,
+    run_id: str | None = None,
+    before_search: BeforeSearch | None = None,
+) -> RunSummary:
+    """Run the job described by `spec` as a new run and return its summary. `on_start(results_uri)` runs before
+    any trial. Library users call orchestrator.run, which hands in the sanity gate for `sanity: true`."""
+    if run_id is not None and not re.fullmatch(r"[0-9A-Za-z-]{1,64}", run_id):
+        raise RunError(f"run id {run_id!r}: use letters, digits and dashes")
+    results_uri = results_uri_for(storage or spec.storage, spec.name, run_id or new_run_id())
+    return execute(
+        spec,
+        results_uri,
+        address=address,
+        num_cpus=num_cpus,
+        progress=progress,
+        on_start=on_start,
+        before_search=before_search,
+    )
+
+
+def execute(
+    spec: JobSpec,
+    results_uri: str,
+    *,
+    address: str | None = None,
+    num_cpus: float | None = None,
+    progress: Callable[[str], None] = _stderr,
+    on_start: Callable[[str], None] | None = None,
+    before_search: BeforeSearch | None = None,
+    continue_run: ContinueRun | None = None,
+) -> RunSummary:
+    """Run `spec` with its results at `results_uri`; see run."""
+    began = time.monotonic()
+    with DriverSession() as session:
+        the_plan = plan(spec, results_uri)
+        launcher = the_plan.launcher
+        check_address(
+            address
+        )  # an unreachable cluster fails now, not after sanity checks wrote their results
+        inner = open_store(results_uri, spec.storage_options.s3())
+        if warning := inner.preflight():  # a missing bucket fails here, not later
+            progress(f"storage: {warning}")
+        if before_search:
+            before_search(spec, inner, results_uri, progress)
+        session.start_ray(address, num_cpus, min_cpus=launcher.trial_cpus() * spec.search.max_concurrent)
+        # before anything is written
+        check_resources(cpus=launcher.trial_cpus(), gpus=launcher.trial_gpus(), embedded=not address)
+        launcher.check_cluster()
+        store = SpoolingStore(inner, run_spool_dir(results_uri) / "driver", write_behind=inner.remote)
+        store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
+        _write_run_file(store, the_plan, "running")
+        if on_start:
+            on_start(results_uri)
+        writer = ResultsWriter(store, the_plan.schema)
+        tracker = RunTracker(
+            writer,
+            the_plan.schema,
+            fixed=the_plan.spec.search.fixed,
+            max_epochs=spec.train.max_epochs,
+            num_trials=the_plan.spec.search.num_trials(),
+            progress=progress,
+            results_uri=results_uri,
+            max_retries=spec.train.max_retries,
+            trial_timeout_s=spec.train.trial_timeout_s,
+        )
+        if continue_run:
+            the_plan = continue_run(the_plan, writer, tracker, progress)
+        try:
+            with (
+                contextlib.redirect_stdout(sys.stderr),
+                session.private_cwd(),
+            ):  # stdout: results line + summary
+                _tuner(the_plan, tracker).fit()
+        finally:
+            launcher.after_job(progress, joined=bool(address))
+            writer.finish()
+            errors = [r["status"] == "error" for r in tracker.records.values()]
+            failed = errors and (all(errors) or (spec.train.fail_fast and any(errors)))
+            _write_run_file(
+                store,
+                the_plan,
+                "failed" if failed else "finished",
+                rows=writer.rows_written,
+                trials=len(tracker.records),
+            )
+            try:
+                pending = _finish_uploads(store, the_plan, progress)
+            finally:
+                store.close()  # what is still spooled waits for `hpo results sync`, not in a thread of ours
+    summary = summarize_rows(
+        results_uri,
+        the_plan.schema,
+        tracker.all_rows(),
+        list(tracker.records.values()),
+        wall_time_s=time.monotonic() - began,
+    )
+    summary.upload_pending = pending
+    summary.spool_dir = str(run_spool_dir(results_uri)) if pending else None
+    return summary
+
+
+def _write_run_file(store, the_plan: Plan, status: str, **extra) -> None:
+    info = {
+        "name": the_plan.spec.name,
+        "run_id": run_id_of(the_plan.results_uri),
+        "status": status,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
+    store.write_text(RUN_FILE, json.dumps(info))
+
+
+def _finish_uploads(store: SpoolingStore, the_plan: Plan, progress) -> int:
+    """Mirror Ray's staged state, then upload every writer's spool; return the items still waiting."""
+    if store.remote:
+        tune_dir = Path(the_plan.staging) / TUNE_DIR
+        for path in sorted(p for p in tune_dir.rglob("*") if p.is_file()):
+            store.write_bytes(f"{TUNE_DIR}/{path.relative_to(tune_dir)}", path.read_bytes())
+    spool = run_spool_dir(the_plan.results_uri)
+    waiting = pending_items(spool)
+    timeout = drain_timeout_s()
+    if waiting:
+        progress(
+            f"storage: {waiting} item(s) waiting in the local spool; retrying uploads for up to {timeout:.0f}s"
+        )
+    return drain_until(store.inner, writer_dirs(spool), timeout) if waiting else 0
+
+
+def _tuner(the_plan: Plan, tracker: RunTracker) -> tune.Tuner:
+    spec, launcher = the_plan.spec, the_plan.launcher
+    trainable = tune.with_resources(
+        tune.with_parameters(launcher.trainable, plan=the_plan.trial_plan), launcher.trial_resources()
+    )
+    tune_config = tune.TuneConfig(
+        metric=spec.search.metric,
+        mode=spec.search.mode,
+        search_alg=the_plan.search_alg,
+        scheduler=the_plan.scheduler,
+        num_samples=the_plan.num_samples,
+        reuse_actors=launcher.reuse_actors,
+        trial_name_creator=the_plan.namer,
+        trial_dirname_creator=trial_name,
+    )
+    failures = tune.FailureConfig(max_failures=spec.train.max_retries, fail_fast=spec.train.fail_fast)
+    run_config = tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=str(Path(the_plan.staging).resolve()),
+        failure_config=failures,
+        callbacks=[tracker],
+        verbose=0,
+    )
+    return tune.Tuner(
+        trainable, param_space=the_plan.param_space, tune_config=tune_config, run_config=run_config
+    )

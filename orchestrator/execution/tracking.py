@@ -1,0 +1,124 @@
+"""The Tune callback on the driver: it turns Tune's events into rows and trial records (recorder.py), the best
+row so far and progress lines (progress.py), and feeds the watchdog (watchdog.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ray.tune import Callback
+
+from orchestrator.execution.attempts import forget, record_retry
+from orchestrator.execution.progress import BestRow, Progress
+from orchestrator.execution.ray_compat import trial_error_file, trial_name
+from orchestrator.execution.recorder import TrialRecorder
+from orchestrator.execution.watchdog import Watchdog
+from orchestrator.results import ResultsSchema, ResultsWriter
+from orchestrator.results.layout import ITERATION_KEY
+
+
+class RunTracker(Callback):
+    def __init__(
+        self,
+        writer: ResultsWriter,
+        schema: ResultsSchema,
+        *,
+        fixed: dict,
+        max_epochs: int,
+        num_trials: int,
+        progress: Callable[[str], None],
+        results_uri: str = "",
+        max_retries: int = 0,
+        trial_timeout_s: float = float("inf"),
+    ):
+        self.results_uri = results_uri
+        self.recorder = TrialRecorder(writer, schema, fixed=fixed, max_epochs=max_epochs)
+        self.best = BestRow(schema)
+        self.progress = Progress(
+            progress, schema, max_epochs=max_epochs, num_trials=num_trials, max_retries=max_retries
+        )
+        self.watchdog = Watchdog(trial_timeout_s)
+
+    @property
+    def records(self) -> dict[str, dict]:
+        return self.recorder.records
+
+    @property
+    def rows(self) -> dict[str, list[dict]]:
+        return self.recorder.rows
+
+    def preload(self, rows: list[dict], records: list[dict]) -> None:
+        """`hpo resume`: what the killed run already stored, so it is kept and never written twice."""
+        self.recorder.preload(rows, records)
+        for row in rows:
+            self.best.consider(row)
+
+    # -- Tune hooks ---------------------------------------------------------------------------------------
+    def on_step_begin(self, iteration, trials, **info):
+        for name, why in self.watchdog.check(trials):
+            self.progress.line(f"{name} {why}")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        name = trial_name(trial)
+        self.watchdog.started(name)
+        self.recorder.record(name, trial.config, "running")
+        self.progress.trial_started(name, trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if ITERATION_KEY not in result:  # Tune's bookkeeping results carry no metrics
+            return
+        name = trial_name(trial)
+        self.watchdog.reported(name)
+        row = self.recorder.add(name, trial.config, result)
+        if row is not None:
+            self.best.consider(row)
+            self.progress.epoch(name, row)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        name = trial_name(trial)
+        self.recorder.writer.flush()  # rows first: a stored "completed" record must never precede its rows
+        record = self.recorder.record(name, trial.config, "completed")
+        self.progress.trial_completed(name, record, self.recorder.done(), self.best.row)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial Tune will run again: tell its next attempt to continue from its last checkpoint."""
+        name = trial_name(trial)
+        retry = self.recorder.retried(name)
+        record_retry(self.results_uri, name, retry)
+        self.recorder.record(name, trial.config, "running")
+        self.progress.trial_retried(name, retry, self._why(name, trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        name = trial_name(trial)
+        error = self._why(name, trial)
+        self.recorder.writer.flush()
+        self.recorder.record(name, trial.config, "error", error=error)
+        self.progress.trial_failed(name, error, self.recorder.done())
+
+    def on_experiment_end(self, trials, **info):
+        self.watchdog.close()
+        for trial in trials:  # with fail_fast, Tune ends the others without telling callbacks
+            name = trial_name(trial)
+            if self.records.get(name, {}).get("status") == "running":
+                why = "the job stopped before this trial finished (train.fail_fast, or an interrupt)"
+                self.recorder.record(name, trial.config, "cancelled", error=why)
+        self.recorder.writer.flush()
+        if self.recorder.retries:
+            forget(self.results_uri, list(self.recorder.retries))
+
+    def all_rows(self) -> list[dict]:
+        return self.recorder.all_rows()
+
+    def _why(self, name: str, trial) -> str:
+        return self.watchdog.reason(name) or _error_line(trial)
+
+
+def _error_line(trial) -> str:
+    """The last line of the trial's error (the exception), without the traceback."""
+    path = trial_error_file(trial) or ""
+    text = ""
+    try:
+        text = open(path).read() if path else ""
+    except OSError:
+        pass
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "trial failed (no error recorded)"

@@ -1,0 +1,140 @@
+"""How Ray Tune runs what search/ describes: the search algorithm and scheduler of a spec as Tune objects.
+
+BUILDERS maps each search algorithm of search/algorithms.py to its Tune form; every one is a fast_forward
+class, so `hpo resume` can pass over finished trials, and each caps its own concurrency (Tune's
+max_concurrent_trials silently ignores BasicVariantGenerator instances). Trials are named by creation order
+(TrialNamer), which the searcher fixes, not concurrency, so the same spec gives the same names and seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.hyperopt import HyperOptSearch
+
+from orchestrator.execution.fast_forward import SearcherGenerator, VariantGenerator
+from orchestrator.execution.ray_compat import creation_counter, pin_hyperopt_suggestion
+from orchestrator.results.layout import ITERATION_KEY, trial_id
+from orchestrator.search.algorithms import Algorithm, Grid, HyperOpt, QuasiRandom, Random
+from orchestrator.spec import JobSpec
+
+
+class TrialNamer:
+    """Tune's trial_name_creator: "trial_0000", "trial_0001", ... by creation order. Tune deep-copies it per
+    trial, so it cannot count; it reads Tune's creation counter, which starts at `first`."""
+
+    def __init__(self, first: int):
+        self.first = first
+
+    def __call__(self, trial) -> str:
+        return trial_id(creation_counter(trial) - self.first)
+
+
+class QuasiRandomSearcher(Searcher):
+    """Proposes search/algorithms.py's quasi-random points, one per trial in creation order."""
+
+    def __init__(self, points: list[dict[str, Any]]):
+        super().__init__()
+        self._points = points
+        self._next = 0
+
+    def suggest(self, trial_id: str):
+        if self._next >= len(self._points):
+            return Searcher.FINISHED
+        self._next += 1
+        return dict(self._points[self._next - 1])
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
+        pass  # not adaptive
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as fh:
+            json.dump({"next": self._next}, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as fh:
+            self._next = json.load(fh)["next"]
+
+
+class PinnableHyperOpt(HyperOptSearch):
+    """HyperOptSearch whose i-th proposal (i = the trial's index) is replaced by `pinned[i]` where given.
+
+    At max_concurrent > 1, which trials had finished when TPE proposed trial i depends on timing, so a resumed
+    search may propose another config for a trial the dead run had started (past TPE's random start-up trials).
+    That trial must continue with the config its checkpoint was trained with, and TPE must learn its result at
+    that point, not at the one it proposed. The random state is consumed exactly as without pinning, so later
+    proposals follow the same stream."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pinned: dict[int, dict] = {}
+        self._proposed = 0
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        index, self._proposed = self._proposed, self._proposed + 1
+        pinned = self.pinned.get(index)
+        if (
+            not isinstance(config, dict)
+            or pinned is None
+            or all(config.get(k) == v for k, v in pinned.items())
+        ):
+            return config
+        pin_hyperopt_suggestion(self, trial_id, pinned)
+        return {**config, **pinned}
+
+
+def _random(spec: JobSpec, algorithm: Random):
+    # Configs are drawn in trial-creation order from one seeded generator: concurrency does not change them.
+    gen = VariantGenerator(
+        spec.search.space, max_concurrent=spec.search.max_concurrent, random_state=spec.seed
+    )
+    return gen, {name: dist.to_tune() for name, dist in spec.search.space.items()}
+
+
+def _grid(spec: JobSpec, algorithm: Grid):
+    gen = VariantGenerator(
+        spec.search.space, max_concurrent=spec.search.max_concurrent, random_state=spec.seed
+    )
+    return gen, {
+        name: tune.grid_search(values) for name, values in algorithm.values(spec.search.space).items()
+    }
+
+
+def _quasirandom(spec: JobSpec, algorithm: QuasiRandom):
+    searcher = QuasiRandomSearcher(algorithm.points(spec.search.space, spec.seed, spec.search.num_samples))
+    return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
+
+
+def _hyperopt(spec: JobSpec, algorithm: HyperOpt):
+    space = {name: dist.to_hyperopt(name) for name, dist in spec.search.space.items()}
+    searcher = PinnableHyperOpt(
+        space=space, metric=spec.search.metric, mode=spec.search.mode, random_state_seed=spec.seed
+    )
+    return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
+
+
+# search algorithm -> builder(spec, algorithm) -> (Tune search algorithm, Tune param_space)
+BUILDERS: dict[type[Algorithm], Callable[[JobSpec, Any], tuple[Any, dict]]] = {
+    Random: _random,
+    Grid: _grid,
+    QuasiRandom: _quasirandom,
+    HyperOpt: _hyperopt,
+}
+
+
+def build_search(spec: JobSpec) -> tuple[Any, dict, TrialNamer]:
+    """(Tune search algorithm, param_space, trial namer) for the spec's search."""
+    algorithm = spec.search.search_algorithm
+    search_alg, param_space = BUILDERS[type(algorithm)](spec, algorithm)
+    return search_alg, param_space, TrialNamer(first=0 if isinstance(search_alg, VariantGenerator) else 1)
+
+
+def build_scheduler(spec: JobSpec):
+    return spec.scheduler.kind.build(
+        spec.scheduler.settings(), max_epochs=spec.train.max_epochs, time_attr=ITERATION_KEY
+    )

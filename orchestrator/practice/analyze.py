@@ -1,0 +1,145 @@
+"""`hpo analyze`: the plots and warnings the Deep Learning Tuning Playbook asks for after a search.
+
+- learning_curves.png: the search metric of every trial per epoch; trials ASHA stopped end in an x.
+- isolation_<hp>.png per searched hyperparameter: every trial's best metric against its value, and the best
+  reached at each value (each choice, or each of 8 bins in the distribution's own scale), taking the best over
+  the nuisance hyperparameters; other scientific hyperparameters get a line per value.
+- report.txt: the best trial, the isolation tables, and warnings: the best trial near a search-space boundary
+  (in the distribution's scale; with how many of the top 10% share that edge), and seed noise larger than
+  the gap between the top configs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.practice.plots import plot_isolation, plot_learning_curves
+from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
+from orchestrator.results.ops import stored_spec
+
+BINS = 8
+EDGE = 0.10  # "near a boundary": within the outer 10% of the range, in the distribution's scale
+TOP_FRACTION = 0.10  # the trials whose positions the boundary warning looks at
+
+
+@dataclass
+class AnalysisReport:
+    lines: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _bucket(dist, value):
+    """The value itself for an unordered or small distribution; else the centre of its bin (BINS bins across the
+    range, in the distribution's analysis scale: a loguniform's are geometric)."""
+    values = dist.finite_values()
+    if not dist.ordered or (values is not None and len(values) <= BINS):
+        return value
+    position = min(BINS - 1, max(0, int(dist.unit(value) * BINS)))
+    return dist.at_unit((position + 0.5) / BINS)
+
+
+def _better(mode: str):
+    return min if mode == "min" else max
+
+
+def isolation(trials: list[dict], spec, name: str) -> dict[tuple, dict]:
+    """{other scientific values: {bucket of `name`: best metric}}, the best taken over nuisance hyperparameters."""
+    metric, pick = f"best_{spec.search.metric}", _better(spec.search.mode)
+    dist = spec.search.space[name]
+    others = [n for n in spec.search.space if n != name and spec.search.role(n) == "scientific"]
+    series: dict[tuple, dict] = {}
+    for t in trials:
+        if t[metric] is None:
+            continue
+        key = tuple(t[CONFIG_PREFIX + o] for o in others)
+        bucket = _bucket(dist, t[CONFIG_PREFIX + name])
+        line = series.setdefault(key, {})
+        line[bucket] = pick(line.get(bucket, t[metric]), t[metric])
+    return series
+
+
+def _boundary_warnings(trials: list[dict], spec) -> list[str]:
+    metric, mode = f"best_{spec.search.metric}", spec.search.mode
+    scored = sorted(
+        (t for t in trials if t[metric] is not None), key=lambda t: t[metric], reverse=mode == "max"
+    )
+    top = scored[: max(1, math.ceil(TOP_FRACTION * len(scored)))]
+    warnings = []
+    for name in spec.search.space:
+        dist = spec.search.space[name]
+        if not dist.ordered or not top:
+            continue
+        positions = [dist.unit(t[CONFIG_PREFIX + name]) for t in top]  # top[0] is the best trial
+        for side, near in (("lower", lambda p: p <= EDGE), ("upper", lambda p: p >= 1 - EDGE)):
+            if near(positions[0]):
+                scale = " (log scale)" if dist.log_scale else ""
+                warnings.append(
+                    f"{name}: the best trial ({top[0]['trial_id']}, {name}="
+                    f"{top[0][CONFIG_PREFIX + name]:.4g}) and {sum(map(near, positions)) - 1} of the "
+                    f"next {len(top) - 1} sit in the {side} {EDGE:.0%} of the range {dist.args[:2]}{scale}; the "
+                    "optimum may lie outside it: widen the range"
+                )
+    return warnings
+
+
+def _seed_warning(trials: list[dict], spec) -> list[str]:
+    metric, mode = f"best_{spec.search.metric}", spec.search.mode
+    groups: dict[tuple, list[float]] = {}
+    for t in trials:
+        if t[metric] is not None:
+            groups.setdefault(tuple(t[CONFIG_PREFIX + n] for n in spec.search.space), []).append(t[metric])
+    repeated = [v for v in groups.values() if len(v) > 1]
+    if not repeated:
+        return [
+            "note: no config ran with more than one seed, so seed noise is unmeasured (grid search with "
+            "num_samples > 1 repeats every config)"
+        ]
+    spread = max(max(v) - min(v) for v in repeated)
+    bests = sorted((_better(mode)(v) for v in groups.values()), reverse=mode == "max")
+    if len(bests) > 1 and spread > abs(bests[0] - bests[1]):
+        return [
+            f"seed noise: the same config's best {spec.search.metric} varies by {spread:.4g} across seeds, "
+            f"more than the gap {abs(bests[0] - bests[1]):.4g} between the two best configs; the ranking of "
+            "the top configs is not trustworthy"
+        ]
+    return []
+
+
+def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
+    """Write the plots and report.txt for the run at `uri` into `out_dir`; return what was written."""
+    spec = stored_spec(uri)
+    rows, trials = load_results(uri).to_pylist(), load_trials(uri).to_pylist()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = AnalysisReport()
+    report.plots.append(plot_learning_curves(rows, trials, spec, out / "learning_curves.png"))
+    metric = spec.search.metric
+    scored = [t for t in trials if t[f"best_{metric}"] is not None]
+    if scored:
+        best = _better(spec.search.mode)(scored, key=lambda t: t[f"best_{metric}"])
+        report.lines.append(
+            f"{len(trials)} trials; best {best['trial_id']} {metric}={best[f'best_{metric}']:.4g}"
+        )
+    for name in spec.search.space:
+        series = isolation(trials, spec, name)
+        report.plots.append(plot_isolation(trials, spec, name, series, out / f"isolation_{name}.png"))
+        report.lines.append(
+            f"isolation {name} ({spec.search.role(name)}): "
+            + "; ".join(
+                f"{_fmt(k)}: " + ", ".join(f"{_fmt(b)} -> {v:.4g}" for b, v in sorted(line.items()))
+                for k, line in series.items()
+            )
+        )
+    report.warnings = _boundary_warnings(trials, spec) + _seed_warning(trials, spec)
+    report.lines += [f"warning: {w}" if not w.startswith("note:") else w for w in report.warnings]
+    (out / "report.txt").write_text("\n".join(report.lines) + "\n")
+    return report
+
+
+def _fmt(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_fmt(v) for v in value) or "all"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

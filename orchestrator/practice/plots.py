@@ -1,0 +1,81 @@
+"""The drawing half of `hpo analyze`: one function per figure, each returns its path. Figures are drawn on
+matplotlib's Figure directly, without pyplot, so no backend or global state of the process is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from orchestrator.results import CONFIG_PREFIX
+
+STYLE = {
+    "completed": ("tab:blue", "-"),
+    "stopped_early": ("tab:gray", "--"),
+    "error": ("tab:red", ":"),
+    "running": ("tab:orange", "-"),
+}
+
+
+def plot_learning_curves(rows: list[dict], trials: list[dict], spec, path: Path) -> str:
+    metric = spec.search.metric
+    status = {t["trial_id"]: t["status"] for t in trials}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            curves.setdefault(r["trial_id"], []).append((r["iteration"], r[metric]))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    seen = set()
+    for trial_id, points in sorted(curves.items()):
+        points.sort()
+        state = status.get(trial_id, "completed")
+        color, line = STYLE.get(state, STYLE["completed"])
+        label = state.replace("_", " ") if state not in seen else None
+        seen.add(state)
+        ax.plot([p[0] for p in points], [p[1] for p in points], line, color=color, alpha=0.7, label=label)
+        if state == "stopped_early":
+            ax.plot(points[-1][0], points[-1][1], "x", color=color)
+    ax.set(xlabel="epoch", ylabel=metric, title=f"{spec.name}: {metric} per epoch, {len(curves)} trials")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return str(path)
+
+
+def plot_isolation(trials: list[dict], spec, name: str, series: dict[tuple, dict], path: Path) -> str:
+    metric = f"best_{spec.search.metric}"
+    dist = spec.search.space[name]
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    points = [(t[CONFIG_PREFIX + name], t[metric]) for t in trials if t[metric] is not None]
+    categorical = not dist.ordered and not all(isinstance(v, (int, float)) for v, _ in points)
+    position = {v: i for i, v in enumerate(sorted({v for v, _ in points}, key=str))} if categorical else None
+    x = (lambda v: position[v]) if categorical else (lambda v: v)
+    ax.scatter(
+        [x(v) for v, _ in points],
+        [m for _, m in points],
+        s=14,
+        color="tab:gray",
+        alpha=0.5,
+        label="every trial",
+    )
+    for key, line in series.items():
+        buckets = sorted(line, key=str if categorical else float)
+        label = "best at each value" + (f" ({key})" if key else "")
+        ax.plot([x(b) for b in buckets], [line[b] for b in buckets], "o-", label=label)
+    if categorical:
+        ax.set_xticks(list(position.values()), [str(v) for v in position])
+    if dist.log_scale:
+        ax.set_xscale("log")
+    ax.set(
+        xlabel=f"{name} ({spec.search.role(name)})",
+        ylabel=metric,
+        title=f"isolation: {name}, best over nuisance hyperparameters",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return str(path)

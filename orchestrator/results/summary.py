@@ -1,0 +1,70 @@
+"""A run's summary: the best (trial, iteration) row and trial counts, from the run's tables."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from orchestrator.errors import ResultsNotFound
+from orchestrator.results.reader import best_row, config_of, load_results, load_trials, search_metric
+
+
+@dataclass
+class RunSummary:
+    results_uri: str
+    num_trials: int
+    best: dict | None  # trial_id, iteration, metric (its value), config; None if no trial reported a metric
+    metric: str
+    mode: str
+    statuses: dict[str, int] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    upload_pending: int = 0  # items an outage left in the local spool (see `hpo results sync`)
+    spool_dir: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def format_config(config: dict) -> str:
+    """`lr=0.001 hidden=64 ...`: a config on one line, floats to 4 significant digits."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
+def _summary(results_uri, rows: pa.Table | None, trials: pa.Table, wall_time_s: float) -> RunSummary:
+    metric, mode = search_metric(trials)
+    statuses: dict[str, int] = {}
+    for status in trials.column("status").to_pylist():
+        statuses[status] = statuses.get(status, 0) + 1
+    best = None
+    if rows is not None and rows.num_rows:
+        try:
+            row = best_row(rows)
+            best = {
+                "trial_id": row["trial_id"],
+                "iteration": row["iteration"],
+                "metric": row[metric],
+                "config": config_of(row),
+            }
+        except ResultsNotFound:
+            pass
+    return RunSummary(results_uri, trials.num_rows, best, metric, mode, statuses, round(wall_time_s, 2))
+
+
+def summarize(results_uri: str, wall_time_s: float = 0.0, options=None) -> RunSummary:
+    """The summary of a stored run, read back through the results reader."""
+    trials = load_trials(results_uri, options=options)
+    try:
+        rows = load_results(results_uri, options=options)
+    except ResultsNotFound:
+        rows = None
+    return _summary(results_uri, rows, trials, wall_time_s)
+
+
+def summarize_rows(
+    results_uri: str, schema, rows: list[dict], records: list[dict], wall_time_s: float = 0.0
+) -> RunSummary:
+    """The summary of a run just written, from the rows the writer wrote (the store may be unreachable)."""
+    rows_table = pa.Table.from_pylist(rows, schema=schema.rows_schema())
+    trials = pa.Table.from_pylist(sorted(records, key=lambda r: r["trial_id"]), schema=schema.trials_schema())
+    return _summary(results_uri, rows_table, trials, wall_time_s)

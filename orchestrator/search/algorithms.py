@@ -1,0 +1,82 @@
+"""What to try: the search algorithms a spec can name, each listed once.
+
+Each entry says what it does (for the schema, "did you mean" and the README's table), what it needs of a
+search space, and how many trials it makes. How Ray Tune runs it is execution/tune_search.py's business: search/
+never imports Ray at module level, so `hpo validate` stays fast and a plan can be tested without Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.search.distributions import GRID_LIMIT, Distribution, finite_kinds
+
+
+class Algorithm:
+    """A search algorithm: how trial i's config is chosen."""
+
+    name: str = ""
+    help: str = ""
+    adaptive: bool = False  # proposes from results so far: whole-job deterministic only at max_concurrent 1
+
+    def check(self, space: Mapping[str, Distribution]) -> None:
+        """Raise ValueError if this algorithm cannot search `space`."""
+
+    def num_trials(self, space: Mapping[str, Distribution], num_samples: int) -> int:
+        return num_samples
+
+
+class Random(Algorithm):
+    name = "random"
+    help = "Ray Tune's BasicVariantGenerator, seeded by the job seed"
+
+
+class Grid(Algorithm):
+    name = "grid"
+    help = "every combination of the values, num_samples times (distributions with finitely many values)"
+
+    def check(self, space: Mapping[str, Distribution]) -> None:
+        for name, dist in space.items():
+            if dist.finite_values() is None:
+                raise ValueError(
+                    f"grid search needs every hyperparameter to be a choice or to take at most {GRID_LIMIT} values "
+                    f"({', '.join(finite_kinds())}); space.{name} is {dist.describe()} (use algorithm: random or "
+                    "quasirandom)"
+                )
+
+    def num_trials(self, space: Mapping[str, Distribution], num_samples: int) -> int:
+        return math.prod(len(dist.finite_values()) for dist in space.values()) * num_samples
+
+    def values(self, space: Mapping[str, Distribution]) -> dict[str, list]:
+        return {name: dist.finite_values() for name, dist in space.items()}
+
+
+class QuasiRandom(Algorithm):
+    name = "quasirandom"
+    help = "scrambled Sobol points seeded by the job seed (the Tuning Playbook's default for exploring)"
+
+    def points(self, space: Mapping[str, Distribution], seed: int, n: int) -> list[dict[str, Any]]:
+        """The first n configs, drawn up front from the seed: trial i's config depends only on (space, seed, i),
+        never on concurrency or completion order. Low-discrepancy points cover the space more evenly than random
+        ones for the same budget, which makes the Playbook's isolation plots easier to read."""
+        from scipy.stats import qmc  # heavy: SciPy's stats takes ~1 s to import
+
+        with warnings.catch_warnings():  # scipy warns when n is not a power of 2; balance is not our goal
+            warnings.simplefilter("ignore")
+            points = qmc.Sobol(d=len(space), scramble=True, seed=seed).random(n)
+        return [
+            {name: dist.from_unit(float(u)) for (name, dist), u in zip(space.items(), point, strict=True)}
+            for point in points
+        ]
+
+
+class HyperOpt(Algorithm):
+    name = "hyperopt"
+    help = "HyperOpt's TPE (Tree-structured Parzen Estimator), seeded; adaptive"
+    adaptive = True
+
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (Random(), Grid(), QuasiRandom(), HyperOpt())}

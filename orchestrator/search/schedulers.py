@@ -1,0 +1,84 @@
+"""When to stop a trial early: the schedulers a spec can name, each listed once with its options and defaults.
+
+The spec's `scheduler:` section is built from this registry (spec/model.py): its `type`, every scheduler's
+options with their bounds and defaults, and the rule that an option belongs to its scheduler. `build` makes
+the Ray Tune scheduler; Ray is imported only there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field, StrictInt
+
+from orchestrator.search.distributions import Float
+
+
+@dataclass(frozen=True)
+class Option:
+    type: Any  # a pydantic type with its bounds, e.g. Annotated[StrictInt, Field(gt=0)]
+    default: Any
+    help: str
+
+
+class Scheduler:
+    name: str = ""
+    help: str = ""
+    options: Mapping[str, Option] = {}
+
+    def settings(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """This scheduler's options: those given, the defaults for the rest."""
+        return {
+            name: given.get(name) if given.get(name) is not None else option.default
+            for name, option in self.options.items()
+        }
+
+    def check(self, settings: Mapping[str, Any], max_epochs: int) -> None:
+        """Raise ValueError if these settings cannot work for trials of `max_epochs`."""
+
+    def build(self, settings: Mapping[str, Any], *, max_epochs: int, time_attr: str):
+        """The Ray Tune scheduler; `time_attr` is the result key that counts epochs."""
+        raise NotImplementedError
+
+
+class Fifo(Scheduler):
+    name = "fifo"
+    help = "run every trial to train.max_epochs"
+
+    def build(self, settings: Mapping[str, Any], *, max_epochs: int, time_attr: str):
+        from ray.tune.schedulers import FIFOScheduler  # heavy: Ray Tune
+
+        return FIFOScheduler()
+
+
+class Asha(Scheduler):
+    name = "asha"
+    help = "asynchronous successive halving: at each rung, stop all but the best 1/reduction_factor"
+    options = {
+        "grace_period": Option(Annotated[StrictInt, Field(gt=0)], 1, "epochs before a trial may be stopped"),
+        "reduction_factor": Option(
+            Annotated[Float, Field(gt=1, le=100)], 3.0, "keep the top 1/reduction_factor at each rung"
+        ),
+    }
+
+    def check(self, settings: Mapping[str, Any], max_epochs: int) -> None:
+        if settings["grace_period"] > max_epochs:
+            raise ValueError(
+                f"scheduler.grace_period {settings['grace_period']} is above train.max_epochs "
+                f"{max_epochs}; ASHA could never stop a trial"
+            )
+
+    def build(self, settings: Mapping[str, Any], *, max_epochs: int, time_attr: str):
+        from ray.tune.schedulers import ASHAScheduler  # heavy: Ray Tune
+
+        return ASHAScheduler(
+            time_attr=time_attr,
+            max_t=max_epochs,
+            grace_period=settings["grace_period"],
+            reduction_factor=settings["reduction_factor"],
+        )
+
+
+SCHEDULERS: dict[str, Scheduler] = {s.name: s for s in (Fifo(), Asha())}

@@ -1,0 +1,377 @@
+"""The typed job spec, validated once at the edge.
+
+`load_spec(path)` reads a YAML file and returns a frozen `JobSpec`, or raises `SpecError` whose message is one
+line naming the field, the bad value and what is allowed. Past this module nothing handles raw dicts.
+`JobSpec.resolved()` fills in the workload's and the scheduler's defaults; that is what a run records as
+`spec.yaml`. The names a spec may use (algorithms, schedulers and their options, distributions, storage
+schemes, workloads) come from their registries in search/, storage/ and workloads/; this module lists none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.errors import SpecError, did_you_mean, not_allowed
+from orchestrator.search import ALGORITHMS, SCHEDULERS
+from orchestrator.search.algorithms import Algorithm
+from orchestrator.search.distributions import Float, Scalar
+from orchestrator.search.schedulers import Scheduler as SchedulerKind
+from orchestrator.spec.parts import SearchedHyperparameter, Section
+from orchestrator.spec.workload_ref import check_against_workload
+from orchestrator.spec.yaml_load import YamlError, load_yaml_text
+from orchestrator.storage import S3Options, check_storage_uri
+
+__all__ = [
+    "JobSpec",
+    "EnsembleSpec",
+    "SpecError",
+    "load_spec",
+    "parse_spec",
+    "json_schema",
+    "ENSEMBLE_METHODS",
+]
+
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+ENSEMBLE_METHODS = {
+    "topk": "average the K best trials",
+    "greedy": "Caruana forward selection on validation loss",
+}
+
+
+def _described(registry: dict) -> str:
+    return "; ".join(f"{name}: {entry.help}" for name, entry in registry.items())
+
+
+class Search(Section):
+    algorithm: Literal[tuple(ALGORITHMS)] = Field("quasirandom", description=_described(ALGORITHMS))  # type: ignore[valid-type]
+    num_samples: Annotated[StrictInt, Field(gt=0, le=1_000_000)] = Field(
+        16, description="number of trials (grid: passes over the full grid)"
+    )
+    max_concurrent: Annotated[StrictInt, Field(gt=0, le=10_000)] = Field(
+        1, description="trials running at once"
+    )
+    metric: StrictStr = Field("val_loss", description="a metric the workload reports")
+    mode: Literal["min", "max"] = "min"
+    space: dict[StrictStr, SearchedHyperparameter] = Field(
+        description="searched hyperparameters, one distribution each"
+    )
+    fixed: dict[StrictStr, Scalar] = Field(default_factory=dict, description="hyperparameters held fixed")
+    roles: dict[StrictStr, Literal["scientific", "nuisance", "fixed"]] = Field(
+        default_factory=dict,
+        description="Tuning Playbook roles for `hpo analyze`: scientific (compared), "
+        "nuisance (optimized over), fixed; searched hyperparameters default to nuisance",
+    )
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space_shape(cls, value: Any) -> Any:
+        if isinstance(value, dict) and not value:
+            raise ValueError("is empty; search at least one hyperparameter")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self):
+        both = sorted(set(self.space) & set(self.fixed))
+        if both:
+            raise ValueError(f"{both[0]!r} is both searched (space) and fixed; keep it in one")
+        for name, role in self.roles.items():
+            if name not in self.space and name not in self.fixed:
+                raise ValueError(
+                    f"roles.{name}: not a searched or fixed hyperparameter ({did_you_mean(name, [*self.space, *self.fixed])}"
+                    f"searched: {', '.join(self.space)})"
+                )
+            if (role == "fixed") != (name in self.fixed):
+                where = "fixed" if name in self.fixed else "space"
+                raise ValueError(
+                    f"roles.{name}: {role!r} does not match where it is ({where}); searched "
+                    f"hyperparameters are scientific or nuisance, those in fixed are fixed"
+                )
+        self.search_algorithm.check(self.space)
+        return self
+
+    @property
+    def search_algorithm(self) -> Algorithm:
+        return ALGORITHMS[self.algorithm]
+
+    def role(self, name: str) -> str:
+        return self.roles.get(name, "fixed" if name in self.fixed else "nuisance")
+
+    def num_trials(self) -> int:
+        return self.search_algorithm.num_trials(self.space, self.num_samples)
+
+
+class _SchedulerSection(Section):
+    """`scheduler:`: a `type` from the scheduler registry and the options of that type (see search/schedulers.py)."""
+
+    type: str
+
+    @model_validator(mode="after")
+    def _options_of_its_type(self):
+        given = [
+            name for name in type(self).model_fields if name != "type" and getattr(self, name) is not None
+        ]
+        foreign = [name for name in given if name not in self.kind.options]
+        if foreign:
+            owners = sorted({s.name for s in SCHEDULERS.values() for name in foreign if name in s.options})
+            verb = "apply" if len(foreign) > 1 else "applies"
+            raise ValueError(f"{' and '.join(foreign)} {verb} only to type: {', '.join(owners)}")
+        return self
+
+    @property
+    def kind(self) -> SchedulerKind:
+        return SCHEDULERS[self.type]
+
+    def settings(self) -> dict[str, Any]:
+        """This type's options, defaults filled in."""
+        return self.kind.settings({name: getattr(self, name) for name in self.kind.options})
+
+
+Scheduler = create_model(
+    "Scheduler",
+    __base__=_SchedulerSection,
+    type=(Literal[tuple(SCHEDULERS)], Field("fifo", description=_described(SCHEDULERS))),  # type: ignore[valid-type]
+    **{
+        name: (
+            option.type | None,
+            Field(None, description=f"{kind.name}: {option.help} (default {option.default:g})"),
+        )
+        for kind in SCHEDULERS.values()
+        for name, option in kind.options.items()
+    },
+)
+
+
+class Train(Section):
+    max_epochs: Annotated[StrictInt, Field(gt=0, le=100_000)] = Field(10, description="epochs per trial")
+    workers: Annotated[StrictInt, Field(gt=0, le=1024)] = Field(
+        1, description="Ray Train workers per trial; more than 1 runs DDP"
+    )
+    use_gpu: StrictBool = Field(False, description="one GPU per worker")
+    cpus_per_worker: Annotated[Float, Field(gt=0, le=1024)] = Field(
+        1.0, description="logical CPUs per worker"
+    )
+    checkpoints_to_keep: Annotated[StrictInt, Field(gt=0, le=1000)] = Field(
+        2, description="per trial: the best by the search metric and the latest are kept"
+    )
+    max_retries: Annotated[StrictInt, Field(ge=0, le=100)] = Field(
+        2, description="times a failed trial is run again, continuing from its last checkpoint"
+    )
+    trial_timeout_s: Annotated[Float, Field(gt=0, le=7 * 24 * 3600)] = Field(
+        1800.0,
+        description="a trial that reports nothing for this long (e.g. a worker group that never "
+        "starts) is stopped and counts as failed",
+    )
+    fail_fast: StrictBool = Field(False, description="stop the whole job at the first failed trial (exit 1)")
+
+
+_SECRET_WORDS = ("secret", "access_key", "accesskey", "password", "token", "session", "credential")
+URL_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~\-/]*)?")
+
+
+class StorageOptions(Section):
+    """Non-secret settings for s3:// storage. Credentials never belong in a spec."""
+
+    endpoint_url: StrictStr | None = Field(
+        None,
+        description="S3-compatible endpoint, e.g. http://127.0.0.1:8333 "
+        "(default: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then AWS)",
+    )
+    region: StrictStr | None = Field(None, description="default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1")
+    addressing_style: Literal["path", "virtual", "auto"] | None = Field(
+        None, description="default: path with an endpoint_url, else auto"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if any(word in str(key).lower() for word in _SECRET_WORDS):
+                    raise ValueError(
+                        f"{key!r} looks like a credential, and credentials never go in a spec: set "
+                        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, use "
+                        "~/.aws/credentials (AWS_PROFILE) or an instance role"
+                    )
+        return data
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parsed = urlparse(value)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError(f"{value!r} is not an http(s):// URL")
+            if "@" in parsed.netloc:
+                raise ValueError("must not carry credentials; set them in the environment or ~/.aws")
+            if not URL_RE.fullmatch(value):
+                raise ValueError(
+                    f"{value!r} is not a plain http(s)://host[:port][/path] URL (no spaces, quotes, "
+                    "query strings or shell characters)"
+                )
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", value):
+            raise ValueError(
+                f"{value!r} is not a region name (lowercase letters, digits, dashes, e.g. us-east-1)"
+            )
+        return value
+
+    def s3(self) -> S3Options:
+        return S3Options(self.endpoint_url, self.region, self.addressing_style)
+
+
+def _check_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not allowed: use lowercase letters, digits and dashes, starting and "
+            "ending with a letter or digit, at most 63 characters (it becomes a path)"
+        )
+    return value
+
+
+class JobSpec(Section):
+    kind: Literal["tune"] = Field(
+        "tune", description="tune (a search; the default) | ensemble (see EnsembleSpec)"
+    )
+    name: StrictStr = Field(description="lowercase letters, digits, dashes; at most 63 characters")
+    workload: StrictStr = Field(description="a built-in workload or 'package.module:function'")
+    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = Field(0, description="job seed")
+    description: StrictStr = ""
+    search: Search
+    scheduler: Scheduler = Field(default_factory=Scheduler)  # type: ignore[valid-type]
+    train: Train = Field(default_factory=Train)
+    storage: StrictStr = Field("./results", description="a local folder, file://... or s3://bucket/prefix")
+    storage_options: StorageOptions = Field(default_factory=StorageOptions, description="for s3:// storage")
+    sanity: StrictBool = Field(
+        False, description="run `hpo sanity`'s checks first; do not search if one fails"
+    )
+
+    _name = field_validator("name")(_check_name)
+    _storage = field_validator("storage")(check_storage_uri)
+
+    @model_validator(mode="after")
+    def _check(self):
+        self.scheduler.kind.check(self.scheduler.settings(), self.train.max_epochs)
+        return self
+
+    def resolved(self, workload) -> JobSpec:
+        """This spec with the workload's defaults written into `search.fixed` for everything not searched, and
+        the scheduler's defaults into `scheduler`."""
+        fixed = {k: v for k, v in workload.defaults().items() if k not in self.search.space}
+        fixed.update(self.search.fixed)
+        return self.model_copy(
+            update={
+                "search": self.search.model_copy(update={"fixed": fixed}),
+                "scheduler": self.scheduler.model_copy(update=self.scheduler.settings()),
+            }
+        )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+class EnsembleSpec(Section):
+    """`kind: ensemble`: ensemble the best trials of a finished tuning run (what `hpo ensemble` does), as a job
+    that `hpo run` runs and `hpo submit` sends to a cluster."""
+
+    kind: Literal["ensemble"]
+    name: StrictStr = Field(description="lowercase letters, digits, dashes; at most 63 characters")
+    description: StrictStr = ""
+    run: StrictStr = Field(description="the tuning run's results_uri (printed by hpo run)")
+    top_k: Annotated[StrictInt, Field(ge=1, le=1000)] = Field(
+        3, description="members, or greedy selection steps"
+    )
+    method: Literal[tuple(ENSEMBLE_METHODS)] = Field(
+        "topk",
+        description=" | ".join(  # type: ignore[valid-type]
+            f"{name} ({help})" for name, help in ENSEMBLE_METHODS.items()
+        ),
+    )
+    storage_options: StorageOptions = Field(default_factory=StorageOptions, description="for s3:// runs")
+
+    _name = field_validator("name")(_check_name)
+    _run = field_validator("run")(check_storage_uri)
+
+
+KINDS = {"tune": JobSpec, "ensemble": EnsembleSpec}
+
+
+def _format_error(err: dict) -> str:
+    # Tags from the tagged union ("loguniform") repeat the key the user wrote; drop the duplicate.
+    parts = [str(p) for p in err["loc"]]
+    dedup = [p for i, p in enumerate(parts) if not (i and parts[i - 1] == p)]
+    loc = ".".join(dedup)
+    msg = err["msg"].removeprefix("Value error, ").replace(" after validation", "")
+    error_type = err["type"]
+    if error_type == "literal_error":
+        expected = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
+        msg = not_allowed(err["input"], expected)
+    elif error_type == "missing":
+        msg = "is required"
+    elif error_type not in ("value_error", "assertion_error"):
+        shown = repr(err.get("input"))
+        msg = f"{msg}, got {shown if len(shown) <= 60 else shown[:57] + '...'}"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def parse_spec(data: Any, *, check_workload: bool = True) -> JobSpec | EnsembleSpec:
+    """Validate an already-parsed mapping (a JobSpec, or an EnsembleSpec for `kind: ensemble`). Raises SpecError."""
+    if data is None:
+        raise SpecError("file is empty; a job spec is a YAML mapping with at least name, workload and search")
+    if not isinstance(data, dict):
+        raise SpecError(f"must be a YAML mapping (key: value), got a {type(data).__name__}")
+    kind = data.get("kind", "tune")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise SpecError(not_allowed(kind, KINDS, "kind: "))
+    try:
+        spec = KINDS[kind].model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_error(exc.errors()[0])) from None
+    if check_workload and isinstance(spec, JobSpec):
+        check_against_workload(spec)
+    return spec
+
+
+def load_spec(path: str | Path, *, check_workload: bool = True) -> JobSpec | EnsembleSpec:
+    """Read and validate a job spec file. Raises SpecError with a one-line reason."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path} is a directory, not a spec file") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = load_yaml_text(raw)
+    except YamlError as exc:
+        raise SpecError(str(exc)) from None
+    return parse_spec(data, check_workload=check_workload)
+
+
+def json_schema() -> str:
+    """The spec's JSON Schema (draft 2020-12), for editors and CI."""
+    schema = JobSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "HPO job spec"
+    return json.dumps(schema, indent=2)

@@ -1,0 +1,68 @@
+"""Spec checks that need the workload: it resolves, knows every hyperparameter, reports the metric, and the
+training loop's own hyperparameters are in range. Run by `parse_spec` (and so by `hpo validate`)."""
+
+from __future__ import annotations
+
+from orchestrator.errors import SpecError, did_you_mean, not_allowed
+from orchestrator.workloads import OPTIMIZERS, TRAINING_RANGES, Workload, WorkloadError, resolve_workload
+
+
+def check_against_workload(spec) -> Workload:
+    """Checks that need the workload: it resolves, knows every hyperparameter, and reports the metric."""
+    try:
+        workload = resolve_workload(spec.workload)
+    except WorkloadError as exc:
+        raise SpecError(f"workload: {exc}") from None
+    known = list(workload.defaults())
+    for section in ("space", "fixed"):
+        for name in getattr(spec.search, section):
+            if name not in known:
+                raise SpecError(
+                    f"search.{section}.{name}: workload {workload.name} has no such hyperparameter "
+                    f"({did_you_mean(name, known)}known: {', '.join(known)})"
+                )
+    if spec.search.metric not in workload.metrics:
+        raise SpecError(
+            f"search.metric: {spec.search.metric!r} is not reported by workload {workload.name} "
+            f"({did_you_mean(spec.search.metric, workload.metrics)}it reports: {', '.join(workload.metrics)})"
+        )
+    optimizer = spec.search.fixed.get("optimizer")
+    if optimizer is not None and optimizer not in OPTIMIZERS:
+        raise SpecError(not_allowed(optimizer, OPTIMIZERS, "search.fixed.optimizer: "))
+    if "optimizer" in spec.search.space:
+        dist = spec.search.space["optimizer"]
+        values = dist.finite_values()
+        bad = [dist.name] if values is None else [v for v in values if v not in OPTIMIZERS]
+        if bad:
+            raise SpecError(not_allowed(bad[0], OPTIMIZERS, "search.space.optimizer: "))
+    batch = spec.search.fixed.get("batch_size", workload.defaults()["batch_size"])
+    if "batch_size" not in spec.search.space and (not isinstance(batch, int) or batch < spec.train.workers):
+        raise SpecError(
+            f"search.fixed.batch_size: {batch!r} must be an integer of at least train.workers "
+            f"({spec.train.workers}); it is the global batch, split across workers"
+        )
+    _check_training_ranges(spec)
+    return workload
+
+
+def _check_training_ranges(spec) -> None:
+    for name, (low, low_ok, high) in TRAINING_RANGES.items():
+        if name in spec.search.fixed:
+            where, values = f"search.fixed.{name}", [spec.search.fixed[name]]
+        elif name in spec.search.space:
+            dist = spec.search.space[name]
+            where, values = f"search.space.{name}.{dist.name}", dist.extremes()
+        else:
+            continue
+        for value in values:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if (
+                not number
+                or value < low
+                or (value == low and not low_ok)
+                or (high is not None and value >= high)
+            ):
+                bound = f"{'>=' if low_ok else '>'} {low:g}" + (
+                    f" and < {high:g}" if high is not None else ""
+                )
+                raise SpecError(f"{where}: {value!r} is out of range; {name} must be a number {bound}")

@@ -1,0 +1,84 @@
+"""Trial checkpoints, written through the run's Store (so they are outage-proof like the result rows).
+
+Layout under a run's results_uri: `checkpoints/<trial_id>/epoch-0007.pt` plus `index.json`, which names the
+latest and the best epoch by the search metric. Each checkpoint holds the model and optimizer state, every
+rank's RNG state and the epoch; data order is a function of (trial seed, epoch), so this is everything needed
+to continue bit-identically. Ray never sees these files: they survive whatever Ray's own restore does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import torch
+
+from orchestrator.results.layout import checkpoint_file, checkpoint_index
+from orchestrator.storage import Store, StoreError
+
+
+class TrialCheckpoints:
+    def __init__(self, store: Store, trial_id: str, *, keep: int, mode: str):
+        self.store, self.trial_id, self.keep, self.mode = store, trial_id, max(1, keep), mode
+        self._index: dict | None = None
+
+    def start_fresh(self) -> None:
+        """Begin an empty index without reading the store (a fresh trial need not wait for a slow store)."""
+        self._index = {"epochs": {}, "latest": None, "best": None}
+
+    def _epoch_file(self, epoch: int) -> str:
+        return checkpoint_file(self.trial_id, epoch)
+
+    def index(self, *, patience_s: float = 300.0) -> dict:
+        """The trial's checkpoint index (only retries read it: first attempts call start_fresh). A retry needs
+        its checkpoint, so while the store is unreachable we wait (up to `patience_s`) rather than start over."""
+        deadline, delay = time.monotonic() + patience_s, 0.5
+        while self._index is None:
+            try:
+                self._index = json.loads(self.store.read_bytes(checkpoint_index(self.trial_id)))
+            except FileNotFoundError:
+                self._index = {"epochs": {}, "latest": None, "best": None}
+            except StoreError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(10.0, delay * 2)
+        return self._index
+
+    def uri(self, epoch: int | None) -> str | None:
+        return None if epoch is None else self.store.path(self._epoch_file(epoch))
+
+    def save(self, epoch: int, state: dict, score: float | None) -> dict:
+        """Write epoch `epoch`; keep the latest, the best and the most recent up to `keep`. Returns the index."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.store.write_bytes(self._epoch_file(epoch), buffer.getvalue())
+        index = self.index()
+        index["epochs"][str(epoch)] = score
+        index["latest"] = epoch
+        scored = [(s, int(e)) for e, s in index["epochs"].items() if s is not None]
+        if scored:
+            pick = min if self.mode == "min" else max
+            best_score = pick(s for s, _ in scored)
+            index["best"] = min(e for s, e in scored if s == best_score)  # earliest of equals
+        keep = {epoch, index["best"]} | set(sorted(int(e) for e in index["epochs"])[-self.keep :])
+        for old in [int(e) for e in index["epochs"] if int(e) not in keep]:
+            del index["epochs"][str(old)]
+            self.store.delete(self._epoch_file(old))
+        self.store.write_bytes(checkpoint_index(self.trial_id), json.dumps(index).encode())
+        return index
+
+    def load_latest(self, map_location="cpu") -> dict | None:
+        """The latest checkpoint's state, or None if this trial has none."""
+        return self._load(self.index()["latest"], map_location)
+
+    def load_best(self, map_location="cpu") -> dict | None:
+        """The checkpoint with the best search metric (the earliest of equals), or None."""
+        return self._load(self.index()["best"], map_location)
+
+    def _load(self, epoch: int | None, map_location) -> dict | None:
+        if epoch is None:
+            return None
+        data = self.store.read_bytes(self._epoch_file(epoch))
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)

@@ -1,0 +1,27 @@
+"""What a trial needs besides its hyperparameters: built by the run (execution/runner.py), shipped to every worker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """Everything a trial needs besides its hyperparameters; small and picklable, shipped to every worker."""
+
+    workload: str
+    job_seed: int
+    fixed: Mapping[str, Any]
+    max_epochs: int
+    workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    checkpoints_to_keep: int
+    metric: str
+    mode: str
+    results_uri: str  # checkpoints go to <results_uri>/checkpoints/<trial_id>/ through the run's store
+    storage_options: Any  # S3Options (endpoint, region, addressing; never credentials)
+    train_storage: str  # local staging for the Ray Train runs of multi-worker trials (controller state only)
+    resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from

@@ -1,0 +1,72 @@
+"""What runs inside a trial's process, whichever way it was launched (execution/launcher.py): the device, the
+trial's checkpoints on the run's store, and the call into the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from orchestrator.storage import open_store
+from orchestrator.storage.spool import SpoolingStore, run_spool_dir
+from orchestrator.train.checkpoints import TrialCheckpoints
+from orchestrator.train.loop import Reporter, run_training
+from orchestrator.train.plan import TrialPlan
+
+# Test-only: set on the fake GPU nodes of cluster/local-fake.yaml, whose "GPUs" are Ray resources without a
+# device. Trials that asked for a GPU then train on the CPU. Never set it on a real cluster.
+FAKE_GPU_ENV = "HPO_FAKE_GPU"
+
+
+def fake_gpu() -> bool:
+    return os.environ.get(FAKE_GPU_ENV) == "1"
+
+
+def device_for(plan: TrialPlan, local_rank: int) -> str:
+    """The torch device of this process: cpu, or the local rank's GPU (a clear error if there is none)."""
+    if not plan.use_gpu:
+        return "cpu"
+    if not torch.cuda.is_available() and fake_gpu():
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "train.use_gpu is true but CUDA is not available on this node "
+            "(torch.cuda.is_available() is False); set use_gpu: false or run on GPU nodes"
+        )
+    torch.cuda.set_device(local_rank)
+    return f"cuda:{local_rank}"
+
+
+def trial_checkpoints(plan: TrialPlan, name: str) -> TrialCheckpoints:
+    """This trial's checkpoints, written through a spooling store (outages wait on local disk)."""
+    inner = open_store(plan.results_uri, plan.storage_options)
+    store = SpoolingStore(inner, run_spool_dir(plan.results_uri) / name, write_behind=inner.remote)
+    return TrialCheckpoints(store, name, keep=plan.checkpoints_to_keep, mode=plan.mode)
+
+
+def train_trial(
+    plan: TrialPlan,
+    name: str,
+    hp: dict,
+    seed: int,
+    reporter: Reporter,
+    *,
+    attempt: int,
+    rank: int = 0,
+    world: int = 1,
+    local_rank: int = 0,
+) -> None:
+    """One rank of one attempt of trial `name`. A retry (attempt > 0) or a resumed run continues from the
+    trial's latest checkpoint; a first attempt starts fresh without reading the store."""
+    run_training(
+        hp,
+        seed,
+        plan,
+        reporter,
+        trial_checkpoints(plan, name),
+        restore=attempt > 0 or plan.resume,
+        rank=rank,
+        world=world,
+        device=device_for(plan, local_rank),
+    )

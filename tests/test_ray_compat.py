@@ -1,0 +1,152 @@
+"""Every private Ray API and internal behaviour hpo relies on (execution/ray_compat.py), exercised against the
+installed Ray. A Ray upgrade that moves or changes one fails here, naming it, before it fails a user's job."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import tomllib
+from conftest import ROOT
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from orchestrator.execution import ray_compat
+
+
+def test_checked_against_the_installed_and_pinned_ray():
+    pin = next(
+        d
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if d.startswith("ray[")
+    )
+    assert ray.__version__ == ray_compat.CHECKED_WITH and pin.endswith(f"=={ray_compat.CHECKED_WITH}"), (
+        f"Ray is {ray.__version__}, ray_compat.py was checked against {ray_compat.CHECKED_WITH}: run this file, fix "
+        "what fails in ray_compat.py, then bump CHECKED_WITH"
+    )
+
+
+def test_every_compat_name_has_a_test_here():
+    public = [
+        name
+        for name, _ in inspect.getmembers(ray_compat)
+        if not name.startswith("_")
+        and getattr(ray_compat, name).__class__.__module__ != "module"
+        and (inspect.isfunction(getattr(ray_compat, name)) or name.isupper())
+    ]
+    here = Path(__file__).read_text()
+    untested = [name for name in public if name not in ("CHECKED_WITH",) and f"ray_compat.{name}" not in here]
+    assert not untested, f"ray_compat names without a test here: {untested}"
+
+
+def test_tune_reads_the_knobs_we_set():
+    sources = "".join(
+        inspect.getsource(importlib.import_module(m))
+        for m in ("ray.tune.constants", "ray.air.constants", "ray.tune.execution.experiment_state")
+    )
+    for name in ray_compat.QUIET_TUNE_ENV:
+        assert name in sources, f"Ray no longer reads {name}"
+    for name in ray_compat.QUIET_LOGGERS:
+        importlib.import_module(name)  # the logger is named after its module
+    controller = importlib.import_module(ray_compat.TUNE_CONTROLLER_LOGGER)
+    assert 'f"Trial task failed for trial {trial}"' in inspect.getsource(controller)
+    assert ray_compat.trial_failed_message("trial_0003") == "Trial task failed for trial trial_0003"
+
+
+def test_tune_propagates_credentials_unless_stopped():
+    from ray.tune.execution import class_cache
+
+    assert '"AWS_SECRET_ACCESS_KEY"' in inspect.getsource(class_cache)  # Ray copies it by default
+    before = set(class_cache.ENV_VARS_TO_PROPAGATE)  # (the session's own DriverSession may have removed it)
+    ray_compat.propagate_env({"AWS_SECRET_ACCESS_KEY"})
+    try:
+        removed = ray_compat.stop_propagating_env(("AWS_SECRET_ACCESS_KEY", "NOT_A_VARIABLE"))
+        assert removed == {"AWS_SECRET_ACCESS_KEY"}
+        assert "AWS_SECRET_ACCESS_KEY" not in class_cache.ENV_VARS_TO_PROPAGATE
+        ray_compat.propagate_env(removed)
+        assert "AWS_SECRET_ACCESS_KEY" in class_cache.ENV_VARS_TO_PROPAGATE
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE.clear()
+        class_cache.ENV_VARS_TO_PROPAGATE.update(before)
+
+
+def _trial(name: str, tag: str) -> Trial:
+    trial = Trial("__fake", config={"x": 1}, experiment_tag=tag, trial_name_creator=lambda t: name, stub=True)
+    return trial
+
+
+def test_trial_internals():
+    trial = _trial("trial_0007", "8_x=1")
+    assert ray_compat.trial_name(trial) == "trial_0007"
+    assert ray_compat.creation_counter(trial) == 8
+    assert ray_compat.trial_actor(trial) is None  # not running
+    assert ray_compat.trial_error_file(trial) is None
+
+
+def test_schedulers_can_be_told_results_without_a_controller():
+    results = [{"epoch": e, "loss": loss} for e, loss in enumerate([3.0, 2.0, 1.0], start=1)]
+    assert ray_compat.tell_scheduler(FIFOScheduler(), _trial("trial_0000", "0"), results) == results
+    asha = ASHAScheduler(
+        time_attr="epoch", metric="loss", mode="min", max_t=3, grace_period=1, reduction_factor=2
+    )
+    good = [{"epoch": 1, "loss": 0.1}, {"epoch": 2, "loss": 0.1}, {"epoch": 3, "loss": 0.1}]
+    # at max_t ASHA stops every trial: as Tune does, the searcher never hears that last result
+    assert ray_compat.tell_scheduler(asha, _trial("trial_0000", "0"), good) == good[:2]
+    bad = [{"epoch": 1, "loss": 9.0}, {"epoch": 2, "loss": 9.0}, {"epoch": 3, "loss": 9.0}]
+    assert ray_compat.tell_scheduler(asha, _trial("trial_0001", "1"), bad) == []  # stopped at its first rung
+
+
+def test_hyperopt_pinning():
+    """ray_compat.pin_hyperopt_suggestion: exercised on a real TPE in test_fast_forward.py."""
+    import test_fast_forward
+
+    test_fast_forward.test_a_pinned_proposal_is_the_recorded_config_and_tpe_learns_it_there()
+
+
+def test_train_worker_logger_and_placement_group_ids():
+    ray_compat.quiet_train_worker()
+    from ray.train.v2._internal.execution import context
+
+    assert logging.getLogger(context.__file__).level == logging.WARNING
+    hex_id = "ab" * 18  # a placement group id is 18 bytes (the job id's 4 at its end)
+    assert ray_compat.placement_group(hex_id).id.hex() == hex_id
+
+
+def test_cluster_config_validation_and_fake_provider():
+    """ray_compat.validate_cluster_config and ray_compat.fake_head_node_id: the shipped configs' tests
+    (test_cluster_configs.py, test_autoscaling.py) use them; here, that they exist and reject nonsense."""
+    assert ray_compat.fake_head_node_id()
+    with pytest.raises(Exception):  # noqa: B017  (Ray raises jsonschema's or its own)
+        ray_compat.validate_cluster_config(
+            {"cluster_name": "x", "provider": {"type": "nonsense"}}, prepare=False
+        )
+
+
+@pytest.mark.slow
+def test_gcs_key_value_store_and_session(ray_cluster):
+    assert ray_compat.kv_ready()
+    ray_compat.kv_put(b"hpo-compat-test", b"1", namespace="hpo-test")
+    assert ray_compat.kv_get(b"hpo-compat-test", namespace="hpo-test") == b"1"
+    ray_compat.kv_del(b"hpo-compat-test", namespace="hpo-test")
+    assert ray_compat.kv_get(b"hpo-compat-test", namespace="hpo-test") is None
+    assert ray_compat.dashboard_url()
+    assert ray_compat.started_here_without_dashboard() is False  # the test session's Ray has its dashboard
+    assert Path(ray_compat.session_dir()).is_dir()
+
+
+@pytest.mark.slow
+def test_enable_token_auth_sets_token_mode():
+    code = (
+        "import os; from orchestrator.execution import ray_compat; ray_compat.enable_token_auth(); "
+        "print(os.environ.get('RAY_AUTH_MODE'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "token", proc.stderr[-2000:]
