@@ -208,6 +208,69 @@ class LogUniform(Distribution):
         return hp.loguniform(label, math.log(low), math.log(high))
 
 
+class QUniform(Distribution):
+    """A multiple of q in [low, high], drawn as round(uniform(low, high) / q) * q (the ends are half as likely
+    as the values between, as in Ray Tune and HyperOpt). low and high must be multiples of q."""
+
+    example: ClassVar[str] = "[0.0, 0.5, 0.1]"
+
+    quniform: Annotated[
+        list[Float],
+        Field(min_length=3, max_length=3, description="[low, high, q], q > 0; low and high multiples of q"),
+    ]
+    value_type: ClassVar[type] = float
+
+    @model_validator(mode="after")
+    def _check(self):
+        low, high, q = self.quniform
+        _finite_pair("quniform", low, high)
+        if not (math.isfinite(q) and q > 0):
+            raise ValueError(f"quniform needs a step q > 0, got q = {q}")
+        if low >= high:
+            raise ValueError(f"quniform needs low < high, got [{low}, {high}]")
+        for bound in (low, high):
+            if not math.isclose(bound / q, round(bound / q), rel_tol=1e-9, abs_tol=1e-9):
+                raise ValueError(f"quniform bounds must be multiples of q: {bound} is not a multiple of {q}")
+        return self
+
+    @property
+    def _steps(self) -> int:
+        low, high, q = self.quniform
+        return round((high - low) / q)
+
+    def canonical(self, value: Any) -> float:
+        low, _, q = self.quniform
+        snapped = low + round((float(value) - low) / q) * q
+        return float(f"{snapped:.12g}")  # 0.30000000000000004 -> 0.3: the number the spec means
+
+    def from_unit(self, u: float) -> float:
+        low, _, q = self.quniform
+        return self.canonical(low + round(u * self._steps) * q)
+
+    def middle(self) -> float:  # the upper of two middle values, as for a choice
+        low, _, q = self.quniform
+        return self.canonical(low + (self._steps + 1) // 2 * q)
+
+    def to_tune(self):
+        from ray import tune  # heavy: Ray Tune
+
+        return tune.quniform(*self.quniform)
+
+    def to_hyperopt(self, label: str):
+        from hyperopt import hp  # heavy: HyperOpt
+
+        return hp.quniform(label, *self.quniform)
+
+    def finite_values(self) -> list[float] | None:
+        if self._steps + 1 > GRID_LIMIT:
+            return None
+        low, _, q = self.quniform
+        return [self.canonical(low + k * q) for k in range(self._steps + 1)]
+
+    def contains(self, value: Any) -> bool:
+        return super().contains(value) and self.canonical(value) == value
+
+
 class RandInt(Distribution):
     """An integer drawn uniformly from low to high, both inclusive."""
 
@@ -246,6 +309,54 @@ class RandInt(Distribution):
 
     def finite_values(self) -> list[int] | None:
         low, high = self.randint
+        return list(range(low, high + 1)) if high - low < GRID_LIMIT else None
+
+    def canonical(self, value: Any) -> int:
+        return int(round(value))
+
+
+class LogRandInt(Distribution):
+    """An integer from low to high, both inclusive, whose logarithm is (close to) uniform: for widths, batch
+    sizes and other counts that span orders of magnitude. 1 <= low."""
+
+    example: ClassVar[str] = "[16, 512]"
+
+    lograndint: Annotated[
+        list[StrictInt], Field(min_length=2, max_length=2, description="[low, high], inclusive, 1 <= low")
+    ]
+    value_type: ClassVar[type] = int
+    log_scale: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        low, high = self.lograndint
+        if low < 1 or low > high:
+            raise ValueError(f"lograndint needs 1 <= low <= high (both inclusive), got [{low}, {high}]")
+        return self
+
+    def from_unit(self, u: float) -> int:
+        # As Ray Tune samples it: log-uniform on [low, high + 1), rounded down.
+        low, high = self.lograndint
+        return min(high, int(math.exp(math.log(low) + u * (math.log(high + 1) - math.log(low)))))
+
+    def middle(self) -> int:
+        return round(math.sqrt(self.lograndint[0] * self.lograndint[1]))
+
+    def to_tune(self):
+        from ray import tune  # heavy: Ray Tune
+
+        low, high = self.lograndint
+        return tune.lograndint(low, high + 1)  # Tune's upper bound is exclusive
+
+    def to_hyperopt(self, label: str):
+        from hyperopt import hp  # heavy: HyperOpt
+        from hyperopt.pyll import scope  # heavy: HyperOpt
+
+        low, high = self.lograndint
+        return scope.int(hp.qloguniform(label, math.log(low), math.log(high), 1))
+
+    def finite_values(self) -> list[int] | None:
+        low, high = self.lograndint
         return list(range(low, high + 1)) if high - low < GRID_LIMIT else None
 
     def canonical(self, value: Any) -> int:
