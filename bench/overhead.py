@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from ray import tune  # noqa: E402
 
 from orchestrator.api import run  # noqa: E402
-from orchestrator.execution.ray_env import start_ray  # noqa: E402
+from orchestrator.execution.driver import DriverSession  # noqa: E402
 from orchestrator.results import load_results  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.workloads.digits import build_mlp, load_digits_splits  # noqa: E402
@@ -127,8 +127,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # same for both paths
-    start_ray(num_cpus=max(4, os.cpu_count() or 1))
+    # the settings hpo runs under, for every path measured; Ray stopped after
+    with DriverSession() as session:
+        session.start_ray(num_cpus=max(4, os.cpu_count() or 1))
+        _measure(args)
+
+
+def _measure(args) -> None:
     storage = tempfile.mkdtemp(prefix="hpo-bench-")
     spec = spec_for(args.trials, args.epochs, args.concurrency, storage)
     # The bare script trains the very configs hpo drew, so both do the same work.

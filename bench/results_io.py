@@ -33,6 +33,7 @@ os.environ.update(
 )
 os.environ.setdefault("HPO_SPOOL_DIR", tempfile.mkdtemp(prefix="hpo-bench-spool-"))
 
+from orchestrator.api import run  # noqa: E402
 from orchestrator.results import ResultsSchema, ResultsWriter, load_results  # noqa: E402
 from orchestrator.results.ops import pull  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
@@ -58,8 +59,6 @@ def _spec(storage: str, trials: int = 16, epochs: int = 10):
 
 
 def write_share(storage: str) -> None:
-    from orchestrator.api import run
-
     spent = {"s": 0.0}
     for name in ("flush", "write_trials", "finish"):
         original = getattr(ResultsWriter, name)

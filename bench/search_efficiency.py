@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.api import run  # noqa: E402
-from orchestrator.execution.ray_env import start_ray  # noqa: E402
+from orchestrator.execution.driver import DriverSession  # noqa: E402
 from orchestrator.results import load_results  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.workloads.synthetic import OPTIMA  # noqa: E402
@@ -111,7 +111,13 @@ def main() -> None:
     parser.add_argument("--asha-seeds", type=int, default=3)
     parser.add_argument("--only", choices=("asha", "regret"), help="run one of the two parts")
     args = parser.parse_args()
-    start_ray(num_cpus=2)
+    # the settings hpo runs under, for every path measured; Ray stopped after
+    with DriverSession() as session:
+        session.start_ray(num_cpus=2)
+        _measure(args)
+
+
+def _measure(args) -> None:
     root = tempfile.mkdtemp(prefix="hpo-bench-search-")
 
     if args.only != "regret":

@@ -25,7 +25,7 @@ def run(
     storage: str | None = None,
     address: str | None = None,
     num_cpus: float | None = None,
-    progress: Callable[[str], None] = runner._stderr,
+    progress: Callable[[str], None] = runner.print_progress,
     on_start: Callable[[str], None] | None = None,
     run_id: str | None = None,
 ) -> RunSummary:

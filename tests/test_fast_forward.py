@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from conftest import spec_dict
 
+from orchestrator.execution import ray_compat
 from orchestrator.execution.tune_search import PinnableHyperOpt, build_search
 from orchestrator.spec import parse_spec
 
@@ -28,7 +29,7 @@ def _tpe(pinned=None) -> PinnableHyperOpt:
 
 
 def _vals(searcher, index: int) -> dict:
-    return {k: v[0] for k, v in searcher._hpopt_trials.trials[index]["misc"]["vals"].items()}
+    return ray_compat.hyperopt_record(searcher, index)[0]
 
 
 def test_a_pinned_proposal_is_the_recorded_config_and_tpe_learns_it_there():
@@ -41,7 +42,7 @@ def test_a_pinned_proposal_is_the_recorded_config_and_tpe_learns_it_there():
     assert _vals(pinned, 1) == {"lr": 0.0123, "hidden": [16, 32].index(recorded["hidden"])}  # choice: index
     assert got[0] == proposed[0] and got[2] == proposed[2]  # the random stream is consumed as without pinning
     pinned.on_trial_complete("t1", {"val_loss": 0.5})
-    assert pinned._hpopt_trials.trials[1]["result"] == {"loss": 0.5, "status": "ok"}
+    assert ray_compat.hyperopt_record(pinned, 1)[1] == {"loss": 0.5, "status": "ok"}
 
 
 def test_pinning_an_unchanged_proposal_changes_nothing():

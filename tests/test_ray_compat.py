@@ -34,15 +34,14 @@ def test_checked_against_the_installed_and_pinned_ray():
 
 
 def test_every_compat_name_has_a_test_here():
-    public = [
+    defined = [
         name
-        for name, _ in inspect.getmembers(ray_compat)
+        for name, obj in vars(ray_compat).items()
         if not name.startswith("_")
-        and getattr(ray_compat, name).__class__.__module__ != "module"
-        and (inspect.isfunction(getattr(ray_compat, name)) or name.isupper())
+        and ((inspect.isfunction(obj) and obj.__module__ == ray_compat.__name__) or name.isupper())
     ]
     here = Path(__file__).read_text()
-    untested = [name for name in public if name not in ("CHECKED_WITH",) and f"ray_compat.{name}" not in here]
+    untested = [name for name in defined if name != "CHECKED_WITH" and f"ray_compat.{name}" not in here]
     assert not untested, f"ray_compat names without a test here: {untested}"
 
 
@@ -104,7 +103,8 @@ def test_schedulers_can_be_told_results_without_a_controller():
 
 
 def test_hyperopt_pinning():
-    """ray_compat.pin_hyperopt_suggestion: exercised on a real TPE in test_fast_forward.py."""
+    """ray_compat.pin_hyperopt_suggestion and ray_compat.hyperopt_record: exercised on a real TPE in
+    test_fast_forward.py."""
     import test_fast_forward
 
     test_fast_forward.test_a_pinned_proposal_is_the_recorded_config_and_tpe_learns_it_there()
@@ -115,8 +115,33 @@ def test_train_worker_logger_and_placement_group_ids():
     from ray.train.v2._internal.execution import context
 
     assert logging.getLogger(context.__file__).level == logging.WARNING
+    from ray.train.v2._internal.execution.controller import controller
+
+    assert hasattr(controller, ray_compat.TRAIN_CONTROLLER_CLASS)  # the actor class the state API lists
+    from ray.train.v2._internal import constants
+
+    # the controller reads each knob we set (by its constant's name), and passes it on to the workers
+    assert set(ray_compat.TRAIN_ENV) <= constants.ENV_VARS_TO_PROPAGATE
+    read = "".join(inspect.getsource(controller).split())
+    for name in ray_compat.TRAIN_ENV:
+        constant = next(k for k, v in vars(constants).items() if v == name)
+        assert f"os.getenv({constant}," in read, f"Ray Train's controller no longer reads {name}"
     hex_id = "ab" * 18  # a placement group id is 18 bytes (the job id's 4 at its end)
     assert ray_compat.placement_group(hex_id).id.hex() == hex_id
+
+
+def test_auth_errors():
+    from ray.exceptions import AuthenticationError
+
+    assert ray_compat.is_refused_token(AuthenticationError("no"))
+    wrapped = ConnectionError("could not connect")
+    wrapped.__cause__ = RuntimeError("rpc error: InvalidAuthToken")
+    assert ray_compat.is_refused_token(wrapped)
+    assert not ray_compat.is_refused_token(ConnectionError("refused"))
+
+
+def test_tune_propagated_env_is_readable():
+    assert isinstance(ray_compat.propagated_env(), set)
 
 
 def test_cluster_config_validation_and_fake_provider():
@@ -138,15 +163,22 @@ def test_gcs_key_value_store_and_session(ray_cluster):
     assert ray_compat.kv_get(b"hpo-compat-test", namespace="hpo-test") is None
     assert ray_compat.dashboard_url()
     assert ray_compat.started_here_without_dashboard() is False  # the test session's Ray has its dashboard
+    assert ray_compat.job_placement_groups(ray.get_runtime_context().get_job_id()) == []
     assert Path(ray_compat.session_dir()).is_dir()
 
 
 @pytest.mark.slow
-def test_enable_token_auth_sets_token_mode():
+def test_enable_token_auth_sets_token_mode_and_refresh_ray_config_undoes_it():
+    """In a process of its own: both change Ray's process-wide cached config (never in this one, whose
+    session Ray stays connected)."""
     code = (
-        "import os; from orchestrator.execution import ray_compat; ray_compat.enable_token_auth(); "
-        "print(os.environ.get('RAY_AUTH_MODE'))"
+        "import os; from orchestrator.execution import ray_compat; "
+        "from ray._private.authentication.authentication_utils import is_token_auth_enabled; "
+        "ray_compat.enable_token_auth(); print(os.environ.get('RAY_AUTH_MODE'), is_token_auth_enabled()); "
+        "os.environ['RAY_AUTH_MODE'] = 'disabled'; ray_compat.refresh_ray_config(); print(is_token_auth_enabled())"
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "token", proc.stderr[-2000:]
+    assert proc.returncode == 0 and proc.stdout.split() == ["token", "True", "False"], (
+        proc.stdout + proc.stderr[-2000:]
+    )

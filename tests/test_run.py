@@ -137,10 +137,16 @@ def test_hyperopt_fifo_maximizing_accuracy(ray_cluster, tmp_path):
 
 
 def test_failing_trials_are_recorded_and_the_job_still_ends(ray_cluster, tmp_path):
-    spec, summary = _run(tmp_path, workload="tests.workloads_for_tests:broken", search={"num_samples": 2})
+    spec, summary = _run(
+        tmp_path,
+        workload="tests.workloads_for_tests:broken",
+        search={"num_samples": 2},
+        train={"max_retries": 1},
+    )
     assert summary.best is None and summary.statuses == {"error": 2}
     trials = load_trials(summary.results_uri).to_pylist()
     assert [t["status"] for t in trials] == ["error", "error"]
+    assert [t["retries"] for t in trials] == [1, 1]  # each ran again once, then was recorded failed
     assert all("model exploded on purpose" in t["error"] for t in trials)
 
 

@@ -49,17 +49,26 @@ def test_unauthenticated_jobs_api_calls_are_refused(head):
 
 
 def test_submitted_job_succeeds_with_logs_and_results(head, jobs_cli, tmp_path):
-    storage = tmp_path / "results"
+    """A submitted job runs on the cluster, its logs and results are where hpo says; its storage path, full of
+    shell syntax, reaches the cluster as one argument: the job writes there and runs nothing else."""
+    pwned = tmp_path / "PWNED"
+    hostile = tmp_path / f"out; touch {pwned}; $(touch {pwned}) `touch {pwned}`"
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(
         yaml.safe_dump(
             spec_dict(
-                name="submitted", storage=str(storage), search={"num_samples": 2}, train={"max_epochs": 2}
+                name="submitted",
+                storage="/nonexistent-default",
+                search={"num_samples": 2},
+                train={"max_epochs": 2},
             )
         )
     )
-    proc = jobs_cli("submit", str(spec_path), "--follow")
+    proc = jobs_cli("submit", str(spec_path), "--storage", str(hostile), "--follow")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not pwned.exists()
+    runs = list((hostile / "submitted").iterdir())
+    assert len(runs) == 1 and (runs[0] / "trials.parquet").is_file()
     lines = proc.stdout.strip().splitlines()
     submission_id = lines[-1]
     assert re.fullmatch(r"hpo-submitted-[0-9a-f]{6}", submission_id)
@@ -117,28 +126,6 @@ def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, job
     unreachable = cli("list", "--address", "http://127.0.0.1:9", env={"RAY_AUTH_TOKEN": head.token})
     assert unreachable.returncode in (1, 2) and "cannot reach" in unreachable.stderr
     assert head.token not in unreachable.stderr
-
-
-def test_hostile_values_reach_the_cluster_as_data_not_shell(head, jobs_cli, tmp_path):
-    """A storage path full of shell syntax is one argument on the cluster: the job writes there, runs nothing."""
-    pwned = tmp_path / "PWNED"
-    hostile = tmp_path / f"out; touch {pwned}; $(touch {pwned}) `touch {pwned}`"
-    spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(
-        yaml.safe_dump(
-            spec_dict(
-                name="quoted",
-                search={"num_samples": 1},
-                train={"max_epochs": 1},
-                storage="/nonexistent-default",
-            )
-        )
-    )
-    proc = jobs_cli("submit", str(spec_path), "--storage", str(hostile), "--follow")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not pwned.exists()
-    runs = list((hostile / "quoted").iterdir())
-    assert len(runs) == 1 and (runs[0] / "trials.parquet").is_file()
 
 
 def test_hpo_run_joins_a_token_cluster_by_its_gcs_address_and_refuses_a_bad_one(head, cli, tmp_path):

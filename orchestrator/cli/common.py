@@ -49,17 +49,3 @@ def run_command(handler, args) -> int:
     except KeyboardInterrupt:
         print("hpo: interrupted", file=sys.stderr)
         return 130
-
-
-def progress_printer(args):
-    """Progress lines to stderr, unless --quiet."""
-
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
-
-    return progress
-
-
-def stderr_lines(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

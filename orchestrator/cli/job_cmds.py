@@ -6,11 +6,13 @@ import json
 import sys
 
 from orchestrator import api
-from orchestrator.cli.common import EXIT_FAILED, EXIT_UNSYNCED, CliError, progress_printer, read_spec
+from orchestrator.cli.common import EXIT_FAILED, EXIT_UNSYNCED, CliError, read_spec
 from orchestrator.cli.output import print_ensemble
 from orchestrator.execution.resume import AlreadyFinished
+from orchestrator.execution.runner import print_progress
 from orchestrator.practice.ensemble import build_ensemble
 from orchestrator.results import format_config, summarize
+from orchestrator.results.layout import TRIALS_FILE
 from orchestrator.results.ops import stored_spec
 from orchestrator.spec import EnsembleSpec
 from orchestrator.storage import check_storage_uri
@@ -31,7 +33,7 @@ def run(args) -> int:
         storage=args.storage,
         address=args.address,
         num_cpus=args.num_cpus,
-        progress=progress_printer(args),
+        progress=_progress(args),
         run_id=args.run_id,
         on_start=lambda uri: print(f"results_uri: {uri}", flush=True),
     )
@@ -45,26 +47,26 @@ def resume(args) -> int:
             spec_path=args.spec,
             address=args.address,
             num_cpus=args.num_cpus,
-            progress=progress_printer(args),
+            progress=_progress(args),
             on_start=lambda uri: print(f"results_uri: {uri}", flush=True),
         )
     except AlreadyFinished as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         print(f"results_uri: {args.uri}")
-        summary = summarize(args.uri)
-        if args.output == "json":
-            print(json.dumps(summary.to_json(), default=str))
-        else:
-            _print_summary(summary)
+        _show(summarize(args.uri), args)
         return 0
     return _finish(summary, stored_spec(args.uri), args)
 
 
-def _finish(summary, spec, args) -> int:
+def _show(summary, args) -> None:
     if args.output == "json":
         print(json.dumps(summary.to_json(), default=str))
     else:
         _print_summary(summary)
+
+
+def _finish(summary, spec, args) -> int:
+    _show(summary, args)
     if summary.upload_pending:
         print(
             f"hpo: storage unreachable: {summary.upload_pending} upload(s) still wait in {summary.spool_dir}; "
@@ -76,13 +78,13 @@ def _finish(summary, spec, args) -> int:
     if failed and spec.train.fail_fast:
         print(
             f"hpo: a trial failed and train.fail_fast is set: the job stopped ({summary.results_uri}/"
-            "trials.parquet holds the error)",
+            f"{TRIALS_FILE} holds the error)",
             file=sys.stderr,
         )
         return EXIT_FAILED
     if failed == summary.num_trials:
         print(
-            f"hpo: every trial failed ({summary.results_uri}/trials.parquet holds each error)",
+            f"hpo: every trial failed ({summary.results_uri}/{TRIALS_FILE} holds each error)",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -97,7 +99,7 @@ def _run_ensemble(spec: EnsembleSpec, args) -> int:
         method=spec.method,
         address=args.address,
         options=spec.storage_options.s3(),
-        progress=progress_printer(args),
+        progress=_progress(args),
     )
     print_ensemble(result, args.output)
     return 0
@@ -117,3 +119,8 @@ def _print_summary(summary) -> None:
         )
         print(f"      {config}")
     print(f"results: {summary.results_uri}  (hpo results show {summary.results_uri})")
+
+
+def _progress(args):
+    """Progress lines to stderr, unless --quiet."""
+    return (lambda line: None) if args.quiet else print_progress

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.spec import ENSEMBLE_METHODS
+from orchestrator.spec import DEFAULT_ENSEMBLE_METHOD, ENSEMBLE_METHODS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,7 +118,7 @@ def _practice(commands) -> None:
     p.add_argument(
         "--method",
         choices=tuple(ENSEMBLE_METHODS),
-        default="topk",
+        default=DEFAULT_ENSEMBLE_METHOD,
         help="; ".join(f"{name}: {what}" for name, what in ENSEMBLE_METHODS.items()),
     )
     _output(p)

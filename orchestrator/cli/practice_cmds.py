@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.cli.common import EXIT_FAILED, CliError, read_tune_spec, stderr_lines
+from orchestrator.cli.common import EXIT_FAILED, CliError, read_tune_spec
 from orchestrator.cli.output import print_ensemble, print_table
 from orchestrator.execution.reproduce import reproduce as rerun
+from orchestrator.execution.runner import print_progress
 from orchestrator.practice.analyze import analyze_run
 from orchestrator.practice.ensemble import build_ensemble
 from orchestrator.practice.sanity import run_sanity
@@ -20,7 +21,7 @@ def ensemble(args) -> int:
         args.uri,
         top_k=args.top_k,
         method=args.method,
-        progress=stderr_lines,
+        progress=print_progress,
     )
     print_ensemble(result, args.output)
     return 0
@@ -28,7 +29,7 @@ def ensemble(args) -> int:
 
 def sanity(args) -> int:
     spec = read_tune_spec(args.spec, "sanity")
-    report = run_sanity(spec, storage=args.storage, progress=stderr_lines)
+    report = run_sanity(spec, storage=args.storage, progress=print_progress)
     if args.output == "json":
         print(json.dumps(report.to_json()))
     else:

@@ -1,10 +1,9 @@
 """The driver process: everything a run changes in it, owned by one context manager that puts it back.
 
-A run changes its process: PYTHONPATH (Ray's workers import user workloads from the driver's working
-directory), Ray Tune's quiet settings and its list of variables copied into trial actors, Ray's token mode,
-sys.path (a user workload's directory), the working directory (Tune runs from a private one), logging levels,
-torch's global settings and random states (sanity checks and reproductions train in this process), and Ray
-itself. A library user calls `run()` twice in a notebook, or runs a job between two of their own steps: each
+A run changes its process: PYTHONPATH and sys.path (the driver and Ray's workers import user workloads from
+the working directory), Ray Tune's quiet settings and its list of variables copied into trial actors, Ray's
+token mode, the working directory (Tune runs from a private one), logging levels and filters, torch's global
+settings and random states (sanity checks and reproductions train in this process), and Ray itself. A library user calls `run()` twice in a notebook, or runs a job between two of their own steps: each
 time, the process is left as it was found.
 """
 
@@ -23,7 +22,9 @@ import ray
 from orchestrator.execution.ray_compat import (
     QUIET_LOGGERS,
     QUIET_TUNE_ENV,
+    TUNE_CONTROLLER_LOGGER,
     propagate_env,
+    refresh_ray_config,
     stop_propagating_env,
 )
 from orchestrator.execution.ray_env import start_ray
@@ -32,7 +33,7 @@ from orchestrator.execution.ray_env import start_ray
 # as job metadata and logs in runtime_env_agent.log. Trial processes on this machine inherit the environment
 # anyway, and cluster nodes should get credentials from their own chain (instance roles, node environment).
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
-_LOGGERS = ("ray", "ray.tune", *QUIET_LOGGERS)
+_LOGGERS = ("ray", "ray.tune", TUNE_CONTROLLER_LOGGER, *QUIET_LOGGERS)
 
 
 class DriverSession:
@@ -53,6 +54,8 @@ class DriverSession:
         for name, level in QUIET_LOGGERS.items():
             logging.getLogger(name).setLevel(level)
         self._not_propagated = stop_propagating_env(CREDENTIALS)
+        if self._cwd not in sys.path:  # the driver imports user workloads from here, as its workers do
+            sys.path.insert(0, self._cwd)
         return self
 
     def start_ray(
@@ -87,8 +90,11 @@ class DriverSession:
         with contextlib.suppress(OSError):
             os.chdir(self._cwd)
         sys.path[:] = self._sys_path
+        changed_auth = os.environ.get("RAY_AUTH_MODE") != self._environ.get("RAY_AUTH_MODE")
         os.environ.clear()
         os.environ.update(self._environ)
+        if changed_auth:  # joining a token cluster set it, and Ray cached it: read it again
+            refresh_ray_config()
 
 
 def _logger_state(logger: logging.Logger) -> tuple:
@@ -113,6 +119,14 @@ def _torch_state() -> dict | None:
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "fill": torch.utils.deterministic.fill_uninitialized_memory,
         "rng": torch.get_rng_state(),
+        "cudnn": (
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32,
+        ),
+        # the current CUDA device, only where CUDA is already initialised (asking would initialise it)
+        "device": torch.cuda.current_device() if torch.cuda.is_initialized() else None,
     }
 
 
@@ -120,14 +134,24 @@ def _restore_torch(state: dict | None) -> None:
     torch = sys.modules.get("torch")
     if torch is None:
         return
-    if state is None:  # the run imported torch: leave it as a fresh import would be
+    if state is None:  # the run imported torch: leave it as a fresh import would be, but for the thread count
         state = {
             "threads": torch.get_num_threads(),
             "deterministic": False,
             "fill": True,
             "rng": torch.get_rng_state(),
+            "cudnn": (False, False, True, False),
+            "device": None,
         }
     torch.set_num_threads(state["threads"])
     torch.use_deterministic_algorithms(state["deterministic"])
     torch.utils.deterministic.fill_uninitialized_memory = state["fill"]
     torch.set_rng_state(state["rng"])
+    (
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    ) = state["cudnn"]
+    if state["device"] is not None:
+        torch.cuda.set_device(state["device"])

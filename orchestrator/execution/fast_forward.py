@@ -32,7 +32,6 @@ class FinishedTrials:
 
     results: dict[str, list[dict]] = field(default_factory=dict)
     scheduler: Any = None
-    passed: int = 0  # how many were passed over, for the progress line and the tests
 
 
 class _Trials:
@@ -58,7 +57,6 @@ class _Trials:
         for result in tell_scheduler(self.finished.scheduler, trial, results):
             self.on_trial_result(trial.trial_id, result)
         self.on_trial_complete(trial.trial_id, result=results[-1])  # frees its concurrency slot too
-        self.finished.passed += 1
 
     def get_state(self):
         state = super().get_state()
@@ -88,7 +86,7 @@ def fast_forward(
 ) -> FinishedTrials:
     """Arm `search_alg` to pass over the trials in `results` (telling `scheduler` and itself what they
     reported), and pin an adaptive searcher's proposals to `configs` (trial index -> the searched
-    hyperparameters that trial had); returns the record of what it passed over."""
+    hyperparameters that trial had); returns the record it passes over."""
     if not isinstance(search_alg, _Trials):
         raise TypeError(
             f"{type(search_alg).__name__} cannot pass over finished trials; build it in tune_search.py"

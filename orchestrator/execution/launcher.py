@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,12 @@ import ray
 import ray.train
 from ray import tune
 from ray.train import LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.errors import RunError
 from orchestrator.execution.attempts import current_attempt
-from orchestrator.execution.ray_compat import quiet_train_worker
+from orchestrator.execution.ray_compat import TRAIN_ENV, quiet_train_worker
 from orchestrator.execution.ray_env import has_dashboard, release_train_leftovers
-from orchestrator.results.layout import trial_index
+from orchestrator.results.layout import TRAIN_DIR, trial_index
 from orchestrator.storage import LocalStore
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.determinism import trial_seed
@@ -88,6 +87,8 @@ def run_in_process(config: dict[str, Any], plan: TrialPlan) -> None:
 
 def run_ddp(config: dict[str, Any], plan: TrialPlan) -> None:
     """Tune function trainable of a multi-worker trial: it drives a TorchTrainer, whose reports it relays."""
+    from ray.tune.integration.ray_train import TuneReportCallback  # heavy: Ray Train's torch stack, DDP only
+
     name, hp, seed, attempt = _trial_start(config, plan)
     # a fresh Train run name per attempt: our checkpoints restore the trial, Train must not resume its own
     ddp_trainer(
@@ -118,8 +119,13 @@ def _ddp_worker(loop_config: dict) -> None:
 
 def ddp_trainer(
     worker: Callable[[dict], None], loop_config: dict, plan: TrialPlan, *, run_name: str, callbacks=()
-) -> TorchTrainer:
+):
     """The TorchTrainer of a multi-worker trial (gloo on CPU, NCCL on GPU), for `worker(loop_config)`."""
+    # heavy: Ray Train's torch stack costs 2.3 s to import; 1-worker trials never pay it
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    for name, value in TRAIN_ENV.items():  # a trial's own process, or reproduce's driver inside its session
+        os.environ.setdefault(name, value)
     return TorchTrainer(
         worker,
         train_loop_config=loop_config,
@@ -163,12 +169,15 @@ class Launcher:
     def after_job(self, progress: Callable[[str], None], *, joined: bool) -> None:
         """Cleanup once the job's trials have ended."""
 
-    def reproduce(self, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str) -> list[dict]:
-        """Rerun one trial from scratch (checkpoints into `scratch`); returns every epoch's metrics."""
+    def reproduce(
+        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str
+    ) -> list[dict]:
+        """Rerun one trial from scratch (checkpoints into `scratch`, Ray through `session` if it needs one);
+        returns every epoch's metrics."""
         raise NotImplementedError
 
 
-class InProcess(Launcher):
+class InProcessLauncher(Launcher):
     """One worker: the trial trains in the Tune trial's own process."""
 
     trainable = staticmethod(run_in_process)
@@ -180,14 +189,23 @@ class InProcess(Launcher):
     def trial_cpus(self) -> float:
         return self.train.cpus_per_worker
 
-    def reproduce(self, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str) -> list[dict]:
-        reporter = Collect()
-        checkpoints = TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode=plan.mode)
-        run_training(hp, seed, plan, reporter, checkpoints, restore=False, device=device_for(plan, 0))
+    def reproduce(
+        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str
+    ) -> list[dict]:
+        reporter = Collect()  # in this process: no Ray needed
+        run_training(
+            hp,
+            seed,
+            plan,
+            reporter,
+            _scratch_checkpoints(scratch, trial_id, plan),
+            restore=False,
+            device=device_for(plan, 0),
+        )
         return reporter.metrics
 
 
-class DistributedDataParallel(Launcher):
+class DdpLauncher(Launcher):
     """Several workers: the Tune trial drives a Ray Train TorchTrainer, whose workers reserve their own CPUs
     and GPUs; the trial itself takes only a sliver (Tune refuses an empty request)."""
 
@@ -219,9 +237,12 @@ class DistributedDataParallel(Launcher):
         except Exception as error:  # the results matter more than the cleanup; say what may be left
             progress(f"warning: could not check for placement groups left by stopped DDP trials ({error})")
 
-    def reproduce(self, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str) -> list[dict]:
+    def reproduce(
+        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str
+    ) -> list[dict]:
+        session.start_ray(min_cpus=self.trial_cpus() + 1)  # this machine's Ray (embedded unless one runs)
         out = Path(scratch) / "metrics.jsonl"
-        plan = dataclasses.replace(plan, train_storage=str(Path(scratch) / "train"))
+        plan = dataclasses.replace(plan, train_storage=str(Path(scratch) / TRAIN_DIR))
         config = {
             "hp": hp,
             "seed": seed,
@@ -232,6 +253,11 @@ class DistributedDataParallel(Launcher):
         }
         ddp_trainer(_reproduce_worker, config, plan, run_name=f"reproduce-{trial_id}").fit()
         return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+
+
+def _scratch_checkpoints(scratch: str, trial_id: str, plan: TrialPlan) -> TrialCheckpoints:
+    """A reproduction's checkpoints: in a scratch folder, thrown away after."""
+    return TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode=plan.mode)
 
 
 class _FileReporter:
@@ -263,4 +289,4 @@ def _reproduce_worker(config: dict) -> None:
 
 def launcher_for(train) -> Launcher:
     """The one place that decides: one worker runs in-process, more run DDP."""
-    return InProcess(train) if train.workers == 1 else DistributedDataParallel(train)
+    return InProcessLauncher(train) if train.workers == 1 else DdpLauncher(train)

@@ -12,6 +12,8 @@ import logging
 
 import ray
 from ray.experimental import internal_kv
+from ray.tune.schedulers import TrialScheduler
+from ray.util.placement_group import PlacementGroup, placement_group_table
 
 CHECKED_WITH = "2.60.0"
 
@@ -46,6 +48,14 @@ def enable_token_auth() -> None:
     )  # here, not at the top: a move breaks only this
 
     _enable_token_auth()
+
+
+def refresh_ray_config() -> None:
+    """Ray 2.60 caches its config (the token mode among it) when imported; read the environment again
+    (`ray._raylet.Config.initialize`, what enable_token_auth itself calls)."""
+    from ray._raylet import Config  # here, not at the top: a move breaks only this
+
+    Config.initialize("")
 
 
 def dashboard_url() -> str | None:
@@ -129,8 +139,6 @@ def tell_scheduler(scheduler, trial, results: list[dict]) -> list[dict]:
     """Tell a Tune scheduler (FIFO, ASHA) that `trial` reported `results` and ended, as TuneController would,
     without a controller: Ray 2.60's FIFO and ASHA never use the tune_controller argument. Returns the results
     the scheduler let through to the searcher (not the one it stopped the trial on, nor any after it)."""
-    from ray.tune.schedulers import TrialScheduler  # here, not at the top: a move breaks only this
-
     scheduler.on_trial_add(None, trial)
     passed = []
     for result in results:
@@ -165,10 +173,49 @@ def quiet_train_worker() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+# Ray Train 2.60's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s). A worker
+# holds one report until the next poll, so a trial reporting faster than that waits, and the end of fit() is
+# seen up to two polls late. A poll is one small task per worker: 0.25 s costs little and saved ~4 s per DDP
+# trial here. Read from the environment of the process calling fit(), which passes it on to its workers.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+TRAIN_CONTROLLER_CLASS = "TrainController"  # Ray Train 2.60's controller actor, one per TorchTrainer.fit()
+
+
+def job_placement_groups(job_id: str) -> list[str]:
+    """Ray 2.60: the hex ids of the job's placement groups not yet removed (an id ends with its job's id)."""
+    return [
+        pg
+        for pg, info in placement_group_table().items()
+        if pg.endswith(job_id) and info["state"] != "REMOVED"
+    ]
+
+
+def is_refused_token(error: BaseException) -> bool:
+    """Ray 2.60: whether joining failed because the cluster refused this driver's auth token (an
+    AuthenticationError, or a ConnectionError caused by one, or whose text names InvalidAuthToken)."""
+    from ray.exceptions import AuthenticationError
+
+    cause = error if isinstance(error, AuthenticationError) else error.__cause__
+    return isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause)
+
+
+def propagated_env() -> set[str]:
+    """Ray Tune 2.60: the variables it copies into trial actors now (a copy)."""
+    from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
+
+    return set(class_cache.ENV_VARS_TO_PROPAGATE)
+
+
+def hyperopt_record(searcher, index: int) -> tuple[dict, dict]:
+    """Ray 2.60's HyperOptSearch: what TPE recorded for its index-th proposal (`_hpopt_trials`): the values it
+    learns from (a choice by its index) and the result."""
+    trial = searcher._hpopt_trials.trials[index]
+    return {k: v[0] for k, v in trial["misc"]["vals"].items()}, trial["result"]
+
+
 def placement_group(hex_id: str):
     """Ray 2.60: a PlacementGroup handle from the hex id `placement_group_table()` lists (`ray._raylet`)."""
     from ray._raylet import PlacementGroupID  # here, not at the top: a move breaks only this
-    from ray.util.placement_group import PlacementGroup  # here, not at the top: a move breaks only this
 
     return PlacementGroup(PlacementGroupID.from_hex(hex_id))
 

@@ -13,13 +13,16 @@ import time
 
 import ray
 from ray.exceptions import AuthenticationError
-from ray.util.placement_group import placement_group_table, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 from ray.util.state import list_actors, list_workers
 
 from orchestrator.errors import RunError
 from orchestrator.execution.ray_compat import (
+    TRAIN_CONTROLLER_CLASS,
     dashboard_url,
     enable_token_auth,
+    is_refused_token,
+    job_placement_groups,
     placement_group,
     started_here_without_dashboard,
 )
@@ -93,8 +96,7 @@ def _join(address: str, worker_logging) -> None:
         with _stderr_kept_on_success():  # a refused driver's core worker logs a warning a second for 20 s
             ray.init(address=address, logging_level=logging.WARNING, logging_config=worker_logging)
     except (ConnectionError, AuthenticationError) as error:
-        cause = error if isinstance(error, AuthenticationError) else error.__cause__
-        if isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause):
+        if is_refused_token(error):
             raise RunError(
                 f"--address {address}: the Ray cluster refused this driver's auth token; set "
                 "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
@@ -165,7 +167,7 @@ def release_train_leftovers(wait_s: float = 30.0) -> int:
     # The state API, asked without an address, asks the cluster started last on this machine
     # (ray_current_cluster), which need not be the one this driver joined: name ours.
     cluster = ray.get_runtime_context().gcs_address
-    ours = [("job_id", "=", job), ("class_name", "=", "TrainController")]
+    ours = [("job_id", "=", job), ("class_name", "=", TRAIN_CONTROLLER_CLASS)]
     deadline, removed, quiet_checks = time.monotonic() + wait_s, 0, 0
     # The state API calls a controller DEAD when its kill is decided, and its process may run on for a while
     # (0.35 s measured on an idle machine, seconds under load) and make a new group. So wait until no controller
@@ -175,11 +177,7 @@ def release_train_leftovers(wait_s: float = 30.0) -> int:
         if any(actor.state != "DEAD" for actor in controllers) or _processes_alive(cluster, controllers):
             time.sleep(0.5)
             continue
-        left = [
-            pg
-            for pg, info in placement_group_table().items()  # a placement group's id ends with its job's
-            if pg.endswith(job) and info["state"] != "REMOVED"
-        ]
+        left = job_placement_groups(job)
         for pg in left:
             remove_placement_group(placement_group(pg))
         removed, quiet_checks = removed + len(left), 0 if left else quiet_checks + 1

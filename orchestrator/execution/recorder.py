@@ -34,16 +34,18 @@ class TrialRecorder:
 
     def add(self, name: str, config: Mapping, result: Mapping) -> dict | None:
         """The row of a reported result, or None for a repeat (a restored trial re-reports its epochs)."""
+        if result.get("node_id"):
+            self.nodes[name] = result["node_id"]
+        # Links even from a repeat: a trial killed after its last checkpoint but before its record was
+        # rewritten re-reports that epoch on resume, and the link is known only from that report.
+        if result.get("checkpoint"):
+            self.checkpoints[name] = (result["checkpoint"], result.get("best_checkpoint"))
         rows = self.rows.setdefault(name, [])
         if rows and rows[-1]["iteration"] >= int(result[ITERATION_KEY]):
             return None
         row = self.schema.row(name, result, {**self.fixed, **config})
         rows.append(row)
         self.writer.add(row)
-        if result.get("node_id"):
-            self.nodes[name] = result["node_id"]
-        if result.get("checkpoint"):
-            self.checkpoints[name] = (result["checkpoint"], result.get("best_checkpoint"))
         return row
 
     def record(self, name: str, config: Mapping, status: str, error: str | None = None) -> dict:

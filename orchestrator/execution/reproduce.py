@@ -3,7 +3,7 @@ of every recorded epoch, bit for bit, with what the run stored (ray #43900, #136
 reproduced"). A 1-worker trial reruns in this process; a multi-worker trial as a TorchTrainer with the same
 worker count on this machine's Ray (embedded unless one is running); on CPU or GPU as the run's spec says.
 It writes nothing to the run. Determinism holds for the same hardware type, library versions and thread count (see
-determinism.py), so a difference across machines is information, not necessarily a bug.
+train/determinism.py), so a difference across machines is information, not necessarily a bug.
 """
 
 from __future__ import annotations
@@ -69,13 +69,11 @@ def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
     with DriverSession() as session:
         the_plan = plan(spec, uri)
         trial_plan = dataclasses.replace(the_plan.trial_plan, max_epochs=rows[-1]["iteration"])
-        if trial_plan.workers > 1:  # a TorchTrainer with the trial's worker count, on this machine's Ray
-            session.start_ray(min_cpus=the_plan.launcher.trial_cpus() + 1)
         with tempfile.TemporaryDirectory(
             prefix="hpo-reproduce-"
         ) as scratch:  # its checkpoints are thrown away
             reproduced = the_plan.launcher.reproduce(
-                config_of(trial), int(trial["trial_seed"]), trial_plan, trial_id, scratch
+                session, config_of(trial), int(trial["trial_seed"]), trial_plan, trial_id, scratch
             )
     metrics = [m for m in the_plan.schema.metrics if m in rows[0]]
     result = Reproduction(trial_id, len(rows), True, metrics=metrics)

@@ -23,12 +23,11 @@ from orchestrator.execution.runner import Plan, execute
 from orchestrator.results import config_of, load_trials
 from orchestrator.results.layout import ITERATION_KEY, RUN_FILE, new_run_id, trial_index
 from orchestrator.results.ops import stored_spec
+from orchestrator.results.schema import FINISHED
 from orchestrator.results.summary import RunSummary
 from orchestrator.spec import check_against_workload, load_spec
 from orchestrator.storage import open_store
 from orchestrator.storage.spool import drain_until, run_spool_dir, writer_dirs
-
-DONE = ("completed", "stopped_early")
 
 
 class AlreadyFinished(Exception):
@@ -72,6 +71,7 @@ def resume(
     """Continue the run at `uri`; returns its RunSummary. Raises AlreadyFinished if there is nothing to do."""
     spec = stored_spec(uri)
     store = open_store(uri, spec.storage_options.s3())
+    uri = store.uri  # as the run stated it (a file:// prefix or a trailing slash would key another spool)
     if spec_path:
         check_same_spec(spec_path, spec)
     try:
@@ -111,7 +111,7 @@ def continue_from_storage(the_plan: Plan, writer, tracker, progress) -> Plan:
     done = {
         r["trial_id"]
         for r in records
-        if r["status"] in DONE and len(tracker.rows.get(r["trial_id"], [])) == r["iterations"]
+        if r["status"] in FINISHED and len(tracker.rows.get(r["trial_id"], [])) == r["iterations"]
     }
     metrics = the_plan.schema.metrics
     fast_forward(

@@ -47,7 +47,15 @@ from orchestrator.results.layout import (
 from orchestrator.results.summary import RunSummary, summarize_rows
 from orchestrator.spec import JobSpec, check_against_workload
 from orchestrator.storage import Store, join_uri, open_store
-from orchestrator.storage.spool import SpoolingStore, drain_until, pending_items, run_spool_dir, writer_dirs
+from orchestrator.storage.spool import (
+    DRIVER,
+    STAGING,
+    SpoolingStore,
+    drain_until,
+    pending_items,
+    run_spool_dir,
+    writer_dirs,
+)
 from orchestrator.train.plan import TrialPlan
 
 
@@ -82,8 +90,8 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
     spec = spec.resolved(workload)
     search_alg, param_space, namer = build_search(spec)
     train = spec.train
-    remote = open_store(results_uri, spec.storage_options.s3()).remote
-    staging = str(run_spool_dir(results_uri) / "ray") if remote else results_uri
+    store = open_store(results_uri, spec.storage_options.s3())
+    staging = str(run_spool_dir(results_uri) / STAGING) if store.remote else store.uri
     trial_plan = TrialPlan(
         workload=spec.workload,
         job_seed=spec.seed,
@@ -114,7 +122,7 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
     )
 
 
-def _stderr(line: str) -> None:
+def print_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
@@ -124,7 +132,7 @@ def run(
     storage: str | None = None,
     address: str | None = None,
     num_cpus: float | None = None,
-    progress: Callable[[str], None] = _stderr,
+    progress: Callable[[str], None] = print_progress,
     on_start: Callable[[str], None] | None = None,
     run_id: str | None = None,
     before_search: BeforeSearch | None = None,
@@ -151,7 +159,7 @@ def execute(
     *,
     address: str | None = None,
     num_cpus: float | None = None,
-    progress: Callable[[str], None] = _stderr,
+    progress: Callable[[str], None] = print_progress,
     on_start: Callable[[str], None] | None = None,
     before_search: BeforeSearch | None = None,
     continue_run: ContinueRun | None = None,
@@ -173,7 +181,7 @@ def execute(
         # before anything is written
         check_resources(cpus=launcher.trial_cpus(), gpus=launcher.trial_gpus(), embedded=not address)
         launcher.check_cluster()
-        store = SpoolingStore(inner, run_spool_dir(results_uri) / "driver", write_behind=inner.remote)
+        store = SpoolingStore(inner, run_spool_dir(results_uri) / DRIVER, write_behind=inner.remote)
         store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
         _write_run_file(store, the_plan, "running")
         if on_start:

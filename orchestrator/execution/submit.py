@@ -21,11 +21,11 @@ from pathlib import Path
 from ray.job_submission import JobSubmissionClient
 
 from orchestrator.errors import RunError
-from orchestrator.results.layout import new_run_id, results_uri_for
+from orchestrator.results.layout import SPEC_FILE, new_run_id, results_uri_for
 from orchestrator.spec import EnsembleSpec, JobSpec
 from orchestrator.storage import shared_by_all_nodes
 
-SPEC_IN_JOB = ".hpo/spec.yaml"
+SPEC_IN_JOB = f".hpo/{SPEC_FILE}"
 METADATA_KEY = "hpo"
 DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 

@@ -18,12 +18,13 @@ import pyarrow as pa
 import ray
 import torch
 
-from orchestrator.errors import RunError
+from orchestrator.errors import RunError, not_allowed
 from orchestrator.execution.driver import DriverSession
 from orchestrator.results import load_trials
 from orchestrator.results.layout import ENSEMBLE_FILE
 from orchestrator.results.ops import stored_spec
 from orchestrator.results.writer import parquet_bytes
+from orchestrator.spec import DEFAULT_ENSEMBLE_METHOD
 from orchestrator.storage import open_store
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.determinism import configure_determinism
@@ -138,7 +139,7 @@ def build_ensemble(
     results_uri: str,
     *,
     top_k: int = 3,
-    method: str = "topk",
+    method: str = DEFAULT_ENSEMBLE_METHOD,
     address: str | None = None,
     options=None,
     progress: Callable[[str], None] = lambda line: None,
@@ -146,7 +147,7 @@ def build_ensemble(
     """Ensemble the best `top_k` trials of the finished run at `results_uri`; writes ensemble.parquet there.
     Predictions run as Ray tasks on the cluster at `address`, or on an embedded Ray."""
     if method not in SELECTIONS:
-        raise RunError(f"method {method!r}: use one of {', '.join(SELECTIONS)}")
+        raise RunError(not_allowed(method, SELECTIONS, "method "))
     if not 1 <= top_k <= 1000:
         raise RunError(f"top_k {top_k}: use a number from 1 to 1000")
     spec = stored_spec(results_uri, options)

@@ -6,7 +6,8 @@ run.json                  name, run id, status, time, rows and trials when done 
 trials.parquet            one row per trial (TRIALS_FILE)
 results/                  part-*.parquet, compact-*.parquet, data-*.parquet and _manifest.json
 checkpoints/<trial_id>/   epoch-NNNN.pt and index.json
-tune/  train/             Ray Tune's and Ray Train's own state
+tune/                     Ray Tune's experiment state (mirrored to a remote store at the end)
+train/                    Ray Train's controller state (local stores; a remote store's stays in the spool)
 sanity.parquet  ensemble.parquet
 ```
 

@@ -110,7 +110,7 @@ def list_runs(storage: str, *, options=None) -> list[RunInfo]:
 def sync(uri: str, *, options=None) -> tuple[int, int]:
     """Upload what an outage left in the local spool for the run at `uri`. Returns (uploaded, still waiting)."""
     store = open_store(uri, options)  # a URI we cannot use is refused even when nothing waits
-    spool = run_spool_dir(uri)
+    spool = run_spool_dir(store.uri)  # keyed by the URI as the run stated it
     before = pending_items(spool)
     after = drain_until(store, writer_dirs(spool), 0) if before else 0
     return before - after, after

@@ -22,7 +22,10 @@ CONFIG_PREFIX = "config/"
 # the row (a retry continues from the checkpoint bit-identically). Everything else is deterministic.
 TIMING_COLUMNS = ("epoch_time_s", "time_total_s", "timestamp")
 RUN_VARYING_COLUMNS = TIMING_COLUMNS + ("attempt",)
-TRIAL_STATUSES = ("running", "completed", "stopped_early", "error", "cancelled")
+FINISHED = (
+    "completed",
+    "stopped_early",
+)  # of a trial's statuses: running, completed, stopped_early, error, cancelled
 
 
 ARROW_TYPES = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
@@ -137,7 +140,7 @@ class ResultsSchema:
             "node_id": node_id,
             "retries": retries,
         }
-        finished = status in ("completed", "stopped_early")
+        finished = status in FINISHED
         record["stopped_early"] = finished and (rows[-1]["iteration"] if rows else 0) < max_epochs
         record["status"] = "stopped_early" if record["stopped_early"] else status
         scored = [r for r in rows if r.get(self.metric) is not None]

@@ -6,6 +6,7 @@ the packages below it; reference.py renders that vocabulary as the README's tabl
 
 from orchestrator.errors import SpecError
 from orchestrator.spec.model import (
+    DEFAULT_ENSEMBLE_METHOD,
     ENSEMBLE_METHODS,
     EnsembleSpec,
     JobSpec,
@@ -24,4 +25,5 @@ __all__ = [
     "json_schema",
     "check_against_workload",
     "ENSEMBLE_METHODS",
+    "DEFAULT_ENSEMBLE_METHOD",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "parse_spec",
     "json_schema",
     "ENSEMBLE_METHODS",
+    "DEFAULT_ENSEMBLE_METHOD",
 ]
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -52,6 +53,7 @@ ENSEMBLE_METHODS = {
     "topk": "average the K best trials",
     "greedy": "Caruana forward selection on validation loss",
 }
+DEFAULT_ENSEMBLE_METHOD = "topk"
 
 
 def _described(registry: dict) -> str:
@@ -301,7 +303,7 @@ class EnsembleSpec(Section):
         3, description="members, or greedy selection steps"
     )
     method: Literal[tuple(ENSEMBLE_METHODS)] = Field(
-        "topk",
+        DEFAULT_ENSEMBLE_METHOD,
         description=" | ".join(  # type: ignore[valid-type]
             f"{name} ({help})" for name, help in ENSEMBLE_METHODS.items()
         ),

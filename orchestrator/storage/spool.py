@@ -4,11 +4,10 @@ With `write_behind` (used for remote stores) every write lands in a spool direct
 background thread uploads the spool in order, so training never waits on the network: a store that refuses,
 or hangs, only delays uploads (retried with exponential backoff). Without it (local stores), writes go
 straight to the inner store while it answers, and only a failed write (and every later one, to keep their
-order) is spooled. Puts of unique names are idempotent
-and deletes are idempotent, so an item uploaded twice (a crash between upload and unspooling) changes
-nothing: no row is lost or duplicated. The spool survives the process: `sync_spool(dir)` (behind
-`hpo results sync`) uploads what a finished or killed process left behind. A file lock serialises uploaders
-of one spool directory across processes.
+order) is spooled. Puts of unique names are idempotent and deletes are idempotent, so an item uploaded twice
+(a crash between upload and unspooling) changes nothing: no row is lost or duplicated. The spool survives the
+process: `drain_until` (behind `hpo results sync`, results/ops.py) uploads what a finished or killed process
+left behind. A file lock serialises uploaders of one spool directory across processes.
 """
 
 from __future__ import annotations
@@ -24,6 +23,8 @@ from pathlib import Path
 from orchestrator.storage.base import Store, StoreError
 
 SPOOL_ENV = "HPO_SPOOL_DIR"
+STAGING = "ray"  # in a run's spool: Ray's own state when the store is remote (not a writer's spool)
+DRIVER = "driver"  # in a run's spool: the driver's writes (each trial's are in a directory named after it)
 _RETRYABLE = (StoreError, OSError)
 
 
@@ -106,7 +107,9 @@ def pending_items(run_dir: Path) -> int:
 
 def writer_dirs(run_dir: Path) -> list[Path]:
     """The spool directories of a run's writers (the driver and each trial)."""
-    return sorted(d for d in run_dir.iterdir() if d.is_dir() and d.name != "ray") if run_dir.is_dir() else []
+    return (
+        sorted(d for d in run_dir.iterdir() if d.is_dir() and d.name != STAGING) if run_dir.is_dir() else []
+    )
 
 
 def drain_until(

@@ -71,12 +71,16 @@ def _load_entry_point(name: str) -> Workload:
             f"{name!r} names a module of Python or of hpo itself; a workload is a function in a "
             "module of your own ('package.module:function')"
         )
-    if os.getcwd() not in sys.path:  # as with `python -m`: console scripts do not put it on sys.path
-        sys.path.insert(0, os.getcwd())
+    # The working directory is importable, as with `python -m` (console scripts leave it off sys.path): for
+    # this import only; a run keeps it importable for its whole length (execution/driver.py).
+    search_path = list(sys.path)
+    sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module may raise anything while importing
         raise WorkloadError(f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
+    finally:
+        sys.path[:] = search_path
     factory = getattr(module, attr, None)
     if not isinstance(factory, types.FunctionType):
         raise WorkloadError(

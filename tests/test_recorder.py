@@ -1,0 +1,55 @@
+"""The trial recorder on a real results writer and local store: what a resumed run writes about a trial that was
+killed between its last checkpoint and its record."""
+
+from __future__ import annotations
+
+from conftest import spec_dict
+
+from orchestrator.execution.recorder import TrialRecorder
+from orchestrator.results import ResultsSchema, ResultsWriter, load_trials
+from orchestrator.results.layout import ITERATION_KEY
+from orchestrator.spec import parse_spec
+from orchestrator.storage import LocalStore
+
+METRICS = ("train_loss", "val_loss", "val_accuracy")
+CONFIG = {"lr": 0.01, "hidden": 16}
+
+
+def _recorder(tmp_path) -> tuple[TrialRecorder, LocalStore]:
+    spec = parse_spec(spec_dict(storage=str(tmp_path), train={"max_epochs": 2}))
+    store = LocalStore(str(tmp_path / "run"))
+    schema = ResultsSchema.for_spec(spec, METRICS)
+    recorder = TrialRecorder(ResultsWriter(store, schema), schema, fixed=spec.search.fixed, max_epochs=2)
+    return recorder, store
+
+
+def _result(epoch: int, **extra) -> dict:
+    return {
+        ITERATION_KEY: epoch,
+        "train_loss": 1.0 / epoch,
+        "val_loss": 2.0 / epoch,
+        "trial_seed": 5,
+        **extra,
+    }
+
+
+def test_a_resumed_trial_that_only_re_reports_keeps_its_checkpoint_links(tmp_path):
+    """Killed after its last epoch's checkpoint, before its record said so: on resume the trial trains nothing
+    new and re-reports its epochs; the links in that re-report still reach trials.parquet."""
+    killed, _ = _recorder(tmp_path)
+    rows = [killed.schema.row("trial_0000", _result(e), {**CONFIG, "batch_size": 128}) for e in (1, 2)]
+    running = killed.record("trial_0000", CONFIG, "running")
+    assert running["checkpoint"] is None
+
+    resumed, store = _recorder(tmp_path)
+    resumed.preload(rows, [running])
+    links = {"checkpoint": "run/checkpoints/trial_0000/epoch-2", "best_checkpoint": "run/ckpt/epoch-2"}
+    assert resumed.add("trial_0000", CONFIG, _result(1)) is None  # repeats: no row written twice
+    assert resumed.add("trial_0000", CONFIG, _result(2, **links)) is None
+    resumed.record("trial_0000", CONFIG, "completed")
+    (record,) = load_trials(store).to_pylist()
+    assert (record["status"], record["iterations"]) == ("completed", 2)
+    assert (record["checkpoint"], record["best_checkpoint"]) == (
+        links["checkpoint"],
+        links["best_checkpoint"],
+    )
