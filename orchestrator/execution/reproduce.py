@@ -69,9 +69,8 @@ def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
     with DriverSession() as session:
         the_plan = plan(spec, uri)
         trial_plan = dataclasses.replace(the_plan.trial_plan, max_epochs=rows[-1]["iteration"])
-        with tempfile.TemporaryDirectory(
-            prefix="hpo-reproduce-"
-        ) as scratch:  # its checkpoints are thrown away
+        # the rerun's checkpoints are thrown away
+        with tempfile.TemporaryDirectory(prefix="hpo-reproduce-") as scratch:
             reproduced = the_plan.launcher.reproduce(
                 session, config_of(trial), int(trial["trial_seed"]), trial_plan, trial_id, scratch
             )
