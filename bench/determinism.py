@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from orchestrator.train.determinism import configure_determinism, epoch_permutation, seed_everything  # noqa: E402
-from orchestrator.train.loop import _train_epoch, evaluate, make_optimizer  # noqa: E402
+from orchestrator.train.loop import evaluate, make_optimizer, task_loss  # noqa: E402
 from orchestrator.workloads.digits import digits_mlp  # noqa: E402
 
 
@@ -38,8 +38,11 @@ def train(deterministic: bool, epochs: int, hidden: int) -> tuple[float, float]:
     optimizer = make_optimizer(config, model.parameters())
     began = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        order = epoch_permutation(0, epoch, len(x))
-        _train_epoch(model, optimizer, workload.task, x, y, order, config["batch_size"], "cpu", 1)
+        model.train()
+        for idx in epoch_permutation(0, epoch, len(x)).split(config["batch_size"]):
+            optimizer.zero_grad(set_to_none=True)
+            task_loss(workload.task, model(x[idx]), y[idx]).backward()
+            optimizer.step()
         val = evaluate(model, workload.task, xv, yv, "cpu")
     return time.perf_counter() - began, val["loss"]
 

@@ -9,6 +9,7 @@ Public API (each name is imported on first use, so `import orchestrator` does no
     load_results(uri), load_trials(uri) the run's tables as pyarrow (as_pandas=True for pandas), local or s3://
     summarize(uri) -> RunSummary        a stored run's best row and trial counts
     Workload, Splits                    the workload protocol for your own models
+    TrainContext, TrainingError         what your own training loop (Workload.train) is given, and its errors
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = [
     "summarize",
     "Workload",
     "Splits",
+    "TrainContext",
+    "TrainingError",
 ]
 __version__ = "0.1.0"
 
@@ -47,6 +50,8 @@ _HOME = {
     "load_trials": "orchestrator.results",
     "Workload": "orchestrator.workloads",
     "Splits": "orchestrator.workloads",
+    "TrainContext": "orchestrator.train.context",
+    "TrainingError": "orchestrator.train.context",
 }
 
 

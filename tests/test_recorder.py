@@ -6,8 +6,9 @@ from __future__ import annotations
 from conftest import spec_dict
 
 from orchestrator.execution.recorder import TrialRecorder
-from orchestrator.results import ResultsSchema, ResultsWriter, load_trials
+from orchestrator.results import ResultsSchema, ResultsWriter, load_results, load_trials
 from orchestrator.results.layout import ITERATION_KEY
+from orchestrator.results.reader import best_row
 from orchestrator.spec import parse_spec
 from orchestrator.storage import LocalStore
 
@@ -53,3 +54,16 @@ def test_a_resumed_trial_that_only_re_reports_keeps_its_checkpoint_links(tmp_pat
         links["checkpoint"],
         links["best_checkpoint"],
     )
+
+
+def test_nan_and_inf_are_recorded_and_never_the_best(tmp_path):
+    recorder, store = _recorder(tmp_path)
+    for epoch, loss in ((1, float("nan")), (2, 0.5), (3, float("-inf"))):
+        recorder.add("trial_0000", CONFIG, {**_result(epoch), "val_loss": loss})
+    recorder.record("trial_0000", CONFIG, "completed")
+    (record,) = load_trials(store).to_pylist()
+    assert (record["best_val_loss"], record["best_iteration"]) == (0.5, 2)
+    assert record["last_val_loss"] == float("-inf")
+    recorder.writer.finish()
+    best = best_row(load_results(store))
+    assert (best["iteration"], best["val_loss"]) == (2, 0.5)

@@ -278,7 +278,7 @@ def test_a_two_worker_ddp_trial_is_bit_identical_across_runs_a_killed_worker_and
     state = TrialCheckpoints(
         open_store(interrupted.results_uri), "trial_0000", keep=2, mode="min"
     ).load_latest()
-    assert state["epoch"] == 4 and len(state["rng"]) == 2  # rank 0 saved both ranks' RNG states
+    assert state["iteration"] == 4 and len(state["rng"]) == 2  # rank 0 saved both ranks' RNG states
     # Epochs 3 and 4 come from the retry. Under DDP, reports reach Tune through Ray Train's controller a little
     # later than they happen, so epoch 2's row (checkpointed, maybe not yet relayed when rank 1 died) may be
     # the retry's re-report of it: either way once, and bit-identical.

@@ -118,8 +118,38 @@ BAD_SPECS = [
     ("empty space", spec_dict(search={"space": {}}), ["search.space", "is empty"]),
     (
         "bad optimizer",
-        spec_dict(search={"fixed": {"optimizer": "adamw"}}),
-        ["search.fixed.optimizer", "'adamw'", "adam, sgd"],
+        spec_dict(search={"fixed": {"optimizer": "rmsprop"}}),
+        ["search.fixed.optimizer", "'rmsprop'", "adam, adamw, sgd"],
+    ),
+    (
+        "bad lr schedule",
+        spec_dict(search={"space": {"lr_schedule": {"choice": ["cosine", "step"]}}}),
+        ["search.space.lr_schedule", "'step'", "constant, cosine, linear"],
+    ),
+    (
+        "warmup fraction of 1",
+        spec_dict(search={"fixed": {"warmup_frac": 1.0}}),
+        ["search.fixed.warmup_frac", "out of range", ">= 0 and < 1"],
+    ),
+    (
+        "negative grad clip",
+        spec_dict(search={"fixed": {"grad_clip": -1.0}}),
+        ["search.fixed.grad_clip", ">= 0"],
+    ),
+    ("bf16 on cpu", spec_dict(train={"precision": "bf16"}), ["precision: bf16 needs use_gpu: true"]),
+    ("unknown precision", spec_dict(train={"precision": "fp8"}), ["train.precision", "fp8"]),
+    (
+        "standard-loop knob on a custom loop",
+        spec_dict(
+            workload="tests.workloads_for_tests:custom_loop",
+            search={
+                "metric": "val_f1",
+                "mode": "max",
+                "space": {"lr": {"loguniform": [1e-3, 1e-2]}},
+                "fixed": {"optimizer": "sgd"},
+            },
+        ),
+        ["search.fixed.optimizer", "workload digits-custom-loop has no such hyperparameter"],
     ),
     (
         "non-finite bound",

@@ -53,6 +53,6 @@ def test_synthetic_specs_validate_and_sanity_refuses_them():
             },
         )
     )
-    assert resolve_workload(spec.workload).objective is not None
-    with pytest.raises(RunError, match="trains no model"):
+    assert not resolve_workload(spec.workload).uses_standard_loop
+    with pytest.raises(RunError, match="gives no build_model and load_data: sanity needs them"):
         sanity_checks(spec)

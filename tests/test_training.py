@@ -82,8 +82,14 @@ def test_checkpoint_holds_full_state_and_resumes_bit_identically(tmp_path):
     partial = MemoryReporter(tmp_path / "partial")
     run(HP, 5, _plan(epochs=2), partial)
     state = partial.checkpoints.load_latest()
-    assert {"model", "optimizer", "epoch", "rng", "config", "seed"} <= set(state)
-    assert state["epoch"] == 2 and state["seed"] == 5 and {"torch", "numpy", "python"} <= set(state["rng"][0])
+    assert {"checkpoint", "iteration", "rng", "config", "seed", "history", "loaders"} <= set(state)
+    assert {"model", "optimizer", "schedule"} == set(state["checkpoint"])
+    assert (
+        state["iteration"] == 2
+        and state["loaders"] == [2]
+        and state["seed"] == 5
+        and {"torch", "numpy", "python"} <= set(state["rng"][0])
+    )
     resumed = MemoryReporter(tmp_path / "partial")  # same store: picks up the latest checkpoint
     run(HP, 5, _plan(epochs=4), resumed)
     # Epochs 1-2 again first, from the checkpoint's history (the run may have died before reporting or storing
@@ -192,3 +198,52 @@ def test_digits_are_scikit_learns_without_importing_it():
     expected_x, expected_y = load_digits(return_X_y=True)
     assert np.array_equal(x, expected_x) and np.array_equal(y, expected_y)
     assert x.dtype == expected_x.dtype and y.dtype == expected_y.dtype
+
+
+def test_lr_schedules_warm_up_then_decay_to_zero():
+    from orchestrator.train.loop import lr_factor
+
+    total = 100
+    for schedule in ("constant", "cosine", "linear"):
+        ramp = [lr_factor(schedule, 0.1, s, total) for s in range(10)]
+        assert ramp == [(s + 1) / 10 for s in range(10)], schedule
+        assert lr_factor(schedule, 0.1, 10, total) == 1.0
+    assert lr_factor("constant", 0.0, 99, total) == 1.0
+    assert lr_factor("cosine", 0.0, 50, total) == pytest.approx(0.5)
+    assert lr_factor("linear", 0.0, 75, total) == pytest.approx(0.25)
+    assert 0 < lr_factor("cosine", 0.1, 99, total) < 0.001 and 0 < lr_factor("linear", 0.1, 99, total) < 0.02
+
+
+class _Died(Exception):
+    pass
+
+
+class DiesAfter(MemoryReporter):
+    """A trial whose process dies right after its n-th report (its checkpoint is already stored)."""
+
+    def __init__(self, root, n: int):
+        super().__init__(root)
+        self.n = n
+
+    def report(self, metrics):
+        super().report(metrics)
+        if len(self.metrics) == self.n:
+            raise _Died
+
+
+def test_adamw_cosine_warmup_and_clipping_learn_and_continue_bit_identically(tmp_path):
+    """The schedule's position is part of the checkpoint: a trial that dies after epoch 2 of 4 continues on
+    the same learning-rate curve as one that never died."""
+    hp = {**HP, "optimizer": "adamw", "lr_schedule": "cosine", "warmup_frac": 0.2, "grad_clip": 0.5}
+    full = MemoryReporter(tmp_path / "full")
+    run(hp, 5, _plan(epochs=4), full)
+    assert full.metrics[-1]["val_accuracy"] > 0.8
+    with pytest.raises(_Died):
+        run(hp, 5, _plan(epochs=4), DiesAfter(tmp_path / "died", 2), restore=False)
+    resumed = MemoryReporter(tmp_path / "died")
+    run(hp, 5, _plan(epochs=4), resumed)
+    assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3, 4]
+    assert _strip(resumed.metrics) == _strip(full.metrics)
+    constant = MemoryReporter(tmp_path / "constant")
+    run({**hp, "lr_schedule": "constant"}, 5, _plan(epochs=4), constant)
+    assert _strip(constant.metrics) != _strip(full.metrics)  # the schedule is applied

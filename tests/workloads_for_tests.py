@@ -170,3 +170,135 @@ def _hangs_model(config):
 
 def hangs() -> Workload:
     return dataclasses.replace(digits_mlp(), name="hangs", build_model=_hangs_model)
+
+
+# --- a user's own training loop (Workload.train) -------------------------------------------------------------
+class _ShiftedDigits(torch.utils.data.Dataset):
+    """8x8 digit images; in training, a random shift of up to one pixel and random noise, drawn from torch,
+    NumPy and Python's RNGs in whichever process loads the example (DataLoader workers included)."""
+
+    def __init__(self, x, y, augment: bool):
+        self.x, self.y, self.augment = x.view(-1, 1, 8, 8), y, augment
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        image = self.x[i]
+        if self.augment:
+            import random
+
+            import numpy as np
+
+            dx, dy = (int(v) for v in torch.randint(-1, 2, (2,)))
+            image = torch.roll(image, shifts=(dy, dx), dims=(1, 2))
+            image = image + float(np.random.normal(0, 0.05)) * random.random()
+        return image, self.y[i]
+
+
+class _SmallCnn(torch.nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, width, 3, padding=1)
+        self.drop = torch.nn.Dropout(0.1)
+        self.head = torch.nn.Linear(width * 16, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.head(self.drop(x.flatten(1)))
+
+
+def _macro_f1(pred, target, classes: int = 10) -> float:
+    scores = []
+    for c in range(classes):
+        tp = float(((pred == c) & (target == c)).sum())
+        fp = float(((pred == c) & (target != c)).sum())
+        fn = float(((pred != c) & (target == c)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / classes
+
+
+def custom_train(ctx) -> None:
+    """A plain PyTorch loop, as a user would write it: DataLoader with shuffle and workers, augmentation,
+    AdamW, a warmup + cosine schedule stepped per batch, gradient clipping, macro-F1, its own checkpoint dict.
+    Only ctx.* calls talk to the tuner. `fail_at_epoch` raises once (while `fail_marker` does not exist)."""
+    import math
+    import os
+
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader
+
+    cfg = ctx.config
+    splits = load_digits_splits(cfg)
+    model = ctx.prepare_model(_SmallCnn(cfg["width"]))
+    raw = getattr(model, "module", model)  # without the DDP wrapper: what the checkpoint holds
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    train_loader = ctx.prepare_data_loader(
+        DataLoader(
+            _ShiftedDigits(*splits.train, augment=True),
+            batch_size=cfg["batch_size"] // ctx.world_size,
+            shuffle=True,
+            num_workers=cfg["loader_workers"],
+        )
+    )
+    steps = ctx.max_epochs * len(train_loader)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / steps)),
+    )
+    start = 0
+    if (state := ctx.get_checkpoint()) is not None:
+        raw.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        schedule.load_state_dict(state["schedule"])
+        start = state["epoch"] + 1
+    x_val, y_val = splits.val
+    for epoch in range(start, ctx.max_epochs):
+        if epoch == cfg["fail_at_epoch"] and cfg["fail_marker"] and not os.path.exists(cfg["fail_marker"]):
+            open(cfg["fail_marker"], "w").close()
+            raise RuntimeError(f"failing once in epoch {epoch}, on purpose")
+        model.train()
+        total = torch.zeros(2, dtype=torch.float64)
+        for images, labels in train_loader:
+            images, labels = images.to(ctx.device), labels.to(ctx.device)
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            schedule.step()
+            total += torch.tensor([float(loss.detach()) * len(labels), len(labels)], dtype=torch.float64)
+        if ctx.world_size > 1:
+            dist.all_reduce(total)
+        model.eval()
+        with torch.no_grad():
+            out = model(x_val.view(-1, 1, 8, 8).to(ctx.device))
+            val_loss = float(torch.nn.functional.cross_entropy(out, y_val.to(ctx.device)))
+            f1 = _macro_f1(out.argmax(-1).cpu(), y_val)
+        ctx.report(
+            {"train_loss": float(total[0] / total[1]), "val_loss": val_loss, "val_f1": f1},
+            checkpoint={
+                "model": raw.state_dict(),
+                "opt": opt.state_dict(),
+                "schedule": schedule.state_dict(),
+                "epoch": epoch,
+            },
+        )
+
+
+def custom_loop() -> Workload:
+    return Workload(
+        name="digits-custom-loop",
+        train=custom_train,
+        metrics={"train_loss": "min", "val_loss": "min", "val_f1": "max"},
+        hyperparameters={
+            "width": 8,
+            "lr": 3e-3,
+            "weight_decay": 0.01,
+            "batch_size": 64,
+            "loader_workers": 2,
+            "fail_at_epoch": -1,
+            "fail_marker": "",
+        },
+    )

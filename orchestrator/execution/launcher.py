@@ -273,16 +273,16 @@ def _reproduce_worker(config: dict) -> None:
     ctx, plan = ray.train.get_context(), config["plan"]
     rank = ctx.get_world_rank()
     reporter = _FileReporter(config["out"]) if rank == 0 else Collect()
-    checkpoints = TrialCheckpoints(LocalStore(config["scratch"]), config["trial_id"], keep=1, mode=plan.mode)
     run_training(
         config["hp"],
         config["seed"],
         plan,
         reporter,
-        checkpoints,
+        _scratch_checkpoints(config["scratch"], config["trial_id"], plan),
         restore=False,
         rank=rank,
         world=ctx.get_world_size(),
+        local_rank=ctx.get_local_rank(),
         device=device_for(plan, ctx.get_local_rank()),
     )
 

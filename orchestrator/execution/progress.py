@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from orchestrator.results import ResultsSchema, format_config
+from orchestrator.results.schema import scoreable
 
 
 class BestRow:
@@ -17,7 +18,7 @@ class BestRow:
 
     def consider(self, row: dict) -> None:
         value = row.get(self.metric)
-        if value is not None and (self.row is None or self._better(value, self.row[self.metric])):
+        if scoreable(value) and (self.row is None or self._better(value, self.row[self.metric])):
             self.row = row
 
     def _better(self, a: float, b: float) -> bool:

@@ -106,12 +106,13 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
         results_uri=results_uri,
         storage_options=spec.storage_options.s3(),
         train_storage=join_uri(staging, TRAIN_DIR),
+        precision=train.precision,
     )
     return Plan(
         spec,
         results_uri,
         staging,
-        ResultsSchema.for_spec(spec, workload.metrics),
+        ResultsSchema.for_spec(spec, workload.metric_names),
         trial_plan,
         launcher_for(train),
         search_alg,

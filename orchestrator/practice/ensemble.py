@@ -27,6 +27,7 @@ from orchestrator.results.writer import parquet_bytes
 from orchestrator.spec import DEFAULT_ENSEMBLE_METHOD
 from orchestrator.storage import open_store
 from orchestrator.train.checkpoints import TrialCheckpoints
+from orchestrator.train.context import CHECKPOINT_KEY
 from orchestrator.train.determinism import configure_determinism
 from orchestrator.workloads import resolve_workload
 
@@ -72,7 +73,7 @@ def _predict(results_uri: str, storage_options: dict, workload_name: str, trial_
     if state is None:
         raise RunError(f"{trial_id} has no checkpoint under {results_uri}")
     model = workload.build_model(state["config"])
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state[CHECKPOINT_KEY]["model"])
     model.eval()
     splits = workload.load_data(state["config"])
     preds, labels = {}, {}
@@ -151,10 +152,8 @@ def build_ensemble(
     if not 1 <= top_k <= 1000:
         raise RunError(f"top_k {top_k}: use a number from 1 to 1000")
     spec = stored_spec(results_uri, options)
-    if resolve_workload(spec.workload).objective is not None:
-        raise RunError(
-            f"workload {spec.workload} evaluates a function and trains no model: nothing to ensemble"
-        )
+    if (missing := resolve_workload(spec.workload).missing_for("ensemble")) is not None:
+        raise RunError(missing)
     store = open_store(results_uri, options or spec.storage_options.s3())
     metric, mode = spec.search.metric, spec.search.mode
     finished = [

@@ -211,8 +211,8 @@ def sanity_checks(spec, progress: Callable[[str], None] = lambda line: None) -> 
     """Run every check on the spec's workload in this process (which keeps the seeds and torch settings they
     leave; run_sanity and sanity_gate put them back); nothing is written."""
     workload = resolve_workload(spec.workload)
-    if workload.objective is not None:
-        raise RunError(f"workload {workload.name} evaluates a function and trains no model: nothing to check")
+    if (missing := workload.missing_for("sanity")) is not None:
+        raise RunError(missing)
     config = representative_config(spec, workload)
     configure_determinism(use_gpu=False, threads=max(1, math.floor(spec.train.cpus_per_worker)))
     splits = workload.load_data(config)

@@ -77,7 +77,7 @@ def search_metric(table: pa.Table) -> tuple[str, str]:
 def best_row(table: pa.Table) -> dict:
     """The (trial, iteration) row with the best search-metric value; ties go to the earliest trial/iteration."""
     metric, mode = search_metric(table)
-    scored = table.filter(pc.is_valid(table[metric]))
+    scored = table.filter(pc.is_finite(table[metric]))  # NaN and inf are never the best; null is no value
     if scored.num_rows == 0:
         raise ResultsNotFound(f"no row reports {metric}")
     order = "ascending" if mode == "min" else "descending"

@@ -7,6 +7,7 @@ a run has the same schema and pandas, polars and duckdb read the dataset without
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,11 @@ FINISHED = (
     "completed",
     "stopped_early",
 )  # of a trial's statuses: running, completed, stopped_early, error, cancelled
+
+
+def scoreable(value) -> bool:
+    """A metric value that can be the best: a finite number (NaN and inf are recorded, never the best)."""
+    return value is not None and math.isfinite(value)
 
 
 ARROW_TYPES = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
@@ -143,7 +149,7 @@ class ResultsSchema:
         finished = status in FINISHED
         record["stopped_early"] = finished and (rows[-1]["iteration"] if rows else 0) < max_epochs
         record["status"] = "stopped_early" if record["stopped_early"] else status
-        scored = [r for r in rows if r.get(self.metric) is not None]
+        scored = [r for r in rows if scoreable(r.get(self.metric))]
         best = (min if self.mode == "min" else max)(scored, key=lambda r: r[self.metric], default=None)
         record[f"best_{self.metric}"] = best[self.metric] if best else None
         record["best_iteration"] = best["iteration"] if best else None

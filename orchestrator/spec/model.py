@@ -159,6 +159,9 @@ Scheduler = create_model(
 )
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 class Train(Section):
     max_epochs: Annotated[StrictInt, Field(gt=0, le=100_000)] = Field(10, description="epochs per trial")
     workers: Annotated[StrictInt, Field(gt=0, le=1024)] = Field(
@@ -180,6 +183,17 @@ class Train(Section):
         "starts) is stopped and counts as failed",
     )
     fail_fast: StrictBool = Field(False, description="stop the whole job at the first failed trial (exit 1)")
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "fp32",
+        description="bf16: the standard loop (and ctx.autocast() in your own) computes in bfloat16 on GPUs; "
+        "fp32 everywhere else",
+    )
+
+    @model_validator(mode="after")
+    def _check_precision(self):
+        if self.precision != "fp32" and not self.use_gpu:
+            raise ValueError(f"precision: {self.precision} needs use_gpu: true (on CPU hpo trains in fp32)")
+        return self
 
 
 _SECRET_WORDS = ("secret", "access_key", "accesskey", "password", "token", "session", "credential")

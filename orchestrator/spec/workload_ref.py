@@ -4,7 +4,13 @@ training loop's own hyperparameters are in range. Run by `parse_spec` (and so by
 from __future__ import annotations
 
 from orchestrator.errors import SpecError, did_you_mean, not_allowed
-from orchestrator.workloads import OPTIMIZERS, TRAINING_RANGES, Workload, WorkloadError, resolve_workload
+from orchestrator.workloads import (
+    TRAINING_CHOICES,
+    TRAINING_RANGES,
+    Workload,
+    WorkloadError,
+    resolve_workload,
+)
 
 
 def check_against_workload(spec) -> Workload:
@@ -21,20 +27,23 @@ def check_against_workload(spec) -> Workload:
                     f"search.{section}.{name}: workload {workload.name} has no such hyperparameter "
                     f"({did_you_mean(name, known)}known: {', '.join(known)})"
                 )
-    if spec.search.metric not in workload.metrics:
+    names = workload.metric_names
+    if spec.search.metric not in names:
         raise SpecError(
             f"search.metric: {spec.search.metric!r} is not reported by workload {workload.name} "
-            f"({did_you_mean(spec.search.metric, workload.metrics)}it reports: {', '.join(workload.metrics)})"
+            f"({did_you_mean(spec.search.metric, names)}it reports: {', '.join(names)})"
         )
-    optimizer = spec.search.fixed.get("optimizer")
-    if optimizer is not None and optimizer not in OPTIMIZERS:
-        raise SpecError(not_allowed(optimizer, OPTIMIZERS, "search.fixed.optimizer: "))
-    if "optimizer" in spec.search.space:
-        dist = spec.search.space["optimizer"]
-        values = dist.finite_values()
-        bad = [dist.name] if values is None else [v for v in values if v not in OPTIMIZERS]
-        if bad:
-            raise SpecError(not_allowed(bad[0], OPTIMIZERS, "search.space.optimizer: "))
+    if not workload.uses_standard_loop:  # the rest are the standard loop's own hyperparameters
+        return workload
+    for name, allowed in TRAINING_CHOICES.items():
+        if name in spec.search.fixed and spec.search.fixed[name] not in allowed:
+            raise SpecError(not_allowed(spec.search.fixed[name], allowed, f"search.fixed.{name}: "))
+        if name in spec.search.space:
+            dist = spec.search.space[name]
+            values = dist.finite_values()
+            bad = [dist.name] if values is None else [v for v in values if v not in allowed]
+            if bad:
+                raise SpecError(not_allowed(bad[0], allowed, f"search.space.{name}: "))
     batch = spec.search.fixed.get("batch_size", workload.defaults()["batch_size"])
     if "batch_size" not in spec.search.space and (not isinstance(batch, int) or batch < spec.train.workers):
         raise SpecError(

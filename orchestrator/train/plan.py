@@ -24,4 +24,5 @@ class TrialPlan:
     results_uri: str  # checkpoints go to <results_uri>/checkpoints/<trial_id>/ through the run's store
     storage_options: Any  # S3Options (endpoint, region, addressing; never credentials)
     train_storage: str  # local staging for the Ray Train runs of multi-worker trials (controller state only)
+    precision: str = "fp32"  # bf16: autocast on GPUs (ctx.autocast())
     resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from

@@ -11,7 +11,8 @@ import torch
 from orchestrator.storage import open_store
 from orchestrator.storage.spool import SpoolingStore, run_spool_dir
 from orchestrator.train.checkpoints import TrialCheckpoints
-from orchestrator.train.loop import Reporter, run_training
+from orchestrator.train.context import Reporter
+from orchestrator.train.loop import run_training
 from orchestrator.train.plan import TrialPlan
 
 # Test-only: set on the fake GPU nodes of cluster/local-fake.yaml, whose "GPUs" are Ray resources without a
@@ -68,5 +69,6 @@ def train_trial(
         restore=attempt > 0 or plan.resume,
         rank=rank,
         world=world,
+        local_rank=local_rank,
         device=device_for(plan, local_rank),
     )

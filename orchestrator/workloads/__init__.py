@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 from orchestrator.errors import did_you_mean
 from orchestrator.workloads.base import (
+    LR_SCHEDULES,
     OPTIMIZERS,
+    TRAINING_CHOICES,
     TRAINING_HYPERPARAMETERS,
     TRAINING_RANGES,
     Splits,
@@ -37,6 +39,8 @@ __all__ = [
     "TRAINING_HYPERPARAMETERS",
     "TRAINING_RANGES",
     "OPTIMIZERS",
+    "LR_SCHEDULES",
+    "TRAINING_CHOICES",
 ]
 
 BUILTIN_WORKLOADS: dict[str, Callable[[], Workload]] = {"digits-mlp": digits_mlp, "synthetic": synthetic}

@@ -1,7 +1,14 @@
 """The workload protocol: what a trial trains.
 
-A workload is a `Workload` value. The trial runner owns the training loop (optimizer, batches, DDP,
-checkpoints, metrics); a workload only says how to build the model and the data from a config:
+A workload is a `Workload` value, in one of two forms.
+
+Your own training loop: `train(ctx)` is called once per trial attempt on every worker with a `TrainContext`
+(train/context.py): the config, the seed (already applied), the device, `prepare_model`,
+`prepare_data_loader`, `report(metrics, checkpoint=None)` and `get_checkpoint()`. `metrics` declares every
+metric `report` gives and its mode ("min" or "max"); `hyperparameters` maps every hyperparameter the loop reads
+to its default. It may also give `build_model`/`load_data`: `hpo sanity` and `hpo ensemble` use them.
+
+The standard loop (train/loop.py) for a model and in-memory data:
 
 - `build_model(config)` returns a fresh `torch.nn.Module`. It is called after the trial's seed is set, so
   weight initialisation follows the trial seed.
@@ -9,8 +16,9 @@ checkpoints, metrics); a workload only says how to build the model and the data 
   split must not depend on the trial's seed, so that trials are comparable.
 - `task` is "classification" (integer targets, cross-entropy, accuracy reported) or "regression" (float
   targets, mean squared error).
-- `hyperparameters` maps every hyperparameter the workload understands to its default. A spec may search or
-  fix only these names, so a misspelt one is caught before anything runs.
+- `hyperparameters` maps the workload's own hyperparameters to their defaults; the loop's (lr, batch_size,
+  optimizer, ...) are added. A spec may search or fix only these names, so a misspelt one is caught before
+  anything runs.
 
 A user's own workload is a zero-argument function returning a `Workload`, named in the spec as
 "package.module:function" (workloads/__init__.py resolves it).
@@ -22,17 +30,29 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-# Hyperparameters the standard training loop (train/loop.py) reads; every workload accepts them.
+# Hyperparameters the standard training loop (train/loop.py) reads; every workload it trains accepts them.
 TRAINING_HYPERPARAMETERS: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 0.0,
     "batch_size": 64,
-    "optimizer": "adam",  # adam | sgd
+    "optimizer": "adam",  # adam | adamw | sgd
     "momentum": 0.9,  # sgd only
+    "lr_schedule": "constant",  # constant | cosine | linear (to 0 at the last step), stepped per batch
+    "warmup_frac": 0.0,  # the first fraction of all steps ramps the learning rate up linearly from 0
+    "grad_clip": 0.0,  # clip the gradients' global norm to this; 0: off
 }
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+# The standard loop's hyperparameters that take one of a list of names.
+TRAINING_CHOICES = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}
 # (low, low allowed, high exclusive): values torch would refuse only once a trial has started.
-TRAINING_RANGES = {"lr": (0.0, False, None), "weight_decay": (0.0, True, None), "momentum": (0.0, True, 1.0)}
+TRAINING_RANGES = {
+    "lr": (0.0, False, None),
+    "weight_decay": (0.0, True, None),
+    "momentum": (0.0, True, 1.0),
+    "warmup_frac": (0.0, True, 1.0),
+    "grad_clip": (0.0, True, None),
+}
 
 
 class Splits(NamedTuple):
@@ -41,27 +61,59 @@ class Splits(NamedTuple):
     test: tuple[Any, Any]
 
 
+class WorkloadError(ValueError):
+    """A workload name that cannot be resolved; the message names the fix."""
+
+
+METRIC_MODES = ("min", "max")
+STANDARD_METRICS = {"train_loss": "min", "val_loss": "min"}  # + val_accuracy (max) for classification
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
-    build_model: Callable[[Mapping[str, Any]], Any]
-    load_data: Callable[[Mapping[str, Any]], Splits]
+    build_model: Callable[[Mapping[str, Any]], Any] | None = None
+    load_data: Callable[[Mapping[str, Any]], Splits] | None = None
     task: Literal["classification", "regression"] = "classification"
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    # Set for workloads that evaluate a function instead of training (the `synthetic` benchmark functions):
-    # (config, epoch) -> metrics. build_model and load_data are then never called.
-    objective: Callable[[Mapping[str, Any], int], dict[str, float]] | None = None
+    # The user's own training loop, called with a TrainContext; the standard loop is then not used.
+    train: Callable[[Any], None] | None = None
+    # Every metric a report gives -> "min" or "max". Default: the standard loop's metrics for the task.
+    metrics: Mapping[str, str] | None = None
+
+    def __post_init__(self):
+        if self.metrics is None:
+            extra = {"val_accuracy": "max"} if self.task == "classification" else {}
+            object.__setattr__(self, "metrics", {**STANDARD_METRICS, **extra})
+        bad = {k: v for k, v in self.metrics.items() if v not in METRIC_MODES}
+        if bad or not self.metrics:
+            raise WorkloadError(
+                f"workload {self.name}: metrics must map each reported metric to 'min' or 'max' "
+                f"(got {dict(bad) or 'nothing'})"
+            )
+        if self.train is None and (self.build_model is None or self.load_data is None):
+            raise WorkloadError(
+                f"workload {self.name}: give train (your own loop), or build_model and load_data "
+                "(the standard loop)"
+            )
 
     @property
-    def metrics(self) -> tuple[str, ...]:
-        """The metrics every epoch reports, in column order."""
-        base = ("train_loss", "val_loss")
-        return base + ("val_accuracy",) if self.task == "classification" else base
+    def uses_standard_loop(self) -> bool:
+        """True when hpo's standard loop trains it (build_model + load_data, no train of its own)."""
+        return self.train is None
+
+    def missing_for(self, command: str) -> str | None:
+        """Why `hpo sanity` or `hpo ensemble` cannot use this workload, or None when it can."""
+        if self.build_model is not None and self.load_data is not None:
+            return None
+        return f"workload {self.name} gives no build_model and load_data: {command} needs them to rebuild its models"
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics every report gives, in column order."""
+        return tuple(self.metrics)
 
     def defaults(self) -> dict[str, Any]:
         """Every hyperparameter this workload accepts, with its default."""
-        return {**TRAINING_HYPERPARAMETERS, **self.hyperparameters}
-
-
-class WorkloadError(ValueError):
-    """A workload name that cannot be resolved; the message names the fix."""
+        loop = TRAINING_HYPERPARAMETERS if self.uses_standard_loop else {}
+        return {**loop, **self.hyperparameters}

@@ -66,19 +66,17 @@ def objective(config: Mapping[str, Any], epoch: int) -> dict[str, float]:
     return {"train_loss": f, "val_loss": f + gap / epoch}
 
 
+def train(ctx) -> None:
+    """No model: each report is the function's learning curve at that epoch."""
+    for epoch in range(1, ctx.max_epochs + 1):
+        ctx.report(objective(ctx.config, epoch))
+
+
 def synthetic() -> Workload:
     """benchmark functions with known optima (Branin, Hartmann6 over `x1`..`x6`); trains nothing"""
-
-    def no_model(config):
-        raise TypeError(
-            "the synthetic workload has no model: it evaluates a function (see workload.objective)"
-        )
-
     return Workload(
         name="synthetic",
-        build_model=no_model,
-        load_data=no_model,
-        task="regression",
+        train=train,
+        metrics={"train_loss": "min", "val_loss": "min"},
         hyperparameters={"function": "branin", **{f"x{i}": 0.5 for i in range(1, 7)}},
-        objective=objective,
     )

@@ -1,0 +1,248 @@
+"""A user's own training loop (Workload.train) through TrainContext, without Ray: seeds, data order with
+augmentation, reports, checkpoints that continue bit-identically, and the contract's errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from conftest import spec_dict
+
+from orchestrator.errors import SpecError
+from orchestrator.spec import parse_spec
+from orchestrator.storage import LocalStore
+from orchestrator.train.checkpoints import TrialCheckpoints
+from orchestrator.train.context import TrainingError
+from orchestrator.train.loop import run_training
+from orchestrator.train.plan import TrialPlan
+from orchestrator.workloads import Workload, WorkloadError, resolve_workload
+
+CUSTOM = "tests.workloads_for_tests:custom_loop"
+HP = {**resolve_workload(CUSTOM).defaults(), "loader_workers": 0}
+
+
+def _plan(epochs=3, workload=CUSTOM) -> TrialPlan:
+    metric = "val_f1" if workload == CUSTOM else "acc"
+    return TrialPlan(
+        workload=workload,
+        job_seed=0,
+        fixed={},
+        max_epochs=epochs,
+        workers=1,
+        use_gpu=False,
+        cpus_per_worker=1.0,
+        checkpoints_to_keep=2,
+        metric=metric,
+        mode="max",
+        results_uri="",
+        storage_options=None,
+        train_storage="",
+    )
+
+
+class Rows:
+    def __init__(self, root):
+        self.rows: list[dict] = []
+        self.checkpoints = TrialCheckpoints(LocalStore(root), "trial_0003", keep=2, mode="max")
+
+    def report(self, row):
+        self.rows.append(dict(row))
+
+
+def _train(root, hp=HP, seed=11, epochs=3, restore=False, workload=CUSTOM) -> Rows:
+    rows = Rows(root)
+    run_training(hp, seed, _plan(epochs, workload), rows, rows.checkpoints, restore=restore)
+    return rows
+
+
+def _metrics(rows: Rows) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k not in ("epoch_time_s", "checkpoint", "best_checkpoint")}
+        for r in rows.rows
+    ]
+
+
+def _tensors(rows: Rows) -> dict:
+    state = rows.checkpoints.load_latest()
+    return {k: v for k, v in state["checkpoint"]["model"].items()}
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def check_same_seed_same_rows_and_tensors(tmp_path, hp):
+    a, b, c = _train(tmp_path / "a", hp), _train(tmp_path / "b", hp), _train(tmp_path / "c", hp, seed=12)
+    assert _metrics(a) == _metrics(b) and [r["epoch"] for r in a.rows] == [1, 2, 3]
+    assert _same_tensors(_tensors(a), _tensors(b))
+    assert [r["val_loss"] for r in a.rows] != [r["val_loss"] for r in c.rows]
+    assert a.rows[-1]["val_f1"] > 0.5  # it learns
+
+
+def check_a_failure_in_epoch_3_continues_from_epoch_2_bit_identically(tmp_path, hp):
+    clean = _train(tmp_path / "clean", hp, epochs=4)
+    marker = tmp_path / "failed"
+    failing = {**hp, "fail_at_epoch": 2, "fail_marker": str(marker)}  # 0-based: the third epoch
+    with pytest.raises(RuntimeError, match="failing once in epoch 2"):
+        _train(tmp_path / "t", failing, epochs=4)
+    assert marker.exists()
+    first = TrialCheckpoints(LocalStore(tmp_path / "t"), "trial_0003", keep=2, mode="max")
+    assert first.index()["latest"] == 2
+    retry = _train(tmp_path / "t", failing, epochs=4, restore=True)
+    # epochs 1-2 re-reported from the checkpoint's history (the driver keeps one row of each), then 3-4
+    assert [r["epoch"] for r in retry.rows] == [1, 2, 3, 4]
+    assert _metrics(retry) == _metrics(clean)
+    assert _same_tensors(_tensors(retry), _tensors(clean))
+
+
+def test_same_seed_same_rows_and_checkpoint_tensors(tmp_path):
+    check_same_seed_same_rows_and_tensors(tmp_path, HP)
+
+
+def test_a_failure_in_epoch_3_continues_from_epoch_2_bit_identically(tmp_path):
+    check_a_failure_in_epoch_3_continues_from_epoch_2_bit_identically(tmp_path, HP)
+
+
+@pytest.mark.slow  # DataLoader worker processes
+def test_with_two_loader_workers_same_rows_and_bit_identical_continuation(tmp_path):
+    hp = {**HP, "loader_workers": 2}
+    check_same_seed_same_rows_and_tensors(tmp_path / "same", hp)
+    check_a_failure_in_epoch_3_continues_from_epoch_2_bit_identically(tmp_path / "retry", hp)
+
+
+def test_the_checkpoint_holds_the_users_dict_and_every_rng(tmp_path):
+    rows = _train(tmp_path, epochs=2)
+    state = rows.checkpoints.load_latest()
+    assert (
+        set(state["checkpoint"]) == {"model", "opt", "schedule", "epoch"}
+        and state["checkpoint"]["epoch"] == 1
+    )
+    assert state["iteration"] == 2 and state["loaders"] == [2] and state["seed"] == 11
+    assert {"torch", "numpy", "python"} <= set(state["rng"][0])
+    assert rows.rows[-1]["checkpoint"].endswith("epoch-0002.pt")
+
+
+def _reporting(name: str, report) -> str:
+    """A workload entry point in this module whose train calls `report(ctx)`."""
+    globals()[name] = lambda: Workload(name=name, train=report, metrics={"val_loss": "min", "acc": "max"})
+    return f"{__name__}:{name}"
+
+
+@pytest.mark.parametrize(
+    "report, message",
+    [
+        (lambda ctx: ctx.report({"val_loss": 1.0}), "report misses the declared metric 'acc'"),
+        (
+            lambda ctx: ctx.report({"val_loss": 1.0, "acc": 0.5, "f1": 0.1}),
+            "gives the undeclared metric 'f1'",
+        ),
+        (
+            lambda ctx: ctx.report({"val_loss": "low", "acc": 0.5}),
+            "metric 'val_loss' is 'low'; give a real number",
+        ),
+        (lambda ctx: ctx.report({"val_loss": True, "acc": 0.5}), "metric 'val_loss' is True"),
+        (lambda ctx: None, "reported no metrics"),
+    ],
+)
+def test_a_report_that_breaks_the_declaration_fails_naming_the_key(tmp_path, report, message):
+    with pytest.raises(TrainingError, match=message):
+        _train(tmp_path, workload=_reporting(f"w{abs(hash(message))}", report))
+
+
+def test_nan_is_recorded_as_it_is_and_never_the_best(tmp_path):
+    values = iter([float("nan"), 0.3, float("inf"), 0.2])
+
+    def train(ctx):
+        for _ in range(4):
+            ctx.report({"val_loss": 0.0, "acc": next(values)}, checkpoint={"w": torch.zeros(1)})
+
+    rows = _train(tmp_path, epochs=4, workload=_reporting("nan_workload", train))
+    assert math.isnan(rows.rows[0]["acc"]) and rows.rows[2]["acc"] == math.inf
+    index = rows.checkpoints.index()
+    assert index["best"] == 2  # NaN and inf are recorded, never the best
+
+
+def test_tensor_and_numpy_values_are_numbers(tmp_path):
+    import numpy as np
+
+    train = lambda ctx: ctx.report({"val_loss": torch.tensor(0.5), "acc": np.float32(0.25)})  # noqa: E731
+    rows = _train(tmp_path, epochs=1, workload=_reporting("tensor_values", train))
+    assert (rows.rows[0]["val_loss"], rows.rows[0]["acc"]) == (0.5, 0.25)
+
+
+def test_a_workload_says_what_it_is_missing():
+    with pytest.raises(WorkloadError, match="give train .* or build_model and load_data"):
+        Workload(name="empty")
+    with pytest.raises(WorkloadError, match="metrics must map each reported metric to 'min' or 'max'"):
+        Workload(name="bad", train=lambda ctx: None, metrics={"f1": "maximize"})
+    custom = resolve_workload(CUSTOM)
+    assert (
+        not custom.uses_standard_loop and "lr" in custom.defaults() and "optimizer" not in custom.defaults()
+    )
+    assert custom.missing_for("sanity") and dataclasses.replace(custom, name="x").metric_names[-1] == "val_f1"
+
+
+def test_the_search_metric_must_be_declared():
+    base = {
+        "workload": CUSTOM,
+        "search": {
+            "metric": "val_f1",
+            "mode": "max",
+            "fixed": {},
+            "space": {"lr": {"loguniform": [1e-3, 1e-2]}},
+        },
+    }
+    assert parse_spec(spec_dict(**base)).search.metric == "val_f1"
+    with pytest.raises(
+        SpecError, match="search.metric: 'val_accuracy' is not reported by workload digits-custom-loop"
+    ):
+        parse_spec(spec_dict(**{**base, "search": {**base["search"], "metric": "val_accuracy"}}))
+
+
+# --- on a real Ray: the same loop as a search's trials ---------------------------------------------------------
+def _custom_spec(tmp_path, samples=2, **train):
+    return parse_spec(
+        spec_dict(
+            workload=CUSTOM,
+            storage=str(tmp_path),
+            search={
+                "algorithm": "random",
+                "num_samples": samples,
+                "max_concurrent": samples,
+                "metric": "val_f1",
+                "mode": "max",
+                "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "width": {"choice": [4, 8]}},
+                "fixed": {"batch_size": 64},
+            },
+            train={"max_epochs": 2, **train},
+        )
+    )
+
+
+@pytest.mark.slow
+def test_a_search_over_a_custom_loop_with_loader_workers_obeys_the_results_contract(ray_cluster, tmp_path):
+    from contract import check_contract
+
+    from orchestrator.api import run
+
+    spec = _custom_spec(tmp_path)
+    summary = run(spec)
+    rows, trials = check_contract(summary, spec)
+    assert rows.column_names[2:5] == ["train_loss", "val_loss", "val_f1"]  # the declared metrics, in order
+    assert summary.statuses == {"completed": 2} and summary.best["metric"] == max(rows["val_f1"].to_pylist())
+
+
+@pytest.mark.slow
+def test_a_two_worker_ddp_custom_loop_reruns_bit_identically(ray_cluster, tmp_path):
+    """2-worker DDP on CPU (gloo), each rank with 2 loader workers: `hpo reproduce` reruns a trial from scratch
+    and every declared metric of every epoch is equal, bit for bit."""
+    from orchestrator.api import run
+    from orchestrator.execution.reproduce import reproduce
+
+    spec = _custom_spec(tmp_path, samples=1, workers=2, cpus_per_worker=0.5)
+    summary = run(spec)
+    assert summary.statuses == {"completed": 1}
+    again = reproduce(summary.results_uri, "trial_0000")
+    assert again.identical and again.iterations == 2 and again.metrics == ["train_loss", "val_loss", "val_f1"]
