@@ -1,14 +1,17 @@
 """Errors a user can act on, and the helper that makes their messages point at the fix.
 
 The CLI prints each as one line, without a traceback: SpecError, RunError, ResultsNotFound and storage's
-StoreError exit 2 (nothing was started or written); SanityFailed exits 1. Every package raises these rather
+StoreError exit 2 (nothing was started or written); SanityFailed and WorkloadCodeFailed exit 1. Every package raises these rather
 than its own, so the CLI needs no knowledge of where an error came from.
 """
 
 from __future__ import annotations
 
 import difflib
+import tempfile
+import traceback
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class SpecError(ValueError):
@@ -21,6 +24,19 @@ class RunError(RuntimeError):
 
 class SanityFailed(RuntimeError):
     """`sanity: true` and a check failed: the search did not start (exit 1; sanity.parquet says why)."""
+
+
+class WorkloadCodeFailed(RuntimeError):
+    """The workload's own code raised while a command ran it in this process (hpo reproduce, hpo sanity): one
+    line with the exception and where its full traceback was written (exit 1)."""
+
+    @classmethod
+    def logged(cls, what: str, error: BaseException) -> WorkloadCodeFailed:
+        """Write `error`'s traceback to a log file; the error names the exception and the log."""
+        log = Path(tempfile.mkstemp(prefix="hpo-workload-", suffix=".log")[1])
+        log.write_text("".join(traceback.format_exception(error)))
+        last = (traceback.format_exception_only(error)[-1].strip() or type(error).__name__).splitlines()[0]
+        return cls(f"{what}: the workload's code raised {last[:300]} (full traceback: {log})")
 
 
 class ResultsNotFound(FileNotFoundError):

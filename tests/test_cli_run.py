@@ -113,6 +113,9 @@ def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference
     assert code == 0, err[-2000:]
     result = json.loads(out.strip().splitlines()[-1])
     assert result["identical"] is True and result["iterations"] >= 1 and "val_accuracy" in result["metrics"]
+    assert (
+        result["checkpoint"] == "identical"
+    )  # the last checkpoint's weights and optimizer, tensor by tensor
     # Tamper with one stored value: the rerun must point at exactly that epoch and metric.
     [part] = json.loads((Path(uri) / "results" / "_manifest.json").read_text())["files"]
     table = pq.read_table(Path(uri) / part)
@@ -123,3 +126,42 @@ def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference
     code, out, err = hpo(capsys, "reproduce", uri, "trial_0002")
     assert code == 1, err[-2000:]
     assert out.startswith("trial_0002: differs first at epoch 1, val_loss: recorded ")
+
+
+def test_two_jobs_with_ddp_trials_side_by_side_on_one_machine_both_finish(tmp_path):
+    """Two `hpo run` processes, each with its own embedded Ray (and this session's Ray may be up too): every
+    DDP trial's worker group starts and finishes. Ray Train looks its controller up through the State API,
+    which, with more than one Ray on the host, must be told which one (execution/ray_compat.py)."""
+    import os
+    import subprocess
+
+    import yaml
+    from conftest import HPO, spec_dict
+
+    procs = []
+    for name in ("left", "right"):
+        spec = tmp_path / f"{name}.yaml"
+        train = {
+            "max_epochs": 1,
+            "workers": 2,
+            "cpus_per_worker": 0.5,
+            "max_retries": 0,
+            "trial_timeout_s": 240,
+        }
+        data = spec_dict(name=name, storage=str(tmp_path / "runs"), search={"num_samples": 1}, train=train)
+        spec.write_text(yaml.safe_dump(data))
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        procs.append(
+            subprocess.Popen(
+                [*HPO, "run", str(spec)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "finished 1 trials (1 completed)" in out, out

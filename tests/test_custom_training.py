@@ -202,15 +202,19 @@ def test_the_search_metric_must_be_declared():
 
 
 # --- on a real Ray: the same loop as a search's trials ---------------------------------------------------------
-def _custom_spec(tmp_path, samples=2, **train):
+def _custom_spec(
+    tmp_path, samples=2, algorithm="random", storage=None, scheduler=None, concurrency=None, **train
+):
+    extra = {"scheduler": scheduler} if scheduler else {}
     return parse_spec(
         spec_dict(
             workload=CUSTOM,
-            storage=str(tmp_path),
+            storage=storage or str(tmp_path),
+            **extra,
             search={
-                "algorithm": "random",
+                "algorithm": algorithm,
                 "num_samples": samples,
-                "max_concurrent": samples,
+                "max_concurrent": concurrency or samples,
                 "metric": "val_f1",
                 "mode": "max",
                 "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "width": {"choice": [4, 8]}},
@@ -246,3 +250,79 @@ def test_a_two_worker_ddp_custom_loop_reruns_bit_identically(ray_cluster, tmp_pa
     assert summary.statuses == {"completed": 1}
     again = reproduce(summary.results_uri, "trial_0000")
     assert again.identical and again.iterations == 2 and again.metrics == ["train_loss", "val_loss", "val_f1"]
+    assert again.checkpoint == "identical", again.describe()  # rank 0's weights, optimizer and schedule
+
+
+def test_code_that_raises_before_its_first_report_is_final_and_after_it_is_retryable(tmp_path):
+    from orchestrator.train.context import FinalTrialError
+
+    def early(ctx):
+        raise ValueError("no such column 'label'")
+
+    with pytest.raises(
+        FinalTrialError, match=r"ValueError: no such column 'label', at .*test_custom_training.py"
+    ):
+        _train(tmp_path / "a", workload=_reporting("raises_early", early))
+
+    def late(ctx):
+        ctx.report({"val_loss": 1.0, "acc": 0.5})
+        raise ValueError("disk full")
+
+    with pytest.raises(ValueError, match="disk full") as info:
+        _train(tmp_path / "b", workload=_reporting("raises_late", late))
+    assert not isinstance(info.value, FinalTrialError)  # it trained and reported: a retry continues
+
+
+def test_validate_builds_a_user_model_once_and_names_what_it_raised(tmp_path, cli):
+    import yaml
+
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(spec_dict(workload="tests.workloads_for_tests:digit_value")))
+    assert cli("validate", str(good)).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec_dict(workload="tests.workloads_for_tests:broken")))
+    proc = cli("validate", str(bad))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, (
+        proc.stderr
+    )
+    assert "build_model raised RuntimeError: model exploded on purpose at " in proc.stderr
+    assert "workloads_for_tests.py" in proc.stderr
+
+
+@pytest.mark.slow
+def test_hyperopt_with_asha_on_s3_and_quasirandom_search_a_custom_loop(ray_cluster, s3, tmp_path):
+    """TPE proposes, ASHA stops trials at a report, results and checkpoints go to SeaweedFS; quasirandom too."""
+    import s3server
+    from contract import check_contract
+
+    from orchestrator.api import run
+
+    asha = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
+    uri = f"s3://{s3server.BUCKET}/custom-{tmp_path.name[-12:]}"
+    spec = _custom_spec(
+        tmp_path, samples=6, algorithm="hyperopt", storage=uri, scheduler=asha, concurrency=1, max_epochs=4
+    )
+    summary = run(spec)
+    rows, trials = check_contract(summary, spec)
+    assert summary.results_uri.startswith("s3://")
+    assert "stopped_early" in trials["status"].to_pylist(), trials["status"].to_pylist()
+    quasi = _custom_spec(tmp_path / "q", samples=3, algorithm="quasirandom", max_epochs=1)
+    check_contract(run(quasi), quasi)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_on_a_gpu_the_context_device_is_the_local_ranks_and_bf16_autocasts(tmp_path):
+    seen = {}
+
+    def train(ctx):
+        seen["device"] = str(ctx.device)
+        with ctx.autocast():
+            seen["dtype"] = (torch.ones(2, 2, device=ctx.device) @ torch.ones(2, 2, device=ctx.device)).dtype
+        ctx.report({"val_loss": 0.0, "acc": 1.0})
+
+    plan = dataclasses.replace(_plan(1, _reporting("gpu_device", train)), use_gpu=True, precision="bf16")
+    rows = Rows(tmp_path)
+    run_training(HP, 1, plan, rows, rows.checkpoints, restore=False, device="cuda:0")
+    assert seen == {"device": "cuda:0", "dtype": torch.bfloat16}
+    assert rows.rows[0]["acc"] == 1.0

@@ -44,3 +44,24 @@ def test_every_spec_in_the_readme_validates():
     assert kinds == {JobSpec, EnsembleSpec}
     reference = next(p for p in parsed if isinstance(p, JobSpec) and p.name == "digits-asha")
     assert reference.search.role("hidden") == "scientific" and reference.train.max_retries == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits-cnn.yaml", "charlm.yaml"])
+def test_shipped_custom_loop_jobs_run_briefly(name, ray_cluster, tmp_path):
+    """The shipped jobs whose workloads bring their own loop, cut to 2 trials x 2 epochs: they run and obey the
+    results contract (their full-length figures are in docs/benchmarks.md)."""
+    from contract import check_contract
+
+    from orchestrator.api import run
+    from orchestrator.spec import parse_spec
+    from orchestrator.spec.yaml_load import load_yaml_text
+
+    data = load_yaml_text((ROOT / "jobs" / name).read_text())
+    data["search"].update(num_samples=2, max_concurrent=2)
+    data["train"]["max_epochs"] = 2
+    data["storage"] = str(tmp_path)
+    spec = parse_spec(data)
+    summary = run(spec)
+    check_contract(summary, spec)
+    assert summary.statuses.get("completed", 0) + summary.statuses.get("stopped_early", 0) == 2

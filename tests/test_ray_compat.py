@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,40 @@ def test_trial_internals():
     assert ray_compat.creation_counter(trial) == 8
     assert ray_compat.trial_actor(trial) is None  # not running
     assert ray_compat.trial_error_file(trial) is None
+
+
+class _Final(Exception):
+    pass
+
+
+def test_final_errors_are_found_through_rays_wrappers_and_not_retried():
+    from ray.exceptions import RayTaskError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    task_error = RayTaskError("trainable", "Traceback ...", _Final("x"))
+    assert ray_compat.contains_error(task_error, _Final)
+    assert ray_compat.contains_error(WorkerGroupError("rank 1 failed", {1: _Final("y")}), _Final)
+    try:
+        try:
+            raise _Final("z")
+        except _Final as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as chained:
+        assert ray_compat.contains_error(chained, _Final)
+    assert not ray_compat.contains_error(RayTaskError("trainable", "Traceback ...", ValueError("v")), _Final)
+    assert not ray_compat.contains_error(None, _Final)
+
+    trial = _trial("trial_0001", "1")
+    trial.max_failures = 2
+    trial.storage = types.SimpleNamespace(trial_driver_staging_path=None)  # a stub trial: no error file
+    should_recover, handle_error = Trial.should_recover, Trial.handle_error
+    with ray_compat.no_retry_on(_Final):
+        trial.handle_error(RayTaskError("trainable", "Traceback ...", ValueError("v")))
+        assert trial.should_recover()  # an ordinary failure: retried
+        trial.handle_error(task_error)
+        assert not trial.should_recover()  # a final one: not, though max_failures allows it
+    assert (Trial.should_recover, Trial.handle_error) == (should_recover, handle_error)  # restored
+    assert trial.should_recover()  # outside, Tune's own rule again
 
 
 def test_schedulers_can_be_told_results_without_a_controller():
@@ -182,3 +217,15 @@ def test_enable_token_auth_sets_token_mode_and_refresh_ray_config_undoes_it():
     assert proc.returncode == 0 and proc.stdout.split() == ["token", "True", "False"], (
         proc.stdout + proc.stderr[-2000:]
     )
+
+
+@pytest.mark.slow
+def test_ray_train_is_told_its_clusters_address(ray_cluster, monkeypatch):
+    from ray.train.v2._internal import constants
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://elsewhere:8265")  # a user's, for hpo submit: put back after
+    with ray_compat.train_knows_its_cluster():
+        propagated = constants.get_env_vars_to_propagate()
+        assert propagated["RAY_ADDRESS"] == ray.get_runtime_context().gcs_address == os.environ["RAY_ADDRESS"]
+    assert os.environ["RAY_ADDRESS"] == "http://elsewhere:8265"
+    assert "RAY_ADDRESS" not in constants.ENV_VARS_TO_PROPAGATE

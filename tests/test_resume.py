@@ -69,7 +69,21 @@ def assert_not_rerun(finished: set[str], resumed_stderr: str) -> None:
     assert passed_over >= len(finished)
 
 
-KILLED = dict(name="killed", search={"num_samples": 8, "max_concurrent": 2}, train={"max_epochs": 6})
+# A user's own loop (tests/workloads_for_tests.py:custom_train: DataLoader workers, augmentation, AdamW with a
+# per-batch schedule, its own checkpoint dict): resume must continue it exactly as it continues the standard loop.
+KILLED = dict(
+    name="killed",
+    workload="tests.workloads_for_tests:custom_loop",
+    search={
+        "num_samples": 8,
+        "max_concurrent": 2,
+        "metric": "val_f1",
+        "mode": "max",
+        "space": {"lr": {"loguniform": [1.0e-3, 1.0e-2]}, "width": {"choice": [4, 8]}},
+        "fixed": {"batch_size": 64},
+    },
+    train={"max_epochs": 6},
+)
 
 
 def _spec_file(path, data):

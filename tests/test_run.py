@@ -130,18 +130,21 @@ def test_hyperopt_fifo_maximizing_accuracy(ray_cluster, tmp_path):
     assert 0.5 < summary.best["metric"] <= 1.0
 
 
-def test_failing_trials_are_recorded_and_the_job_still_ends(ray_cluster, tmp_path):
+def test_code_that_raises_before_its_first_report_fails_its_trial_at_once(ray_cluster, tmp_path):
+    """build_model raises: a retry would raise again, so the trial is not retried (max_retries is 2) and its
+    record says what was raised where; the job still ends, every trial failed."""
+    lines: list[str] = []
     spec, summary = _run(
-        tmp_path,
-        workload="tests.workloads_for_tests:broken",
-        search={"num_samples": 2},
-        train={"max_retries": 1},
+        tmp_path, lines, workload="tests.workloads_for_tests:broken", search={"num_samples": 2}
     )
     assert summary.best is None and summary.statuses == {"error": 2}
     trials = load_trials(summary.results_uri).to_pylist()
     assert [t["status"] for t in trials] == ["error", "error"]
-    assert [t["retries"] for t in trials] == [1, 1]  # each ran again once, then was recorded failed
-    assert all("model exploded on purpose" in t["error"] for t in trials)
+    assert [t["retries"] for t in trials] == [0, 0]
+    for t in trials:
+        assert "RuntimeError: model exploded on purpose, at " in t["error"], t["error"]
+        assert "workloads_for_tests.py" in t["error"] and "not retried" in t["error"]
+    assert not any("retry" in line for line in lines), lines
 
 
 def test_regression_workload_reports_losses_only(ray_cluster, tmp_path):

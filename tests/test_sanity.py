@@ -18,7 +18,7 @@ NAMES = ["loss_at_init", "overfit_one_batch", "input_independent", "gradient_dep
 def _failed(workload: str) -> set[str]:
     report = sanity_checks(parse_spec(spec_dict(workload=workload)))
     assert [c.name for c in report.checks] == NAMES
-    return {c.name for c in report.checks if not c.passed}
+    return {c.name for c in report.checks if c.judged and not c.passed}
 
 
 def test_check_names_are_the_documented_ones():
@@ -36,6 +36,29 @@ def test_check_names_are_the_documented_ones():
 )
 def test_each_planted_bug_is_caught_by_its_check(workload, caught_by):
     assert caught_by in _failed(workload)
+
+
+def test_a_degenerate_zeroed_input_baseline_is_not_judged_and_not_passed():
+    """Batch norm on all-zero batches makes the zeroed-input baseline's loss far above chance: comparing with
+    it would pass any model, so the check says it could not judge (and the report does not fail for it)."""
+    report = sanity_checks(parse_spec(spec_dict(workload="tests.workloads_for_tests:batchnorm_mlp")))
+    check = {c.name: c for c in report.checks}["input_independent"]
+    assert (check.passed, check.judged, check.status) == (False, False, "not judged")
+    assert "over 3x chance" in check.detail and "cannot tell" in check.detail
+    assert report.passed and "input_independent" not in report.failures()
+    assert "not judged" in [c["status"] for c in report.to_json()["checks"]]
+
+
+def test_workload_code_that_raises_is_one_line_naming_the_log(tmp_path, capsys):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        yaml.safe_dump(spec_dict(storage=str(tmp_path), workload="tests.workloads_for_tests:broken"))
+    )
+    code, out, err = hpo(capsys, "sanity", str(spec))
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "sanity: loss_at_init: the workload's code raised RuntimeError: model exploded on purpose" in err
+    log = err.split("full traceback: ")[1].rstrip(")\n")
+    assert "Traceback" in open(log).read() and "_exploding_model" in open(log).read()
 
 
 def test_regression_workload_passes():

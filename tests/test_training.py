@@ -247,3 +247,20 @@ def test_adamw_cosine_warmup_and_clipping_learn_and_continue_bit_identically(tmp
     constant = MemoryReporter(tmp_path / "constant")
     run({**hp, "lr_schedule": "constant"}, 5, _plan(epochs=4), constant)
     assert _strip(constant.metrics) != _strip(full.metrics)  # the schedule is applied
+
+
+def test_reproduce_compares_the_last_checkpoint_tensor_by_tensor(tmp_path):
+    from orchestrator.execution.reproduce import _compare_checkpoints
+
+    a, b = MemoryReporter(tmp_path / "a"), MemoryReporter(tmp_path / "b")
+    run(HP, 5, _plan(epochs=2), a)
+    run(HP, 5, _plan(epochs=2), b)
+    assert _compare_checkpoints(a.checkpoints, b.checkpoints, 2) == "identical"
+    assert _compare_checkpoints(a.checkpoints, b.checkpoints, 3).startswith(
+        "not compared (the stored one is of"
+    )
+    state = b.checkpoints.load_latest()
+    name = next(iter(state["checkpoint"]["model"]))
+    state["checkpoint"]["model"][name].view(-1)[0] += 1e-6
+    b.checkpoints.save(2, state, None)
+    assert _compare_checkpoints(a.checkpoints, b.checkpoints, 2) == f"differs at /model/{name}"

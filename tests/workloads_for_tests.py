@@ -9,6 +9,7 @@ import torch
 
 from orchestrator.workloads import Splits, Workload
 from orchestrator.workloads.digits import digits_mlp, load_digits_splits
+from orchestrator.workloads.digits_cnn import macro_f1
 
 
 def _exploding_model(config):
@@ -208,16 +209,6 @@ class _SmallCnn(torch.nn.Module):
         return self.head(self.drop(x.flatten(1)))
 
 
-def _macro_f1(pred, target, classes: int = 10) -> float:
-    scores = []
-    for c in range(classes):
-        tp = float(((pred == c) & (target == c)).sum())
-        fp = float(((pred == c) & (target != c)).sum())
-        fn = float(((pred != c) & (target == c)).sum())
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(scores) / classes
-
-
 def custom_train(ctx) -> None:
     """A plain PyTorch loop, as a user would write it: DataLoader with shuffle and workers, augmentation,
     AdamW, a warmup + cosine schedule stepped per batch, gradient clipping, macro-F1, its own checkpoint dict.
@@ -275,7 +266,7 @@ def custom_train(ctx) -> None:
         with torch.no_grad():
             out = model(x_val.view(-1, 1, 8, 8).to(ctx.device))
             val_loss = float(torch.nn.functional.cross_entropy(out, y_val.to(ctx.device)))
-            f1 = _macro_f1(out.argmax(-1).cpu(), y_val)
+            f1 = macro_f1(out.argmax(-1).cpu(), y_val)
         ctx.report(
             {"train_loss": float(total[0] / total[1]), "val_loss": val_loss, "val_f1": f1},
             checkpoint={
@@ -302,3 +293,22 @@ def custom_loop() -> Workload:
             "fail_marker": "",
         },
     )
+
+
+def _batchnorm_mlp(config):
+    hidden = config["hidden"]
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, hidden),
+        torch.nn.ReLU(),
+        torch.nn.BatchNorm1d(hidden),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.BatchNorm1d(hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 10),
+    )
+
+
+def batchnorm_mlp() -> Workload:
+    """A correct model whose zeroed-input baseline is degenerate: on all-zero batches the batch norms see no
+    variance, and in eval mode what their running statistics lag by is divided by sqrt(eps)."""
+    return dataclasses.replace(digits_mlp(), name="batchnorm-mlp", build_model=_batchnorm_mlp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from orchestrator.errors import ResultsNotFound, RunError, SanityFailed, SpecError
+from orchestrator.errors import ResultsNotFound, RunError, SanityFailed, SpecError, WorkloadCodeFailed
 from orchestrator.spec import EnsembleSpec, JobSpec, load_spec
 from orchestrator.storage import StoreError
 
@@ -40,7 +40,7 @@ def run_command(handler, args) -> int:
     except CliError as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return exc.code
-    except SanityFailed as exc:
+    except (SanityFailed, WorkloadCodeFailed) as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (SpecError, ResultsNotFound, RunError, StoreError) as exc:

@@ -35,7 +35,7 @@ def sanity(args) -> int:
     else:
         print_table(
             ["name", "passed", "measured", "expected", "detail"],
-            [{**c.__dict__, "passed": "PASS" if c.passed else "FAIL"} for c in report.checks],
+            [{**c.__dict__, "passed": c.status.upper()} for c in report.checks],
         )
         print(f"wrote {report.results_uri}/{SANITY_FILE}")
     return 0 if report.passed else EXIT_FAILED

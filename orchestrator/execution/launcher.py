@@ -23,11 +23,17 @@ from ray.train import LoggingConfig, RunConfig, ScalingConfig
 
 from orchestrator.errors import RunError
 from orchestrator.execution.attempts import current_attempt
-from orchestrator.execution.ray_compat import TRAIN_ENV, quiet_train_worker
+from orchestrator.execution.ray_compat import (
+    TRAIN_ENV,
+    contains_error,
+    quiet_train_worker,
+    train_knows_its_cluster,
+)
 from orchestrator.execution.ray_env import has_dashboard, release_train_leftovers
 from orchestrator.results.layout import TRAIN_DIR, trial_index
 from orchestrator.storage import LocalStore
 from orchestrator.train.checkpoints import TrialCheckpoints
+from orchestrator.train.context import FinalTrialError
 from orchestrator.train.determinism import trial_seed
 from orchestrator.train.loop import run_training
 from orchestrator.train.plan import TrialPlan
@@ -91,13 +97,28 @@ def run_ddp(config: dict[str, Any], plan: TrialPlan) -> None:
 
     name, hp, seed, attempt = _trial_start(config, plan)
     # a fresh Train run name per attempt: our checkpoints restore the trial, Train must not resume its own
-    ddp_trainer(
+    trainer = ddp_trainer(
         _ddp_worker,
         {"hp": hp, "seed": seed, "plan": plan, "name": name, "attempt": attempt},
         plan,
         run_name=f"{name}-attempt{attempt}",
         callbacks=[TuneReportCallback()],
-    ).fit()
+    )
+    try:
+        with train_knows_its_cluster():
+            trainer.fit()
+    except Exception as error:  # a rank's final error is the trial's: Tune must see it to not retry
+        if contains_error(error, FinalTrialError):
+            raise FinalTrialError(_final_message(error)) from error
+        raise
+
+
+def _final_message(error: BaseException) -> str:
+    """The first line of the FinalTrialError a rank raised, from Ray Train's error text."""
+    for line in str(error).splitlines():
+        if "FinalTrialError" in line:
+            return line.split("FinalTrialError:", 1)[-1].strip()
+    return str(error).splitlines()[0] if str(error) else "a worker failed"
 
 
 def _ddp_worker(loop_config: dict) -> None:
@@ -251,7 +272,8 @@ class DdpLauncher(Launcher):
             "scratch": scratch,
             "trial_id": trial_id,
         }
-        ddp_trainer(_reproduce_worker, config, plan, run_name=f"reproduce-{trial_id}").fit()
+        with train_knows_its_cluster():
+            ddp_trainer(_reproduce_worker, config, plan, run_name=f"reproduce-{trial_id}").fit()
         return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
 

@@ -61,8 +61,9 @@ class Progress:
             f"[{done}/{self.num_trials} trials done{job_best}]"
         )
 
-    def trial_retried(self, name: str, retry: int, why: str) -> None:
-        self.line(f"{name} failed, retry {retry} of {self.max_retries} from its last checkpoint: {why}")
+    def trial_retried(self, name: str, retry: int, why: str, *, from_checkpoint: bool) -> None:
+        start = "from its last checkpoint" if from_checkpoint else "from the start (it has no checkpoint yet)"
+        self.line(f"{name} failed, retry {retry} of {self.max_retries} {start}: {why}")
 
     def trial_failed(self, name: str, why: str, done: int) -> None:
         self.line(f"{name} FAILED: {why}  [{done}/{self.num_trials} trials done]")

@@ -8,7 +8,9 @@ names here, and bump CHECKED_WITH.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 import ray
 from ray.experimental import internal_kv
@@ -135,6 +137,51 @@ def trial_error_file(trial) -> str | None:
     return getattr(trial, "error_file", None)
 
 
+@contextlib.contextmanager
+def no_retry_on(error_class: type[BaseException]):
+    """While inside: a Tune trial that fails with `error_class` (raised in its trainable, also as the cause of
+    the RayTaskError Tune sees) is not retried, whatever FailureConfig.max_failures says. Ray Tune 2.60 has no
+    such option: its TuneController asks `Trial.should_recover()` right after `Trial.handle_error(exc)`, so
+    handle_error notes whether the error is final and should_recover honours it. Restored on the way out."""
+    from ray.tune.experiment import Trial  # here, not at the top: a move breaks only this
+
+    handle_error, should_recover = Trial.handle_error, Trial.should_recover
+
+    def noting_handle_error(self, exc=None):
+        self._hpo_final_error = contains_error(exc, error_class)
+        return handle_error(self, exc)
+
+    def unless_final(self):
+        return not getattr(self, "_hpo_final_error", False) and should_recover(self)
+
+    Trial.handle_error, Trial.should_recover = noting_handle_error, unless_final
+    try:
+        yield
+    finally:
+        Trial.handle_error, Trial.should_recover = handle_error, should_recover
+
+
+def contains_error(error: BaseException | None, error_class: type[BaseException]) -> bool:
+    """Whether `error` is, or wraps, an `error_class`: through Ray 2.60's RayTaskError (its cause), Ray Train
+    V2's WorkerGroupError (`worker_failures`, per rank) and ControllerError, and exception chaining."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, error_class):
+            return True
+        if isinstance(e, ray.exceptions.RayTaskError):
+            with contextlib.suppress(Exception):
+                todo.append(e.as_instanceof_cause())
+            todo.append(getattr(e, "cause", None))
+        todo.extend(getattr(e, "worker_failures", {}).values())
+        todo.extend([getattr(e, "controller_failure", None), e.__cause__, e.__context__])
+    return False
+
+
 def tell_scheduler(scheduler, trial, results: list[dict]) -> list[dict]:
     """Tell a Tune scheduler (FIFO, ASHA) that `trial` reported `results` and ended, as TuneController would,
     without a controller: Ray 2.60's FIFO and ASHA never use the tune_controller argument. Returns the results
@@ -178,6 +225,32 @@ def quiet_train_worker() -> None:
 # seen up to two polls late. A poll is one small task per worker: 0.25 s costs little and saved ~4 s per DDP
 # trial here. Read from the environment of the process calling fit(), which passes it on to its workers.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
+
+@contextlib.contextmanager
+def train_knows_its_cluster():
+    """Around a TorchTrainer.fit(): its controller and the actors it starts find their own cluster by address.
+    Ray Train 2.60's placement-group cleaner asks the State API whether the controller lives, without an
+    address; with two Ray instances on one host that lookup fails ("Found multiple active Ray instances") or,
+    through ray_current_cluster, asks the other cluster, and the worker group never starts or is removed. So
+    RAY_ADDRESS is set to this process's cluster and added to what Ray Train copies into its controller
+    (`ENV_VARS_TO_PROPAGATE`), whose child actors inherit it. Both are put back on the way out."""
+    from ray.train.v2._internal import constants  # here, not at the top: a move breaks only this
+
+    before, listed = os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS" in constants.ENV_VARS_TO_PROPAGATE
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+    try:
+        yield
+    finally:
+        if not listed:
+            constants.ENV_VARS_TO_PROPAGATE.discard("RAY_ADDRESS")
+        if before is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = before
+
+
 TRAIN_CONTROLLER_CLASS = "TrainController"  # Ray Train 2.60's controller actor, one per TorchTrainer.fit()
 
 

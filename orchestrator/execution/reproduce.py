@@ -13,12 +13,17 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 
-from orchestrator.errors import RunError
+import torch
+
+from orchestrator.errors import RunError, SpecError, WorkloadCodeFailed
 from orchestrator.execution.driver import DriverSession
 from orchestrator.execution.runner import plan
 from orchestrator.results import config_of, load_results, load_trials
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.results.ops import stored_spec
+from orchestrator.storage import LocalStore, open_store
+from orchestrator.train.checkpoints import TrialCheckpoints
+from orchestrator.train.context import CHECKPOINT_KEY
 
 
 @dataclass
@@ -28,6 +33,9 @@ class Reproduction:
     identical: bool
     first_difference: dict | None = None  # iteration, metric, recorded, reproduced
     metrics: list[str] = field(default_factory=list)
+    # the last checkpoint's contents (the training code's dict: weights, optimizer, ...) compared tensor by
+    # tensor: "identical", "differs at <key path>", or why it was not compared
+    checkpoint: str = "not compared"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -36,7 +44,11 @@ class Reproduction:
         if self.identical:
             return (
                 f"{self.trial_id}: bit-identical ({self.iterations} epoch(s), "
-                f"{', '.join(self.metrics)} compared exactly)"
+                f"{', '.join(self.metrics)} compared exactly; last checkpoint: {self.checkpoint})"
+            )
+        if self.first_difference is None:
+            return (
+                f"{self.trial_id}: every metric is bit-identical, but the last checkpoint {self.checkpoint}"
             )
         d = self.first_difference
         return (
@@ -71,11 +83,23 @@ def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
         trial_plan = dataclasses.replace(the_plan.trial_plan, max_epochs=rows[-1]["iteration"])
         # the rerun's checkpoints are thrown away
         with tempfile.TemporaryDirectory(prefix="hpo-reproduce-") as scratch:
-            reproduced = the_plan.launcher.reproduce(
-                session, config_of(trial), int(trial["trial_seed"]), trial_plan, trial_id, scratch
+            try:
+                reproduced = the_plan.launcher.reproduce(
+                    session, config_of(trial), int(trial["trial_seed"]), trial_plan, trial_id, scratch
+                )
+            except (RunError, SpecError):
+                raise
+            except Exception as error:
+                raise WorkloadCodeFailed.logged(f"reproduce {trial_id}", error) from None
+            checkpoint = _compare_checkpoints(
+                TrialCheckpoints(
+                    open_store(uri, options or spec.storage_options.s3()), trial_id, keep=1, mode="min"
+                ),
+                TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode="min"),
+                rows[-1]["iteration"],
             )
     metrics = [m for m in the_plan.schema.metrics if m in rows[0]]
-    result = Reproduction(trial_id, len(rows), True, metrics=metrics)
+    result = Reproduction(trial_id, len(rows), True, metrics=metrics, checkpoint=checkpoint)
     again = {m[ITERATION_KEY]: m for m in reproduced}
     for row in rows:
         for metric in metrics:
@@ -89,4 +113,38 @@ def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
                     "reproduced": value,
                 }
                 return result
+    result.identical = not checkpoint.startswith("differs")
     return result
+
+
+def _compare_checkpoints(stored: TrialCheckpoints, rerun: TrialCheckpoints, iteration: int) -> str:
+    """The stored trial's latest checkpoint against the rerun's, when both are of `iteration`."""
+    try:
+        a, b = stored.load_latest(), rerun.load_latest()
+    except Exception as error:  # the comparison of metrics stands on its own
+        return f"not compared ({type(error).__name__}: {error})"
+    if a is None or b is None:
+        return "not compared (no checkpoint " + ("stored)" if a is None else "written by the rerun)")
+    if a.get("iteration") != iteration or b.get("iteration") != iteration:
+        return f"not compared (the stored one is of epoch {a.get('iteration')}, not {iteration})"
+    where = _first_difference(a[CHECKPOINT_KEY], b[CHECKPOINT_KEY], "")
+    return "identical" if where is None else f"differs at {where or 'its top level'}"
+
+
+def _first_difference(a, b, path: str) -> str | None:
+    """The key path of the first leaf that differs (tensors bit for bit), or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if list(a) != list(b):
+            return f"{path} (keys)"
+        return next((d for k in a if (d := _first_difference(a[k], b[k], f"{path}/{k}")) is not None), None)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return f"{path} (length)"
+        pairs = enumerate(zip(a, b, strict=True))
+        return next(
+            (d for i, (x, y) in pairs if (d := _first_difference(x, y, f"{path}/{i}")) is not None), None
+        )
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+        return None if same and a.shape == b.shape and torch.equal(a, b) else path
+    return None if _same(a, b) else path

@@ -30,7 +30,7 @@ from ray import tune
 from orchestrator.errors import RunError
 from orchestrator.execution.driver import DriverSession
 from orchestrator.execution.launcher import Launcher, launcher_for
-from orchestrator.execution.ray_compat import trial_name
+from orchestrator.execution.ray_compat import no_retry_on, trial_name
 from orchestrator.execution.ray_env import check_address, check_resources
 from orchestrator.execution.tracking import RunTracker
 from orchestrator.execution.tune_search import TrialNamer, build_scheduler, build_search
@@ -56,6 +56,7 @@ from orchestrator.storage.spool import (
     run_spool_dir,
     writer_dirs,
 )
+from orchestrator.train.context import FinalTrialError
 from orchestrator.train.plan import TrialPlan
 
 
@@ -202,10 +203,12 @@ def execute(
         if continue_run:
             the_plan = continue_run(the_plan, writer, tracker, progress)
         try:
+            # stdout stays for the results line and the summary; a final error is not retried
             with (
                 contextlib.redirect_stdout(sys.stderr),
                 session.private_cwd(),
-            ):  # stdout: results line + summary
+                no_retry_on(FinalTrialError),
+            ):
                 _tuner(the_plan, tracker).fit()
         finally:
             launcher.after_job(progress, joined=bool(address))

@@ -85,7 +85,8 @@ class RunTracker(Callback):
         retry = self.recorder.retried(name)
         record_retry(self.results_uri, name, retry)
         self.recorder.record(name, trial.config, "running")
-        self.progress.trial_retried(name, retry, self._why(name, trial))
+        from_checkpoint = name in self.recorder.checkpoints
+        self.progress.trial_retried(name, retry, self._why(name, trial), from_checkpoint=from_checkpoint)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial_name(trial)

@@ -11,25 +11,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import pyarrow as pa
 import torch
 
-from orchestrator.errors import RunError, SanityFailed
+from orchestrator.errors import RunError, SanityFailed, WorkloadCodeFailed
 from orchestrator.execution.driver import DriverSession
 from orchestrator.results.layout import SANITY_FILE, SANITY_RUN_PREFIX, new_run_id, results_uri_for
 from orchestrator.results.writer import parquet_bytes
 from orchestrator.storage import Store, open_store
 from orchestrator.train.determinism import configure_determinism, epoch_permutation, seed_everything
 from orchestrator.train.loop import evaluate, make_optimizer, task_loss
-from orchestrator.workloads import resolve_workload
+from orchestrator.workloads import TRAINING_HYPERPARAMETERS, resolve_workload
 
 INIT_TOLERANCE = 0.25  # loss at init within 25% of -log(1/C) (classification) or of mean(y^2) (regression)
 OVERFIT_EXAMPLES, OVERFIT_STEPS, OVERFIT_LR = 8, 500, 1e-2
 OVERFIT_TARGET = 0.02  # final loss on the batch: below this (classification), or this x its initial loss
 BASELINE_STEPS = 150  # training steps for the with-data and zeroed-input runs
 BASELINE_MARGIN = 0.10  # with data, validation loss must be at least 10% below the zeroed-input run's
+# A zeroed-input baseline whose val loss is above this multiple of chance level (uniform guessing, or
+# predicting the mean) is degenerate (e.g. batch norm over all-zero batches): nothing can be judged from it.
+BASELINE_DEGENERATE = 3.0
 DETERMINISM_STEPS = 20
 
 
@@ -40,6 +42,11 @@ class Check:
     measured: float | str
     expected: str
     detail: str = ""
+    judged: bool = True  # False: the check ran but could not tell (never counted as passed)
+
+    @property
+    def status(self) -> str:
+        return "pass" if self.passed else "FAIL" if self.judged else "not judged"
 
 
 @dataclass
@@ -50,11 +57,14 @@ class SanityReport:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        """No check found a problem (a check that could not judge found none, and is not a pass either)."""
+        return all(c.passed for c in self.checks if c.judged)
 
     def failures(self) -> str:
         return "; ".join(
-            f"{c.name} (measured {c.measured}, expected {c.expected})" for c in self.checks if not c.passed
+            f"{c.name} (measured {c.measured}, expected {c.expected})"
+            for c in self.checks
+            if c.judged and not c.passed
         )
 
     def to_json(self) -> dict:
@@ -62,22 +72,16 @@ class SanityReport:
             "passed": self.passed,
             "results_uri": self.results_uri,
             "config": self.config,
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [{**asdict(c), "status": c.status} for c in self.checks],
         }
-
-
-def representative_config(spec, workload) -> dict[str, Any]:
-    """Fixed values and defaults, plus the middle of each searched distribution."""
-    config = dict(spec.resolved(workload).search.fixed)
-    config.update({name: dist.middle() for name, dist in spec.search.space.items()})
-    return config
 
 
 def _train(workload, config, x, y, steps: int, seed: int) -> tuple[torch.nn.Module, list[float]]:
     """`steps` optimizer steps over (x, y) in seeded shuffled minibatches; returns the model and the losses."""
     seed_everything(seed)
     model = workload.build_model(config)
-    optimizer = make_optimizer(config, model.parameters())
+    # the standard loop's optimizer settings, for a workload with its own loop too (its config has none)
+    optimizer = make_optimizer({**TRAINING_HYPERPARAMETERS, **config}, model.parameters())
     batch, losses, epoch = min(int(config["batch_size"]), len(x)), [], 0
     while len(losses) < steps:
         epoch += 1
@@ -143,6 +147,20 @@ def check_input_independent(workload, config, splits, seed) -> Check:
     with_data = _loss_on(model, workload.task, xv, yv)
     zeroed, _ = _train(workload, config, torch.zeros_like(x), y, BASELINE_STEPS, seed)
     without = _loss_on(zeroed, workload.task, torch.zeros_like(xv), yv)
+    if workload.task == "classification":
+        chance = math.log(int(model.eval()(xv[:1]).shape[-1]))
+    else:
+        chance = float(yv.double().var(unbiased=False))
+    if without > BASELINE_DEGENERATE * chance:
+        return Check(
+            "input_independent",
+            False,
+            round(with_data, 6),
+            f"a zeroed-input baseline near chance (val loss {chance:.4f})",
+            f"the zeroed-input baseline's val loss {without:.4f} is over {BASELINE_DEGENERATE:g}x chance: "
+            "the model is degenerate on all-zero input (batch norm?), so this check cannot tell",
+            judged=False,
+        )
     ok = with_data <= (1 - BASELINE_MARGIN) * without
     return Check(
         "input_independent",
@@ -213,13 +231,21 @@ def sanity_checks(spec, progress: Callable[[str], None] = lambda line: None) -> 
     workload = resolve_workload(spec.workload)
     if (missing := workload.missing_for("sanity")) is not None:
         raise RunError(missing)
-    config = representative_config(spec, workload)
+    config = spec.middle_config(workload)
     configure_determinism(use_gpu=False, threads=max(1, math.floor(spec.train.cpus_per_worker)))
-    splits = workload.load_data(config)
     report = SanityReport("", config)
+    try:
+        splits = workload.load_data(config)
+    except Exception as error:
+        raise WorkloadCodeFailed.logged(f"sanity: load_data of {workload.name}", error) from None
     for check in CHECKS:
-        result = check(workload, config, splits, spec.seed)
-        progress(f"sanity: {result.name}: {'pass' if result.passed else 'FAIL'} (measured {result.measured})")
+        try:
+            result = check(workload, config, splits, spec.seed)
+        except Exception as error:
+            raise WorkloadCodeFailed.logged(
+                f"sanity: {check.__name__.removeprefix('check_')}", error
+            ) from None
+        progress(f"sanity: {result.name}: {result.status} (measured {result.measured})")
         report.checks.append(result)
     return report
 
@@ -229,6 +255,7 @@ def write_report(report: SanityReport, store) -> None:
         {
             "check": c.name,
             "passed": c.passed,
+            "status": c.status,
             "measured": str(c.measured),
             "expected": c.expected,
             "detail": c.detail,
@@ -239,6 +266,7 @@ def write_report(report: SanityReport, store) -> None:
         [
             ("check", pa.string()),
             ("passed", pa.bool_()),
+            ("status", pa.string()),  # pass | FAIL | not judged
             ("measured", pa.string()),
             ("expected", pa.string()),
             ("detail", pa.string()),

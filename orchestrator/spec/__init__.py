@@ -14,7 +14,7 @@ from orchestrator.spec.model import (
     load_spec,
     parse_spec,
 )
-from orchestrator.spec.workload_ref import check_against_workload
+from orchestrator.spec.workload_ref import check_against_workload, check_model_builds
 
 __all__ = [
     "JobSpec",
@@ -24,6 +24,7 @@ __all__ = [
     "parse_spec",
     "json_schema",
     "check_against_workload",
+    "check_model_builds",
     "ENSEMBLE_METHODS",
     "DEFAULT_ENSEMBLE_METHOD",
 ]

@@ -301,6 +301,13 @@ class JobSpec(Section):
             }
         )
 
+    def middle_config(self, workload) -> dict[str, Any]:
+        """A config to try things with: fixed values and defaults, plus the middle of each searched
+        distribution."""
+        config = dict(self.resolved(workload).search.fixed)
+        config.update({name: dist.middle() for name, dist in self.search.space.items()})
+        return config
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
 

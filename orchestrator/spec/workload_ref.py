@@ -3,8 +3,11 @@ training loop's own hyperparameters are in range. Run by `parse_spec` (and so by
 
 from __future__ import annotations
 
+import traceback
+
 from orchestrator.errors import SpecError, did_you_mean, not_allowed
 from orchestrator.workloads import (
+    BUILTIN_WORKLOADS,
     TRAINING_CHOICES,
     TRAINING_RANGES,
     Workload,
@@ -75,3 +78,20 @@ def _check_training_ranges(spec) -> None:
                     f" and < {high:g}" if high is not None else ""
                 )
                 raise SpecError(f"{where}: {value!r} is out of range; {name} must be a number {bound}")
+
+
+def check_model_builds(spec, workload: Workload) -> None:
+    """Build a user workload's model once, with the spec's middle config, so a bug in build_model stops
+    `hpo validate` and `hpo run` before anything is searched instead of failing every trial. Built-in
+    workloads are tested; they are not built here (validating a spec that uses one stays fast)."""
+    if workload.build_model is None or spec.workload in BUILTIN_WORKLOADS:
+        return
+    try:
+        workload.build_model(spec.middle_config(workload))
+    except Exception as error:
+        frames = traceback.extract_tb(error.__traceback__)
+        at = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        raise SpecError(
+            f"workload: {spec.workload}: build_model raised {type(error).__name__}: {error}{at}; fix it before "
+            "searching"
+        ) from None

@@ -46,6 +46,12 @@ class TrainingError(RuntimeError):
     """A training function broke the contract (a report missing a declared metric, never reporting, ...)."""
 
 
+class FinalTrialError(TrainingError):
+    """A failure a retry would only repeat: the training code raised before its first report, or broke the
+    report contract. The trial fails at once instead of being run again (a process, node or Ray failure is
+    still retried). The message is the exception and where it was raised; the trial's log has the rest."""
+
+
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 

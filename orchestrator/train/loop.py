@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import tempfile
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from orchestrator.train.checkpoints import TrialCheckpoints
-from orchestrator.train.context import Reporter, TrainContext, TrainingError
+from orchestrator.train.context import FinalTrialError, Reporter, TrainContext, TrainingError
 from orchestrator.train.determinism import configure_determinism, seed_everything
 from orchestrator.train.plan import TrialPlan
 from orchestrator.workloads import Workload, resolve_workload
@@ -183,6 +184,24 @@ def run_training(
             device=device,
             precision=plan.precision,
         )
-        training_function(workload)(ctx)
+        try:
+            training_function(workload)(ctx)
+        except FinalTrialError:
+            raise
+        except TrainingError as error:  # the contract: the same code breaks it the same way every time
+            raise FinalTrialError(f"{error} (not retried: the same code would do it again)") from error
+        except Exception as error:
+            if ctx.iteration > 0:  # it trained and reported: a retry continues from its checkpoint
+                raise
+            raise FinalTrialError(f"{_where(error)} (raised before the first report, not retried)") from error
     if ctx.iteration == 0:
-        raise TrainingError(f"{checkpoints.trial_id}: the training function returned and reported no metrics")
+        raise FinalTrialError(
+            f"{checkpoints.trial_id}: the training function returned and reported no metrics"
+        )
+
+
+def _where(error: BaseException) -> str:
+    """`Type: message, at file:line in function` for the innermost frame of the error's traceback."""
+    frames = traceback.extract_tb(error.__traceback__)
+    at = f", at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"{type(error).__name__}: {error}{at}"

@@ -26,7 +26,9 @@ from orchestrator.workloads.base import (
     Workload,
     WorkloadError,
 )
+from orchestrator.workloads.charlm import charlm
 from orchestrator.workloads.digits import digits_mlp
+from orchestrator.workloads.digits_cnn import digits_cnn
 from orchestrator.workloads.synthetic import synthetic
 
 __all__ = [
@@ -43,7 +45,12 @@ __all__ = [
     "TRAINING_CHOICES",
 ]
 
-BUILTIN_WORKLOADS: dict[str, Callable[[], Workload]] = {"digits-mlp": digits_mlp, "synthetic": synthetic}
+BUILTIN_WORKLOADS: dict[str, Callable[[], Workload]] = {
+    "digits-mlp": digits_mlp,
+    "digits-cnn": digits_cnn,
+    "charlm": charlm,
+    "synthetic": synthetic,
+}
 
 
 def describe_builtin(name: str) -> str:
