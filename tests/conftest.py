@@ -55,6 +55,28 @@ def spec_dict(**sections) -> dict:
     return data
 
 
+def trial_plan(epochs: int = 3, **overrides):
+    """A TrialPlan for training in this process (no run, no store): digits-mlp by val_loss unless overridden."""
+    from orchestrator.train.plan import TrialPlan
+
+    base = dict(
+        workload="digits-mlp",
+        job_seed=0,
+        fixed={},
+        max_epochs=epochs,
+        workers=1,
+        use_gpu=False,
+        cpus_per_worker=1.0,
+        checkpoints_to_keep=2,
+        metric="val_loss",
+        mode="min",
+        results_uri="",
+        storage_options=None,
+        train_storage="",
+    )
+    return TrialPlan(**{**base, **overrides})
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real embedded Ray shared by the in-process tests (4 logical CPUs so a DDP trial fits beside others),

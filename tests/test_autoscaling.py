@@ -26,17 +26,17 @@ def test_shipped_fake_config_passes_rays_schema():
 
 def test_fake_gpu_setting_trains_on_cpu_only_when_set(monkeypatch):
     import torch
-    from test_training import _plan
+    from conftest import trial_plan
 
     from orchestrator.train.trial import device_for
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     monkeypatch.setenv(FAKE_GPU_ENV, "1")
-    assert device_for(_plan(use_gpu=True), 0) == "cpu"
+    assert device_for(trial_plan(use_gpu=True), 0) == "cpu"
     monkeypatch.delenv(FAKE_GPU_ENV)
     with pytest.raises(RuntimeError, match="CUDA is not available"):
-        device_for(_plan(use_gpu=True), 0)
+        device_for(trial_plan(use_gpu=True), 0)
 
 
 def _nodes(head) -> list[dict]:

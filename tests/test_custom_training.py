@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import spec_dict
+from conftest import spec_dict, trial_plan
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import parse_spec
@@ -25,21 +25,7 @@ HP = {**resolve_workload(CUSTOM).defaults(), "loader_workers": 0}
 
 def _plan(epochs=3, workload=CUSTOM) -> TrialPlan:
     metric = "val_f1" if workload == CUSTOM else "acc"
-    return TrialPlan(
-        workload=workload,
-        job_seed=0,
-        fixed={},
-        max_epochs=epochs,
-        workers=1,
-        use_gpu=False,
-        cpus_per_worker=1.0,
-        checkpoints_to_keep=2,
-        metric=metric,
-        mode="max",
-        results_uri="",
-        storage_options=None,
-        train_storage="",
-    )
+    return trial_plan(epochs, workload=workload, metric=metric, mode="max")
 
 
 class Rows:

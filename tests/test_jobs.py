@@ -65,3 +65,8 @@ def test_shipped_custom_loop_jobs_run_briefly(name, ray_cluster, tmp_path):
     summary = run(spec)
     check_contract(summary, spec)
     assert summary.statuses.get("completed", 0) + summary.statuses.get("stopped_early", 0) == 2
+    if name == "digits-cnn.yaml":  # its own loop, and build_model/load_data: ensembling works on it
+        from orchestrator.practice.ensemble import build_ensemble
+
+        result = build_ensemble(summary.results_uri, top_k=2)
+        assert [m["trial_id"] for m in result.members] and 0.5 < result.ensemble["val_accuracy"] <= 1.0

@@ -67,3 +67,27 @@ def test_nan_and_inf_are_recorded_and_never_the_best(tmp_path):
     recorder.writer.finish()
     best = best_row(load_results(store))
     assert (best["iteration"], best["val_loss"]) == (2, 0.5)
+
+
+def test_a_trials_error_is_the_exception_and_where_it_was_raised(tmp_path):
+    import types
+
+    from orchestrator.execution.tracking import _error_line
+
+    log = tmp_path / "error.txt"
+    log.write_text(
+        "Failure # 1 (occurred at 2026-11-23_18-00-00)\n"
+        "ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\n"
+        "Traceback (most recent call last):\n"
+        '  File "/site-packages/ray/tune/trainable/function_trainable.py", line 261, in _trainable_func\n'
+        "    output = fn()\n"
+        '  File "/home/me/my_workloads.py", line 42, in train\n'
+        '    raise KeyError("label")\n'
+        "KeyError: 'label'\n"
+    )
+    trial = types.SimpleNamespace(error_file=str(log))
+    assert _error_line(trial) == "KeyError: 'label', at /home/me/my_workloads.py:42 in train"
+    assert (
+        _error_line(types.SimpleNamespace(error_file=str(tmp_path / "none")))
+        == "trial failed (no error recorded)"
+    )

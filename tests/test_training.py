@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from conftest import trial_plan
 
 from orchestrator.storage import LocalStore
 from orchestrator.train.checkpoints import TrialCheckpoints
@@ -16,29 +17,7 @@ from orchestrator.train.determinism import (
     epoch_permutation,
 )
 from orchestrator.train.loop import run_training
-from orchestrator.train.plan import TrialPlan
 from orchestrator.workloads import TRAINING_HYPERPARAMETERS, resolve_workload
-
-
-def _plan(epochs=3, **kw) -> TrialPlan:
-    base = dict(
-        workload="digits-mlp",
-        job_seed=0,
-        fixed={},
-        max_epochs=epochs,
-        workers=1,
-        use_gpu=False,
-        cpus_per_worker=1.0,
-        checkpoints_to_keep=2,
-        metric="val_loss",
-        mode="min",
-        results_uri="",
-        storage_options=None,
-        train_storage="",
-    )
-    base.update(kw)
-    return TrialPlan(**base)
-
 
 HP = {**TRAINING_HYPERPARAMETERS, "hidden": 32, "depth": 2, "dropout": 0.3, "lr": 0.01}
 
@@ -67,9 +46,9 @@ def _strip(metrics):
 
 def test_same_seed_same_metrics_different_seed_different(tmp_path):
     a, b, c = (MemoryReporter(tmp_path / n) for n in "abc")
-    run(HP, 11, _plan(), a)
-    run(HP, 11, _plan(), b)
-    run(HP, 12, _plan(), c)
+    run(HP, 11, trial_plan(), a)
+    run(HP, 11, trial_plan(), b)
+    run(HP, 12, trial_plan(), c)
     assert _strip(a.metrics) == _strip(b.metrics)
     assert [m["train_loss"] for m in a.metrics] != [m["train_loss"] for m in c.metrics]
     assert [m["epoch"] for m in a.metrics] == [1, 2, 3]
@@ -77,10 +56,10 @@ def test_same_seed_same_metrics_different_seed_different(tmp_path):
 
 def test_checkpoint_holds_full_state_and_resumes_bit_identically(tmp_path):
     full = MemoryReporter(tmp_path / "full")
-    run(HP, 5, _plan(epochs=4), full)
+    run(HP, 5, trial_plan(epochs=4), full)
     # A trial that died after epoch 2: its store holds checkpoints up to epoch 2 only.
     partial = MemoryReporter(tmp_path / "partial")
-    run(HP, 5, _plan(epochs=2), partial)
+    run(HP, 5, trial_plan(epochs=2), partial)
     state = partial.checkpoints.load_latest()
     assert {"checkpoint", "iteration", "rng", "config", "seed", "history", "loaders"} <= set(state)
     assert {"model", "optimizer", "schedule"} == set(state["checkpoint"])
@@ -91,7 +70,7 @@ def test_checkpoint_holds_full_state_and_resumes_bit_identically(tmp_path):
         and {"torch", "numpy", "python"} <= set(state["rng"][0])
     )
     resumed = MemoryReporter(tmp_path / "partial")  # same store: picks up the latest checkpoint
-    run(HP, 5, _plan(epochs=4), resumed)
+    run(HP, 5, trial_plan(epochs=4), resumed)
     # Epochs 1-2 again first, from the checkpoint's history (the run may have died before reporting or storing
     # them; the driver keeps one row per epoch), then 3 and 4 trained.
     assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3, 4]
@@ -100,22 +79,22 @@ def test_checkpoint_holds_full_state_and_resumes_bit_identically(tmp_path):
 
 def test_a_checkpoint_continues_only_the_trial_that_wrote_it(tmp_path):
     written = MemoryReporter(tmp_path / "t")
-    run(HP, 5, _plan(epochs=2), written)
+    run(HP, 5, trial_plan(epochs=2), written)
     other = MemoryReporter(tmp_path / "t")  # same trial name and store, another config: refused, not mixed
     with pytest.raises(
         RuntimeError,
         match=r"trial_0000: its checkpoint was written with lr=0.01, this attempt "
         r"has 0.02; refusing",
     ):
-        run({**HP, "lr": 0.02}, 5, _plan(epochs=4), other)
+        run({**HP, "lr": 0.02}, 5, trial_plan(epochs=4), other)
     with pytest.raises(RuntimeError, match="written with seed=5, this attempt has 6"):
-        run(HP, 6, _plan(epochs=4), MemoryReporter(tmp_path / "t"))
+        run(HP, 6, trial_plan(epochs=4), MemoryReporter(tmp_path / "t"))
     assert other.metrics == []
 
 
 def test_checkpoints_keep_latest_and_best(tmp_path):
     reporter = MemoryReporter(tmp_path, keep=1)
-    run({**HP, "lr": 0.5}, 5, _plan(epochs=5), reporter)  # a high lr makes val_loss bounce
+    run({**HP, "lr": 0.5}, 5, trial_plan(epochs=5), reporter)  # a high lr makes val_loss bounce
     index = reporter.checkpoints.index()
     losses = [m["val_loss"] for m in reporter.metrics]
     assert index["latest"] == 5 and index["best"] == 1 + losses.index(min(losses))
@@ -133,7 +112,7 @@ def test_data_order_depends_only_on_seed_and_epoch():
 
 def test_sgd_optimizer_learns(tmp_path):
     reporter = MemoryReporter(tmp_path)
-    run({**HP, "optimizer": "sgd", "momentum": 0.9, "lr": 0.05}, 1, _plan(epochs=3), reporter)
+    run({**HP, "optimizer": "sgd", "momentum": 0.9, "lr": 0.05}, 1, trial_plan(epochs=3), reporter)
     assert reporter.metrics[-1]["val_accuracy"] > 0.8
     assert reporter.metrics[-1]["val_loss"] < reporter.metrics[0]["val_loss"]
 
@@ -159,15 +138,15 @@ def test_use_gpu_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="use_gpu is true but CUDA is not available"):
-        device_for(_plan(use_gpu=True), 0)
+        device_for(trial_plan(use_gpu=True), 0)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_gpu_training_is_deterministic(tmp_path):
     a, b = MemoryReporter(tmp_path / "a"), MemoryReporter(tmp_path / "b")
-    run(HP, 3, _plan(use_gpu=True), a, device="cuda:0")
-    run(HP, 3, _plan(use_gpu=True), b, device="cuda:0")
+    run(HP, 3, trial_plan(use_gpu=True), a, device="cuda:0")
+    run(HP, 3, trial_plan(use_gpu=True), b, device="cuda:0")
     assert _strip(a.metrics) == _strip(b.metrics)
 
 
@@ -236,16 +215,16 @@ def test_adamw_cosine_warmup_and_clipping_learn_and_continue_bit_identically(tmp
     the same learning-rate curve as one that never died."""
     hp = {**HP, "optimizer": "adamw", "lr_schedule": "cosine", "warmup_frac": 0.2, "grad_clip": 0.5}
     full = MemoryReporter(tmp_path / "full")
-    run(hp, 5, _plan(epochs=4), full)
+    run(hp, 5, trial_plan(epochs=4), full)
     assert full.metrics[-1]["val_accuracy"] > 0.8
     with pytest.raises(_Died):
-        run(hp, 5, _plan(epochs=4), DiesAfter(tmp_path / "died", 2), restore=False)
+        run(hp, 5, trial_plan(epochs=4), DiesAfter(tmp_path / "died", 2), restore=False)
     resumed = MemoryReporter(tmp_path / "died")
-    run(hp, 5, _plan(epochs=4), resumed)
+    run(hp, 5, trial_plan(epochs=4), resumed)
     assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3, 4]
     assert _strip(resumed.metrics) == _strip(full.metrics)
     constant = MemoryReporter(tmp_path / "constant")
-    run({**hp, "lr_schedule": "constant"}, 5, _plan(epochs=4), constant)
+    run({**hp, "lr_schedule": "constant"}, 5, trial_plan(epochs=4), constant)
     assert _strip(constant.metrics) != _strip(full.metrics)  # the schedule is applied
 
 
@@ -253,8 +232,8 @@ def test_reproduce_compares_the_last_checkpoint_tensor_by_tensor(tmp_path):
     from orchestrator.execution.reproduce import _compare_checkpoints
 
     a, b = MemoryReporter(tmp_path / "a"), MemoryReporter(tmp_path / "b")
-    run(HP, 5, _plan(epochs=2), a)
-    run(HP, 5, _plan(epochs=2), b)
+    run(HP, 5, trial_plan(epochs=2), a)
+    run(HP, 5, trial_plan(epochs=2), b)
     assert _compare_checkpoints(a.checkpoints, b.checkpoints, 2) == "identical"
     assert _compare_checkpoints(a.checkpoints, b.checkpoints, 3).startswith(
         "not compared (the stored one is of"

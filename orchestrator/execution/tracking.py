@@ -3,6 +3,7 @@ row so far and progress lines (progress.py), and feeds the watchdog (watchdog.py
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from ray.tune import Callback
@@ -113,8 +114,12 @@ class RunTracker(Callback):
         return self.watchdog.reason(name) or _error_line(trial)
 
 
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
 def _error_line(trial) -> str:
-    """The last line of the trial's error (the exception), without the traceback."""
+    """The trial's error in a line: the exception (the traceback's last line) and where it was raised (its
+    innermost frame); the trial's log keeps the whole traceback."""
     path = trial_error_file(trial) or ""
     text = ""
     try:
@@ -122,4 +127,12 @@ def _error_line(trial) -> str:
     except OSError:
         pass
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:500] if lines else "trial failed (no error recorded)"
+    if not lines:
+        return "trial failed (no error recorded)"
+    frames = _FRAME.findall(text)
+    where = (
+        f", at {frames[-1][0]}:{frames[-1][1]} in {frames[-1][2]}"
+        if frames and ", at " not in lines[-1]
+        else ""
+    )
+    return (lines[-1] + where)[:500]

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.workloads.base import Workload
+from orchestrator.workloads.digits_cnn import warmup_cosine
 
 VAL_FRACTION = 0.1
 TEXT_CHARS = 150_000  # the first 150,000 characters: an epoch of a few seconds on one CPU core
@@ -101,7 +102,7 @@ def train(ctx) -> None:
         )
     )
     total = ctx.max_epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(_cosine, total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(warmup_cosine, 0, total))
     start = 0
     if (state := ctx.get_checkpoint()) is not None:
         weights.load_state_dict(state["model"])
@@ -136,10 +137,6 @@ def train(ctx) -> None:
                 "epoch": epoch,
             },
         )
-
-
-def _cosine(total: int, step: int) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
 
 
 def charlm() -> Workload:
