@@ -131,7 +131,8 @@ def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference
 def test_two_jobs_with_ddp_trials_side_by_side_on_one_machine_both_finish(tmp_path):
     """Two `hpo run` processes, each with its own embedded Ray (and this session's Ray may be up too): every
     DDP trial's worker group starts and finishes. Ray Train looks its controller up through the State API,
-    which, with more than one Ray on the host, must be told which one (execution/ray_compat.py)."""
+    which, with more than one Ray on the host, is told which one (execution/ray_compat.py); the hang this
+    guards against was reported from another machine, and on the 2-core test machine this passes either way."""
     import os
     import subprocess
 
