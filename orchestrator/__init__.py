@@ -9,6 +9,7 @@ Public API (each name is imported on first use, so `import orchestrator` does no
     load_results(uri), load_trials(uri) the run's tables as pyarrow (as_pandas=True for pandas), local or s3://
     summarize(uri) -> RunSummary        a stored run's best row and trial counts
     Workload, Splits                    the workload protocol for your own models
+    CheckpointState                     what Workload.predict is given: a trial's checkpoint and .config
     TrainContext, TrainingError         what your own training loop (Workload.train) is given, and its errors
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "summarize",
     "Workload",
     "Splits",
+    "CheckpointState",
     "TrainContext",
     "TrainingError",
 ]
@@ -50,6 +52,7 @@ _HOME = {
     "load_trials": "orchestrator.results",
     "Workload": "orchestrator.workloads",
     "Splits": "orchestrator.workloads",
+    "CheckpointState": "orchestrator.workloads",
     "TrainContext": "orchestrator.train.context",
     "TrainingError": "orchestrator.train.context",
 }

@@ -8,9 +8,10 @@ than its own, so the CLI needs no knowledge of where an error came from.
 from __future__ import annotations
 
 import difflib
+import sysconfig
 import tempfile
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -53,3 +54,30 @@ def not_allowed(value: object, allowed: Iterable[str], what: str = "") -> str:
     """ "'grdi' is not allowed (did you mean 'grid'? allowed: random, grid, ...)", with `what` before the value."""
     allowed = list(allowed)
     return f"{what}{value!r} is not allowed ({did_you_mean(value, allowed)}allowed: {', '.join(allowed)})"
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+_LIBRARIES = tuple(str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "purelib", "platlib"))
+
+
+def is_user_frame(filename: str) -> bool:
+    """Whether a traceback frame is the user's code: not Python's, an installed library's or hpo's own (the
+    built-in workloads count as user code: they are written as a user's would be)."""
+    if filename.startswith("<") or "site-packages" in filename or "dist-packages" in filename:
+        return False
+    if filename.startswith(_PACKAGE):
+        return filename.startswith(str(Path(_PACKAGE) / "workloads"))
+    return not filename.startswith(_LIBRARIES)
+
+
+def describe_failure(exception: str, frames: Sequence[tuple[str, int, str]]) -> str:
+    """One line for a failure: the exception (a traceback's last line), where it was raised (the innermost frame
+    of the user's code) and, when that is another frame, where the user's code was entered (its outermost).
+    `frames` are (filename, line, function), outermost first."""
+    user = [f for f in frames if is_user_frame(f[0])] or list(frames[-1:])
+    if not user:
+        return exception
+    where = ", at {}:{} in {}".format(*user[-1])
+    if len(user) > 1:
+        where += ", called from {}:{} in {}".format(*user[0])
+    return exception + where

@@ -101,6 +101,21 @@ def test_gpu_job_on_a_machine_without_gpus_is_refused_before_anything_is_written
     assert "results_uri" not in out and not storage.exists()
 
 
+def test_reproduce_and_sanity_where_the_workload_cannot_be_imported_say_so_in_one_line(
+    readme_run, capsys, monkeypatch
+):
+    """Run from another directory, the README's `my_workloads` module is not importable: one line naming the
+    module and the fix, exit 2, no traceback."""
+    work, proc = readme_run
+    uri = proc.stdout.splitlines()[0].removeprefix("results_uri: ")
+    monkeypatch.chdir(ROOT)
+    for args in (("reproduce", uri, "trial_0000"), ("sanity", str(work / "wine.yaml"))):
+        code, out, err = hpo(capsys, *args)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+        assert "cannot import module 'my_workloads'" in err and "No module named 'my_workloads'" in err, err
+        assert "run hpo from the directory that holds my_workloads" in err
+
+
 def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference(
     readme_run, capsys, monkeypatch
 ):

@@ -167,7 +167,18 @@ def test_a_workload_says_what_it_is_missing():
     assert (
         not custom.uses_standard_loop and "lr" in custom.defaults() and "optimizer" not in custom.defaults()
     )
-    assert custom.missing_for("sanity") and dataclasses.replace(custom, name="x").metric_names[-1] == "val_f1"
+    assert dataclasses.replace(custom, name="x").metric_names[-1] == "val_f1"
+    # sanity retrains, so it needs build_model and load_data; ensemble can predict from checkpoints instead
+    assert custom.missing_for("sanity") == (
+        "workload digits-custom-loop: sanity needs build_model and load_data (to retrain its models on the "
+        "data); it gives no build_model or load_data"
+    )
+    assert custom.missing_for("ensemble") is None and custom.predict is not None
+    no_predict = dataclasses.replace(custom, predict=None, build_model=lambda config: None)
+    assert no_predict.missing_for("ensemble") == (
+        "workload digits-custom-loop: ensemble needs predict(state, split), or build_model and load_data (to "
+        "rebuild its models); it gives build_model but not load_data"
+    )
 
 
 def test_the_search_metric_must_be_declared():
@@ -189,7 +200,14 @@ def test_the_search_metric_must_be_declared():
 
 # --- on a real Ray: the same loop as a search's trials ---------------------------------------------------------
 def _custom_spec(
-    tmp_path, samples=2, algorithm="random", storage=None, scheduler=None, concurrency=None, **train
+    tmp_path,
+    samples=2,
+    algorithm="random",
+    storage=None,
+    scheduler=None,
+    concurrency=None,
+    fixed=None,
+    **train,
 ):
     extra = {"scheduler": scheduler} if scheduler else {}
     return parse_spec(
@@ -204,7 +222,7 @@ def _custom_spec(
                 "metric": "val_f1",
                 "mode": "max",
                 "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "width": {"choice": [4, 8]}},
-                "fixed": {"batch_size": 64},
+                "fixed": {"batch_size": 64, **(fixed or {})},
             },
             train={"max_epochs": 2, **train},
         )
@@ -222,6 +240,35 @@ def test_a_search_over_a_custom_loop_with_loader_workers_obeys_the_results_contr
     rows, trials = check_contract(summary, spec)
     assert rows.column_names[2:5] == ["train_loss", "val_loss", "val_f1"]  # the declared metrics, in order
     assert summary.statuses == {"completed": 2} and summary.best["metric"] == max(rows["val_f1"].to_pylist())
+    # no load_data: the ensemble predicts through the workload's predict(state, split) from each checkpoint
+    from orchestrator.practice.ensemble import build_ensemble
+
+    result = build_ensemble(summary.results_uri, top_k=2)
+    assert sorted(m["trial_id"] for m in result.members) == sorted(trials["trial_id"].to_pylist())
+    assert result.ensemble["test_accuracy"] > 0.5 and result.ensemble["val_loss"] > 0
+
+
+@pytest.mark.slow
+def test_a_custom_loop_that_raises_in_epoch_3_is_retried_by_tune_from_its_epoch_2_checkpoint(
+    ray_cluster, tmp_path
+):
+    """Tune's own retry (train.max_retries): the loop raises once in its third epoch, after two reports; the retry
+    continues from the epoch-2 checkpoint, and the rows and last checkpoint equal a rerun where nothing fails."""
+    from contract import check_contract
+
+    from orchestrator.api import run
+    from orchestrator.execution.reproduce import reproduce
+
+    marker = tmp_path / "failed"
+    fail = {"fail_at_epoch": 2, "fail_marker": str(marker)}  # epochs are 0-based in the loop
+    spec = _custom_spec(tmp_path, samples=1, fixed=fail, max_epochs=4, max_retries=1)
+    summary = run(spec)
+    assert marker.exists()  # it did fail once
+    rows, trials = check_contract(summary, spec)
+    assert trials["retries"].to_pylist() == [1] and trials["status"].to_pylist() == ["completed"]
+    assert rows["attempt"].to_pylist() == [0, 0, 1, 1]  # epochs 1-2 before the failure, 3-4 by the retry
+    again = reproduce(summary.results_uri, "trial_0000")  # from scratch; the marker exists, so nothing fails
+    assert again.identical and again.iterations == 4 and again.checkpoint == "identical", again.describe()
 
 
 @pytest.mark.slow

@@ -74,7 +74,8 @@ def test_a_trials_error_is_the_exception_and_where_it_was_raised(tmp_path):
 
     from orchestrator.execution.tracking import _error_line
 
-    log = tmp_path / "error.txt"
+    (tmp_path / "trial_0003").mkdir()
+    log = tmp_path / "trial_0003" / "error.txt"
     log.write_text(
         "Failure # 1 (occurred at 2026-11-23_18-00-00)\n"
         "ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\n"
@@ -82,11 +83,19 @@ def test_a_trials_error_is_the_exception_and_where_it_was_raised(tmp_path):
         '  File "/site-packages/ray/tune/trainable/function_trainable.py", line 261, in _trainable_func\n'
         "    output = fn()\n"
         '  File "/home/me/my_workloads.py", line 42, in train\n'
+        "    rows = read(cfg)\n"
+        '  File "/site-packages/pandas/core/frame.py", line 9, in __getitem__\n'
+        "    return self._get(key)\n"
+        '  File "/home/me/my_workloads.py", line 17, in read\n'
         '    raise KeyError("label")\n'
         "KeyError: 'label'\n"
     )
     trial = types.SimpleNamespace(error_file=str(log))
-    assert _error_line(trial) == "KeyError: 'label', at /home/me/my_workloads.py:42 in train"
+    # the user's innermost frame, the frame their code was entered at, and where the whole traceback is
+    assert _error_line(trial, "trial_0003") == (
+        "KeyError: 'label', at /home/me/my_workloads.py:17 in read, called from /home/me/my_workloads.py:42 "
+        "in train (full traceback: tune/trial_0003/error.txt)"
+    )
     assert (
         _error_line(types.SimpleNamespace(error_file=str(tmp_path / "none")))
         == "trial failed (no error recorded)"

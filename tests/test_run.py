@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 from conftest import spec_dict
@@ -144,6 +145,11 @@ def test_code_that_raises_before_its_first_report_fails_its_trial_at_once(ray_cl
     for t in trials:
         assert "RuntimeError: model exploded on purpose, at " in t["error"], t["error"]
         assert "workloads_for_tests.py" in t["error"] and "not retried" in t["error"]
+        # the whole traceback is in the trial's log, under the run, and the error says where
+        log = t["error"].rsplit("(full traceback: ", 1)[1].rstrip(")")
+        assert log == f"tune/{t['trial_id']}/error.txt", t["error"]
+        full = (Path(summary.results_uri) / log).read_text()
+        assert 'workloads_for_tests.py", line 16, in _exploding_model' in full and "loop.py" in full, full
     assert not any("retry" in line for line in lines), lines
 
 

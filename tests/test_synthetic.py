@@ -54,5 +54,8 @@ def test_synthetic_specs_validate_and_sanity_refuses_them():
         )
     )
     assert not resolve_workload(spec.workload).uses_standard_loop
-    with pytest.raises(RunError, match="gives no build_model and load_data: sanity needs them"):
+    with pytest.raises(
+        RunError,
+        match="synthetic: sanity needs build_model and load_data .*; it gives no build_model or load_data",
+    ):
         sanity_checks(spec)

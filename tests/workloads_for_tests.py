@@ -278,10 +278,21 @@ def custom_train(ctx) -> None:
         )
 
 
+def custom_predict(state, split: str):
+    """hpo ensemble without load_data: the checkpoint's weights on the digits' "val" or "test" split, as
+    class probabilities and labels."""
+    model = _SmallCnn(state.config["width"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    x, y = getattr(load_digits_splits(state.config), split)
+    return torch.softmax(model(x.view(-1, 1, 8, 8)), dim=-1), y
+
+
 def custom_loop() -> Workload:
     return Workload(
         name="digits-custom-loop",
         train=custom_train,
+        predict=custom_predict,
         metrics={"train_loss": "min", "val_loss": "min", "val_f1": "max"},
         hyperparameters={
             "width": 8,

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from ray.tune import Callback
 
+from orchestrator.errors import describe_failure
 from orchestrator.execution.attempts import forget, record_retry
 from orchestrator.execution.progress import BestRow, Progress
 from orchestrator.execution.ray_compat import trial_error_file, trial_name
 from orchestrator.execution.recorder import TrialRecorder
 from orchestrator.execution.watchdog import Watchdog
 from orchestrator.results import ResultsSchema, ResultsWriter
-from orchestrator.results.layout import ITERATION_KEY
+from orchestrator.results.layout import ITERATION_KEY, TUNE_DIR
 
 
 class RunTracker(Callback):
@@ -111,15 +113,16 @@ class RunTracker(Callback):
         return self.recorder.all_rows()
 
     def _why(self, name: str, trial) -> str:
-        return self.watchdog.reason(name) or _error_line(trial)
+        return self.watchdog.reason(name) or _error_line(trial, name)
 
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 
-def _error_line(trial) -> str:
-    """The trial's error in a line: the exception (the traceback's last line) and where it was raised (its
-    innermost frame); the trial's log keeps the whole traceback."""
+def _error_line(trial, name: str | None = None) -> str:
+    """The trial's error in a line: the exception (the traceback's last line), where the user's code raised it
+    and was entered (errors.describe_failure), and where the whole traceback is: Ray Tune's error file, under
+    the run's `tune/<trial>/` (mirrored there at the end for a remote store)."""
     path = trial_error_file(trial) or ""
     text = ""
     try:
@@ -129,10 +132,11 @@ def _error_line(trial) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         return "trial failed (no error recorded)"
-    frames = _FRAME.findall(text)
-    where = (
-        f", at {frames[-1][0]}:{frames[-1][1]} in {frames[-1][2]}"
-        if frames and ", at " not in lines[-1]
-        else ""
-    )
-    return (lines[-1] + where)[:500]
+    if ", at " in lines[-1]:  # hpo's own message already says where (a FinalTrialError)
+        line = lines[-1]
+    else:
+        frames = [(f, int(n), fn) for f, n, fn in _FRAME.findall(text)]
+        line = describe_failure(lines[-1], frames)
+    log = f"{TUNE_DIR}/{name}/{Path(path).name}" if name and Path(path).parent.name == name else path
+    suffix = f" (full traceback: {log})"
+    return line[: 500 - len(suffix)] + suffix

@@ -1,7 +1,8 @@
 """Ensembles of a finished run's best trials (`hpo ensemble`, `kind: ensemble` specs).
 
 Each member is a trial's best checkpoint (by the run's search metric). Members predict the workload's
-validation and test splits as Ray tasks; the ensemble averages class probabilities (classification) or
+validation and test splits as Ray tasks, through the workload's `predict(state, split)` when it gives one, else
+its `build_model` on its `load_data` splits; the ensemble averages class probabilities (classification) or
 predictions (regression). `topk` averages the K best trials by their validation metric. `greedy` is Caruana
 et al. (2004) forward selection with replacement: starting from nothing, K times add whichever library model
 lowers the ensemble's validation loss most, then keep the best prefix; the library is the run's best
@@ -30,6 +31,7 @@ from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.context import CHECKPOINT_KEY
 from orchestrator.train.determinism import configure_determinism
 from orchestrator.workloads import resolve_workload
+from orchestrator.workloads.base import CheckpointState
 
 
 @dataclass
@@ -64,7 +66,8 @@ def _scores(task: str, preds: dict[str, np.ndarray], labels: dict[str, np.ndarra
 
 
 def _predict(results_uri: str, storage_options: dict, workload_name: str, trial_id: str, mode: str):
-    """One member's validation and test predictions (probabilities for classifiers), from its best checkpoint."""
+    """One member's validation and test predictions (probabilities for classifiers), from its best checkpoint:
+    through the workload's own `predict`, or its `build_model` run on its `load_data` splits."""
     configure_determinism(use_gpu=False, threads=1)
     workload = resolve_workload(workload_name)
     state = TrialCheckpoints(
@@ -72,11 +75,18 @@ def _predict(results_uri: str, storage_options: dict, workload_name: str, trial_
     ).load_best()
     if state is None:
         raise RunError(f"{trial_id} has no checkpoint under {results_uri}")
+    preds, labels = {}, {}
+    if workload.predict is not None:
+        checkpoint = CheckpointState(state[CHECKPOINT_KEY], config=state["config"], trial_id=trial_id)
+        for split in ("val", "test"):
+            with torch.no_grad():
+                outputs, targets = workload.predict(checkpoint, split)
+            preds[split], labels[split] = _checked(workload, split, outputs, targets)
+        return preds, labels, workload.task
     model = workload.build_model(state["config"])
     model.load_state_dict(state[CHECKPOINT_KEY]["model"])
     model.eval()
     splits = workload.load_data(state["config"])
-    preds, labels = {}, {}
     with torch.no_grad():
         for split, (x, y) in (("val", splits.val), ("test", splits.test)):
             out = model(x)
@@ -87,6 +97,41 @@ def _predict(results_uri: str, storage_options: dict, workload_name: str, trial_
             ).numpy()
             labels[split] = y.numpy()
     return preds, labels, workload.task
+
+
+def _checked(workload, split: str, outputs, targets) -> tuple[np.ndarray, np.ndarray]:
+    """`predict`'s (outputs, targets) as arrays, refused with the reason when they cannot be ensembled."""
+
+    def array(value, what):
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().double()
+        try:
+            return np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise RunError(
+                f"workload {workload.name}: predict(state, {split!r}) gave {what} of type "
+                f"{type(value).__name__}; give a tensor or an array"
+            ) from None
+
+    p, y = array(outputs, "outputs"), array(targets, "targets")
+    where = f"workload {workload.name}: predict(state, {split!r})"
+    if workload.task == "classification":
+        if p.ndim != 2 or y.ndim != 1 or len(p) != len(y):
+            raise RunError(
+                f"{where} gave outputs of shape {p.shape} and targets of shape {y.shape}; a classifier gives "
+                "(examples, classes) probabilities and (examples,) labels"
+            )
+        if (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
+            raise RunError(
+                f"{where}: outputs are not class probabilities (rows must sum to 1: apply softmax)"
+            )
+        if not np.array_equal(y, np.round(y)) or y.min() < 0 or y.max() >= p.shape[1]:
+            raise RunError(f"{where}: targets must be class indices from 0 to {p.shape[1] - 1}")
+        return p, y.astype(np.int64)
+    p = p.reshape(len(p), -1)[:, 0] if p.ndim > 1 and p.shape[-1] == 1 else p
+    if p.shape != y.shape:
+        raise RunError(f"{where} gave outputs of shape {p.shape} but targets of shape {y.shape}")
+    return p, y
 
 
 def _predict_all(spec, results_uri: str, trial_ids: list[str], address: str | None):

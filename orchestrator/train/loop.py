@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from orchestrator.errors import describe_failure
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.context import FinalTrialError, Reporter, TrainContext, TrainingError
 from orchestrator.train.determinism import configure_determinism, seed_everything
@@ -201,7 +202,7 @@ def run_training(
 
 
 def _where(error: BaseException) -> str:
-    """`Type: message, at file:line in function` for the innermost frame of the error's traceback."""
-    frames = traceback.extract_tb(error.__traceback__)
-    at = f", at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
-    return f"{type(error).__name__}: {error}{at}"
+    """`Type: message, at file:line in function[, called from file:line in function]`: the user's frames of the
+    error's traceback, innermost and outermost (errors.describe_failure)."""
+    frames = [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(error.__traceback__)]
+    return describe_failure(f"{type(error).__name__}: {error}", frames)

@@ -22,6 +22,7 @@ from orchestrator.workloads.base import (
     TRAINING_CHOICES,
     TRAINING_HYPERPARAMETERS,
     TRAINING_RANGES,
+    CheckpointState,
     Splits,
     Workload,
     WorkloadError,
@@ -34,6 +35,7 @@ from orchestrator.workloads.synthetic import synthetic
 __all__ = [
     "Workload",
     "Splits",
+    "CheckpointState",
     "WorkloadError",
     "resolve_workload",
     "describe_builtin",
@@ -89,7 +91,12 @@ def _load_entry_point(name: str) -> Workload:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module may raise anything while importing
-        raise WorkloadError(f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
+            hint = f"; run hpo from the directory that holds {parts[0]}, or add that directory to PYTHONPATH"
+        raise WorkloadError(
+            f"cannot import module {module_name!r} ({type(exc).__name__}: {exc}){hint}"
+        ) from None
     finally:
         sys.path[:] = search_path
     factory = getattr(module, attr, None)

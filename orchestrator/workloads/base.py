@@ -6,7 +6,11 @@ Your own training loop: `train(ctx)` is called once per trial attempt on every w
 (train/context.py): the config, the seed (already applied), the device, `prepare_model`,
 `prepare_data_loader`, `report(metrics, checkpoint=None)` and `get_checkpoint()`. `metrics` declares every
 metric `report` gives and its mode ("min" or "max"); `hyperparameters` maps every hyperparameter the loop reads
-to its default. It may also give `build_model`/`load_data`: `hpo sanity` and `hpo ensemble` use them.
+to its default. It may also give `build_model`/`load_data`: `hpo sanity` and `hpo ensemble` use them. Or,
+for `hpo ensemble` alone, `predict(state, split)`: given a trial's best checkpoint (`state`: the dict the
+loop passed to `ctx.report(checkpoint=...)`, with the trial's hyperparameters as `state.config`) and "val" or
+"test", it returns `(outputs, targets)`: class probabilities (rows summing to 1) or predicted values, and the
+true labels or values, in the same order every call.
 
 The standard loop (train/loop.py) for a model and in-memory data:
 
@@ -61,6 +65,15 @@ class Splits(NamedTuple):
     test: tuple[Any, Any]
 
 
+class CheckpointState(dict):
+    """A trial's checkpoint as its training function stored it, given to `Workload.predict`; `config` is the
+    trial's hyperparameters (searched and fixed) and `trial_id` its name."""
+
+    def __init__(self, state: Mapping[str, Any], *, config: Mapping[str, Any], trial_id: str):
+        super().__init__(state)
+        self.config, self.trial_id = dict(config), trial_id
+
+
 class WorkloadError(ValueError):
     """A workload name that cannot be resolved; the message names the fix."""
 
@@ -80,6 +93,8 @@ class Workload:
     train: Callable[[Any], None] | None = None
     # Every metric a report gives -> "min" or "max". Default: the standard loop's metrics for the task.
     metrics: Mapping[str, str] | None = None
+    # hpo ensemble without build_model/load_data: (CheckpointState, "val" | "test") -> (outputs, targets)
+    predict: Callable[[CheckpointState, str], tuple[Any, Any]] | None = None
 
     def __post_init__(self):
         if self.metrics is None:
@@ -106,7 +121,21 @@ class Workload:
         """Why `hpo sanity` or `hpo ensemble` cannot use this workload, or None when it can."""
         if self.build_model is not None and self.load_data is not None:
             return None
-        return f"workload {self.name} gives no build_model and load_data: {command} needs them to rebuild its models"
+        if command == "ensemble" and self.predict is not None:
+            return None
+        gives = [n for n in ("build_model", "load_data") if getattr(self, n) is not None]
+        lacks = [n for n in ("build_model", "load_data") if getattr(self, n) is None]
+        needs = (
+            "build_model and load_data (to retrain its models on the data)"
+            if command == "sanity"
+            else "predict(state, split), or build_model and load_data (to rebuild its models)"
+        )
+        has = (
+            f"it gives {' and '.join(gives)} but not {' or '.join(lacks)}"
+            if gives
+            else f"it gives no {' or '.join(lacks)}"
+        )
+        return f"workload {self.name}: {command} needs {needs}; {has}"
 
     @property
     def metric_names(self) -> tuple[str, ...]:
