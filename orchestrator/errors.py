@@ -8,6 +8,7 @@ than its own, so the CLI needs no knowledge of where an error came from.
 from __future__ import annotations
 
 import difflib
+import re
 import sysconfig
 import tempfile
 import traceback
@@ -74,10 +75,24 @@ def describe_failure(exception: str, frames: Sequence[tuple[str, int, str]]) -> 
     """One line for a failure: the exception (a traceback's last line), where it was raised (the innermost frame
     of the user's code) and, when that is another frame, where the user's code was entered (its outermost).
     `frames` are (filename, line, function), outermost first."""
-    user = [f for f in frames if is_user_frame(f[0])] or list(frames[-1:])
+    user = [f for f in frames if is_user_frame(f[0])]
     if not user:
         return exception
     where = ", at {}:{} in {}".format(*user[-1])
     if len(user) > 1:
         where += ", called from {}:{} in {}".format(*user[0])
     return exception + where
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def describe_traceback_text(text: str) -> str:
+    """describe_failure for a traceback as text (Ray's error files, a remote worker's error): its last line, and
+    the user's frames among every `File "...", line N, in fn` it holds. "" for an empty text."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    if ", at " in lines[-1]:  # hpo's own message, which says where already
+        return lines[-1]
+    return describe_failure(lines[-1], [(f, int(n), fn) for f, n, fn in _FRAME.findall(text)])

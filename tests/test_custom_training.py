@@ -36,6 +36,12 @@ class Rows:
     def report(self, row):
         self.rows.append(dict(row))
 
+    @classmethod
+    def of(cls, rows: list[dict]) -> Rows:
+        made = cls.__new__(cls)
+        made.rows = rows
+        return made
+
 
 def _train(root, hp=HP, seed=11, epochs=3, restore=False, workload=CUSTOM) -> Rows:
     rows = Rows(root)
@@ -89,6 +95,26 @@ def test_same_seed_same_rows_and_checkpoint_tensors(tmp_path):
 
 def test_a_failure_in_epoch_3_continues_from_epoch_2_bit_identically(tmp_path):
     check_a_failure_in_epoch_3_continues_from_epoch_2_bit_identically(tmp_path, HP)
+
+
+def test_reproducing_a_stopped_trial_keeps_the_schedule_of_the_full_run(tmp_path):
+    """ASHA stopped a trial after 1 of 3 epochs; its warmup + cosine schedule was laid out over 3 epochs.
+    Reproduction runs it under the same max_epochs and stops at the same report, so its row is the stopped
+    trial's; a run planned for 1 epoch (another schedule) gives another row."""
+    from orchestrator.execution.launcher import InProcessLauncher
+
+    full = _train(tmp_path / "full", epochs=3)
+    spec = parse_spec(
+        spec_dict(
+            workload=CUSTOM,
+            search={"metric": "val_f1", "mode": "max", "space": {"lr": {"uniform": [0.1, 1]}}},
+        )
+    )
+    launcher = InProcessLauncher(spec.train)
+    again = launcher.reproduce(None, HP, 11, _plan(3), "trial_0003", str(tmp_path / "r"), 1)
+    assert _metrics(Rows.of(again)) == _metrics(full)[:1]
+    short = _train(tmp_path / "short", epochs=1)
+    assert _metrics(short) != _metrics(full)[:1]
 
 
 @pytest.mark.slow  # DataLoader worker processes
@@ -272,17 +298,30 @@ def test_a_custom_loop_that_raises_in_epoch_3_is_retried_by_tune_from_its_epoch_
 
 
 @pytest.mark.slow
-def test_a_two_worker_ddp_custom_loop_reruns_bit_identically(ray_cluster, tmp_path):
-    """2-worker DDP on CPU (gloo), each rank with 2 loader workers: `hpo reproduce` reruns a trial from scratch
-    and every declared metric of every epoch is equal, bit for bit."""
+def test_two_worker_ddp_custom_loop_trials_run_on_one_warm_group_and_rerun_bit_identically(
+    ray_cluster, tmp_path
+):
+    """2-worker DDP on CPU (gloo), each rank with 2 loader workers, ASHA stopping trials at a report: every trial
+    runs on the one warm worker group, a stopped trial leaves it whole for the next, and `hpo reproduce` reruns
+    a trial that ran after a stopped one on a fresh group from scratch: every declared metric of every epoch
+    and rank 0's last checkpoint are equal, bit for bit."""
+    import json
+    from pathlib import Path
+
     from orchestrator.api import run
     from orchestrator.execution.reproduce import reproduce
+    from orchestrator.results import load_trials
 
-    spec = _custom_spec(tmp_path, samples=1, workers=2, cpus_per_worker=0.5)
+    asha = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
+    spec = _custom_spec(tmp_path, samples=4, concurrency=1, scheduler=asha, workers=2, cpus_per_worker=0.5)
     summary = run(spec)
-    assert summary.statuses == {"completed": 1}
-    again = reproduce(summary.results_uri, "trial_0000")
-    assert again.identical and again.iterations == 2 and again.metrics == ["train_loss", "val_loss", "val_f1"]
+    statuses = [t["status"] for t in load_trials(summary.results_uri).to_pylist()]
+    assert "stopped_early" in statuses[:-1], statuses
+    groups = json.loads((Path(summary.results_uri) / "run.json").read_text())["worker_groups"]
+    assert groups == {"groups_started": 1, "groups_failed": 0, "trials": 4, "reused": 3}, groups
+    after_stop = f"trial_{max(statuses.index('stopped_early') + 1, len(statuses) - 1):04d}"
+    again = reproduce(summary.results_uri, after_stop)
+    assert again.identical and again.metrics == ["train_loss", "val_loss", "val_f1"], again.describe()
     assert again.checkpoint == "identical", again.describe()  # rank 0's weights, optimizer and schedule
 
 

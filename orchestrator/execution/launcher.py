@@ -9,9 +9,9 @@ order (execution/tune_search.py's TrialNamer) and each trial's seed derives from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,25 +19,21 @@ from typing import Any
 import ray
 import ray.train
 from ray import tune
-from ray.train import LoggingConfig, RunConfig, ScalingConfig
 
 from orchestrator.errors import RunError
 from orchestrator.execution.attempts import current_attempt
-from orchestrator.execution.ray_compat import (
-    TRAIN_ENV,
-    contains_error,
-    quiet_train_worker,
-    train_knows_its_cluster,
-)
+from orchestrator.execution.ray_compat import train_knows_its_cluster
 from orchestrator.execution.ray_env import has_dashboard, release_train_leftovers
+from orchestrator.execution.torch_trainer import ddp_trainer
+from orchestrator.execution.worker_pool import relay, start_pool
 from orchestrator.results.layout import TRAIN_DIR, trial_index
 from orchestrator.storage import LocalStore
 from orchestrator.train.checkpoints import TrialCheckpoints
-from orchestrator.train.context import FinalTrialError
+from orchestrator.train.context import TrialStopped
 from orchestrator.train.determinism import trial_seed
 from orchestrator.train.loop import run_training
 from orchestrator.train.plan import TrialPlan
-from orchestrator.train.trial import device_for, fake_gpu, train_trial
+from orchestrator.train.trial import device_for, train_trial
 
 DRIVER_CPU = 0.01  # logical CPUs of the Tune trial that drives a multi-worker TorchTrainer
 
@@ -56,21 +52,18 @@ class _TuneReporter:
         tune.report({**metrics, "node_id": _node_id(), "attempt": self.attempt})
 
 
-class _TrainReporter(_TuneReporter):
-    """On a Ray Train worker: ray.train.report, relayed to the Tune trial by TuneReportCallback."""
-
-    def report(self, metrics: dict) -> None:
-        ray.train.report({**metrics, "node_id": _node_id(), "attempt": self.attempt})
-
-
 class Collect:
-    """A reporter that keeps what it is given (hpo reproduce)."""
+    """A reporter that keeps what it is given (hpo reproduce). With `stop_after`, it stops the trial at that
+    report, as the scheduler stopped the trial being reproduced (its schedule still sees train.max_epochs)."""
 
-    def __init__(self):
+    def __init__(self, stop_after: int | None = None):
         self.metrics: list[dict] = []
+        self.stop_after = stop_after
 
     def report(self, metrics: dict) -> None:
         self.metrics.append(metrics)
+        if self.stop_after is not None and len(self.metrics) >= self.stop_after:
+            raise TrialStopped(f"reproduced the {self.stop_after} recorded iteration(s)")
 
 
 def _trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:
@@ -92,76 +85,10 @@ def run_in_process(config: dict[str, Any], plan: TrialPlan) -> None:
 
 
 def run_ddp(config: dict[str, Any], plan: TrialPlan) -> None:
-    """Tune function trainable of a multi-worker trial: it drives a TorchTrainer, whose reports it relays."""
-    from ray.tune.integration.ray_train import TuneReportCallback  # heavy: Ray Train's torch stack, DDP only
-
+    """Tune function trainable of a multi-worker trial: the job's pool of warm worker groups trains it
+    (worker_pool.py); this process relays its reports to Tune and Tune's answers back."""
     name, hp, seed, attempt = _trial_start(config, plan)
-    # a fresh Train run name per attempt: our checkpoints restore the trial, Train must not resume its own
-    trainer = ddp_trainer(
-        _ddp_worker,
-        {"hp": hp, "seed": seed, "plan": plan, "name": name, "attempt": attempt},
-        plan,
-        run_name=f"{name}-attempt{attempt}",
-        callbacks=[TuneReportCallback()],
-    )
-    try:
-        with train_knows_its_cluster():
-            trainer.fit()
-    except Exception as error:  # a rank's final error is the trial's: Tune must see it to not retry
-        if contains_error(error, FinalTrialError):
-            raise FinalTrialError(_final_message(error)) from error
-        raise
-
-
-def _final_message(error: BaseException) -> str:
-    """The first line of the FinalTrialError a rank raised, from Ray Train's error text."""
-    for line in str(error).splitlines():
-        if "FinalTrialError" in line:
-            return line.split("FinalTrialError:", 1)[-1].strip()
-    return str(error).splitlines()[0] if str(error) else "a worker failed"
-
-
-def _ddp_worker(loop_config: dict) -> None:
-    """Runs on each Ray Train worker; Ray Train has already set up the process group (gloo or NCCL)."""
-    quiet_train_worker()
-    ctx = ray.train.get_context()
-    train_trial(
-        loop_config["plan"],
-        loop_config["name"],
-        loop_config["hp"],
-        loop_config["seed"],
-        _TrainReporter(loop_config["attempt"]),
-        attempt=loop_config["attempt"],
-        rank=ctx.get_world_rank(),
-        world=ctx.get_world_size(),
-        local_rank=ctx.get_local_rank(),
-    )
-
-
-def ddp_trainer(
-    worker: Callable[[dict], None], loop_config: dict, plan: TrialPlan, *, run_name: str, callbacks=()
-):
-    """The TorchTrainer of a multi-worker trial (gloo on CPU, NCCL on GPU), for `worker(loop_config)`."""
-    # heavy: Ray Train's torch stack costs 2.3 s to import; 1-worker trials never pay it
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    for name, value in TRAIN_ENV.items():  # a trial's own process, or reproduce's driver inside its session
-        os.environ.setdefault(name, value)
-    return TorchTrainer(
-        worker,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if plan.use_gpu and not fake_gpu() else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}
-        ),
-        # Train logs every report at INFO
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=plan.train_storage,
-            callbacks=list(callbacks),
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-    )
+    relay(plan.pool, name, hp, seed, attempt, tune.report)
 
 
 class Launcher:
@@ -187,14 +114,22 @@ class Launcher:
     def check_cluster(self) -> None:
         """Refuse, before anything is written, what would hang on this Ray."""
 
-    def after_job(self, progress: Callable[[str], None], *, joined: bool) -> None:
-        """Cleanup once the job's trials have ended."""
+    def before_job(self, plan: TrialPlan, *, max_concurrent: int, run_id: str) -> TrialPlan:
+        """Once Ray is up, before the search: start what the trials share; returns the plan they get."""
+        return plan
+
+    def trial_ended(self, name: str, *, failed: bool) -> None:
+        """The driver saw trial `name` end (completed, stopped by the scheduler, failed, to be retried)."""
+
+    def after_job(self, progress: Callable[[str], None], *, joined: bool) -> dict:
+        """Cleanup once the job's trials have ended; returns what run.json should say of it."""
+        return {}
 
     def reproduce(
-        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str
+        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int
     ) -> list[dict]:
-        """Rerun one trial from scratch (checkpoints into `scratch`, Ray through `session` if it needs one);
-        returns every epoch's metrics."""
+        """Rerun one trial from scratch for its first `iterations` reports (checkpoints into `scratch`, Ray
+        through `session` if it needs one); returns each report's metrics."""
         raise NotImplementedError
 
 
@@ -211,27 +146,33 @@ class InProcessLauncher(Launcher):
         return self.train.cpus_per_worker
 
     def reproduce(
-        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str
+        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int
     ) -> list[dict]:
-        reporter = Collect()  # in this process: no Ray needed
-        run_training(
-            hp,
-            seed,
-            plan,
-            reporter,
-            _scratch_checkpoints(scratch, trial_id, plan),
-            restore=False,
-            device=device_for(plan, 0),
-        )
+        reporter = Collect(stop_after=iterations)  # in this process: no Ray needed
+        with contextlib.suppress(TrialStopped):
+            run_training(
+                hp,
+                seed,
+                plan,
+                reporter,
+                _scratch_checkpoints(scratch, trial_id, plan),
+                restore=False,
+                device=device_for(plan, 0),
+            )
         return reporter.metrics
 
 
 class DdpLauncher(Launcher):
-    """Several workers: the Tune trial drives a Ray Train TorchTrainer, whose workers reserve their own CPUs
-    and GPUs; the trial itself takes only a sliver (Tune refuses an empty request)."""
+    """Several workers: a pool of warm Ray Train worker groups, one per concurrency slot, trains the trials one
+    after another (worker_pool.py); a Tune trial only relays, taking a sliver of a CPU (Tune refuses an empty
+    request), and its actor is reused like an in-process trial's."""
 
     trainable = staticmethod(run_ddp)
-    reuse_actors = False
+    reuse_actors = True
+
+    def __init__(self, train):
+        super().__init__(train)
+        self._pool = None
 
     def trial_resources(self) -> dict[str, float]:
         return {"CPU": DRIVER_CPU}
@@ -249,17 +190,42 @@ class DdpLauncher(Launcher):
                 "--include-dashboard=true) or use train.workers: 1"
             )
 
-    def after_job(self, progress: Callable[[str], None], *, joined: bool) -> None:
+    def before_job(self, plan: TrialPlan, *, max_concurrent: int, run_id: str) -> TrialPlan:
+        name, self._pool = start_pool(plan, max_concurrent, run_id)
+        return dataclasses.replace(plan, pool=name)
+
+    def trial_ended(self, name: str, *, failed: bool) -> None:
+        if self._pool is not None:  # a trial's own relay says so too; this covers a relay that died first
+            self._pool.end.remote(name, failed)
+
+    def after_job(self, progress: Callable[[str], None], *, joined: bool) -> dict:
+        info = {}
+        if self._pool is not None:
+            try:
+                counts = ray.get(self._pool.close.remote(), timeout=60)
+                info["worker_groups"] = {k: v for k, v in counts.items() if k != "why"}
+                progress(
+                    f"worker groups: {counts['groups_started']} started for {counts['trials']} DDP trial "
+                    f"attempt(s) ({counts['reused']} on a warm group, {counts['groups_failed']} lost to failures)"
+                )
+                for why in counts["why"]:
+                    progress(f"worker group lost: {why}")
+            except Exception as error:  # the results matter more than the cleanup
+                progress(f"warning: the DDP worker groups did not end cleanly ({type(error).__name__})")
+            with contextlib.suppress(Exception):
+                ray.kill(self._pool, no_restart=True)
+            self._pool = None
         if not joined:
-            return  # an embedded Ray ends with the driver, and its placement groups with it
+            return info  # an embedded Ray ends with the driver, and its placement groups with it
         try:
             if removed := release_train_leftovers():
                 progress(f"removed {removed} placement group(s) that stopped DDP trials left on the cluster")
         except Exception as error:  # the results matter more than the cleanup; say what may be left
             progress(f"warning: could not check for placement groups left by stopped DDP trials ({error})")
+        return info
 
     def reproduce(
-        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str
+        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int
     ) -> list[dict]:
         session.start_ray(min_cpus=self.trial_cpus() + 1)  # this machine's Ray (embedded unless one runs)
         out = Path(scratch) / "metrics.jsonl"
@@ -271,6 +237,7 @@ class DdpLauncher(Launcher):
             "out": str(out),
             "scratch": scratch,
             "trial_id": trial_id,
+            "iterations": iterations,
         }
         with train_knows_its_cluster():
             ddp_trainer(_reproduce_worker, config, plan, run_name=f"reproduce-{trial_id}").fit()
@@ -282,31 +249,38 @@ def _scratch_checkpoints(scratch: str, trial_id: str, plan: TrialPlan) -> TrialC
     return TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode=plan.mode)
 
 
-class _FileReporter:
-    def __init__(self, path: str):
+class _FileReporter(Collect):
+    """Rank 0 of a DDP reproduction: each report also as a line of `path`, read back by the driver."""
+
+    def __init__(self, path: str, stop_after: int):
+        super().__init__(stop_after)
         self.path = path
 
     def report(self, metrics: dict) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps({k: v for k, v in metrics.items() if not k.endswith("checkpoint")}) + "\n")
+        super().report(metrics)
 
 
 def _reproduce_worker(config: dict) -> None:
     ctx, plan = ray.train.get_context(), config["plan"]
     rank = ctx.get_world_rank()
-    reporter = _FileReporter(config["out"]) if rank == 0 else Collect()
-    run_training(
-        config["hp"],
-        config["seed"],
-        plan,
-        reporter,
-        _scratch_checkpoints(config["scratch"], config["trial_id"], plan),
-        restore=False,
-        rank=rank,
-        world=ctx.get_world_size(),
-        local_rank=ctx.get_local_rank(),
-        device=device_for(plan, ctx.get_local_rank()),
-    )
+    # every rank stops at the same report
+    stop = config["iterations"]
+    reporter = _FileReporter(config["out"], stop) if rank == 0 else Collect(stop)
+    with contextlib.suppress(TrialStopped):
+        run_training(
+            config["hp"],
+            config["seed"],
+            plan,
+            reporter,
+            _scratch_checkpoints(config["scratch"], config["trial_id"], plan),
+            restore=False,
+            rank=rank,
+            world=ctx.get_world_size(),
+            local_rank=ctx.get_local_rank(),
+            device=device_for(plan, ctx.get_local_rank()),
+        )
 
 
 def launcher_for(train) -> Launcher:

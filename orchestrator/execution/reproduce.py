@@ -80,12 +80,19 @@ def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
         raise RunError(f"{trial_id} reported no epoch: nothing to compare")
     with DriverSession() as session:
         the_plan = plan(spec, uri)
-        trial_plan = dataclasses.replace(the_plan.trial_plan, max_epochs=rows[-1]["iteration"])
+        # the spec's max_epochs (a schedule may depend on it), stopped where the trial was stopped
+        trial_plan, iterations = the_plan.trial_plan, rows[-1]["iteration"]
         # the rerun's checkpoints are thrown away
         with tempfile.TemporaryDirectory(prefix="hpo-reproduce-") as scratch:
             try:
                 reproduced = the_plan.launcher.reproduce(
-                    session, config_of(trial), int(trial["trial_seed"]), trial_plan, trial_id, scratch
+                    session,
+                    config_of(trial),
+                    int(trial["trial_seed"]),
+                    trial_plan,
+                    trial_id,
+                    scratch,
+                    iterations,
                 )
             except (RunError, SpecError):
                 raise

@@ -183,6 +183,9 @@ def execute(
         # before anything is written
         check_resources(cpus=launcher.trial_cpus(), gpus=launcher.trial_gpus(), embedded=not address)
         launcher.check_cluster()
+        the_plan.trial_plan = launcher.before_job(
+            the_plan.trial_plan, max_concurrent=spec.search.max_concurrent, run_id=run_id_of(results_uri)
+        )
         store = SpoolingStore(inner, run_spool_dir(results_uri) / DRIVER, write_behind=inner.remote)
         store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
         _write_run_file(store, the_plan, "running")
@@ -199,9 +202,11 @@ def execute(
             results_uri=results_uri,
             max_retries=spec.train.max_retries,
             trial_timeout_s=spec.train.trial_timeout_s,
+            on_trial_end=launcher.trial_ended,
         )
         if continue_run:
             the_plan = continue_run(the_plan, writer, tracker, progress)
+        launched: dict = {}
         try:
             # stdout stays for the results line and the summary; a final error is not retried
             with (
@@ -211,7 +216,7 @@ def execute(
             ):
                 _tuner(the_plan, tracker).fit()
         finally:
-            launcher.after_job(progress, joined=bool(address))
+            launched = launcher.after_job(progress, joined=bool(address))
             writer.finish()
             errors = [r["status"] == "error" for r in tracker.records.values()]
             failed = errors and (all(errors) or (spec.train.fail_fast and any(errors)))
@@ -221,6 +226,7 @@ def execute(
                 "failed" if failed else "finished",
                 rows=writer.rows_written,
                 trials=len(tracker.records),
+                **launched,
             )
             try:
                 pending = _finish_uploads(store, the_plan, progress)

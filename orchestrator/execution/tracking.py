@@ -3,13 +3,12 @@ row so far and progress lines (progress.py), and feeds the watchdog (watchdog.py
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 from ray.tune import Callback
 
-from orchestrator.errors import describe_failure
+from orchestrator.errors import describe_traceback_text
 from orchestrator.execution.attempts import forget, record_retry
 from orchestrator.execution.progress import BestRow, Progress
 from orchestrator.execution.ray_compat import trial_error_file, trial_name
@@ -32,8 +31,10 @@ class RunTracker(Callback):
         results_uri: str = "",
         max_retries: int = 0,
         trial_timeout_s: float = float("inf"),
+        on_trial_end: Callable[..., None] = lambda name, *, failed: None,
     ):
         self.results_uri = results_uri
+        self.on_trial_end = on_trial_end  # the launcher's: a pool of worker groups frees the trial's group
         self.recorder = TrialRecorder(writer, schema, fixed=fixed, max_epochs=max_epochs)
         self.best = BestRow(schema)
         self.progress = Progress(
@@ -80,11 +81,13 @@ class RunTracker(Callback):
         name = trial_name(trial)
         self.recorder.writer.flush()  # rows first: a stored "completed" record must never precede its rows
         record = self.recorder.record(name, trial.config, "completed")
+        self.on_trial_end(name, failed=False)
         self.progress.trial_completed(name, record, self.recorder.done(), self.best.row)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed trial Tune will run again: tell its next attempt to continue from its last checkpoint."""
         name = trial_name(trial)
+        self.on_trial_end(name, failed=True)
         retry = self.recorder.retried(name)
         record_retry(self.results_uri, name, retry)
         self.recorder.record(name, trial.config, "running")
@@ -94,6 +97,7 @@ class RunTracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial_name(trial)
         error = self._why(name, trial)
+        self.on_trial_end(name, failed=True)
         self.recorder.writer.flush()
         self.recorder.record(name, trial.config, "error", error=error)
         self.progress.trial_failed(name, error, self.recorder.done())
@@ -116,9 +120,6 @@ class RunTracker(Callback):
         return self.watchdog.reason(name) or _error_line(trial, name)
 
 
-_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
-
-
 def _error_line(trial, name: str | None = None) -> str:
     """The trial's error in a line: the exception (the traceback's last line), where the user's code raised it
     and was entered (errors.describe_failure), and where the whole traceback is: Ray Tune's error file, under
@@ -129,14 +130,9 @@ def _error_line(trial, name: str | None = None) -> str:
         text = open(path).read() if path else ""
     except OSError:
         pass
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
+    line = describe_traceback_text(text)
+    if not line:
         return "trial failed (no error recorded)"
-    if ", at " in lines[-1]:  # hpo's own message already says where (a FinalTrialError)
-        line = lines[-1]
-    else:
-        frames = [(f, int(n), fn) for f, n, fn in _FRAME.findall(text)]
-        line = describe_failure(lines[-1], frames)
     log = f"{TUNE_DIR}/{name}/{Path(path).name}" if name and Path(path).parent.name == name else path
     suffix = f" (full traceback: {log})"
     return line[: 500 - len(suffix)] + suffix

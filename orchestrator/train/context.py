@@ -52,6 +52,12 @@ class FinalTrialError(TrainingError):
     still retried). The message is the exception and where it was raised; the trial's log has the rest."""
 
 
+class TrialStopped(BaseException):
+    """Raised by a report when the scheduler stopped the trial there (on every rank at the same report), so the
+    training function ends and its worker takes the next trial. A BaseException, like SystemExit: a training
+    loop's `except Exception` does not swallow it."""
+
+
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 

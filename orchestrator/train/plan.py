@@ -26,3 +26,4 @@ class TrialPlan:
     train_storage: str  # local staging for the Ray Train runs of multi-worker trials (controller state only)
     precision: str = "fp32"  # bf16: autocast on GPUs (ctx.autocast())
     resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from
+    pool: str = ""  # multi-worker trials: the run's pool of warm worker groups (execution/worker_pool.py)

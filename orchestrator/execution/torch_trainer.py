@@ -1,0 +1,39 @@
+"""The Ray Train TorchTrainer of multi-worker trials: the resident groups of worker_pool.py and hpo reproduce's
+fresh one are both built here, so both train with the same backend, resources and settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ray.train import LoggingConfig, RunConfig, ScalingConfig
+
+from orchestrator.execution.ray_compat import TRAIN_ENV
+from orchestrator.train.plan import TrialPlan
+from orchestrator.train.trial import fake_gpu
+
+
+def ddp_trainer(
+    worker: Callable[[dict], None], loop_config: dict, plan: TrialPlan, *, run_name: str, callbacks=()
+):
+    """A TorchTrainer for `worker(loop_config)` on plan.workers workers (gloo on CPU, NCCL on GPU)."""
+    # heavy: Ray Train's torch stack costs 2.3 s to import; 1-worker trials never pay it
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    for name, value in TRAIN_ENV.items():  # read by fit() in this process, which passes it to the controller
+        os.environ.setdefault(name, value)
+    return TorchTrainer(
+        worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if plan.use_gpu and not fake_gpu() else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}
+        ),
+        # Train logs every report at INFO
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=plan.train_storage,
+            callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
