@@ -38,7 +38,12 @@ docs: setup
 	$(BIN)/python -m orchestrator.spec.reference README.md
 
 bench: setup
+	$(PIP) install -e '.[dev,bench]'
+	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/scale.py --trials 10000 --iterations 100 --no-bare
 	$(BIN)/python bench/results_io.py
 	$(BIN)/python bench/search_efficiency.py
 	$(BIN)/python bench/determinism.py

@@ -2,11 +2,12 @@
 
 Both paths train the same digits MLP, the same 16 configs, the same epochs, reporting and checkpointing every
 epoch, at the same concurrency with reused actors, on one embedded Ray started once (its start-up is
-excluded from both). Paths alternate over several rounds and the medians are compared. Also measured: the
-start cost of one 1-worker trial and of one 2-worker (DDP) trial, as the wall time of a 1-trial, 1-epoch job
-minus its epoch time.
+excluded from both). Paths alternate over several rounds and the medians are compared. Also measured: each
+trial's start cost in a 6-trial, 1-epoch job of 1-worker and of 2-worker (DDP) trials, from the driver seeing
+the trial start to its first report minus the epoch: the first trial's start (a new actor, a new worker group)
+is the baseline of the later ones (a reused actor, a warm group).
 
-    python bench/overhead.py [--trials 16] [--epochs 10] [--rounds 3]
+    python bench/overhead.py [--trials 16] [--epochs 10] [--rounds 3] [--starts-only]
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--starts-only", action="store_true", help="only the per-trial start costs")
     args = parser.parse_args()
     # the settings hpo runs under, for every path measured; Ray stopped after
     with DriverSession() as session:
@@ -135,6 +137,10 @@ def main() -> None:
 
 def _measure(args) -> None:
     storage = tempfile.mkdtemp(prefix="hpo-bench-")
+    if args.starts_only:
+        for workers in (1, 2):
+            trial_starts(storage, workers, trials=6)
+        return
     spec = spec_for(args.trials, args.epochs, args.concurrency, storage)
     # The bare script trains the very configs hpo drew, so both do the same work.
     _, rows = hpo_run(spec)  # warm-up (imports, dataset cache on workers)
@@ -159,13 +165,38 @@ def _measure(args) -> None:
     print(f"hpo run       : median {hpo_med:.2f}s  runs {[round(t, 2) for t in hpo_times]}")
     print(f"ratio hpo/bare: {hpo_med / bare_med:.3f}  (goal <= 1.05)")
     for workers in (1, 2):
-        one = spec_for(1, 1, 1, storage, workers=workers)
-        wall, rows = hpo_run(one)
-        epoch = rows["epoch_time_s"][0].as_py()
-        print(
-            f"start cost, {workers}-worker trial: {wall - epoch:.2f}s (1-trial 1-epoch job {wall:.2f}s, "
-            f"epoch {epoch:.2f}s)"
-        )
+        trial_starts(storage, workers, trials=6)
+
+
+def trial_starts(storage: str, workers: int, trials: int) -> list[float]:
+    """Each trial's start cost in a `trials`-trial, 1-epoch job, one trial at a time: from the driver seeing the
+    trial start to its first report, minus the epoch itself. The first trial's is the cold start (a new actor;
+    for DDP, a new worker group); each later one's is what a warm actor or group costs."""
+    stamps: dict[str, list[float]] = {}
+
+    def progress(line: str) -> None:
+        parts = line.split()
+        if len(parts) > 2 and parts[1].startswith("trial_") and parts[2] in ("started", "epoch"):
+            stamps.setdefault(parts[1], []).append(time.perf_counter())
+
+    spec = spec_for(trials, 1, 1, storage, workers=workers)
+    began = time.perf_counter()
+    summary = run(spec, progress=progress)
+    wall = time.perf_counter() - began
+    rows = {r["trial_id"]: r for r in load_results(summary.results_uri).to_pylist()}
+    names = sorted(stamps)
+    costs = [stamps[t][1] - stamps[t][0] - rows[t]["epoch_time_s"] for t in names]
+    # the whole gap a trial adds: from the previous trial's report to its own, minus its epoch
+    gaps = [
+        stamps[b][1] - stamps[a][1] - rows[b]["epoch_time_s"] for a, b in zip(names, names[1:], strict=False)
+    ]
+    warm = statistics.median(costs[1:])
+    print(
+        f"start cost, {workers}-worker trials ({trials} x 1 epoch, {wall:.1f}s in all): first {costs[0]:.2f}s, "
+        f"later median {warm:.3f}s (max {max(costs[1:]):.3f}s), ratio later/first {warm / costs[0]:.4f}; "
+        f"report to next trial's report, minus its epoch: median {statistics.median(gaps):.3f}s"
+    )
+    return costs
 
 
 if __name__ == "__main__":

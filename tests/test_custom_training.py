@@ -51,7 +51,11 @@ def _train(root, hp=HP, seed=11, epochs=3, restore=False, workload=CUSTOM) -> Ro
 
 def _metrics(rows: Rows) -> list[dict]:
     return [
-        {k: v for k, v in r.items() if k not in ("epoch_time_s", "checkpoint", "best_checkpoint")}
+        {
+            k: v
+            for k, v in r.items()
+            if k not in ("epoch_time_s", "reported_at", "checkpoint", "best_checkpoint")
+        }
         for r in rows.rows
     ]
 

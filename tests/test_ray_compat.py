@@ -49,7 +49,12 @@ def test_every_compat_name_has_a_test_here():
 def test_tune_reads_the_knobs_we_set():
     sources = "".join(
         inspect.getsource(importlib.import_module(m))
-        for m in ("ray.tune.constants", "ray.air.constants", "ray.tune.execution.experiment_state")
+        for m in (
+            "ray.tune.constants",
+            "ray.air.constants",
+            "ray.tune.execution.experiment_state",
+            "ray.tune.execution.tune_controller",
+        )
     )
     for name in ray_compat.QUIET_TUNE_ENV:
         assert name in sources, f"Ray no longer reads {name}"
@@ -88,6 +93,29 @@ def test_trial_internals():
     assert ray_compat.creation_counter(trial) == 8
     assert ray_compat.trial_actor(trial) is None  # not running
     assert ray_compat.trial_error_file(trial) is None
+
+
+def test_an_ended_trials_metric_statistics_can_be_dropped():
+    trial = _trial("trial_0007", "8_x=1")
+    trial.update_last_result({"val_loss": 0.5, "training_iteration": 1, "config": {"x": 1}})
+    assert (
+        "val_loss" in trial.run_metadata.metric_analysis and "val_loss" in trial.run_metadata.metric_n_steps
+    )
+    ray_compat.forget_trial_metrics(trial)
+    assert trial.run_metadata.metric_analysis == {} and trial.run_metadata.metric_n_steps == {}
+    assert trial.last_result["val_loss"] == 0.5  # Tune's own use of the trial is untouched
+
+
+def test_the_experiment_state_can_leave_out_the_trials():
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = TuneController._get_trial_checkpoints
+    assert "trial.get_json_state()" in inspect.getsource(original)
+    assert "self._get_trial_checkpoints().values()" in inspect.getsource(TuneController.save_to_dir)
+    controller = types.SimpleNamespace(_trials_to_cache={"t"}, _trial_metadata={})
+    with ray_compat.lean_experiment_state():
+        assert TuneController._get_trial_checkpoints(controller) == {} and not controller._trials_to_cache
+    assert TuneController._get_trial_checkpoints is original
 
 
 class _Final(Exception):

@@ -100,3 +100,49 @@ def test_a_trials_error_is_the_exception_and_where_it_was_raised(tmp_path):
         _error_line(types.SimpleNamespace(error_file=str(tmp_path / "none")))
         == "trial failed (no error recorded)"
     )
+
+
+def test_the_writer_holds_only_uncompacted_parts_and_ends_with_every_row_once(tmp_path, monkeypatch):
+    """A long run's rows are not kept in memory: compacted files leave it, and finish() merges them file by file
+    into files of at most MAX_ROWS_PER_FILE rows, every row exactly once."""
+    import pyarrow.parquet as pq
+
+    from orchestrator.results import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "MAX_ROWS_PER_FILE", 7)
+    recorder, store = _recorder(tmp_path)
+    writer = recorder.writer
+    writer.compact_at = 3
+    for i in range(50):
+        recorder.add(f"trial_{i // 5:04d}", CONFIG, _result(i % 5 + 1))
+        if i % 2:
+            writer.flush()
+            assert len(writer._parts) < 3  # compacted as soon as there are compact_at of them
+    writer.finish()
+    rows = load_results(store)
+    keys = list(zip(rows["trial_id"].to_pylist(), rows["iteration"].to_pylist(), strict=True))
+    assert len(keys) == len(set(keys)) == 50
+    files = [p for p in (tmp_path / "run" / "results").glob("*.parquet")]
+    assert files and all(p.name.startswith("data-") for p in files)
+    assert max(pq.read_metadata(p).num_rows for p in files) == 7 and len(files) == 8
+    assert not writer._parts and not writer._cache.exists()
+
+
+def test_a_trial_record_is_stored_after_its_rows_and_announced_after_it_is_stored(tmp_path):
+    """Rewrites of trials.parquet wait while the last one was recent; a trial's end is stored after its rows and
+    announced (its progress line) only once stored, so a trial seen finished is one `hpo resume` finds finished."""
+    recorder, store = _recorder(tmp_path)
+    recorder.cost_factor = 1e9  # after the first rewrite, wait (until forced)
+    said: list[tuple[str, int]] = []
+    recorder.add("trial_0000", CONFIG, _result(1))
+    recorder.record("trial_0000", CONFIG, "running")  # the first record is written at once
+    assert load_trials(store)["status"].to_pylist() == ["running"]
+    recorder.add("trial_0000", CONFIG, _result(2))
+    recorder.record(
+        "trial_0000", CONFIG, "completed", announce=lambda r, done: said.append((r["status"], done))
+    )
+    assert load_trials(store)["status"].to_pylist() == ["running"] and not said  # the next one waits
+    recorder.record("trial_0001", CONFIG, "running")
+    recorder.sync(force=True)  # as at the end of a run, or at Tune's next step once the wait is over
+    assert load_trials(store)["status"].to_pylist() == ["completed", "running"] and said == [("completed", 1)]
+    assert load_results(store).num_rows == 2  # the rows it counts were stored first

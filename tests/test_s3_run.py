@@ -136,10 +136,15 @@ def test_outage_mid_run_loses_no_row_and_leaks_no_secret(ray_cluster, s3, tmp_pa
         target=lambda: progress.extend((time.monotonic(), line) for line in proc.stderr)
     )
     reader.start()
-    store = open_store(storage)
-    _wait_for(lambda: any("/results/part-" in n for n in store.list()), 180)  # rows are live on S3
+    first = proc.stdout.readline()  # results_uri: ..., printed before the first trial
+    assert first.startswith("results_uri: "), first
+    run_store = open_store(first.removeprefix("results_uri: ").strip())
+    # rows are live on S3 (a HEAD on the manifest: listing a bucket that earlier tests filled can take seconds)
+    _wait_for(lambda: run_store.exists("results/_manifest.json"), 180)
+    began = (
+        time.monotonic()
+    )  # the server stops taking requests now; stop() then waits for it to exit (seconds)
     s3.stop()
-    began = time.monotonic()
 
     def went_on_without_it() -> bool:
         after = [line for t, line in list(progress) if t > began]
@@ -147,12 +152,16 @@ def test_outage_mid_run_loses_no_row_and_leaks_no_secret(ray_cluster, s3, tmp_pa
             " completed after " in line for line in after
         )
 
-    _wait_for(went_on_without_it, 300)
+    try:
+        _wait_for(went_on_without_it, 300)
+    except TimeoutError:
+        tail = "".join(f"{t - began:7.1f} {line}" for t, line in list(progress)[-60:])
+        raise AssertionError(f"the job did not go on without the store; its last lines:\n{tail}") from None
     outage = (began, time.monotonic())
     s3.start()
     proc.wait(timeout=600)
     reader.join()
-    stdout, stderr = proc.stdout.read(), "".join(line for _, line in progress)
+    stdout, stderr = first + proc.stdout.read(), "".join(line for _, line in progress)
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
     rows = load_results(summary["results_uri"])

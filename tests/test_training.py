@@ -39,7 +39,11 @@ def run(hp, seed, plan, reporter, **kw):
 
 def _strip(metrics):
     return [
-        {k: v for k, v in m.items() if k not in ("epoch_time_s", "checkpoint", "best_checkpoint")}
+        {
+            k: v
+            for k, v in m.items()
+            if k not in ("epoch_time_s", "reported_at", "checkpoint", "best_checkpoint")
+        }
         for m in metrics
     ]
 

@@ -10,7 +10,8 @@ from orchestrator.results.schema import scoreable
 
 
 class BestRow:
-    """The best (trial, iteration) row by the search metric, as rows arrive."""
+    """The best (trial, iteration) row by the search metric, as rows arrive. Ties go to the earliest (trial,
+    iteration), whatever order concurrent trials reported in: the row results.reader.best_row finds."""
 
     def __init__(self, schema: ResultsSchema):
         self.metric, self.mode = schema.metric, schema.mode
@@ -18,11 +19,19 @@ class BestRow:
 
     def consider(self, row: dict) -> None:
         value = row.get(self.metric)
-        if scoreable(value) and (self.row is None or self._better(value, self.row[self.metric])):
+        if not scoreable(value):
+            return
+        if self.row is None or self._better(value, self.row[self.metric]):
+            self.row = row
+        elif value == self.row[self.metric] and _key(row) < _key(self.row):
             self.row = row
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
+
+
+def _key(row: dict) -> tuple[str, int]:
+    return row["trial_id"], row["iteration"]
 
 
 class Progress:

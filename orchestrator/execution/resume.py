@@ -106,18 +106,23 @@ def continue_from_storage(the_plan: Plan, writer, tracker, progress) -> Plan:
     except ResultsNotFound:
         records = []
     tracker.preload(rows, records)
+    by_trial: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (r["trial_id"], r["iteration"])):
+        kept = by_trial.setdefault(row["trial_id"], [])
+        if not kept or kept[-1]["iteration"] < row["iteration"]:
+            kept.append(row)
     # Finished, with every row stored; anything else (a row lost with the driver, say) continues from its
     # checkpoint, which re-reports what is missing.
     done = {
         r["trial_id"]
         for r in records
-        if r["status"] in FINISHED and len(tracker.rows.get(r["trial_id"], [])) == r["iterations"]
+        if r["status"] in FINISHED and len(by_trial.get(r["trial_id"], [])) == r["iterations"]
     }
     metrics = the_plan.schema.metrics
     fast_forward(
         the_plan.search_alg,
         the_plan.scheduler,
-        {trial: [_as_result(row, metrics) for row in tracker.rows[trial]] for trial in done},
+        {trial: [_as_result(row, metrics) for row in by_trial[trial]] for trial in done},
         {trial_index(r["trial_id"]): _searched_config(r, the_plan.spec.search) for r in records},
     )
     progress(

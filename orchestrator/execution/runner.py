@@ -30,7 +30,7 @@ from ray import tune
 from orchestrator.errors import RunError
 from orchestrator.execution.driver import DriverSession
 from orchestrator.execution.launcher import Launcher, launcher_for
-from orchestrator.execution.ray_compat import no_retry_on, trial_name
+from orchestrator.execution.ray_compat import lean_experiment_state, no_retry_on, trial_name
 from orchestrator.execution.ray_env import check_address, check_resources
 from orchestrator.execution.tracking import RunTracker
 from orchestrator.execution.tune_search import TrialNamer, build_scheduler, build_search
@@ -44,7 +44,7 @@ from orchestrator.results.layout import (
     results_uri_for,
     run_id_of,
 )
-from orchestrator.results.summary import RunSummary, summarize_rows
+from orchestrator.results.summary import RunSummary, summarize_run
 from orchestrator.spec import JobSpec, check_against_workload
 from orchestrator.storage import Store, join_uri, open_store
 from orchestrator.storage.spool import (
@@ -213,6 +213,7 @@ def execute(
                 contextlib.redirect_stdout(sys.stderr),
                 session.private_cwd(),
                 no_retry_on(FinalTrialError),
+                lean_experiment_state(),
             ):
                 _tuner(the_plan, tracker).fit()
         finally:
@@ -232,10 +233,10 @@ def execute(
                 pending = _finish_uploads(store, the_plan, progress)
             finally:
                 store.close()  # what is still spooled waits for `hpo results sync`, not in a thread of ours
-    summary = summarize_rows(
+    summary = summarize_run(
         results_uri,
         the_plan.schema,
-        tracker.all_rows(),
+        tracker.best.row,
         list(tracker.records.values()),
         wall_time_s=time.monotonic() - began,
     )

@@ -11,7 +11,7 @@ from ray.tune import Callback
 from orchestrator.errors import describe_traceback_text
 from orchestrator.execution.attempts import forget, record_retry
 from orchestrator.execution.progress import BestRow, Progress
-from orchestrator.execution.ray_compat import trial_error_file, trial_name
+from orchestrator.execution.ray_compat import forget_trial_metrics, trial_error_file, trial_name
 from orchestrator.execution.recorder import TrialRecorder
 from orchestrator.execution.watchdog import Watchdog
 from orchestrator.results import ResultsSchema, ResultsWriter
@@ -46,10 +46,6 @@ class RunTracker(Callback):
     def records(self) -> dict[str, dict]:
         return self.recorder.records
 
-    @property
-    def rows(self) -> dict[str, list[dict]]:
-        return self.recorder.rows
-
     def preload(self, rows: list[dict], records: list[dict]) -> None:
         """`hpo resume`: what the killed run already stored, so it is kept and never written twice."""
         self.recorder.preload(rows, records)
@@ -58,12 +54,13 @@ class RunTracker(Callback):
 
     # -- Tune hooks ---------------------------------------------------------------------------------------
     def on_step_begin(self, iteration, trials, **info):
-        for name, why in self.watchdog.check(trials):
+        for name, why in self.watchdog.check():
             self.progress.line(f"{name} {why}")
+        self.recorder.sync()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         name = trial_name(trial)
-        self.watchdog.started(name)
+        self.watchdog.started(name, trial)
         self.recorder.record(name, trial.config, "running")
         self.progress.trial_started(name, trial.config)
 
@@ -79,10 +76,16 @@ class RunTracker(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         name = trial_name(trial)
-        self.recorder.writer.flush()  # rows first: a stored "completed" record must never precede its rows
-        record = self.recorder.record(name, trial.config, "completed")
+        self.watchdog.ended(name)
+        best = self.best.row  # as it is now, printed once the record is stored
+        self.recorder.record(
+            name,
+            trial.config,
+            "completed",
+            announce=lambda record, done: self.progress.trial_completed(name, record, done, best),
+        )
+        forget_trial_metrics(trial)
         self.on_trial_end(name, failed=False)
-        self.progress.trial_completed(name, record, self.recorder.done(), self.best.row)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed trial Tune will run again: tell its next attempt to continue from its last checkpoint."""
@@ -97,10 +100,16 @@ class RunTracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial_name(trial)
         error = self._why(name, trial)
+        self.watchdog.ended(name)
         self.on_trial_end(name, failed=True)
-        self.recorder.writer.flush()
-        self.recorder.record(name, trial.config, "error", error=error)
-        self.progress.trial_failed(name, error, self.recorder.done())
+        self.recorder.record(
+            name,
+            trial.config,
+            "error",
+            error=error,
+            announce=lambda record, done: self.progress.trial_failed(name, error, done),
+        )
+        forget_trial_metrics(trial)
 
     def on_experiment_end(self, trials, **info):
         self.watchdog.close()
@@ -109,12 +118,9 @@ class RunTracker(Callback):
             if self.records.get(name, {}).get("status") == "running":
                 why = "the job stopped before this trial finished (train.fail_fast, or an interrupt)"
                 self.recorder.record(name, trial.config, "cancelled", error=why)
-        self.recorder.writer.flush()
+        self.recorder.sync(force=True)
         if self.recorder.retries:
             forget(self.results_uri, list(self.recorder.retries))
-
-    def all_rows(self) -> list[dict]:
-        return self.recorder.all_rows()
 
     def _why(self, name: str, trial) -> str:
         return self.watchdog.reason(name) or _error_line(trial, name)

@@ -8,12 +8,7 @@ import time
 
 import ray
 
-from orchestrator.execution.ray_compat import (
-    TUNE_CONTROLLER_LOGGER,
-    trial_actor,
-    trial_failed_message,
-    trial_name,
-)
+from orchestrator.execution.ray_compat import TUNE_CONTROLLER_LOGGER, trial_actor, trial_failed_message
 
 
 class _QuietWatchdogStops(logging.Filter):
@@ -30,36 +25,42 @@ class _QuietWatchdogStops(logging.Filter):
 
 
 class Watchdog:
-    def __init__(self, timeout_s: float):
-        self.timeout_s = timeout_s
-        self.last_seen: dict[str, float] = {}  # trial -> monotonic time of its start or last report
+    """Watches the running trials only (a job of 10,000 trials has a handful running), at most every
+    `check_every_s`: the check runs at every step of Tune's loop."""
+
+    def __init__(self, timeout_s: float, check_every_s: float = 1.0):
+        self.timeout_s, self.check_every_s = timeout_s, check_every_s
+        self.running: dict[
+            str, tuple
+        ] = {}  # trial -> (Tune trial, monotonic time of its start or last report)
         self.timed_out: dict[str, str] = {}  # trial -> why the watchdog stopped it
         self._quiet = _QuietWatchdogStops(self.timed_out)
+        self._checked = float("-inf")
 
-    def started(self, name: str) -> None:
-        self.last_seen[name] = time.monotonic()
+    def started(self, name: str, trial) -> None:
+        self.running[name] = (trial, time.monotonic())
         self.timed_out.pop(name, None)
 
     def reported(self, name: str) -> None:
-        self.last_seen[name] = time.monotonic()
+        if name in self.running:
+            self.running[name] = (self.running[name][0], time.monotonic())
+
+    def ended(self, name: str) -> None:
+        self.running.pop(name, None)
 
     def reason(self, name: str) -> str | None:
         return self.timed_out.get(name)
 
-    def check(self, trials) -> list[tuple[str, str]]:
+    def check(self) -> list[tuple[str, str]]:
         """Stop every running trial silent for longer than the timeout; returns (trial, why) for each stopped now.
-        Its actor is killed (a DDP trial's Train controller and workers go with it, their owner), and Tune treats
-        the trial as failed."""
+        Its actor is killed (its Train workers or its warm worker group go with it: see worker_pool.py), and
+        Tune treats the trial as failed."""
         now, stopped = time.monotonic(), []
-        for trial in trials:
-            name = trial_name(trial)
-            since = self.last_seen.get(name)
-            if (
-                trial.status != "RUNNING"
-                or since is None
-                or now - since < self.timeout_s
-                or name in self.timed_out
-            ):
+        if self.timeout_s == float("inf") or now - self._checked < self.check_every_s:
+            return stopped
+        self._checked = now
+        for name, (trial, since) in list(self.running.items()):
+            if trial.status != "RUNNING" or now - since < self.timeout_s or name in self.timed_out:
                 continue
             actor = trial_actor(trial)
             if actor is None:

@@ -22,6 +22,7 @@ CONFIG_PREFIX = "config/"
 # Columns that vary between otherwise identical runs: wall-clock, and which attempt of a retried trial produced
 # the row (a retry continues from the checkpoint bit-identically). Everything else is deterministic.
 TIMING_COLUMNS = ("epoch_time_s", "time_total_s", "timestamp")
+REPORTED_AT = "reported_at"  # a report's wall-clock time (seconds since the epoch), the rows' `timestamp`
 RUN_VARYING_COLUMNS = TIMING_COLUMNS + ("attempt",)
 FINISHED = (
     "completed",
@@ -121,14 +122,15 @@ class ResultsSchema:
         row["attempt"] = int(result.get("attempt", 0))  # 0: the trial's first run; n: its n-th retry
         row["epoch_time_s"] = float(result.get("epoch_time_s", 0.0))
         row["time_total_s"] = float(result.get("time_total_s", 0.0))
-        row["timestamp"] = int(float(result.get("timestamp", 0)) * 1000)
+        # when the trial reported (TrainContext's clock, to the ms; Tune's own `timestamp` is whole seconds)
+        row["timestamp"] = int(float(result.get(REPORTED_AT, result.get("timestamp", 0))) * 1000)
         return row
 
     def trial_record(
         self,
         trial_id: str,
         status: str,
-        rows: list[dict],
+        rows: TrialRows,
         config: Mapping[str, Any],
         max_epochs: int,
         checkpoints: tuple[str | None, str | None],
@@ -136,10 +138,10 @@ class ResultsSchema:
         node_id: str | None = None,
         retries: int = 0,
     ) -> dict:
-        """One trials.parquet row from the trial's reported rows (in order); checkpoints = (latest, best)."""
+        """One trials.parquet row from what the trial reported (`rows`); checkpoints = (latest, best)."""
         record: dict[str, Any] = {
             "trial_id": trial_id,
-            "iterations": len(rows),
+            "iterations": rows.count,
             "checkpoint": checkpoints[0],
             "best_checkpoint": checkpoints[1],
             "error": error,
@@ -147,13 +149,40 @@ class ResultsSchema:
             "retries": retries,
         }
         finished = status in FINISHED
-        record["stopped_early"] = finished and (rows[-1]["iteration"] if rows else 0) < max_epochs
+        record["stopped_early"] = finished and rows.iteration < max_epochs
         record["status"] = "stopped_early" if record["stopped_early"] else status
-        scored = [r for r in rows if scoreable(r.get(self.metric))]
-        best = (min if self.mode == "min" else max)(scored, key=lambda r: r[self.metric], default=None)
-        record[f"best_{self.metric}"] = best[self.metric] if best else None
-        record["best_iteration"] = best["iteration"] if best else None
-        record.update({f"last_{m}": rows[-1].get(m) if rows else None for m in self.metrics})
+        record[f"best_{self.metric}"] = rows.best[0] if rows.best else None
+        record["best_iteration"] = rows.best[1] if rows.best else None
+        record.update({f"last_{m}": rows.last.get(m) for m in self.metrics})
         record.update({CONFIG_PREFIX + n: as_column_value(config.get(n), t) for n, t in self.config})
-        record["trial_seed"] = rows[0]["trial_seed"] if rows else None
+        record["trial_seed"] = rows.seed
         return record
+
+    def trial_rows(self) -> TrialRows:
+        return TrialRows(self.metric, self.mode, self.metrics)
+
+
+class TrialRows:
+    """What a trial record needs of the trial's rows, kept as they arrive instead of the rows themselves (a run of
+    10,000 trials x 100 iterations holds 10,000 of these, not a million rows): how many, the first one's seed,
+    the last one's metrics, and the best (value, iteration) by the search metric (the earliest of equals; NaN
+    and inf are never the best)."""
+
+    __slots__ = ("metric", "better", "metrics", "count", "iteration", "seed", "last", "best")
+
+    def __init__(self, metric: str, mode: str, metrics: tuple[str, ...]):
+        self.metric, self.metrics = metric, metrics
+        self.better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
+        self.count, self.iteration, self.seed = 0, 0, None
+        self.last: dict[str, Any] = {}
+        self.best: tuple[float, int] | None = None
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        if self.count == 0:
+            self.seed = row.get("trial_seed")
+        self.count += 1
+        self.iteration = row["iteration"]
+        self.last = {m: row.get(m) for m in self.metrics}
+        value = row.get(self.metric)
+        if scoreable(value) and (self.best is None or self.better(value, self.best[0])):
+            self.best = (value, row["iteration"])

@@ -31,23 +31,19 @@ def format_config(config: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
-def _summary(results_uri, rows: pa.Table | None, trials: pa.Table, wall_time_s: float) -> RunSummary:
+def _summary(results_uri, best_row_: dict | None, trials: pa.Table, wall_time_s: float) -> RunSummary:
     metric, mode = search_metric(trials)
     statuses: dict[str, int] = {}
     for status in trials.column("status").to_pylist():
         statuses[status] = statuses.get(status, 0) + 1
     best = None
-    if rows is not None and rows.num_rows:
-        try:
-            row = best_row(rows)
-            best = {
-                "trial_id": row["trial_id"],
-                "iteration": row["iteration"],
-                "metric": row[metric],
-                "config": config_of(row),
-            }
-        except ResultsNotFound:
-            pass
+    if best_row_ is not None:
+        best = {
+            "trial_id": best_row_["trial_id"],
+            "iteration": best_row_["iteration"],
+            "metric": best_row_[metric],
+            "config": config_of(best_row_),
+        }
     return RunSummary(results_uri, trials.num_rows, best, metric, mode, statuses, round(wall_time_s, 2))
 
 
@@ -55,16 +51,16 @@ def summarize(results_uri: str, wall_time_s: float = 0.0, options=None) -> RunSu
     """The summary of a stored run, read back through the results reader."""
     trials = load_trials(results_uri, options=options)
     try:
-        rows = load_results(results_uri, options=options)
+        best = best_row(load_results(results_uri, options=options))
     except ResultsNotFound:
-        rows = None
-    return _summary(results_uri, rows, trials, wall_time_s)
+        best = None
+    return _summary(results_uri, best, trials, wall_time_s)
 
 
-def summarize_rows(
-    results_uri: str, schema, rows: list[dict], records: list[dict], wall_time_s: float = 0.0
+def summarize_run(
+    results_uri: str, schema, best: dict | None, records: list[dict], wall_time_s: float = 0.0
 ) -> RunSummary:
-    """The summary of a run just written, from the rows the writer wrote (the store may be unreachable)."""
-    rows_table = pa.Table.from_pylist(rows, schema=schema.rows_schema())
+    """The summary of a run just written, from its best row as it was reported (execution/progress.py's BestRow,
+    the same row `summarize` finds in the stored table) and its trial records (the store may be unreachable)."""
     trials = pa.Table.from_pylist(sorted(records, key=lambda r: r["trial_id"]), schema=schema.trials_schema())
-    return _summary(results_uri, rows_table, trials, wall_time_s)
+    return _summary(results_uri, best, trials, wall_time_s)

@@ -1,8 +1,10 @@
 """The one writer of a run's tables.
 
-Rows are buffered and flushed as Parquet part files while the job runs (every `flush_every_s` and at every
-trial end). Object stores punish many small files, so small parts are compacted as they accumulate and the
-whole table is compacted into a few files when the job finishes. `results/_manifest.json` names the files
+Rows are buffered and flushed as Parquet part files while the job runs (every `flush_every_s`, and before
+each rewrite of trials.parquet). Object stores punish many small files, so small parts are compacted as they
+accumulate and the whole table is compacted into a few files when the job finishes. Memory stays flat however
+long the run: only the parts not yet compacted are held; a compacted file's bytes wait in a local cache for
+the final compaction (which then needs no read from the store, so it works through an outage too). `results/_manifest.json` names the files
 that make up the table right now; it is rewritten after every change, and superseded files are deleted only
 after the manifest stops naming them, so a reader following the manifest always sees a consistent table
 (plain `*.parquet` globs are consistent once the job has finished).
@@ -12,8 +14,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,9 +49,9 @@ class ResultsWriter:
         self._rows: list[dict] = []
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
-        self._files: dict[
-            str, pa.Table
-        ] = {}  # the files the manifest names, with their rows (for compaction)
+        self._files: dict[str, int] = {}  # the files the manifest names -> their row counts
+        self._parts: dict[str, pa.Table] = {}  # part files not compacted yet, with their rows
+        self._cache = Path(tempfile.mkdtemp(prefix="hpo-results-"))  # compacted files' bytes, for finish()
         self._seq = 0
         self.rows_written = 0
 
@@ -66,12 +71,17 @@ class ResultsWriter:
             files = read_result_files(self.store)
         except ResultsNotFound:
             return []
+        rows: list[dict] = []
         with self._lock:
-            self._files = {name: decode(data).cast(self.schema.rows_schema()) for name, data in files.items()}
+            for name, data in files.items():
+                table = decode(data).cast(self.schema.rows_schema())
+                self._files[name] = table.num_rows
+                (self._cache / Path(name).name).write_bytes(data)
+                rows += table.to_pylist()
             numbers = [int(name.rsplit("-", 1)[1].split(".")[0]) for name in self._files]
             self._seq = max(numbers, default=-1) + 1
-            self.rows_written = sum(t.num_rows for t in self._files.values())
-            return [row for table in self._files.values() for row in table.to_pylist()]
+            self.rows_written = sum(self._files.values())
+        return rows
 
     def add(self, row: dict) -> None:
         with self._lock:
@@ -88,49 +98,81 @@ class ResultsWriter:
             if not rows:
                 return
             table = pa.Table.from_pylist(rows, schema=self.schema.rows_schema())
-            self._write_file("part", table)
+            name = f"{RESULTS_DIR}/part-{self._next()}.parquet"
+            self.store.write_bytes(name, parquet_bytes(table))
+            self._parts[name], self._files[name] = table, table.num_rows
             self.rows_written += len(rows)
-            parts = [name for name in self._files if "/part-" in name]
-            if len(parts) >= self.compact_at:
-                self._replace(parts, "compact")
+            if len(self._parts) >= self.compact_at:
+                parts = list(self._parts)
+                merged = pa.concat_tables([self._parts.pop(name) for name in parts]).combine_chunks()
+                self._swap(parts, [self._cached("compact", parquet_bytes(merged), merged.num_rows)])
             else:
                 self._write_manifest(complete=False)
 
     def finish(self) -> None:
-        """Flush, then compact the whole table into as few files as it needs; mark the manifest complete."""
+        """Flush, then compact the whole table into as few files as it needs (one per MAX_ROWS_PER_FILE rows,
+        written one input file at a time); mark the manifest complete."""
         self.flush()
         with self._lock:
-            if len(self._files) > 1:
-                self._replace(list(self._files), "data", complete=True)
-            else:
+            if len(self._files) <= 1:
                 self._write_manifest(complete=True)
+                return
+            names, written = list(self._files), []
+            sink, out, rows = None, None, 0
+            for name in names:
+                table = self._parts.pop(name, None)
+                if table is None:
+                    table = decode((self._cache / Path(name).name).read_bytes())
+                table, at = table.cast(self.schema.rows_schema()), 0
+                while at < table.num_rows:
+                    piece = table.slice(at, MAX_ROWS_PER_FILE - rows)
+                    at += piece.num_rows
+                    if out is None:
+                        sink = io.BytesIO()
+                        out = pq.ParquetWriter(sink, self.schema.rows_schema(), compression="zstd")
+                    out.write_table(piece)
+                    rows += piece.num_rows
+                    if rows >= MAX_ROWS_PER_FILE:
+                        out.close()
+                        written.append(self._cached("data", sink.getvalue(), rows, keep=False))
+                        sink, out, rows = None, None, 0
+            if out is not None:
+                out.close()
+                written.append(self._cached("data", sink.getvalue(), rows, keep=False))
+            self._swap(names, written, complete=True)
+        shutil.rmtree(self._cache, ignore_errors=True)
 
-    def _write_file(self, kind: str, table: pa.Table) -> str:
-        name = f"{RESULTS_DIR}/{kind}-{self._seq:06d}.parquet"
-        self._seq += 1
-        self.store.write_bytes(name, parquet_bytes(table))
-        self._files[name] = table
+    def _next(self) -> str:
+        seq, self._seq = self._seq, self._seq + 1
+        return f"{seq:06d}"
+
+    def _cached(self, kind: str, data: bytes, rows: int, *, keep: bool = True) -> str:
+        """Write a compacted file (and keep its bytes for finish()); returns its name."""
+        name = f"{RESULTS_DIR}/{kind}-{self._next()}.parquet"
+        self.store.write_bytes(name, data)
+        if keep:
+            (self._cache / Path(name).name).write_bytes(data)
+        self._files[name] = rows
         return name
 
-    def _replace(self, names: list[str], kind: str, complete: bool = False) -> None:
-        merged = pa.concat_tables([self._files.pop(name) for name in names]).combine_chunks()
-        for start in range(0, max(1, merged.num_rows), MAX_ROWS_PER_FILE):
-            self._write_file(kind, merged.slice(start, MAX_ROWS_PER_FILE))
-        self._write_manifest(complete=complete)  # readers switch to the new files...
-        for name in names:
-            self.store.delete(name)  # ...before the old ones go
+    def _swap(self, old: list[str], new: list[str], complete: bool = False) -> None:
+        """The manifest names `new` instead of `old` (readers switch over), then `old` is deleted."""
+        for name in old:
+            self._files.pop(name, None)
+        self._write_manifest(complete=complete)
+        for name in old:
+            self.store.delete(name)
+            (self._cache / Path(name).name).unlink(missing_ok=True)
 
     def _write_manifest(self, complete: bool) -> None:
         manifest = {
             "version": 1,
             "files": sorted(self._files),
-            "rows": sum(t.num_rows for t in self._files.values()),
+            "rows": sum(self._files.values()),
             "complete": complete,
         }
         self.store.write_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
 
-    def write_trials(self, records: list[dict]) -> None:
-        table = pa.Table.from_pylist(
-            sorted(records, key=lambda r: r["trial_id"]), schema=self.schema.trials_schema()
-        )
+    def write_trials(self, table: pa.Table) -> None:
+        """trials.parquet: one row per trial, sorted by trial_id, of the trials schema."""
         self.store.write_bytes(TRIALS_FILE, parquet_bytes(table))

@@ -29,7 +29,7 @@ import torch.distributed
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
 from orchestrator.results.layout import ITERATION_KEY
-from orchestrator.results.schema import scoreable
+from orchestrator.results.schema import REPORTED_AT, scoreable
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.determinism import derive_seed, epoch_permutation, seed_everything
 
@@ -225,6 +225,7 @@ class TrainContext:
         now = time.perf_counter()
         row = {ITERATION_KEY: self._iteration, **values, "trial_seed": self.seed}
         row["epoch_time_s"], self._last_report = now - self._last_report, now
+        row[REPORTED_AT] = time.time()
         self._history.append(dict(row))
         rngs = _gather(
             rng_state(), self.world_size
