@@ -155,7 +155,7 @@ def run_hpo(trials: int, epochs: int, concurrency: int, work: Path) -> float:
 
 
 def run_script(source: str, name: str, trials: int, epochs: int, concurrency: int, work: Path) -> float:
-    script = work / f"{name}.py"
+    script = work / f"peer_{name}.py"  # not optuna.py: it would shadow the package
     script.write_text(source.replace("{root!r}", repr(str(ROOT))).replace("{{", "{").replace("}}", "}"))
     out = work / f"{name}-{time.monotonic_ns()}"
     out.mkdir()

@@ -10,13 +10,19 @@ from collections.abc import Callable
 
 from orchestrator.execution import runner
 from orchestrator.execution.resume import resume
-from orchestrator.practice.sanity import sanity_gate
 from orchestrator.results.summary import RunSummary
 from orchestrator.spec import JobSpec
 
 __all__ = ["run", "resume", "plan"]
 
 plan = runner.plan
+
+
+def _sanity_gate(spec, store, results_uri, progress) -> None:
+    # late: the checks train in this process (torch); only `sanity: true` jobs load them
+    from orchestrator.practice.sanity import sanity_gate
+
+    sanity_gate(spec, store, results_uri, progress)
 
 
 def run(
@@ -41,5 +47,5 @@ def run(
         progress=progress,
         on_start=on_start,
         run_id=run_id,
-        before_search=sanity_gate if spec.sanity else None,
+        before_search=_sanity_gate if spec.sanity else None,
     )

@@ -12,7 +12,7 @@ from rayhead import RayHead
 
 from orchestrator.execution import ray_compat
 from orchestrator.results import load_trials
-from orchestrator.train.trial import FAKE_GPU_ENV
+from orchestrator.train.plan import FAKE_GPU_ENV
 
 
 def test_shipped_fake_config_passes_rays_schema():

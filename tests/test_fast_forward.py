@@ -5,7 +5,8 @@ from __future__ import annotations
 from conftest import spec_dict
 
 from orchestrator.execution import ray_compat
-from orchestrator.execution.tune_search import PinnableHyperOpt, build_search
+from orchestrator.execution.tpe import PinnableHyperOpt
+from orchestrator.execution.tune_search import build_search
 from orchestrator.spec import parse_spec
 
 SPEC = parse_spec(

@@ -10,7 +10,6 @@ from orchestrator.cli.common import EXIT_FAILED, EXIT_UNSYNCED, CliError, read_s
 from orchestrator.cli.output import print_ensemble
 from orchestrator.execution.resume import AlreadyFinished
 from orchestrator.execution.runner import print_progress
-from orchestrator.practice.ensemble import build_ensemble
 from orchestrator.results import format_config, summarize
 from orchestrator.results.layout import TRIALS_FILE
 from orchestrator.results.ops import stored_spec
@@ -92,6 +91,9 @@ def _finish(summary, spec, args) -> int:
 
 
 def _run_ensemble(spec: EnsembleSpec, args) -> int:
+    # late: the ensemble predicts with torch; `hpo run` of a tuning spec never loads it
+    from orchestrator.practice.ensemble import build_ensemble
+
     print(f"results_uri: {spec.run}", flush=True)
     result = build_ensemble(
         spec.run,

@@ -59,10 +59,17 @@ class DriverSession:
         return self
 
     def start_ray(
-        self, address: str | None = None, num_cpus: float | None = None, *, min_cpus: float = 1
+        self,
+        address: str | None = None,
+        num_cpus: float | None = None,
+        *,
+        min_cpus: float = 1,
+        dashboard: bool = True,
     ) -> None:
         """Join `address` or start an embedded Ray, unless this process is connected already."""
-        self.started_ray = start_ray(address, num_cpus, min_cpus=min_cpus) or self.started_ray
+        self.started_ray = (
+            start_ray(address, num_cpus, min_cpus=min_cpus, dashboard=dashboard) or self.started_ray
+        )
 
     @contextlib.contextmanager
     def private_cwd(self):
@@ -144,7 +151,9 @@ def _restore_torch(state: dict | None) -> None:
             "device": None,
         }
     torch.set_num_threads(state["threads"])
-    torch.use_deterministic_algorithms(state["deterministic"])
+    # only if it changed: the first call in a process imports torch._dynamo and torch._inductor (2 s measured)
+    if torch.are_deterministic_algorithms_enabled() != state["deterministic"]:
+        torch.use_deterministic_algorithms(state["deterministic"])
     torch.utils.deterministic.fill_uninitialized_memory = state["fill"]
     torch.set_rng_state(state["rng"])
     (

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import ray.train
 from ray import tune
 
 from orchestrator.errors import RunError
@@ -27,46 +26,13 @@ from orchestrator.execution.ray_env import has_dashboard, release_train_leftover
 from orchestrator.execution.torch_trainer import ddp_trainer
 from orchestrator.execution.worker_pool import relay, start_pool
 from orchestrator.results.layout import TRAIN_DIR, trial_index
-from orchestrator.storage import LocalStore
-from orchestrator.train.checkpoints import TrialCheckpoints
-from orchestrator.train.context import TrialStopped
-from orchestrator.train.determinism import trial_seed
-from orchestrator.train.loop import run_training
 from orchestrator.train.plan import TrialPlan
-from orchestrator.train.trial import device_for, train_trial
+from orchestrator.train.seeds import trial_seed
 
 DRIVER_CPU = 0.01  # logical CPUs of the Tune trial that drives a multi-worker TorchTrainer
 
 
-def _node_id() -> str:
-    return ray.get_runtime_context().get_node_id()
-
-
-class _TuneReporter:
-    """In the Tune trial's process: tune.report."""
-
-    def __init__(self, attempt: int):
-        self.attempt = attempt
-
-    def report(self, metrics: dict) -> None:
-        tune.report({**metrics, "node_id": _node_id(), "attempt": self.attempt})
-
-
-class Collect:
-    """A reporter that keeps what it is given (hpo reproduce). With `stop_after`, it stops the trial at that
-    report, as the scheduler stopped the trial being reproduced (its schedule still sees train.max_epochs)."""
-
-    def __init__(self, stop_after: int | None = None):
-        self.metrics: list[dict] = []
-        self.stop_after = stop_after
-
-    def report(self, metrics: dict) -> None:
-        self.metrics.append(metrics)
-        if self.stop_after is not None and len(self.metrics) >= self.stop_after:
-            raise TrialStopped(f"reproduced the {self.stop_after} recorded iteration(s)")
-
-
-def _trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:
+def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:
     """In a Tune trial: (name, hyperparameters, seed, attempt). attempt > 0 is a retry, which continues from
     the trial's last checkpoint."""
     name = tune.get_context().get_trial_name()
@@ -80,14 +46,17 @@ def _trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, in
 
 def run_in_process(config: dict[str, Any], plan: TrialPlan) -> None:
     """Tune function trainable of a 1-worker trial. `config` holds the searched hyperparameters."""
-    name, hp, seed, attempt = _trial_start(config, plan)
-    train_trial(plan, name, hp, seed, _TuneReporter(attempt), attempt=attempt)
+    # late: the trial's process trains (torch, through train/); the driver, which only names this function
+    # to Tune, never imports it
+    from orchestrator.execution.trial_process import train_in_process
+
+    train_in_process(config, plan)
 
 
 def run_ddp(config: dict[str, Any], plan: TrialPlan) -> None:
     """Tune function trainable of a multi-worker trial: the job's pool of warm worker groups trains it
-    (worker_pool.py); this process relays its reports to Tune and Tune's answers back."""
-    name, hp, seed, attempt = _trial_start(config, plan)
+    (worker_pool.py); this process only relays its reports to Tune and Tune's answers back (no torch)."""
+    name, hp, seed, attempt = trial_start(config, plan)
     relay(plan.pool, name, hp, seed, attempt, tune.report)
 
 
@@ -96,6 +65,7 @@ class Launcher:
 
     trainable: Callable[[dict, TrialPlan], None]
     reuse_actors: bool
+    needs_dashboard: bool  # of an embedded Ray: Ray Train's placement-group cleaner needs it
 
     def __init__(self, train):
         self.train = train
@@ -138,6 +108,7 @@ class InProcessLauncher(Launcher):
 
     trainable = staticmethod(run_in_process)
     reuse_actors = True  # measured: halves the per-trial start cost of in-process trials
+    needs_dashboard = False  # no Ray Train: an embedded Ray starts ~2 s sooner without it
 
     def trial_resources(self) -> dict[str, float]:
         return {"CPU": self.train.cpus_per_worker, "GPU": 1.0 if self.train.use_gpu else 0.0}
@@ -148,18 +119,9 @@ class InProcessLauncher(Launcher):
     def reproduce(
         self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int
     ) -> list[dict]:
-        reporter = Collect(stop_after=iterations)  # in this process: no Ray needed
-        with contextlib.suppress(TrialStopped):
-            run_training(
-                hp,
-                seed,
-                plan,
-                reporter,
-                _scratch_checkpoints(scratch, trial_id, plan),
-                restore=False,
-                device=device_for(plan, 0),
-            )
-        return reporter.metrics
+        from orchestrator.execution.trial_process import reproduce_in_process  # late: it trains here (torch)
+
+        return reproduce_in_process(hp, seed, plan, trial_id, scratch, iterations)  # in this process: no Ray
 
 
 class DdpLauncher(Launcher):
@@ -169,6 +131,7 @@ class DdpLauncher(Launcher):
 
     trainable = staticmethod(run_ddp)
     reuse_actors = True
+    needs_dashboard = True
 
     def __init__(self, train):
         super().__init__(train)
@@ -239,48 +202,11 @@ class DdpLauncher(Launcher):
             "trial_id": trial_id,
             "iterations": iterations,
         }
+        from orchestrator.execution.trial_process import reproduce_worker  # late: the workers train (torch)
+
         with train_knows_its_cluster():
-            ddp_trainer(_reproduce_worker, config, plan, run_name=f"reproduce-{trial_id}").fit()
+            ddp_trainer(reproduce_worker, config, plan, run_name=f"reproduce-{trial_id}").fit()
         return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-
-
-def _scratch_checkpoints(scratch: str, trial_id: str, plan: TrialPlan) -> TrialCheckpoints:
-    """A reproduction's checkpoints: in a scratch folder, thrown away after."""
-    return TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode=plan.mode)
-
-
-class _FileReporter(Collect):
-    """Rank 0 of a DDP reproduction: each report also as a line of `path`, read back by the driver."""
-
-    def __init__(self, path: str, stop_after: int):
-        super().__init__(stop_after)
-        self.path = path
-
-    def report(self, metrics: dict) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps({k: v for k, v in metrics.items() if not k.endswith("checkpoint")}) + "\n")
-        super().report(metrics)
-
-
-def _reproduce_worker(config: dict) -> None:
-    ctx, plan = ray.train.get_context(), config["plan"]
-    rank = ctx.get_world_rank()
-    # every rank stops at the same report
-    stop = config["iterations"]
-    reporter = _FileReporter(config["out"], stop) if rank == 0 else Collect(stop)
-    with contextlib.suppress(TrialStopped):
-        run_training(
-            config["hp"],
-            config["seed"],
-            plan,
-            reporter,
-            _scratch_checkpoints(config["scratch"], config["trial_id"], plan),
-            restore=False,
-            rank=rank,
-            world=ctx.get_world_size(),
-            local_rank=ctx.get_local_rank(),
-            device=device_for(plan, ctx.get_local_rank()),
-        )
 
 
 def launcher_for(train) -> Launcher:

@@ -28,8 +28,12 @@ from orchestrator.execution.ray_compat import (
 )
 
 
-def start_ray(address: str | None = None, num_cpus: float | None = None, *, min_cpus: float = 1) -> bool:
-    """Join `address`, or start an embedded Ray. Returns True if this call started Ray (and should stop it)."""
+def start_ray(
+    address: str | None = None, num_cpus: float | None = None, *, min_cpus: float = 1, dashboard: bool = True
+) -> bool:
+    """Join `address`, or start an embedded Ray (with its dashboard unless `dashboard` is False: Ray Train needs
+    it, in-process trials do not, and it costs ~2 s to start). Returns True if this call started Ray (and
+    should stop it)."""
     if ray.is_initialized():
         connected = ray.get_runtime_context().gcs_address
         if address and address != "auto" and not address.startswith("ray://") and address != connected:
@@ -45,13 +49,13 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, *, min_
     if address:
         _join(address, worker_logging)
     else:
-        # address="local": never join a cluster a killed head left in ray_current_cluster. Keep the dashboard:
-        # without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
+        # address="local": never join a cluster a killed head left in ray_current_cluster. The dashboard for DDP
+        # jobs: without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
         cpus = num_cpus or max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
         ray.init(
             address="local",
             num_cpus=cpus,
-            include_dashboard=True,
+            include_dashboard=dashboard,
             logging_level=logging.WARNING,
             logging_config=worker_logging,
         )

@@ -56,7 +56,7 @@ from orchestrator.storage.spool import (
     run_spool_dir,
     writer_dirs,
 )
-from orchestrator.train.context import FinalTrialError
+from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
 
 
@@ -179,7 +179,12 @@ def execute(
             progress(f"storage: {warning}")
         if before_search:
             before_search(spec, inner, results_uri, progress)
-        session.start_ray(address, num_cpus, min_cpus=launcher.trial_cpus() * spec.search.max_concurrent)
+        session.start_ray(
+            address,
+            num_cpus,
+            min_cpus=launcher.trial_cpus() * spec.search.max_concurrent,
+            dashboard=launcher.needs_dashboard,
+        )
         # before anything is written
         check_resources(cpus=launcher.trial_cpus(), gpus=launcher.trial_gpus(), embedded=not address)
         launcher.check_cluster()

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from ray.train import LoggingConfig, RunConfig, ScalingConfig
 
 from orchestrator.execution.ray_compat import TRAIN_ENV
-from orchestrator.train.plan import TrialPlan
-from orchestrator.train.trial import fake_gpu
+from orchestrator.train.plan import TrialPlan, fake_gpu
 
 
 def ddp_trainer(

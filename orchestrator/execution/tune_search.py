@@ -14,10 +14,9 @@ from typing import Any
 
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.search.hyperopt import HyperOptSearch
 
 from orchestrator.execution.fast_forward import SearcherGenerator, VariantGenerator
-from orchestrator.execution.ray_compat import creation_counter, pin_hyperopt_suggestion
+from orchestrator.execution.ray_compat import creation_counter
 from orchestrator.results.layout import ITERATION_KEY, trial_id
 from orchestrator.search.algorithms import Algorithm, Grid, HyperOpt, QuasiRandom, Random
 from orchestrator.spec import JobSpec
@@ -60,34 +59,6 @@ class QuasiRandomSearcher(Searcher):
             self._next = json.load(fh)["next"]
 
 
-class PinnableHyperOpt(HyperOptSearch):
-    """HyperOptSearch whose i-th proposal (i = the trial's index) is replaced by `pinned[i]` where given.
-
-    At max_concurrent > 1, which trials had finished when TPE proposed trial i depends on timing, so a resumed
-    search may propose another config for a trial the dead run had started (past TPE's random start-up trials).
-    That trial must continue with the config its checkpoint was trained with, and TPE must learn its result at
-    that point, not at the one it proposed. The random state is consumed exactly as without pinning, so later
-    proposals follow the same stream."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pinned: dict[int, dict] = {}
-        self._proposed = 0
-
-    def suggest(self, trial_id: str):
-        config = super().suggest(trial_id)
-        index, self._proposed = self._proposed, self._proposed + 1
-        pinned = self.pinned.get(index)
-        if (
-            not isinstance(config, dict)
-            or pinned is None
-            or all(config.get(k) == v for k, v in pinned.items())
-        ):
-            return config
-        pin_hyperopt_suggestion(self, trial_id, pinned)
-        return {**config, **pinned}
-
-
 def _random(spec: JobSpec, algorithm: Random):
     # Configs are drawn in trial-creation order from one seeded generator: concurrency does not change them.
     gen = VariantGenerator(
@@ -111,6 +82,9 @@ def _quasirandom(spec: JobSpec, algorithm: QuasiRandom):
 
 
 def _hyperopt(spec: JobSpec, algorithm: HyperOpt):
+    # heavy: hyperopt and scipy.stats (0.6 s measured); only TPE searches load them
+    from orchestrator.execution.tpe import PinnableHyperOpt
+
     space = {name: dist.to_hyperopt(name) for name, dist in spec.search.space.items()}
     searcher = PinnableHyperOpt(
         space=space, metric=spec.search.metric, mode=spec.search.mode, random_state_seed=spec.seed

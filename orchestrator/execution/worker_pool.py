@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import gc
 import re
 import secrets
 import time
@@ -36,12 +35,11 @@ from typing import Any
 import ray
 
 from orchestrator.errors import describe_traceback_text
-from orchestrator.execution.ray_compat import contains_error, quiet_train_worker, train_knows_its_cluster
+from orchestrator.execution.ray_compat import contains_error, train_knows_its_cluster
 from orchestrator.execution.torch_trainer import ddp_trainer
 from orchestrator.results.layout import ITERATION_KEY
-from orchestrator.train.context import FinalTrialError, TrialStopped
+from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
-from orchestrator.train.trial import train_trial
 
 NAMESPACE = "hpo-pools"
 # a report's answers
@@ -287,6 +285,9 @@ class GroupHost:
     """Calls TorchTrainer.fit() for one slot's group (as a Tune trial calls it for a fresh group)."""
 
     def run(self, pool: str, slot_id: int, plan: TrialPlan, generation: int) -> tuple[bool, str] | None:
+        # late: the workers train (torch); the driver, which creates this actor, never imports it
+        from orchestrator.execution.trial_process import resident_worker
+
         trainer = ddp_trainer(
             resident_worker,
             {"pool": pool, "slot": slot_id, "plan": plan},
@@ -342,68 +343,6 @@ def group_failure_line(error: BaseException) -> str:
         how = f" ({exit_type.group(1)})" if exit_type else ""
         return f"the worker group failed: rank {rank}'s process died{how}"
     return f"the worker group failed: rank {rank} raised {describe_traceback_text(text)}"
-
-
-class PoolReporter:
-    """A resident worker's reporter: rank 0 relays each report and waits for Tune's answer; every rank learns
-    it (a broadcast), and all stop at the same report when it is STOP."""
-
-    def __init__(self, coordinator, token: str, attempt: int, rank: int, world: int, node_id: str):
-        self.coordinator, self.token, self.attempt = coordinator, token, attempt
-        self.rank, self.world, self.node_id = rank, world, node_id
-        self.stopped = False
-
-    def report(self, metrics: dict) -> None:
-        answer = [None]
-        if self.rank == 0:
-            row = {**metrics, "node_id": self.node_id, "attempt": self.attempt}
-            answer[0] = ray.get(self.coordinator.report.remote(self.token, row))
-        if self.world > 1:
-            import torch.distributed as dist  # heavy: only on a Train worker, which has it imported
-
-            dist.broadcast_object_list(answer, src=0)
-        if answer[0] == STOP:
-            self.stopped = True
-            raise TrialStopped(f"stopped by the scheduler at iteration {metrics.get(ITERATION_KEY)}")
-
-
-def resident_worker(config: dict) -> None:
-    """Each Ray Train worker of a slot: train the slot's trials one after another until told to leave."""
-    quiet_train_worker()
-    ctx = ray.train.get_context()
-    rank, world, local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
-    coordinator = ray.get_actor(config["pool"], namespace=NAMESPACE)
-    node_id = ray.get_runtime_context().get_node_id()
-    plan: TrialPlan = config["plan"]
-    while (work := ray.get(coordinator.next_work.remote(config["slot"], rank))) is not None:
-        reporter = PoolReporter(coordinator, work["token"], work["attempt"], rank, world, node_id)
-        try:
-            train_trial(
-                plan,
-                work["name"],
-                work["hp"],
-                work["seed"],
-                reporter,
-                attempt=work["attempt"],
-                rank=rank,
-                world=world,
-                local_rank=local_rank,
-            )
-        except TrialStopped:
-            pass  # every rank stopped at the same report; the group is whole
-        _tidy(plan)
-        if rank == 0:
-            ray.get(coordinator.finished.remote(config["slot"], work["token"], reporter.stopped))
-
-
-def _tidy(plan: TrialPlan) -> None:
-    """Between two trials in one process: drop the finished trial's objects (and its GPU memory)."""
-    gc.collect()
-    if plan.use_gpu:
-        import torch  # heavy: imported already by the trial
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 # -- the driver's handle ------------------------------------------------------------------------------------

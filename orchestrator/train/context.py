@@ -32,30 +32,16 @@ from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.results.schema import REPORTED_AT, scoreable
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.determinism import derive_seed, epoch_permutation, seed_everything
+from orchestrator.train.exceptions import FinalTrialError, TrainingError, TrialStopped
 
 CHECKPOINT_KEY = "checkpoint"  # where the user's dict sits in a stored checkpoint; the rest is hpo's
+__all__ = ["TrainContext", "TrainingError", "FinalTrialError", "TrialStopped", "CHECKPOINT_KEY", "Reporter"]
 
 
 class Reporter(Protocol):
-    """How reports reach Ray: tune.report in-process, ray.train.report under DDP, a list for reproduce."""
+    """How reports reach Ray: tune.report in-process, the worker pool's relay under DDP, a list for reproduce."""
 
     def report(self, metrics: dict) -> None: ...
-
-
-class TrainingError(RuntimeError):
-    """A training function broke the contract (a report missing a declared metric, never reporting, ...)."""
-
-
-class FinalTrialError(TrainingError):
-    """A failure a retry would only repeat: the training code raised before its first report, or broke the
-    report contract. The trial fails at once instead of being run again (a process, node or Ray failure is
-    still retried). The message is the exception and where it was raised; the trial's log has the rest."""
-
-
-class TrialStopped(BaseException):
-    """Raised by a report when the scheduler stopped the trial there (on every rank at the same report), so the
-    training function ends and its worker takes the next trial. A BaseException, like SystemExit: a training
-    loop's `except Exception` does not swallow it."""
 
 
 def rng_state() -> dict:

@@ -16,20 +16,12 @@ import random
 import numpy as np
 import torch
 
+from orchestrator.train.seeds import derive_seed, trial_seed
+
+__all__ = ["derive_seed", "trial_seed", "seed_everything", "configure_determinism", "epoch_permutation"]
+
 # cuBLAS needs a fixed workspace to pick deterministic kernels; it must be set before CUDA initialises.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
-
-
-def derive_seed(*keys: int) -> int:
-    """A 31-bit seed from integer keys (job seed, trial index, epoch, rank...), stable across platforms."""
-    return (
-        int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint32)[0]) & 0x7FFFFFFF
-    )
-
-
-def trial_seed(job_seed: int, index: int) -> int:
-    """The seed of the job's trial `index` (its creation order): the same spec gives every trial the same seed."""
-    return derive_seed(job_seed, index)
 
 
 def seed_everything(seed: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,3 +28,12 @@ class TrialPlan:
     precision: str = "fp32"  # bf16: autocast on GPUs (ctx.autocast())
     resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from
     pool: str = ""  # multi-worker trials: the run's pool of warm worker groups (execution/worker_pool.py)
+
+
+# Test-only: set on the fake GPU nodes of cluster/local-fake.yaml, whose "GPUs" are Ray resources without a
+# device. Trials that asked for a GPU then train on the CPU. Never set it on a real cluster.
+FAKE_GPU_ENV = "HPO_FAKE_GPU"
+
+
+def fake_gpu() -> bool:
+    return os.environ.get(FAKE_GPU_ENV) == "1"

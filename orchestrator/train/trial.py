@@ -4,8 +4,6 @@ trial's checkpoints on the run's store, and the call into the training loop.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from orchestrator.storage import open_store
@@ -13,15 +11,7 @@ from orchestrator.storage.spool import SpoolingStore, run_spool_dir
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.context import Reporter
 from orchestrator.train.loop import run_training
-from orchestrator.train.plan import TrialPlan
-
-# Test-only: set on the fake GPU nodes of cluster/local-fake.yaml, whose "GPUs" are Ray resources without a
-# device. Trials that asked for a GPU then train on the CPU. Never set it on a real cluster.
-FAKE_GPU_ENV = "HPO_FAKE_GPU"
-
-
-def fake_gpu() -> bool:
-    return os.environ.get(FAKE_GPU_ENV) == "1"
+from orchestrator.train.plan import TrialPlan, fake_gpu
 
 
 def device_for(plan: TrialPlan, local_rank: int) -> str:

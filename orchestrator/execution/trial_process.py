@@ -1,0 +1,180 @@
+"""What runs in a trial's own processes, and only there: the training side of a Tune trial (1 worker), of a warm
+worker group's workers (DDP) and of `hpo reproduce`. It imports train/ and so torch; the driver never imports
+it (execution/launcher.py's trainables and the worker pool's hosts load it where they run), so `hpo run` starts
+without torch and a DDP trial's Tune process, which only relays, never loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+from typing import Any
+
+import ray
+import ray.train
+from ray import tune
+
+from orchestrator.execution.launcher import trial_start
+from orchestrator.execution.ray_compat import quiet_train_worker
+from orchestrator.execution.worker_pool import NAMESPACE, STOP
+from orchestrator.results.layout import ITERATION_KEY
+from orchestrator.storage import LocalStore
+from orchestrator.train.checkpoints import TrialCheckpoints
+from orchestrator.train.context import TrialStopped
+from orchestrator.train.loop import run_training
+from orchestrator.train.plan import TrialPlan
+from orchestrator.train.trial import device_for, train_trial
+
+
+def _node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+class _TuneReporter:
+    """In the Tune trial's process: tune.report."""
+
+    def __init__(self, attempt: int):
+        self.attempt = attempt
+
+    def report(self, metrics: dict) -> None:
+        tune.report({**metrics, "node_id": _node_id(), "attempt": self.attempt})
+
+
+class Collect:
+    """A reporter that keeps what it is given (hpo reproduce). With `stop_after`, it stops the trial at that
+    report, as the scheduler stopped the trial being reproduced (its schedule still sees train.max_epochs)."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.metrics: list[dict] = []
+        self.stop_after = stop_after
+
+    def report(self, metrics: dict) -> None:
+        self.metrics.append(metrics)
+        if self.stop_after is not None and len(self.metrics) >= self.stop_after:
+            raise TrialStopped(f"reproduced the {self.stop_after} recorded iteration(s)")
+
+
+def train_in_process(config: dict[str, Any], plan: TrialPlan) -> None:
+    """A 1-worker trial, in its Tune trial's process. `config` holds the searched hyperparameters."""
+    name, hp, seed, attempt = trial_start(config, plan)
+    train_trial(plan, name, hp, seed, _TuneReporter(attempt), attempt=attempt)
+
+
+def reproduce_in_process(hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int):
+    """hpo reproduce of a 1-worker trial, in this process; returns each report's metrics."""
+    reporter = Collect(stop_after=iterations)
+    with contextlib.suppress(TrialStopped):
+        run_training(
+            hp,
+            seed,
+            plan,
+            reporter,
+            _scratch_checkpoints(scratch, trial_id, plan),
+            restore=False,
+            device=device_for(plan, 0),
+        )
+    return reporter.metrics
+
+
+def _scratch_checkpoints(scratch: str, trial_id: str, plan: TrialPlan) -> TrialCheckpoints:
+    """A reproduction's checkpoints: in a scratch folder, thrown away after."""
+    return TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode=plan.mode)
+
+
+class _FileReporter(Collect):
+    """Rank 0 of a DDP reproduction: each report also as a line of `path`, read back by the driver."""
+
+    def __init__(self, path: str, stop_after: int):
+        super().__init__(stop_after)
+        self.path = path
+
+    def report(self, metrics: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({k: v for k, v in metrics.items() if not k.endswith("checkpoint")}) + "\n")
+        super().report(metrics)
+
+
+def reproduce_worker(config: dict) -> None:
+    """Each Ray Train worker of a DDP reproduction."""
+    ctx, plan = ray.train.get_context(), config["plan"]
+    rank = ctx.get_world_rank()
+    # every rank stops at the same report
+    stop = config["iterations"]
+    reporter = _FileReporter(config["out"], stop) if rank == 0 else Collect(stop)
+    with contextlib.suppress(TrialStopped):
+        run_training(
+            config["hp"],
+            config["seed"],
+            plan,
+            reporter,
+            _scratch_checkpoints(config["scratch"], config["trial_id"], plan),
+            restore=False,
+            rank=rank,
+            world=ctx.get_world_size(),
+            local_rank=ctx.get_local_rank(),
+            device=device_for(plan, ctx.get_local_rank()),
+        )
+
+
+# -- the workers of a warm worker group (execution/worker_pool.py) ---------------------------------------------
+class PoolReporter:
+    """A resident worker's reporter: rank 0 relays each report and waits for Tune's answer; every rank learns
+    it (a broadcast), and all stop at the same report when it is STOP."""
+
+    def __init__(self, coordinator, token: str, attempt: int, rank: int, world: int, node_id: str):
+        self.coordinator, self.token, self.attempt = coordinator, token, attempt
+        self.rank, self.world, self.node_id = rank, world, node_id
+        self.stopped = False
+
+    def report(self, metrics: dict) -> None:
+        answer = [None]
+        if self.rank == 0:
+            row = {**metrics, "node_id": self.node_id, "attempt": self.attempt}
+            answer[0] = ray.get(self.coordinator.report.remote(self.token, row))
+        if self.world > 1:
+            import torch.distributed as dist  # heavy: only on a Train worker, which has it imported
+
+            dist.broadcast_object_list(answer, src=0)
+        if answer[0] == STOP:
+            self.stopped = True
+            raise TrialStopped(f"stopped by the scheduler at iteration {metrics.get(ITERATION_KEY)}")
+
+
+def resident_worker(config: dict) -> None:
+    """Each Ray Train worker of a slot: train the slot's trials one after another until told to leave."""
+    quiet_train_worker()
+    ctx = ray.train.get_context()
+    rank, world, local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+    coordinator = ray.get_actor(config["pool"], namespace=NAMESPACE)
+    node_id = ray.get_runtime_context().get_node_id()
+    plan: TrialPlan = config["plan"]
+    while (work := ray.get(coordinator.next_work.remote(config["slot"], rank))) is not None:
+        reporter = PoolReporter(coordinator, work["token"], work["attempt"], rank, world, node_id)
+        try:
+            train_trial(
+                plan,
+                work["name"],
+                work["hp"],
+                work["seed"],
+                reporter,
+                attempt=work["attempt"],
+                rank=rank,
+                world=world,
+                local_rank=local_rank,
+            )
+        except TrialStopped:
+            pass  # every rank stopped at the same report; the group is whole
+        _tidy(plan)
+        if rank == 0:
+            ray.get(coordinator.finished.remote(config["slot"], work["token"], reporter.stopped))
+
+
+def _tidy(plan: TrialPlan) -> None:
+    """Between two trials in one process: drop the finished trial's objects (and its GPU memory)."""
+    gc.collect()
+    if plan.use_gpu:
+        import torch  # heavy: imported already by the trial
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

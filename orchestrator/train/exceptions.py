@@ -1,0 +1,20 @@
+"""What training code raises to tell the run what happened, in a module of its own: the driver catches and tells
+these apart without importing torch (train/context.py, which raises them, needs it)."""
+
+from __future__ import annotations
+
+
+class TrainingError(RuntimeError):
+    """A training function broke the contract (a report missing a declared metric, never reporting, ...)."""
+
+
+class FinalTrialError(TrainingError):
+    """A failure a retry would only repeat: the training code raised before its first report, or broke the
+    report contract. The trial fails at once instead of being run again (a process, node or Ray failure is
+    still retried). The message is the exception and where it was raised; the trial's log has the rest."""
+
+
+class TrialStopped(BaseException):
+    """Raised by a report when the scheduler stopped the trial there (on every rank at the same report), so the
+    training function ends and its worker takes the next trial. A BaseException, like SystemExit: a training
+    loop's `except Exception` does not swallow it."""
