@@ -59,7 +59,8 @@ def test_results_show_prints_top_trials(readme_run, capsys):
     assert code == 0, err
     out = out.splitlines()
     assert out[0].startswith("4 trials, ranked by best val_accuracy (max)")
-    assert "trial_id" in out[1] and "width" in out[1] and len(out) == 4
+    assert "trial_id" in out[1] and "width" in out[1] and len(out) == 5
+    assert out[4].startswith("ledger: ") and "CPU-hours" in out[4] and "0 preemptions" in out[4], out[4]
     code, out, err = hpo(capsys, "results", "show", str(work / "nope"))
     assert code == 2 and "Traceback" not in err and "no trials.parquet" in err
 

@@ -257,3 +257,78 @@ def test_ray_train_is_told_its_clusters_address(ray_cluster, monkeypatch):
         assert propagated["RAY_ADDRESS"] == ray.get_runtime_context().gcs_address == os.environ["RAY_ADDRESS"]
     assert os.environ["RAY_ADDRESS"] == "http://elsewhere:8265"
     assert "RAY_ADDRESS" not in constants.ENV_VARS_TO_PROPAGATE
+
+
+def test_lost_nodes_are_told_from_failures_and_not_counted():
+    """ray_compat.lost_node_error on what Ray 2.60 raises for an actor on a lost node, ray_compat.preempted_error,
+    ray_compat.NODE_DEATH_TEXTS, and ray_compat.lost_nodes_not_counted / ray_compat.was_lost_node on a stub trial."""
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext, NodeDeathInfo
+    from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    drained = ActorDiedErrorContext(
+        actor_id=b"\x01" * 16,
+        error_message="The actor died because its node has died. Node Id: ab12",
+        node_death_info=NodeDeathInfo(reason=NodeDeathInfo.AUTOSCALER_DRAIN_PREEMPTED),
+    )
+    assert ActorDiedError(drained).preempted and ray_compat.lost_node_error(ActorDiedError(drained))
+    killed = ActorDiedErrorContext(
+        actor_id=b"\x02" * 16,
+        error_message=f"{ray_compat.NODE_DEATH_TEXTS[0]}. Node Id: cd34",
+        node_death_info=NodeDeathInfo(reason=NodeDeathInfo.UNEXPECTED_TERMINATION),
+    )
+    assert not ActorDiedError(killed).preempted  # Ray itself does not call a SIGKILLed node preempted
+    assert ray_compat.lost_node_error(WorkerGroupError("rank 1 died", {1: ActorDiedError(killed)}))
+    oom = ActorDiedErrorContext(
+        actor_id=b"\x03" * 16, error_message="The actor's worker process was killed (OOM)"
+    )
+    assert not ray_compat.lost_node_error(ActorDiedError(oom))
+    assert not ray_compat.lost_node_error(RayTaskError("trainable", "Traceback ...", ValueError("v")))
+    assert ray_compat.lost_node_error(
+        RayTaskError("trainable", "Traceback ...", ray_compat.preempted_error("x"))
+    )
+
+    trial = _trial("trial_0002", "2")
+    trial.max_failures = 0  # no retry allowed: a lost node must still be retried
+    trial.storage = types.SimpleNamespace(trial_driver_staging_path=None)
+    handle_error = Trial.handle_error
+    with ray_compat.lost_nodes_not_counted(lambda t, e: ray_compat.contains_error(e, ConnectionError)):
+        trial.handle_error(RayTaskError("trainable", "Traceback ...", ConnectionError("its node went away")))
+        assert (
+            ray_compat.was_lost_node(trial)
+            and trial.run_metadata.num_failures == 0
+            and trial.should_recover()
+        )
+        trial.handle_error(RayTaskError("trainable", "Traceback ...", ValueError("a bug")))
+        assert not ray_compat.was_lost_node(trial) and not trial.should_recover()
+    assert Trial.handle_error is handle_error
+    # Tune's own rule: a preempted RayActorError, as a multi-worker trial raises it, is not counted either
+    fresh = _trial("trial_0003", "3")
+    fresh.storage = types.SimpleNamespace(trial_driver_staging_path=None)
+    fresh.handle_error(RayTaskError("trainable", "Traceback ...", ray_compat.preempted_error("lost")))
+    assert fresh.run_metadata.num_failures == 0
+
+
+def test_accelerator_resource_is_what_ray_train_asks_for():
+    from ray.train import ScalingConfig
+
+    asked = ScalingConfig(num_workers=1, use_gpu=True, accelerator_type="A100")._resources_per_worker_not_none
+    assert asked[ray_compat.accelerator_resource("A100")] == ray_compat.ACCELERATOR_SLIVER
+
+
+@pytest.mark.slow
+def test_the_clusters_nodes_and_their_types_are_read(ray_cluster):
+    """ray_compat.live_nodes, ray_compat.LOCAL_NODE_TYPE, ray_compat.NODE_GROUP_LABEL, ray_compat.node_gone,
+    ray_compat.node_draining and ray_compat.autoscaler_node_types on the session's embedded Ray (the fake
+    provider's node types are read in test_autoscaling.py)."""
+    nodes = ray_compat.live_nodes()
+    assert (
+        len(nodes) == 1
+        and nodes[0]["resources"]["CPU"] == 4
+        and nodes[0]["type"] == ray_compat.LOCAL_NODE_TYPE
+    )
+    assert ray_compat.NODE_GROUP_LABEL == "ray.io/node-group"
+    here = nodes[0]["id"]
+    assert not ray_compat.node_draining(here) and not ray_compat.node_gone(here)
+    assert ray_compat.node_gone("ff" * 28)  # no such node
+    assert ray_compat.autoscaler_node_types() == ([], False)  # an embedded Ray has no autoscaler

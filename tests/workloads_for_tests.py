@@ -323,3 +323,24 @@ def batchnorm_mlp() -> Workload:
     """A correct model whose zeroed-input baseline is degenerate: on all-zero batches the batch norms see no
     variance, and in eval mode what their running statistics lag by is divided by sqrt(eps)."""
     return dataclasses.replace(digits_mlp(), name="batchnorm-mlp", build_model=_batchnorm_mlp)
+
+
+def _paced_train(ctx) -> None:
+    """A trial of known length without compute to wait on: each epoch takes pace_s of wall time (a stand-in for
+    training on hardware this machine lacks, so a budget test knows what each trial costs). It checkpoints every
+    epoch and continues from a checkpoint, as a real loop does."""
+    import time
+
+    start = 0
+    if (state := ctx.get_checkpoint()) is not None:
+        start = state["epoch"] + 1
+    for epoch in range(start, ctx.max_epochs):
+        time.sleep(ctx.config["pace_s"])
+        loss = (ctx.config["x"] - 0.3) ** 2 + 1.0 / (epoch + 1)
+        ctx.report({"loss": loss}, checkpoint={"epoch": epoch})
+
+
+def paced() -> Workload:
+    return Workload(
+        name="paced", train=_paced_train, metrics={"loss": "min"}, hyperparameters={"x": 0.5, "pace_s": 1.0}
+    )

@@ -120,6 +120,13 @@ def _print_summary(summary) -> None:
             f"({summary.mode})"
         )
         print(f"      {config}")
+    ledger = summary.ledger or {}
+    if ledger:
+        cost = f", cost {ledger['cost']:.4g}" if ledger.get("cost") is not None else ""
+        print(
+            f"spent: {ledger['cpu_hours']:.4g} CPU-hours, {ledger['gpu_hours']:.4g} GPU-hours{cost}"
+            + (f"  (budget exhausted: {summary.budget_exhausted})" if summary.budget_exhausted else "")
+        )
     print(f"results: {summary.results_uri}  (hpo results show {summary.results_uri})")
 
 

@@ -29,7 +29,35 @@ def show(args) -> int:
     columns += [c for c in trials.column_names if c.startswith(CONFIG_PREFIX)]
     print(f"{len(rows)} trials, ranked by best {metric} ({mode}); top {len(shown)}:")
     print_table(columns, [{c: r.get(c) for c in columns} for r in shown])
+    if line := ledger_line(rows):
+        print(line)
     return 0
+
+
+def ledger_line(rows: list[dict]) -> str:
+    """The job's totals from its trial records (their ledger columns): held hours, retries, preemptions, cost."""
+    if not rows or "wall_s" not in rows[0]:
+        return ""  # a run stored before the ledger existed
+    total = {
+        k: sum(r.get(k) or 0 for r in rows) for k in ("wall_s", "cpu_s", "gpu_s", "retries", "preemptions")
+    }
+    costs = [r["cost"] for r in rows if r.get("cost") is not None]
+    by_type: dict[str, float] = {}
+    for r in rows:
+        if r.get("cost") is not None:
+            by_type[r.get("node_type") or "local"] = (
+                by_type.get(r.get("node_type") or "local", 0.0) + r["cost"]
+            )
+    cost = ""
+    if costs:
+        cost = (
+            f"; cost {sum(costs):.4g} (" + ", ".join(f"{k} {v:.4g}" for k, v in sorted(by_type.items())) + ")"
+        )
+    return (
+        f"ledger: {total['wall_s'] / 3600:.4g} trial-hours, {total['cpu_s'] / 3600:.4g} CPU-hours, "
+        f"{total['gpu_s'] / 3600:.4g} GPU-hours; {total['retries']} retries, {total['preemptions']} "
+        f"preemptions{cost}"
+    )
 
 
 def pull(args) -> int:

@@ -33,3 +33,21 @@ def forget(results_uri: str, trials: list[str]) -> None:
     """Drop a finished run's keys (a long-lived cluster should not collect them)."""
     for trial in trials:
         kv_del(_key(results_uri, trial), namespace=_NAMESPACE)
+
+
+# The budget (execution/ledger.py): once it is spent the driver says so here, and a trial Tune had already created
+# but not yet started ends at its start instead of training.
+_BUDGET_NAMESPACE = "hpo-budget"
+BUDGET_SPENT = "the job's budget was spent before this trial started"
+
+
+def close_budget(results_uri: str) -> None:
+    kv_put(results_uri.encode(), b"spent", namespace=_BUDGET_NAMESPACE)
+
+
+def budget_closed(results_uri: str) -> bool:
+    return kv_ready() and kv_get(results_uri.encode(), namespace=_BUDGET_NAMESPACE) is not None
+
+
+def forget_budget(results_uri: str) -> None:
+    kv_del(results_uri.encode(), namespace=_BUDGET_NAMESPACE)

@@ -63,12 +63,12 @@ class DriverSession:
         address: str | None = None,
         num_cpus: float | None = None,
         *,
-        min_cpus: float = 1,
+        extra_cpus: int = 0,
         dashboard: bool = True,
     ) -> None:
         """Join `address` or start an embedded Ray, unless this process is connected already."""
         self.started_ray = (
-            start_ray(address, num_cpus, min_cpus=min_cpus, dashboard=dashboard) or self.started_ray
+            start_ray(address, num_cpus, extra_cpus=extra_cpus, dashboard=dashboard) or self.started_ray
         )
 
     @contextlib.contextmanager

@@ -15,7 +15,7 @@ states it (`Distribution.canonical`: a quantized float 0.30000000000000004 is 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +39,13 @@ class _Trials:
 
     finished: FinishedTrials | None = None
     space: Mapping[str, Distribution] = {}
+    closed: Callable[[], bool] | None = (
+        None  # the budget: once it says so, no new trial (and the search is over)
+    )
 
     def next_trial(self):
+        if self.closed is not None and self.closed():
+            return None
         while (trial := super().next_trial()) is not None:
             for name, dist in self.space.items():
                 if name in trial.config:
@@ -58,10 +63,14 @@ class _Trials:
             self.on_trial_result(trial.trial_id, result)
         self.on_trial_complete(trial.trial_id, result=results[-1])  # frees its concurrency slot too
 
+    def is_finished(self) -> bool:
+        return super().is_finished() or (self.closed is not None and self.closed())
+
     def get_state(self):
         state = super().get_state()
         if isinstance(state, dict):  # BasicVariantGenerator saves its __dict__: keep the resume's data out
             state.pop("finished", None)
+            state.pop("closed", None)
         return state
 
 

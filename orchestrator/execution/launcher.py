@@ -20,12 +20,17 @@ import ray
 from ray import tune
 
 from orchestrator.errors import RunError
-from orchestrator.execution.attempts import current_attempt
-from orchestrator.execution.ray_compat import train_knows_its_cluster
+from orchestrator.execution.attempts import BUDGET_SPENT, budget_closed, current_attempt
+from orchestrator.execution.ray_compat import (
+    ACCELERATOR_SLIVER,
+    accelerator_resource,
+    train_knows_its_cluster,
+)
 from orchestrator.execution.ray_env import has_dashboard, release_train_leftovers
 from orchestrator.execution.torch_trainer import ddp_trainer
 from orchestrator.execution.worker_pool import relay, start_pool
 from orchestrator.results.layout import TRAIN_DIR, trial_index
+from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
 from orchestrator.train.seeds import trial_seed
 
@@ -36,6 +41,8 @@ def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int
     """In a Tune trial: (name, hyperparameters, seed, attempt). attempt > 0 is a retry, which continues from
     the trial's last checkpoint."""
     name = tune.get_context().get_trial_name()
+    if budget_closed(plan.results_uri):
+        raise FinalTrialError(BUDGET_SPENT)
     return (
         name,
         {**plan.fixed, **config},
@@ -66,6 +73,12 @@ class Launcher:
     trainable: Callable[[dict, TrialPlan], None]
     reuse_actors: bool
     needs_dashboard: bool  # of an embedded Ray: Ray Train's placement-group cleaner needs it
+    extra_cpus: int = (
+        0  # an embedded Ray's logical CPUs beyond the cores, for slivers (ray_env.embedded_cpus)
+    )
+    driver_cpus: float = (
+        0.0  # of a trial, held besides its workers' (its Tune process, if that does not train)
+    )
 
     def __init__(self, train):
         self.train = train
@@ -74,12 +87,22 @@ class Launcher:
         """What a trial asks Tune for."""
         raise NotImplementedError
 
+    def worker_bundle(self) -> dict[str, float]:
+        """What each worker of a trial needs on one node: its CPUs, its GPU, the custom resources and the
+        accelerator type (as Ray Train asks for it: a sliver of the node's accelerator_type resource)."""
+        bundle = {"CPU": self.train.cpus_per_worker, **self.train.resources_per_worker}
+        if self.train.use_gpu:
+            bundle.setdefault("GPU", 1.0)
+        if self.train.accelerator_type:
+            bundle[accelerator_resource(self.train.accelerator_type)] = ACCELERATOR_SLIVER
+        return bundle
+
     def trial_cpus(self) -> float:
         """Logical CPUs one trial occupies in all (to size an embedded Ray)."""
         raise NotImplementedError
 
     def trial_gpus(self) -> float:
-        return self.train.workers if self.train.use_gpu else 0.0
+        return self.train.workers * self.worker_bundle().get("GPU", 0.0)
 
     def check_cluster(self) -> None:
         """Refuse, before anything is written, what would hang on this Ray."""
@@ -111,7 +134,7 @@ class InProcessLauncher(Launcher):
     needs_dashboard = False  # no Ray Train: an embedded Ray starts ~2 s sooner without it
 
     def trial_resources(self) -> dict[str, float]:
-        return {"CPU": self.train.cpus_per_worker, "GPU": 1.0 if self.train.use_gpu else 0.0}
+        return {"GPU": 0.0, **self.worker_bundle()}
 
     def trial_cpus(self) -> float:
         return self.train.cpus_per_worker
@@ -132,6 +155,10 @@ class DdpLauncher(Launcher):
     trainable = staticmethod(run_ddp)
     reuse_actors = True
     needs_dashboard = True
+    extra_cpus = (
+        1  # the relaying Tune trials' slivers and Ray Train's controllers (2 workers x 1 CPU on 2 cores)
+    )
+    driver_cpus = DRIVER_CPU
 
     def __init__(self, train):
         super().__init__(train)
@@ -190,7 +217,7 @@ class DdpLauncher(Launcher):
     def reproduce(
         self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int
     ) -> list[dict]:
-        session.start_ray(min_cpus=self.trial_cpus() + 1)  # this machine's Ray (embedded unless one runs)
+        session.start_ray(extra_cpus=self.extra_cpus)  # this machine's Ray (embedded unless one runs)
         out = Path(scratch) / "metrics.jsonl"
         plan = dataclasses.replace(plan, train_storage=str(Path(scratch) / TRAIN_DIR))
         config = {

@@ -74,5 +74,9 @@ class Progress:
         start = "from its last checkpoint" if from_checkpoint else "from the start (it has no checkpoint yet)"
         self.line(f"{name} failed, retry {retry} of {self.max_retries} {start}: {why}")
 
+    def trial_preempted(self, name: str, times: int, why: str, *, from_checkpoint: bool) -> None:
+        start = "from its last checkpoint" if from_checkpoint else "from the start (it has no checkpoint yet)"
+        self.line(f"{name} lost its node (preemption {times}; not counted as a retry), rerun {start}: {why}")
+
     def trial_failed(self, name: str, why: str, done: int) -> None:
         self.line(f"{name} FAILED: {why}  [{done}/{self.num_trials} trials done]")

@@ -17,6 +17,7 @@ from ray.util.placement_group import remove_placement_group
 from ray.util.state import list_actors, list_workers
 
 from orchestrator.errors import RunError
+from orchestrator.execution.capacity import check_fit, cluster_offer
 from orchestrator.execution.ray_compat import (
     TRAIN_CONTROLLER_CLASS,
     dashboard_url,
@@ -28,12 +29,19 @@ from orchestrator.execution.ray_compat import (
 )
 
 
+def embedded_cpus(extra_cpus: int = 0) -> int:
+    """Logical CPUs of an embedded Ray: this machine's cores, plus `extra_cpus` for what holds a sliver of a CPU
+    without computing (a DDP trial's Tune process and Ray Train's controllers). Never what a spec asks for:
+    64 logical CPUs on 2 cores would run every worker's 64 torch threads on 2 cores."""
+    return (os.cpu_count() or 1) + extra_cpus
+
+
 def start_ray(
-    address: str | None = None, num_cpus: float | None = None, *, min_cpus: float = 1, dashboard: bool = True
+    address: str | None = None, num_cpus: float | None = None, *, extra_cpus: int = 0, dashboard: bool = True
 ) -> bool:
-    """Join `address`, or start an embedded Ray (with its dashboard unless `dashboard` is False: Ray Train needs
-    it, in-process trials do not, and it costs ~2 s to start). Returns True if this call started Ray (and
-    should stop it)."""
+    """Join `address`, or start an embedded Ray with `num_cpus` logical CPUs (default: embedded_cpus) and its
+    dashboard unless `dashboard` is False (Ray Train needs it, in-process trials do not, and it costs ~2 s to
+    start). Returns True if this call started Ray (and should stop it)."""
     if ray.is_initialized():
         connected = ray.get_runtime_context().gcs_address
         if address and address != "auto" and not address.startswith("ray://") and address != connected:
@@ -51,7 +59,7 @@ def start_ray(
     else:
         # address="local": never join a cluster a killed head left in ray_current_cluster. The dashboard for DDP
         # jobs: without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
-        cpus = num_cpus or max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
+        cpus = num_cpus or embedded_cpus(extra_cpus)
         ray.init(
             address="local",
             num_cpus=cpus,
@@ -128,22 +136,16 @@ def _stderr_kept_on_success():
         sys.stderr.write(held.read().decode(errors="replace"))
 
 
-def check_resources(*, cpus: float, gpus: float, embedded: bool) -> None:
-    """Refuse a job whose trials (each `cpus` and `gpus`) can never be placed on an embedded Ray (Tune would
-    wait forever)."""
-    if not embedded:
-        return  # a real cluster may autoscale to fit
-    have = ray.cluster_resources()
-    if gpus > have.get("GPU", 0):
-        raise RunError(
-            f"train.use_gpu is true with {gpus:g} worker(s), but this machine's Ray has "
-            f"{int(have.get('GPU', 0))} GPU(s); set use_gpu: false or run on GPU nodes (--address)"
+def check_resources(bundle: dict, workers: int, driver_cpus: float, *, embedded: bool, progress) -> int:
+    """Refuse, before anything is written, a job whose trials no live node and no node type of the cluster's
+    autoscaler can ever hold (Tune would keep them PENDING forever, an autoscaler would keep trying); returns
+    how many trials fit at once (0: unknown)."""
+    offer = cluster_offer(embedded=embedded, note="this machine's Ray" if embedded else "")
+    if offer.unknown_types:
+        progress(
+            "resources: the cluster's autoscaler node types could not be read; not checked before the search"
         )
-    if cpus > have.get("CPU", 0) + 1e-9:
-        raise RunError(
-            f"one trial needs {cpus:g} CPUs (train.workers x train.cpus_per_worker) but Ray has "
-            f"{have.get('CPU', 0):g}; lower them or raise --num-cpus"
-        )
+    return check_fit(bundle, workers, driver_cpus, offer)
 
 
 def has_dashboard(wait_s: float = 15.0) -> bool:

@@ -35,6 +35,7 @@ class TrialRecorder:
         max_epochs: int,
         min_interval_s: float = 0.25,
         cost_factor: float = 10.0,
+        ledger=None,
     ):
         self.writer, self.schema, self.fixed, self.max_epochs = writer, schema, dict(fixed), max_epochs
         self.min_interval_s, self.cost_factor = min_interval_s, cost_factor
@@ -43,6 +44,8 @@ class TrialRecorder:
         self.checkpoints: dict[str, tuple] = {}  # trial -> (latest, best) checkpoint URIs
         self.nodes: dict[str, str] = {}  # trial -> Ray node id that reported its results
         self.retries: dict[str, int] = {}  # trial -> retries so far
+        self.preemptions: dict[str, int] = {}  # trial -> lost nodes so far (retried, not counted as retries)
+        self.ledger = ledger  # execution/ledger.py's: what each trial held; None: no ledger columns
         self._written, self._cost = float("-inf"), 0.0
         self._changed: set[str] = set()  # records changed since trials.parquet was last written
         self._ended = False  # one of them is a trial's end: flush the rows first
@@ -64,6 +67,7 @@ class TrialRecorder:
         for record in records:
             self._set(record["trial_id"], record)
             self.retries[record["trial_id"]] = record.get("retries") or 0
+            self.preemptions[record["trial_id"]] = record.get("preemptions") or 0
             if record.get("node_id"):
                 self.nodes[record["trial_id"]] = record["node_id"]
             if record.get("checkpoint"):
@@ -77,6 +81,8 @@ class TrialRecorder:
         """The row of a reported result, or None for a repeat (a restored trial re-reports its epochs)."""
         if result.get("node_id"):
             self.nodes[name] = result["node_id"]
+            if self.ledger is not None:
+                self.ledger.ran_on(name, result["node_id"])
         # Links even from a repeat: a trial killed after its last checkpoint but before its record was
         # rewritten re-reports that epoch on resume, and the link is known only from that report.
         if result.get("checkpoint"):
@@ -109,6 +115,8 @@ class TrialRecorder:
             error,
             self.nodes.get(name),
             self.retries.get(name, 0),
+            self.preemptions.get(name, 0),
+            self.ledger.entry(name) if self.ledger is not None else None,
         )
         self._set(name, record)
         self._ended = self._ended or status != "running"
@@ -152,9 +160,11 @@ class TrialRecorder:
         for call in announce:
             call()
 
-    def retried(self, name: str) -> int:
-        self.retries[name] = self.retries.get(name, 0) + 1
-        return self.retries[name]
+    def retried(self, name: str, *, preempted: bool = False) -> int:
+        """Count a failure Tune retries (a lost node apart); returns the trial's attempts so far."""
+        counts = self.preemptions if preempted else self.retries
+        counts[name] = counts.get(name, 0) + 1
+        return self.retries.get(name, 0) + self.preemptions.get(name, 0)
 
     def done(self) -> int:
         return self._done

@@ -28,11 +28,18 @@ from typing import Any
 from ray import tune
 
 from orchestrator.errors import RunError
+from orchestrator.execution.capacity import check_prices
 from orchestrator.execution.driver import DriverSession
 from orchestrator.execution.launcher import Launcher, launcher_for
-from orchestrator.execution.ray_compat import lean_experiment_state, no_retry_on, trial_name
+from orchestrator.execution.ledger import Ledger
+from orchestrator.execution.ray_compat import (
+    lean_experiment_state,
+    lost_nodes_not_counted,
+    no_retry_on,
+    trial_name,
+)
 from orchestrator.execution.ray_env import check_address, check_resources
-from orchestrator.execution.tracking import RunTracker
+from orchestrator.execution.tracking import BudgetStopper, RunTracker
 from orchestrator.execution.tune_search import TrialNamer, build_scheduler, build_search
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import (
@@ -108,6 +115,8 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
         storage_options=spec.storage_options.s3(),
         train_storage=join_uri(staging, TRAIN_DIR),
         precision=train.precision,
+        resources_per_worker=dict(train.resources_per_worker),
+        accelerator_type=train.accelerator_type,
     )
     return Plan(
         spec,
@@ -180,14 +189,23 @@ def execute(
         if before_search:
             before_search(spec, inner, results_uri, progress)
         session.start_ray(
-            address,
-            num_cpus,
-            min_cpus=launcher.trial_cpus() * spec.search.max_concurrent,
-            dashboard=launcher.needs_dashboard,
+            address, num_cpus, extra_cpus=launcher.extra_cpus, dashboard=launcher.needs_dashboard
         )
         # before anything is written
-        check_resources(cpus=launcher.trial_cpus(), gpus=launcher.trial_gpus(), embedded=not address)
+        at_once = check_resources(
+            launcher.worker_bundle(),
+            spec.train.workers,
+            launcher.driver_cpus,
+            embedded=not address,
+            progress=progress,
+        )
+        if 0 < at_once < spec.search.max_concurrent:
+            progress(
+                f"resources: {at_once} of search.max_concurrent {spec.search.max_concurrent} trials fit at once "
+                f"on {'this machine' if not address else 'the cluster'}; the others wait their turn"
+            )
         launcher.check_cluster()
+        check_prices(spec.budget, embedded=not address)
         the_plan.trial_plan = launcher.before_job(
             the_plan.trial_plan, max_concurrent=spec.search.max_concurrent, run_id=run_id_of(results_uri)
         )
@@ -208,6 +226,13 @@ def execute(
             max_retries=spec.train.max_retries,
             trial_timeout_s=spec.train.trial_timeout_s,
             on_trial_end=launcher.trial_ended,
+            ledger=Ledger(
+                cpus=launcher.trial_cpus(),
+                gpus=launcher.trial_gpus(),
+                limits=spec.budget.limits(),
+                prices=spec.budget.prices,
+            ),
+            stop_running=spec.budget.stop_running,
         )
         if continue_run:
             the_plan = continue_run(the_plan, writer, tracker, progress)
@@ -218,6 +243,7 @@ def execute(
                 contextlib.redirect_stdout(sys.stderr),
                 session.private_cwd(),
                 no_retry_on(FinalTrialError),
+                lost_nodes_not_counted(tracker.is_lost_node),
                 lean_experiment_state(),
             ):
                 _tuner(the_plan, tracker).fit()
@@ -226,14 +252,26 @@ def execute(
             writer.finish()
             errors = [r["status"] == "error" for r in tracker.records.values()]
             failed = errors and (all(errors) or (spec.train.fail_fast and any(errors)))
+            ledger = tracker.ledger
+            status = "failed" if failed else "budget_exhausted" if ledger.exhausted else "finished"
             _write_run_file(
                 store,
                 the_plan,
-                "failed" if failed else "finished",
+                status,
                 rows=writer.rows_written,
                 trials=len(tracker.records),
+                ledger=ledger.totals(),
+                **(
+                    {"budget": {**spec.budget.limits(), "exhausted": ledger.exhausted}}
+                    if ledger.limits
+                    else {}
+                ),
                 **launched,
             )
+            if ledger.unpriced:
+                progress(
+                    f"budget: node type(s) {', '.join(sorted(ledger.unpriced))} have no price: counted as 0"
+                )
             try:
                 pending = _finish_uploads(store, the_plan, progress)
             finally:
@@ -246,6 +284,9 @@ def execute(
         wall_time_s=time.monotonic() - began,
     )
     summary.upload_pending = pending
+    summary.status = status
+    summary.ledger = tracker.ledger.totals()
+    summary.budget_exhausted = tracker.ledger.exhausted
     summary.spool_dir = str(run_spool_dir(results_uri)) if pending else None
     return summary
 
@@ -293,8 +334,10 @@ def _tuner(the_plan: Plan, tracker: RunTracker) -> tune.Tuner:
         trial_dirname_creator=trial_name,
     )
     failures = tune.FailureConfig(max_failures=spec.train.max_retries, fail_fast=spec.train.fail_fast)
+    the_plan.search_alg.closed = lambda: tracker.ledger is not None and tracker.ledger.exhausted is not None
     run_config = tune.RunConfig(
         name=TUNE_DIR,
+        stop=BudgetStopper(tracker) if spec.budget.stop_running else None,
         storage_path=str(Path(the_plan.staging).resolve()),
         failure_config=failures,
         callbacks=[tracker],

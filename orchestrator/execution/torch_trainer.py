@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ray.train import LoggingConfig, RunConfig, ScalingConfig
+from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
 from orchestrator.execution.ray_compat import TRAIN_ENV
 from orchestrator.train.plan import TrialPlan, fake_gpu
@@ -26,13 +26,20 @@ def ddp_trainer(
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu and not fake_gpu() else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}
+            num_workers=plan.workers,
+            use_gpu=plan.use_gpu,
+            resources_per_worker={"CPU": plan.cpus_per_worker, **plan.resources_per_worker},
+            accelerator_type=plan.accelerator_type,
         ),
         # Train logs every report at INFO
         run_config=RunConfig(
             name=run_name,
             storage_path=plan.train_storage,
             callbacks=list(callbacks),
+            # every failure, a preemption too, ends fit(): the group's trial is retried by Tune from its checkpoint
+            # (a preemption without counting it), and the pool starts a fresh group; retried inside fit(), the
+            # resident worker would come back without the trial it was training
+            failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )

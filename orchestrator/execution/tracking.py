@@ -6,12 +6,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ray.exceptions import RayActorError
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from orchestrator.errors import describe_traceback_text
-from orchestrator.execution.attempts import forget, record_retry
+from orchestrator.execution.attempts import BUDGET_SPENT, close_budget, forget, forget_budget, record_retry
+from orchestrator.execution.ledger import Ledger
 from orchestrator.execution.progress import BestRow, Progress
-from orchestrator.execution.ray_compat import forget_trial_metrics, trial_error_file, trial_name
+from orchestrator.execution.ray_compat import (
+    contains_error,
+    forget_trial_metrics,
+    lost_node_error,
+    node_gone,
+    trial_error_file,
+    trial_name,
+    was_lost_node,
+)
 from orchestrator.execution.recorder import TrialRecorder
 from orchestrator.execution.watchdog import Watchdog
 from orchestrator.results import ResultsSchema, ResultsWriter
@@ -32,10 +43,14 @@ class RunTracker(Callback):
         max_retries: int = 0,
         trial_timeout_s: float = float("inf"),
         on_trial_end: Callable[..., None] = lambda name, *, failed: None,
+        ledger: Ledger | None = None,
+        stop_running: bool = False,
     ):
+        self.stop_running = stop_running  # budget.stop_running: a spent budget stops running trials too
         self.results_uri = results_uri
         self.on_trial_end = on_trial_end  # the launcher's: a pool of worker groups frees the trial's group
-        self.recorder = TrialRecorder(writer, schema, fixed=fixed, max_epochs=max_epochs)
+        self.ledger = ledger
+        self.recorder = TrialRecorder(writer, schema, fixed=fixed, max_epochs=max_epochs, ledger=ledger)
         self.best = BestRow(schema)
         self.progress = Progress(
             progress, schema, max_epochs=max_epochs, num_trials=num_trials, max_retries=max_retries
@@ -49,6 +64,8 @@ class RunTracker(Callback):
     def preload(self, rows: list[dict], records: list[dict]) -> None:
         """`hpo resume`: what the killed run already stored, so it is kept and never written twice."""
         self.recorder.preload(rows, records)
+        if self.ledger is not None:
+            self.ledger.preload(records)
         for row in rows:
             self.best.consider(row)
 
@@ -56,11 +73,14 @@ class RunTracker(Callback):
     def on_step_begin(self, iteration, trials, **info):
         for name, why in self.watchdog.check():
             self.progress.line(f"{name} {why}")
+        self._check_budget()
         self.recorder.sync()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         name = trial_name(trial)
         self.watchdog.started(name, trial)
+        if self.ledger is not None:
+            self.ledger.started(name)
         self.recorder.record(name, trial.config, "running")
         self.progress.trial_started(name, trial.config)
 
@@ -77,6 +97,7 @@ class RunTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         name = trial_name(trial)
         self.watchdog.ended(name)
+        self._ledger_ended(name)
         best = self.best.row  # as it is now, printed once the record is stored
         self.recorder.record(
             name,
@@ -91,17 +112,32 @@ class RunTracker(Callback):
         """A failed trial Tune will run again: tell its next attempt to continue from its last checkpoint."""
         name = trial_name(trial)
         self.on_trial_end(name, failed=True)
-        retry = self.recorder.retried(name)
-        record_retry(self.results_uri, name, retry)
+        self._ledger_ended(name)
+        lost = was_lost_node(trial)
+        attempt = self.recorder.retried(name, preempted=lost)
+        record_retry(self.results_uri, name, attempt)
         self.recorder.record(name, trial.config, "running")
         from_checkpoint = name in self.recorder.checkpoints
-        self.progress.trial_retried(name, retry, self._why(name, trial), from_checkpoint=from_checkpoint)
+        why = self._why(name, trial)
+        if lost:
+            self.progress.trial_preempted(
+                name, self.recorder.preemptions[name], why, from_checkpoint=from_checkpoint
+            )
+        else:
+            self.progress.trial_retried(
+                name, self.recorder.retries[name], why, from_checkpoint=from_checkpoint
+            )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial_name(trial)
         error = self._why(name, trial)
         self.watchdog.ended(name)
+        self._ledger_ended(name)
         self.on_trial_end(name, failed=True)
+        if BUDGET_SPENT in error:  # created before the budget was spent, ended at its start
+            self.recorder.record(name, trial.config, "cancelled", error=BUDGET_SPENT)
+            forget_trial_metrics(trial)
+            return
         self.recorder.record(
             name,
             trial.config,
@@ -119,11 +155,51 @@ class RunTracker(Callback):
                 why = "the job stopped before this trial finished (train.fail_fast, or an interrupt)"
                 self.recorder.record(name, trial.config, "cancelled", error=why)
         self.recorder.sync(force=True)
-        if self.recorder.retries:
-            forget(self.results_uri, list(self.recorder.retries))
+        if self.recorder.retries or self.recorder.preemptions:
+            forget(self.results_uri, list({**self.recorder.retries, **self.recorder.preemptions}))
+        if self.ledger is not None and self.ledger.exhausted:
+            forget_budget(self.results_uri)
+
+    def is_lost_node(self, trial, error) -> bool:
+        """For ray_compat.lost_nodes_not_counted: did this failure lose a node (not the trial's own fault)? Ray
+        says so in the error, or the node the trial last reported from is dead or draining now."""
+        if lost_node_error(error):
+            return True
+        return contains_error(error, RayActorError) and node_gone(self.recorder.nodes.get(trial_name(trial)))
+
+    def _ledger_ended(self, name: str) -> None:
+        if self.ledger is not None:
+            self.ledger.ended(name)
+            self._check_budget()
+
+    def _check_budget(self) -> None:
+        if self.ledger is None or self.ledger.exhausted:
+            return
+        if reached := self.ledger.check():
+            close_budget(self.results_uri)
+            running = sum(1 for r in self.records.values() if r["status"] == "running")
+            self.progress.line(
+                f"budget exhausted ({reached}): no new trial starts; {running} running trial(s) "
+                + ("stop at their next report" if self.stop_running else "finish")
+            )
 
     def _why(self, name: str, trial) -> str:
         return self.watchdog.reason(name) or _error_line(trial, name)
+
+
+class BudgetStopper(Stopper):
+    """Tune's stop condition for budget.stop_running: once the budget is spent, a running trial stops at its next
+    report (as the scheduler would stop it). The search itself stops starting trials (fast_forward.py's gate)."""
+
+    def __init__(self, tracker: RunTracker):
+        self.tracker = tracker
+
+    def __call__(self, trial_id, result) -> bool:
+        self.tracker._check_budget()
+        return bool(self.tracker.ledger and self.tracker.ledger.exhausted and self.tracker.stop_running)
+
+    def stop_all(self) -> bool:
+        return False
 
 
 def _error_line(trial, name: str | None = None) -> str:

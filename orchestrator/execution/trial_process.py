@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import time
 from typing import Any
 
 import ray
@@ -16,7 +17,7 @@ import ray.train
 from ray import tune
 
 from orchestrator.execution.launcher import trial_start
-from orchestrator.execution.ray_compat import quiet_train_worker
+from orchestrator.execution.ray_compat import node_draining, preempted_error, quiet_train_worker
 from orchestrator.execution.worker_pool import NAMESPACE, STOP
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.storage import LocalStore
@@ -32,13 +33,24 @@ def _node_id() -> str:
 
 
 class _TuneReporter:
-    """In the Tune trial's process: tune.report."""
+    """In the Tune trial's process: tune.report. A trial whose node is being drained (a spot reclaim the
+    autoscaler was told of) leaves it at the report after the drain began, its checkpoint stored: it raises
+    ray_compat.preempted_error, which Tune retries on another node without counting it as a failure. Ray keeps a
+    draining node's running actors until they end, so a trial that did not leave would die with the node."""
+
+    DRAIN_CHECK_S = 2.0  # asks the GCS at most this often (a report may come every few ms)
 
     def __init__(self, attempt: int):
         self.attempt = attempt
+        self.node = _node_id()
+        self.checked = time.monotonic()
 
     def report(self, metrics: dict) -> None:
-        tune.report({**metrics, "node_id": _node_id(), "attempt": self.attempt})
+        tune.report({**metrics, "node_id": self.node, "attempt": self.attempt})
+        if time.monotonic() - self.checked >= self.DRAIN_CHECK_S:
+            self.checked = time.monotonic()
+            if node_draining(self.node):
+                raise preempted_error(f"its node {self.node[:12]} is being drained (preempted)")
 
 
 class Collect:

@@ -35,7 +35,12 @@ from typing import Any
 import ray
 
 from orchestrator.errors import describe_traceback_text
-from orchestrator.execution.ray_compat import contains_error, train_knows_its_cluster
+from orchestrator.execution.ray_compat import (
+    contains_error,
+    lost_node_error,
+    preempted_error,
+    train_knows_its_cluster,
+)
 from orchestrator.execution.torch_trainer import ddp_trainer
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.train.exceptions import FinalTrialError
@@ -149,9 +154,10 @@ class PoolCoordinator:
         self._dispatch()
 
     async def group_ended(
-        self, slot_id: int, error: tuple[bool, str] | None, *, host_alive: bool = True
+        self, slot_id: int, error: tuple[bool, str, bool] | None, *, host_alive: bool = True
     ) -> None:
-        """The slot's TorchTrainer.fit() returned (the pool closing) or raised (`error`: final?, message)."""
+        """The slot's TorchTrainer.fit() returned (the pool closing) or raised (`error`: final?, message, a lost
+        node?)."""
         slot = self.slots.pop(slot_id, None)
         if slot is None:
             return
@@ -159,10 +165,10 @@ class PoolCoordinator:
         if error is not None:
             self._lost(job, error[1])
         if job is not None and not job.ended:
-            final, message = error or (False, "the worker group ended")
+            final, message, lost = error or (False, "the worker group ended", False)
             if job.answer is not None and not job.answer.done():
                 job.answer.set_result(STOP)
-            await self._finish(job, ("failed", (final, message)))
+            await self._finish(job, ("failed", (final, message, lost)))
         if host_alive and not self.closing:
             self.spare_hosts.append(slot.host)
         self._dispatch()
@@ -238,7 +244,8 @@ class PoolCoordinator:
         try:
             error, alive = await ref, True
         except Exception as died:  # the host itself died: killed (a hung group), or its node was lost
-            error, alive = (False, f"the worker group's host died ({type(died).__name__}: {died})"), False
+            why = f"the worker group's host died ({type(died).__name__}: {died})"
+            error, alive = (False, why, lost_node_error(died)), False
         await self.group_ended(slot_id, error, host_alive=alive)
 
     async def _finish(self, job: _Job, event: tuple) -> None:
@@ -255,7 +262,7 @@ class PoolCoordinator:
             return
         if job in self.waiting:
             self.waiting.remove(job)
-            await self._finish(job, ("failed", (True, why)))
+            await self._finish(job, ("failed", (True, why, False)))
             return
         if job.answer is not None and not job.answer.done():
             # at a report: the group is in a clean state, the worker stops there and takes the next trial
@@ -265,7 +272,7 @@ class PoolCoordinator:
         if not failed:
             job.stop_requested = True  # the next report answers STOP
             return
-        await self._finish(job, ("failed", (True, why)))
+        await self._finish(job, ("failed", (True, why, False)))
         slot = self.slots.get(job.slot) if job.slot is not None else None
         if slot is not None and slot.job is job:
             # failed between reports (a hung trial the watchdog stopped, a failure Tune saw first): the training
@@ -284,7 +291,7 @@ class _PoolCoordinatorActor(PoolCoordinator):
 class GroupHost:
     """Calls TorchTrainer.fit() for one slot's group (as a Tune trial calls it for a fresh group)."""
 
-    def run(self, pool: str, slot_id: int, plan: TrialPlan, generation: int) -> tuple[bool, str] | None:
+    def run(self, pool: str, slot_id: int, plan: TrialPlan, generation: int) -> tuple[bool, str, bool] | None:
         # late: the workers train (torch); the driver, which creates this actor, never imports it
         from orchestrator.execution.trial_process import resident_worker
 
@@ -300,7 +307,7 @@ class GroupHost:
             return None
         except Exception as error:
             final = contains_error(error, FinalTrialError)
-            return final, _describe(error, final)
+            return final, _describe(error, final), not final and lost_node_error(error)
 
 
 _GroupHostActor = ray.remote(num_cpus=0)(GroupHost)
@@ -372,11 +379,13 @@ def relay(pool: str, name: str, hp: dict, seed: int, attempt: int, report) -> No
             if kind == "done":
                 return
             if kind == "failed":
-                final, message = payload
+                final, message, lost = payload
+                if lost:  # Tune retries it from its checkpoint without counting it (train.max_retries)
+                    raise preempted_error(f"{message}\n(a node of the worker group was lost)")
                 raise FinalTrialError(message) if final else WorkerGroupFailed(message)
             report(payload)  # returns when Tune wants the next report
             answered = payload[ITERATION_KEY]
-    except (FinalTrialError, WorkerGroupFailed):
+    except (FinalTrialError, WorkerGroupFailed, ray.exceptions.RayActorError):
         raise
     except BaseException:  # Tune stopped the trial (SystemExit from tune.report) or the process is going
         coordinator.end.remote(token)

@@ -136,7 +136,7 @@ def _checked(workload, split: str, outputs, targets) -> tuple[np.ndarray, np.nda
 
 def _predict_all(spec, results_uri: str, trial_ids: list[str], address: str | None):
     with DriverSession() as session:
-        session.start_ray(address, min_cpus=1)
+        session.start_ray(address)
         task = ray.remote(num_cpus=1)(_predict)
         refs = [
             task.remote(results_uri, spec.storage_options.s3(), spec.workload, t, spec.search.mode)

@@ -24,6 +24,8 @@ CONFIG_PREFIX = "config/"
 TIMING_COLUMNS = ("epoch_time_s", "time_total_s", "timestamp")
 REPORTED_AT = "reported_at"  # a report's wall-clock time (seconds since the epoch), the rows' `timestamp`
 RUN_VARYING_COLUMNS = TIMING_COLUMNS + ("attempt",)
+# trials.parquet's columns that vary between otherwise identical runs: where and how long each trial ran
+TRIAL_VARYING_COLUMNS = ("node_id", "node_type", "wall_s", "cpu_s", "gpu_s", "cost", "retries", "preemptions")
 FINISHED = (
     "completed",
     "stopped_early",
@@ -109,7 +111,16 @@ class ResultsSchema:
             pa.field("best_checkpoint", pa.string()),
             pa.field("error", pa.string()),
             pa.field("node_id", pa.string()),  # the Ray node that ran the trial (rank 0 under DDP)
-            pa.field("retries", pa.int64()),
+            pa.field("retries", pa.int64()),  # failures retried (train.max_retries)
+            pa.field(
+                "preemptions", pa.int64()
+            ),  # lost nodes (preempted, drained, dead): retried, not counted
+            # the resource ledger (execution/ledger.py): what the trial held, for how long, at what price
+            pa.field("node_type", pa.string()),
+            pa.field("wall_s", pa.float64()),
+            pa.field("cpu_s", pa.float64()),
+            pa.field("gpu_s", pa.float64()),
+            pa.field("cost", pa.float64()),  # null without budget.prices
         ]
         return pa.schema(fields, metadata=self._metadata())
 
@@ -137,6 +148,8 @@ class ResultsSchema:
         error: str | None,
         node_id: str | None = None,
         retries: int = 0,
+        preemptions: int = 0,
+        ledger: Mapping[str, Any] | None = None,
     ) -> dict:
         """One trials.parquet row from what the trial reported (`rows`); checkpoints = (latest, best)."""
         record: dict[str, Any] = {
@@ -147,6 +160,8 @@ class ResultsSchema:
             "error": error,
             "node_id": node_id,
             "retries": retries,
+            "preemptions": preemptions,
+            **(ledger or {}),
         }
         finished = status in FINISHED
         record["stopped_early"] = finished and rows.iteration < max_epochs

@@ -21,6 +21,11 @@ class RunSummary:
     wall_time_s: float = 0.0
     upload_pending: int = 0  # items an outage left in the local spool (see `hpo results sync`)
     spool_dir: str | None = None
+    status: str = "finished"  # finished | failed | budget_exhausted (run.json's)
+    ledger: dict = field(
+        default_factory=dict
+    )  # the job's totals: trial/CPU/GPU hours, cost (execution/ledger.py)
+    budget_exhausted: str | None = None  # the limit reached, e.g. "cost 0.51 of 0.5"
 
     def to_json(self) -> dict:
         return asdict(self)

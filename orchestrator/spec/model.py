@@ -183,6 +183,15 @@ class Train(Section):
         "starts) is stopped and counts as failed",
     )
     fail_fast: StrictBool = Field(False, description="stop the whole job at the first failed trial (exit 1)")
+    resources_per_worker: dict[StrictStr, Annotated[Float, Field(gt=0, le=1e6)]] = Field(
+        default_factory=dict,
+        description="Ray resources each worker needs besides its CPUs, e.g. {node-a10g: 1} to place trials on "
+        "nodes that offer that custom resource, or {GPU: 4} for 4 GPUs per worker (with use_gpu; default 1)",
+    )
+    accelerator_type: StrictStr | None = Field(
+        None,
+        description="the GPU type every worker must run on (Ray's accelerator_type), e.g. A100; needs use_gpu",
+    )
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "fp32",
         description="bf16: the standard loop (and ctx.autocast() in your own) computes in bfloat16 on GPUs; "
@@ -193,10 +202,74 @@ class Train(Section):
     def _check_precision(self):
         if self.precision != "fp32" and not self.use_gpu:
             raise ValueError(f"precision: {self.precision} needs use_gpu: true (on CPU hpo trains in fp32)")
+        if self.accelerator_type is not None and not self.use_gpu:
+            raise ValueError(f"accelerator_type: {self.accelerator_type} needs use_gpu: true")
+        if "GPU" in self.resources_per_worker and not self.use_gpu:
+            raise ValueError("resources_per_worker.GPU needs use_gpu: true (it sets the GPUs of each worker)")
         return self
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_resources(cls, value: dict) -> dict:
+        for name in value:
+            if name in ("CPU", "memory", "object_store_memory"):
+                hint = "train.cpus_per_worker" if name == "CPU" else "Ray's defaults"
+                raise ValueError(f"{name!r}: give it with {hint}, not as a custom resource")
+            if not RESOURCE_RE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a Ray resource name (letters, digits, '_', '-', '.', ':', '/')"
+                )
+        return value
+
+    @field_validator("accelerator_type")
+    @classmethod
+    def _accelerator(cls, value: str | None) -> str | None:
+        if value is not None and not RESOURCE_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not an accelerator type name (e.g. A100, H100, L4)")
+        return value
+
+
+class Budget(Section):
+    """What the search may spend. When the spent total reaches any limit, no new trial starts; the running ones
+    finish (or stop at their next report with stop_running), and the run ends with status budget_exhausted."""
+
+    gpu_hours: Annotated[Float, Field(gt=0, le=1e7)] | None = Field(
+        None, description="GPU-hours of all trials"
+    )
+    cpu_hours: Annotated[Float, Field(gt=0, le=1e7)] | None = Field(
+        None, description="CPU-hours (logical CPUs held x hours) of all trials"
+    )
+    cost: Annotated[Float, Field(gt=0, le=1e9)] | None = Field(
+        None,
+        description="money, in the unit of prices: each trial pays its share of its node's price per hour",
+    )
+    prices: dict[StrictStr, Annotated[Float, Field(ge=0, le=1e6)]] = Field(
+        default_factory=dict,
+        description="price per node-hour by node type (the autoscaler's node type; an embedded or unlabelled "
+        "node is type local)",
+    )
+    stop_running: StrictBool = Field(
+        False, description="when the budget is spent, stop running trials at their next report too"
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.cost is not None and not self.prices:
+            raise ValueError(
+                "cost needs prices: give budget.prices, a price per node-hour for each node type (e.g. "
+                "{local: 0.5})"
+            )
+        if self.stop_running and self.limits() == {}:
+            raise ValueError("stop_running needs a limit: set gpu_hours, cpu_hours or cost")
+        return self
+
+    def limits(self) -> dict[str, float]:
+        """The limits set: {"gpu_hours": 12, ...}."""
+        return {k: v for k in ("gpu_hours", "cpu_hours", "cost") if (v := getattr(self, k)) is not None}
 
 
 _SECRET_WORDS = ("secret", "access_key", "accesskey", "password", "token", "session", "credential")
+RESOURCE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")
 URL_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~\-/]*)?")
 
 
@@ -275,6 +348,7 @@ class JobSpec(Section):
     search: Search
     scheduler: Scheduler = Field(default_factory=Scheduler)  # type: ignore[valid-type]
     train: Train = Field(default_factory=Train)
+    budget: Budget = Field(default_factory=Budget, description="limits on what the search spends")
     storage: StrictStr = Field("./results", description="a local folder, file://... or s3://bucket/prefix")
     storage_options: StorageOptions = Field(default_factory=StorageOptions, description="for s3:// storage")
     sanity: StrictBool = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ class TrialPlan:
     storage_options: Any  # S3Options (endpoint, region, addressing; never credentials)
     train_storage: str  # local staging for the Ray Train runs of multi-worker trials (controller state only)
     precision: str = "fp32"  # bf16: autocast on GPUs (ctx.autocast())
+    resources_per_worker: Mapping[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # custom Ray resources
+    accelerator_type: str | None = None  # Ray's accelerator_type (A100, ...), GPU workers only
     resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from
     pool: str = ""  # multi-worker trials: the run's pool of warm worker groups (execution/worker_pool.py)
 
