@@ -69,23 +69,7 @@ def _wait_for(predicate, timeout_s: float, what: str, head):
 def test_fake_cluster_adds_gpu_nodes_runs_trials_on_them_and_removes_them(tmp_path, cli):
     """The shipped local-fake.yaml on a real head: GPU workers start from zero when GPU trials wait, the
     trials run on them, and the nodes go after the idle timeout."""
-    config = yaml.safe_load((ROOT / "cluster" / "local-fake.yaml").read_text())
-    head = RayHead(
-        tmp_path / "ray",
-        num_cpus=config["available_node_types"]["ray.head.default"]["resources"]["CPU"],
-        extra_env={
-            "RAY_FAKE_CLUSTER": "1",
-            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-            FAKE_GPU_ENV: "1",
-            # the fake provider knows the head by this id (its workers are ...00001, ...)
-            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": ray_compat.fake_head_node_id(),
-        },
-    )
-    config["provider"]["gcs_address"] = f"127.0.0.1:{head.gcs_port}"
-    config_path = tmp_path / "autoscaling.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    head.extra_args.append(f"--autoscaling-config={config_path}")
-    head.start()
+    head = _fake_cluster(tmp_path, {})
     try:
         assert _alive_gpu_nodes(head) == []  # min_workers: 0 -> no GPU node before the job
         spec_path = tmp_path / "gpu-job.yaml"
@@ -133,6 +117,7 @@ def _fake_cluster(tmp_path, node_types: dict) -> RayHead:
             "RAY_FAKE_CLUSTER": "1",
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             FAKE_GPU_ENV: "1",
+            # the fake provider knows the head by this id (its workers are ...00001, ...)
             "RAY_OVERRIDE_NODE_ID_FOR_TESTING": ray_compat.fake_head_node_id(),
             "PYTHONPATH": str(ROOT),  # the fake nodes' workers import tests.workloads_for_tests
         },

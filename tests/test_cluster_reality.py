@@ -214,3 +214,36 @@ def test_custom_resources_and_the_accelerator_type_reach_ray_trains_scaling_conf
     bundle = launcher_for(spec.train).worker_bundle()  # what the capacity check asks of one node, per worker
     assert bundle == {"CPU": 1.0, "node-a100": 1, "GPU": 1.0, "accelerator_type:A100": 0.001}
     assert launcher_for(spec.train).trial_resources() == bundle  # a 1-worker trial asks Tune for all of it
+
+
+def test_a_spent_budget_stops_running_trials_at_their_report_only_with_stop_running():
+    from types import SimpleNamespace
+
+    from orchestrator.execution.tracking import BudgetStopper
+
+    for stop_running in (False, True):
+        clock = _Clock()
+        ledger = Ledger(cpus=1, gpus=0, limits={"cpu_hours": 1}, nodes=lambda: [], clock=clock)
+        ledger.started("t0")
+        tracker = SimpleNamespace(ledger=ledger, stop_running=stop_running)
+        tracker._check_budget = ledger.check
+        stopper = BudgetStopper(tracker)
+        assert not stopper("t0", {}) and not stopper.stop_all()
+        clock.now = 3600.0
+        assert stopper("t0", {}) is stop_running and not stopper.stop_all()
+
+
+def test_the_budget_gate_and_stopper_pickle_without_the_drivers_state():
+    """Tune pickles the search algorithm and the stopper with its config (tuner.pkl): neither may drag the
+    driver's tracker (locks, callbacks, every record) along."""
+    import pickle
+    import threading
+
+    from orchestrator.execution.tracking import BudgetGate, BudgetStopper
+
+    ledger = Ledger(cpus=1, gpus=0, limits={"cpu_hours": 1}, nodes=lambda: [])
+    ledger.lock = threading.Lock()  # what a driver's state holds
+    ledger.exhausted = "cpu_hours 1 of 1"
+    gate, stopper = BudgetGate(ledger), BudgetStopper(ledger)
+    assert gate() and not pickle.loads(pickle.dumps(gate))()
+    assert not pickle.loads(pickle.dumps(stopper))("t0", {})

@@ -138,6 +138,11 @@ def test_final_errors_are_found_through_rays_wrappers_and_not_retried():
         assert ray_compat.contains_error(chained, _Final)
     assert not ray_compat.contains_error(RayTaskError("trainable", "Traceback ...", ValueError("v")), _Final)
     assert not ray_compat.contains_error(None, _Final)
+    assert list(ray_compat.errors_within(None)) == []
+    assert [type(e) for e in ray_compat.errors_within(WorkerGroupError("r", {0: _Final("y")}))] == [
+        WorkerGroupError,
+        _Final,
+    ]
 
     trial = _trial("trial_0001", "1")
     trial.max_failures = 2
@@ -332,3 +337,9 @@ def test_the_clusters_nodes_and_their_types_are_read(ray_cluster):
     assert not ray_compat.node_draining(here) and not ray_compat.node_gone(here)
     assert ray_compat.node_gone("ff" * 28)  # no such node
     assert ray_compat.autoscaler_node_types() == ([], False)  # an embedded Ray has no autoscaler
+
+
+@pytest.mark.slow
+def test_the_head_has_a_resource_of_its_own(ray_cluster):
+    """ray_compat.head_resource: one of it, on the head (the session's embedded Ray is all head)."""
+    assert ray.cluster_resources()[ray_compat.head_resource()] == 1

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -160,37 +163,72 @@ def test_hpo_run_joins_a_token_cluster_by_its_gcs_address_and_refuses_a_bad_one(
     assert any(job.get("type") == "DRIVER" and job.get("status") == "SUCCEEDED" for job in jobs), jobs
 
 
+HOLD_A_CPU = """
+import sys, threading
+import ray
+ray.init(address=sys.argv[1])
+@ray.remote(num_cpus=1)
+class Holder:
+    def ready(self):
+        return True
+holder = Holder.remote()
+ray.get(holder.ready.remote())
+print("holding", flush=True)
+threading.Event().wait()  # until the test kills this driver
+"""
+
+
 def test_a_ddp_trial_whose_worker_group_cannot_start_fails_in_bounded_time(head, tmp_path):
-    """Two workers x 1.5 CPUs never fit on the head's 2 CPUs: Ray Train waits for them forever. The watchdog
-    stops the trial after train.trial_timeout_s with the reason in trials.parquet; every trial failed: exit 1."""
+    """Two workers x 1.5 CPUs can never fit on the head's 2 CPUs (and no autoscaler could add any): refused before
+    the search. Two workers x 0.75 CPUs fit the head, but another driver holds 1 of its CPUs for as long as the
+    job runs: Ray Train waits for them forever. The watchdog stops the trial after train.trial_timeout_s with the
+    reason in trials.parquet; every trial failed: exit 1."""
     storage = tmp_path / "results"
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(
-        yaml.safe_dump(
-            spec_dict(
-                name="stuck",
-                storage=str(storage),
-                search={"num_samples": 1},
-                train={
-                    "max_epochs": 1,
-                    "workers": 2,
-                    "cpus_per_worker": 1.5,
-                    "trial_timeout_s": 15,
-                    "max_retries": 0,
-                },
+
+    def job(cpus_per_worker: float):
+        spec_path.write_text(
+            yaml.safe_dump(
+                spec_dict(
+                    name="stuck",
+                    storage=str(storage),
+                    search={"num_samples": 1},
+                    train={
+                        "max_epochs": 1,
+                        "workers": 2,
+                        "cpus_per_worker": cpus_per_worker,
+                        "trial_timeout_s": 15,
+                        "max_retries": 0,
+                    },
+                )
             )
         )
+        return run_hpo(
+            "run",
+            str(spec_path),
+            "--address",
+            f"127.0.0.1:{head.gcs_port}",
+            "--output",
+            "json",
+            env={"RAY_AUTH_TOKEN": head.token},
+            timeout=300,
+        )
+
+    proc = job(1.5)
+    assert proc.returncode == 2 and "the live nodes hold 1" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not storage.exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_CPU, f"127.0.0.1:{head.gcs_port}"],
+        env={**os.environ, "RAY_AUTH_TOKEN": head.token, "RAY_AUTH_MODE": "token"},
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    proc = run_hpo(
-        "run",
-        str(spec_path),
-        "--address",
-        f"127.0.0.1:{head.gcs_port}",
-        "--output",
-        "json",
-        env={"RAY_AUTH_TOKEN": head.token},
-        timeout=300,
-    )
+    try:
+        assert holder.stdout.readline().strip() == "holding", "the CPU holder did not start"
+        proc = job(0.75)
+    finally:
+        holder.kill()
+        holder.wait()
     assert proc.returncode == 1, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["statuses"] == {"error": 1}

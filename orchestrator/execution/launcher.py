@@ -24,6 +24,7 @@ from orchestrator.execution.attempts import BUDGET_SPENT, budget_closed, current
 from orchestrator.execution.ray_compat import (
     ACCELERATOR_SLIVER,
     accelerator_resource,
+    head_resource,
     train_knows_its_cluster,
 )
 from orchestrator.execution.ray_env import has_dashboard, release_train_leftovers
@@ -34,7 +35,7 @@ from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
 from orchestrator.train.seeds import trial_seed
 
-DRIVER_CPU = 0.01  # logical CPUs of the Tune trial that drives a multi-worker TorchTrainer
+HEAD_SLIVER = 0.001  # of the head's own resource, per relaying Tune trial (see ray_compat.head_resource)
 
 
 def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:
@@ -149,26 +150,25 @@ class InProcessLauncher(Launcher):
 
 class DdpLauncher(Launcher):
     """Several workers: a pool of warm Ray Train worker groups, one per concurrency slot, trains the trials one
-    after another (worker_pool.py); a Tune trial only relays, taking a sliver of a CPU (Tune refuses an empty
-    request), and its actor is reused like an in-process trial's."""
+    after another (worker_pool.py); a Tune trial only relays, on the head, taking a sliver of the head's own
+    resource and no CPU (Tune refuses an empty request), and its actor is reused like an in-process trial's."""
 
     trainable = staticmethod(run_ddp)
     reuse_actors = True
     needs_dashboard = True
-    extra_cpus = (
-        1  # the relaying Tune trials' slivers and Ray Train's controllers (2 workers x 1 CPU on 2 cores)
-    )
-    driver_cpus = DRIVER_CPU
+    extra_cpus = 1  # headroom beside the workers for Ray Train's and Tune's own processes on an embedded Ray
+    driver_cpus = 0.0  # the relaying Tune trial takes no CPU (a sliver of the head's own resource instead)
 
     def __init__(self, train):
         super().__init__(train)
         self._pool = None
 
     def trial_resources(self) -> dict[str, float]:
-        return {"CPU": DRIVER_CPU}
+        # on the head, with no CPU: a relay only waits on the pool (ray_compat.head_resource says why the head)
+        return {"CPU": 0.0, head_resource(): HEAD_SLIVER}
 
     def trial_cpus(self) -> float:
-        return self.train.workers * self.train.cpus_per_worker + DRIVER_CPU
+        return self.train.workers * self.train.cpus_per_worker
 
     def check_cluster(self) -> None:
         # Measured on Ray 2.60: without the dashboard, Train's placement-group cleaner cannot reach the State API

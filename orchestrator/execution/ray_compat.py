@@ -199,8 +199,13 @@ def no_retry_on(error_class: type[BaseException]):
 
 
 def contains_error(error: BaseException | None, error_class: type[BaseException]) -> bool:
-    """Whether `error` is, or wraps, an `error_class`: through Ray 2.60's RayTaskError (its cause), Ray Train
-    V2's WorkerGroupError (`worker_failures`, per rank) and ControllerError, and exception chaining."""
+    """Whether `error` is, or wraps, an `error_class` (see errors_within)."""
+    return any(isinstance(e, error_class) for e in errors_within(error))
+
+
+def errors_within(error: BaseException | None):
+    """`error` and every error it wraps: through Ray 2.60's RayTaskError (its cause), Ray Train V2's
+    WorkerGroupError (`worker_failures`, per rank) and ControllerError, and exception chaining."""
     seen: set[int] = set()
     todo = [error]
     while todo:
@@ -208,15 +213,13 @@ def contains_error(error: BaseException | None, error_class: type[BaseException]
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, error_class):
-            return True
+        yield e
         if isinstance(e, ray.exceptions.RayTaskError):
             with contextlib.suppress(Exception):
                 todo.append(e.as_instanceof_cause())
             todo.append(getattr(e, "cause", None))
         todo.extend(getattr(e, "worker_failures", {}).values())
         todo.extend([getattr(e, "controller_failure", None), e.__cause__, e.__context__])
-    return False
 
 
 def tell_scheduler(scheduler, trial, results: list[dict]) -> list[dict]:
@@ -480,24 +483,12 @@ def lost_node_error(error: BaseException | None) -> bool:
     """Whether `error` (or what it wraps) says a node was lost: a RayActorError marked preempted (Ray 2.60 marks
     an actor on a node drained for preemption), Ray Train V2's PreemptionError, or Ray's text for an actor whose
     node died (SIGKILL, a kernel panic, a cut cable: Ray cannot tell those apart from the node's silence)."""
-    seen: set[int] = set()
-    todo = [error]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ray.exceptions.RayActorError) and e.preempted:
-            return True
-        if type(e).__name__ == "PreemptionError" or any(text in str(e) for text in NODE_DEATH_TEXTS):
-            return True
-        if isinstance(e, ray.exceptions.RayTaskError):
-            with contextlib.suppress(Exception):
-                todo.append(e.as_instanceof_cause())
-            todo.append(getattr(e, "cause", None))
-        todo.extend(getattr(e, "worker_failures", {}).values())
-        todo.extend([getattr(e, "controller_failure", None), e.__cause__, e.__context__])
-    return False
+    return any(
+        (isinstance(e, ray.exceptions.RayActorError) and e.preempted)
+        or type(e).__name__ == "PreemptionError"
+        or any(text in str(e) for text in NODE_DEATH_TEXTS)
+        for e in errors_within(error)
+    )
 
 
 def preempted_error(message: str) -> BaseException:
@@ -553,3 +544,13 @@ def lost_nodes_not_counted(is_lost):
 
 def was_lost_node(trial) -> bool:
     return getattr(trial, "_hpo_lost_node", False)
+
+
+def head_resource() -> str:
+    """The resource only the cluster's head offers (Ray 2.60: node:__internal_head__, 1 of it). A job's own small
+    actors (the pool's coordinator, its group hosts and their Ray Train controllers, the relaying Tune trials)
+    ask for a sliver of it, so they live where the cluster itself lives: a worker node lost mid-job takes none of
+    the job's bookkeeping with it, and a head that advertises no CPUs (cluster/aws.yaml) still holds them."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME  # here, not at the top: a move breaks only this
+
+    return HEAD_NODE_RESOURCE_NAME

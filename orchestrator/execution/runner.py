@@ -39,7 +39,7 @@ from orchestrator.execution.ray_compat import (
     trial_name,
 )
 from orchestrator.execution.ray_env import check_address, check_resources
-from orchestrator.execution.tracking import BudgetStopper, RunTracker
+from orchestrator.execution.tracking import BudgetGate, BudgetStopper, RunTracker
 from orchestrator.execution.tune_search import TrialNamer, build_scheduler, build_search
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import (
@@ -334,7 +334,7 @@ def _tuner(the_plan: Plan, tracker: RunTracker) -> tune.Tuner:
         trial_dirname_creator=trial_name,
     )
     failures = tune.FailureConfig(max_failures=spec.train.max_retries, fail_fast=spec.train.fail_fast)
-    the_plan.search_alg.closed = lambda: tracker.ledger is not None and tracker.ledger.exhausted is not None
+    the_plan.search_alg.closed = BudgetGate(tracker.ledger)
     run_config = tune.RunConfig(
         name=TUNE_DIR,
         stop=BudgetStopper(tracker) if spec.budget.stop_running else None,

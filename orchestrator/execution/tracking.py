@@ -57,6 +57,12 @@ class RunTracker(Callback):
         )
         self.watchdog = Watchdog(trial_timeout_s)
 
+    def __getstate__(self):
+        # Tune pickles its whole config, callbacks included, into tuner.pkl for Tuner.restore, which hpo never
+        # uses (hpo resume rebuilds the run). The driver's live state (the writer's locks, the progress
+        # callback, every record) does not belong there, and a lock cannot be pickled at all.
+        return {}
+
     @property
     def records(self) -> dict[str, dict]:
         return self.recorder.records
@@ -195,11 +201,30 @@ class BudgetStopper(Stopper):
         self.tracker = tracker
 
     def __call__(self, trial_id, result) -> bool:
+        if self.tracker is None:
+            return False
         self.tracker._check_budget()
         return bool(self.tracker.ledger and self.tracker.ledger.exhausted and self.tracker.stop_running)
 
     def stop_all(self) -> bool:
         return False
+
+    def __getstate__(self):
+        return {"tracker": None}  # Tune pickles its config (tuner.pkl); the driver's live state stays here
+
+
+class BudgetGate:
+    """fast_forward.py's `closed` gate of the search: True once the budget is spent. Tune pickles the search
+    algorithm with its config (tuner.pkl); the gate pickles as a closed-never one, without the driver's state."""
+
+    def __init__(self, ledger: Ledger | None):
+        self.ledger = ledger
+
+    def __call__(self) -> bool:
+        return self.ledger is not None and self.ledger.exhausted is not None
+
+    def __getstate__(self):
+        return {"ledger": None}
 
 
 def _error_line(trial, name: str | None = None) -> str:

@@ -161,7 +161,7 @@ def resident_worker(config: dict) -> None:
     coordinator = ray.get_actor(config["pool"], namespace=NAMESPACE)
     node_id = ray.get_runtime_context().get_node_id()
     plan: TrialPlan = config["plan"]
-    while (work := ray.get(coordinator.next_work.remote(config["slot"], rank))) is not None:
+    while (work := ray.get(coordinator.next_work.remote(config["slot"], rank, node_id))) is not None:
         reporter = PoolReporter(coordinator, work["token"], work["attempt"], rank, world, node_id)
         try:
             train_trial(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import os
 import re
 import secrets
 import time
@@ -33,11 +34,14 @@ import traceback
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.errors import describe_traceback_text
 from orchestrator.execution.ray_compat import (
     contains_error,
+    head_resource,
     lost_node_error,
+    node_gone,
     preempted_error,
     train_knows_its_cluster,
 )
@@ -47,6 +51,10 @@ from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
 
 NAMESPACE = "hpo-pools"
+HEAD_SLIVER = 0.001  # of the head's own resource, per actor of the pool
+# How long a group whose rank's process died waits for the GCS to say whether that rank's node died (its health
+# checks: Ray 2.60's default period 3 s x 5 failures, after a 5 s initial delay), before counting a failure.
+NODE_VERDICT_S = float(os.environ.get("HPO_NODE_VERDICT_S", "40"))
 # a report's answers
 GO_ON, STOP = "continue", "stop"
 
@@ -83,6 +91,7 @@ class _Slot:
     inboxes: list[asyncio.Queue]  # per rank: the next trial (a dict) or None to leave
     job: _Job | None = None
     runs: int = 0  # trials this group has started
+    nodes: dict[int, str] = dataclasses.field(default_factory=dict)  # rank -> the node it runs on
 
 
 class PoolCoordinator:
@@ -127,11 +136,13 @@ class PoolCoordinator:
             await self._end(job, failed=failed, why="ended by Tune")
 
     # -- the workers' side ---------------------------------------------------------------------------------
-    async def next_work(self, slot_id: int, rank: int) -> dict | None:
-        """A rank of slot `slot_id` is free: its next trial (the same for every rank), or None to leave."""
+    async def next_work(self, slot_id: int, rank: int, node_id: str = "") -> dict | None:
+        """A rank of slot `slot_id` (on node `node_id`) is free: its next trial (the same for every rank), or None
+        to leave."""
         slot = self.slots.get(slot_id)
         if slot is None:
             return None
+        slot.nodes[rank] = node_id
         return await slot.inboxes[rank].get()
 
     async def report(self, token: str, row: dict) -> str:
@@ -162,6 +173,14 @@ class PoolCoordinator:
         if slot is None:
             return
         job = slot.job
+        if error is not None and not error[0] and not error[2]:
+            # Was a node lost? Ray does not always say: a rank's peers often report first, with only a broken
+            # connection to show (gloo: "Connection closed by peer"). So ask the ranks' nodes (a live one answers
+            # in a second or two); one that does not is dead once the GCS's health checks give up on it (Ray 2.60
+            # defaults: ~15-30 s). A lost node is retried without counting as a failure.
+            if await self._node_lost(slot):
+                last = error[1].strip().splitlines()[-1] if error[1].strip() else "it failed"
+                error = (False, f"{error[1]}\nthe worker group lost a node ({last})", True)
         if error is not None:
             self._lost(job, error[1])
         if job is not None and not job.ended:
@@ -240,6 +259,27 @@ class PoolCoordinator:
                 f"{job.name if job else 'no trial'}: {why.strip().splitlines()[-1][:200]}"
             )
 
+    async def _node_lost(self, slot: _Slot) -> bool:
+        """Whether a node of `slot`'s ranks is dead or draining. A node that runs a task at once is alive (a rank
+        whose process alone died, e.g. OOM-killed: answered in a second or two); for one that does not, wait up
+        to NODE_VERDICT_S for the GCS's verdict."""
+        nodes = sorted({n for n in slot.nodes.values() if n})
+        if await asyncio.to_thread(lambda: any(node_gone(n) for n in nodes)):
+            return True
+        silent = [
+            n
+            for n, ok in zip(nodes, await asyncio.gather(*(_answers(n) for n in nodes)), strict=True)
+            if not ok
+        ]
+        deadline = time.monotonic() + NODE_VERDICT_S
+        while silent:
+            if await asyncio.to_thread(lambda: any(node_gone(n) for n in silent)):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(1.0)
+        return False
+
     async def _watch(self, slot_id: int, ref) -> None:
         try:
             error, alive = await ref, True
@@ -314,7 +354,8 @@ _GroupHostActor = ray.remote(num_cpus=0)(GroupHost)
 
 
 def _new_host():
-    return _GroupHostActor.options(max_restarts=0).remote()
+    # on the head (ray_compat.head_resource); Ray Train puts the group's controller on its host's node
+    return _GroupHostActor.options(max_restarts=0, resources={head_resource(): HEAD_SLIVER}).remote()
 
 
 def _describe(error: BaseException, final: bool) -> str:
@@ -330,6 +371,20 @@ def _describe(error: BaseException, final: bool) -> str:
 
 
 _EXIT = re.compile(r"Worker exit type: (\w+)")
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _here() -> bool:
+    return True
+
+
+async def _answers(node_id: str, timeout_s: float = 10.0) -> bool:
+    """Whether node `node_id` runs a task within `timeout_s`."""
+    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+    try:
+        return await asyncio.wait_for(_here.options(scheduling_strategy=strategy).remote(), timeout_s)
+    except Exception:
+        return False
 
 
 def group_failure_line(error: BaseException) -> str:
@@ -357,7 +412,11 @@ def start_pool(plan: TrialPlan, max_slots: int, run_id: str) -> tuple[str, Any]:
     """Start a run's coordinator (no group yet: the first trial starts one). Returns (name, handle)."""
     name = f"pool-{run_id}-{secrets.token_hex(3)}"
     handle = _PoolCoordinatorActor.options(
-        name=name, namespace=NAMESPACE, max_concurrency=10_000, max_restarts=0
+        name=name,
+        namespace=NAMESPACE,
+        max_concurrency=10_000,
+        max_restarts=0,
+        resources={head_resource(): HEAD_SLIVER},  # on the head (ray_compat.head_resource)
     ).remote(name, plan, max_slots)
     ray.get(handle.counts.remote())  # up before any trial looks for it
     return name, handle
@@ -381,7 +440,7 @@ def relay(pool: str, name: str, hp: dict, seed: int, attempt: int, report) -> No
             if kind == "failed":
                 final, message, lost = payload
                 if lost:  # Tune retries it from its checkpoint without counting it (train.max_retries)
-                    raise preempted_error(f"{message}\n(a node of the worker group was lost)")
+                    raise preempted_error(message)
                 raise FinalTrialError(message) if final else WorkerGroupFailed(message)
             report(payload)  # returns when Tune wants the next report
             answered = payload[ITERATION_KEY]
