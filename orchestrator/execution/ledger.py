@@ -1,6 +1,6 @@
 """What each trial held, for how long, and what it cost; and the budget that stops a search.
 
-A trial holds its resources (its workers' CPUs and GPUs, and its Tune process's sliver) from the moment Tune
+A trial holds its resources (its workers' CPUs and GPUs; a DDP trial's relaying Tune process holds none) from the moment Tune
 starts it to the moment it ends, across every attempt: wall_s is the sum of its attempts' walls, cpu_s and
 gpu_s that times what it held. Its cost is its share of its node's price for that time: the price per node-hour
 of its node type (budget.prices), times the fraction of the node it held (its GPUs of the node's GPUs, or for a
@@ -63,7 +63,7 @@ class Ledger:
         self.since[name] = self._clock()
         old = self._closed.pop(name, None)  # a retry: its running entry covers the earlier attempts too
         if old is not None:
-            self._add(old, -1)
+            _accumulate(self._sums, self._costs, old, -1)
 
     def ended(self, name: str) -> None:
         if name in self.since:
@@ -73,16 +73,9 @@ class Ledger:
     def _close(self, name: str, entry: dict) -> None:
         old = self._closed.pop(name, None)
         if old is not None:
-            self._add(old, -1)
-        self._add(entry, 1)
+            _accumulate(self._sums, self._costs, old, -1)
+        _accumulate(self._sums, self._costs, entry, 1)
         self._closed[name] = entry
-
-    def _add(self, entry: dict, sign: int) -> None:
-        for key in self._sums:
-            self._sums[key] += sign * entry[key]
-        if entry["cost"] is not None:
-            kind = entry["node_type"] or LOCAL_NODE_TYPE
-            self._costs[kind] = self._costs.get(kind, 0.0) + sign * entry["cost"]
 
     def ran_on(self, name: str, node_id: str) -> None:
         self.node[name] = node_id
@@ -135,12 +128,7 @@ class Ledger:
         by node type (None and {} without prices)."""
         sums, costs = dict(self._sums), dict(self._costs)
         for name in self.since:
-            e = self.entry(name)
-            for key in sums:
-                sums[key] += e[key]
-            if e["cost"] is not None:
-                kind = e["node_type"] or LOCAL_NODE_TYPE
-                costs[kind] = costs.get(kind, 0.0) + e["cost"]
+            _accumulate(sums, costs, self.entry(name), 1)
         return {
             "trial_hours": round(sums["wall_s"] / _HOUR, 6),
             "cpu_hours": round(sums["cpu_s"] / _HOUR, 6),
@@ -159,3 +147,12 @@ class Ledger:
                 self.exhausted = f"{limit} {totals[limit]:.4g} of {allowed:g}"
                 return self.exhausted
         return None
+
+
+def _accumulate(sums: dict[str, float], costs: dict[str, float], entry: dict, sign: int) -> None:
+    """Add (sign 1) or take away (-1) one trial's entry from running totals: seconds held, cost by node type."""
+    for key in sums:
+        sums[key] += sign * entry[key]
+    if entry["cost"] is not None:
+        kind = entry["node_type"] or LOCAL_NODE_TYPE
+        costs[kind] = costs.get(kind, 0.0) + sign * entry["cost"]
