@@ -55,6 +55,26 @@ def spec_dict(**sections) -> dict:
     return data
 
 
+def paced_spec(name: str, storage, *, samples: int, concurrency: int, train: dict) -> dict:
+    """A job of the paced workload (each epoch takes 1 s of wall time and no compute), FIFO, by loss: for tests
+    that act mid-trial (kill a node, cut its cable, drain it) or must know what a trial costs."""
+    return spec_dict(
+        name=name,
+        workload="tests.workloads_for_tests:paced",
+        storage=str(storage),
+        search={
+            "metric": "loss",
+            "mode": "min",
+            "space": {"x": {"uniform": [0.0, 1.0]}},
+            "num_samples": samples,
+            "max_concurrent": concurrency,
+            "fixed": {},
+        },
+        scheduler={"type": "fifo"},
+        train=train,
+    )
+
+
 def trial_plan(epochs: int = 3, **overrides):
     """A TrialPlan for training in this process (no run, no store): digits-mlp by val_loss unless overridden."""
     from orchestrator.train.plan import TrialPlan

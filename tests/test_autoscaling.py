@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import HPO, ROOT, run_hpo, spec_dict
+from conftest import HPO, ROOT, paced_spec, run_hpo, spec_dict
 from rayhead import RayHead
 
 from orchestrator.execution import ray_compat
@@ -161,21 +161,7 @@ def test_custom_resources_a_cost_budget_and_infeasible_requests_on_the_fake_auto
 
     def job(name: str, **sections):
         path = tmp_path / f"{name}.yaml"
-        data = spec_dict(
-            name=name,
-            workload="tests.workloads_for_tests:paced",
-            storage=str(tmp_path / name),
-            search={
-                "metric": "loss",
-                "mode": "min",
-                "space": {"x": {"uniform": [0.0, 1.0]}},
-                "num_samples": 8,
-                "max_concurrent": 2,
-                "fixed": {},
-            },
-            scheduler={"type": "fifo"},
-            train={"max_epochs": 2},
-        )
+        data = paced_spec(name, tmp_path / name, samples=8, concurrency=2, train={"max_epochs": 2})
         for key, value in sections.items():
             data[key] = {**data.get(key, {}), **value}
         path.write_text(yaml.safe_dump(data))

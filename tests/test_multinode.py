@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, spec_dict
+from conftest import ROOT, paced_spec, spec_dict
 from rayhead import free_port
 
 pytestmark = pytest.mark.slow
@@ -130,19 +130,11 @@ def test_a_ddp_trial_whose_node_is_sigkilled_continues_from_its_checkpoint_witho
         # the same fault, the same assertions, over a real network (and a cut cable besides): one cluster of
         # Ray nodes per suite is enough; this loopback variant serves machines without root or `ip netns`
         pytest.skip("tests/test_netns.py runs this over a real network here")
-    data = spec_dict(
-        name="node-killed",
-        workload="tests.workloads_for_tests:paced",
-        storage=str(tmp_path),
-        search={
-            "metric": "loss",
-            "mode": "min",
-            "space": {"x": {"uniform": [0.0, 1.0]}},
-            "num_samples": 1,
-            "max_concurrent": 1,
-            "fixed": {},
-        },
-        scheduler={"type": "fifo"},
+    data = paced_spec(
+        "node-killed",
+        tmp_path,
+        samples=1,
+        concurrency=1,
         train={
             "max_epochs": 6,
             "workers": 2,

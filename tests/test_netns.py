@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, spec_dict
+from conftest import ROOT, paced_spec
 from netns import NetnsCluster, unavailable
 
 from orchestrator.results import RUN_VARYING_COLUMNS, load_results, load_trials
@@ -33,20 +33,12 @@ WORKERS = ("w1", "w2", "w3", "w4")
 
 
 def _spec(tmp_path: Path, name: str) -> Path:
-    data = spec_dict(
-        name=name,
-        workload="tests.workloads_for_tests:paced",
-        storage=str(tmp_path / name),
-        search={
-            "metric": "loss",
-            "mode": "min",
-            "space": {"x": {"uniform": [0.0, 1.0]}},
-            "num_samples": TRIALS,
-            "max_concurrent": 1,
-            "fixed": {},
-        },
-        scheduler={"type": "fifo"},
-        # one rank per worker node (each offers one "w"); the head holds the Tune trial and the pool
+    # one rank per worker node (each offers one "w"); the head holds the Tune trial and the pool
+    data = paced_spec(
+        name,
+        tmp_path / name,
+        samples=TRIALS,
+        concurrency=1,
         train={
             "max_epochs": EPOCHS,
             "workers": 2,
