@@ -7,6 +7,7 @@ workers, so a group can outlive its trial. The pieces:
 
 - `PoolCoordinator` (an async actor, one per run): a queue of trials waiting for a group, the slots, and the
   relay of every report from a group's rank 0 to the Tune trial that owns the config (and Tune's answer back).
+  It starts its first group as it opens, so that group's cold start overlaps Tune's setup.
 - `GroupHost` (an actor per slot): calls `TorchTrainer.fit()` on `resident_worker`, and reports how it ended.
 - `resident_worker` (each Ray Train worker): asks the coordinator for its slot's next trial, trains it with
   `train_trial` (the same code as a fresh group), and asks again.
@@ -199,6 +200,9 @@ class PoolCoordinator:
         after `timeout_s` is killed. Returns the pool's counts."""
         self.closing = True
         deadline = time.monotonic() + timeout_s
+        for slot in [s for s in self.slots.values() if s.runs == 0]:  # opened early, never given a trial
+            del self.slots[slot.id]
+            ray.kill(slot.host, no_restart=True)  # its controller, workers and placement group go with it
         for job in list(self.waiting):
             await self._end(job, failed=True, why="the job ended before it started")
         for slot in list(self.slots.values()):
@@ -221,6 +225,14 @@ class PoolCoordinator:
         return dict(self.stats)
 
     async def counts(self) -> dict:
+        return dict(self.stats)
+
+    async def open(self) -> dict:
+        """Start the first group now, while Tune sets up and starts the first trial's process: a cold group takes
+        10-20 s on a small machine, and the first trial would otherwise wait for all of it. A job that never
+        hands it a trial (every trial cancelled, a budget spent) loses it at close() without waiting for it."""
+        if not self.slots and not self.closing:
+            self._start_group()
         return dict(self.stats)
 
     # -- inside --------------------------------------------------------------------------------------------
@@ -409,7 +421,7 @@ def group_failure_line(error: BaseException) -> str:
 
 # -- the driver's handle ------------------------------------------------------------------------------------
 def start_pool(plan: TrialPlan, max_slots: int, run_id: str) -> tuple[str, Any]:
-    """Start a run's coordinator (no group yet: the first trial starts one). Returns (name, handle)."""
+    """Start a run's coordinator and its first group. Returns (name, handle)."""
     name = f"pool-{run_id}-{secrets.token_hex(3)}"
     handle = _PoolCoordinatorActor.options(
         name=name,
@@ -418,7 +430,7 @@ def start_pool(plan: TrialPlan, max_slots: int, run_id: str) -> tuple[str, Any]:
         max_restarts=0,
         resources={head_resource(): HEAD_SLIVER},  # on the head (ray_compat.head_resource)
     ).remote(name, plan, max_slots)
-    ray.get(handle.counts.remote())  # up before any trial looks for it
+    ray.get(handle.open.remote())  # up (and its first group starting) before any trial looks for it
     return name, handle
 
 
