@@ -87,8 +87,9 @@ def fake_cluster(tmp_path_factory):
 
 @pytest.mark.slow
 def test_fake_cluster_adds_gpu_nodes_runs_trials_on_them_and_removes_them(fake_cluster, tmp_path, cli):
-    """The shipped local-fake.yaml on a real head: GPU workers start from zero when GPU trials wait, the
-    trials run on them, and the nodes go after the idle timeout."""
+    """The shipped local-fake.yaml (with the budget test's node types beside its gpu-node) on a real head: GPU
+    workers start from zero when GPU trials wait, the trials run on them, and the nodes go after the idle
+    timeout."""
     head = fake_cluster
     assert _alive_gpu_nodes(head) == []  # min_workers: 0 -> no GPU node before the job
     spec_path = tmp_path / "gpu-job.yaml"

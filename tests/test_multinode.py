@@ -40,6 +40,20 @@ cluster.shutdown()
 """
 
 
+def _in_a_cluster(script: str, data: dict) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run `script` (it starts its own local cluster) on the spec `data`: (its JSON result line, the process)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(data), str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # the cluster's raylets write to this process's stdout too: the result is the last JSON line
+    return json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{"))), proc
+
+
 def test_ddp_trial_spans_two_nodes(tmp_path):
     from contract import check_contract
 
@@ -52,15 +66,7 @@ def test_ddp_trial_spans_two_nodes(tmp_path):
         search={"num_samples": 1, "max_concurrent": 1},
         train={"max_epochs": 2, "workers": 2, "cpus_per_worker": 1},
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(data), str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out, _ = _in_a_cluster(SCRIPT, data)
     assert out["nodes"] == 3
     summary = RunSummary(**out["summary"])
     rows, trials = check_contract(summary, parse_spec(data))
@@ -143,16 +149,7 @@ def test_a_ddp_trial_whose_node_is_sigkilled_continues_from_its_checkpoint_witho
             "max_retries": 0,
         },
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, json.dumps(data), str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    # the replacement node's raylet writes to this process's stdout too: the result is the JSON line
-    out = json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{")))
+    out, proc = _in_a_cluster(KILL_SCRIPT, data)
     assert out.get("killed"), proc.stderr[-3000:]
     uri = out["summary"]["results_uri"]
     trials = load_trials(uri).to_pylist()

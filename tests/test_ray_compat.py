@@ -341,5 +341,14 @@ def test_the_clusters_nodes_and_their_types_are_read(ray_cluster):
 
 @pytest.mark.slow
 def test_the_head_has_a_resource_of_its_own(ray_cluster):
-    """ray_compat.head_resource: one of it, on the head (the session's embedded Ray is all head)."""
+    """ray_compat.head_resource: one of it, on the head (the session's embedded Ray is all head); a task that asks
+    for ray_compat.on_the_head() (ray_compat.HEAD_SLIVER of it) is scheduled there."""
     assert ray.cluster_resources()[ray_compat.head_resource()] == 1
+    assert ray_compat.on_the_head() == {ray_compat.head_resource(): ray_compat.HEAD_SLIVER}
+
+    @ray.remote(num_cpus=0)
+    def where() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    node = ray.get(where.options(resources=ray_compat.on_the_head()).remote(), timeout=60)
+    assert node == ray.get_runtime_context().get_node_id()

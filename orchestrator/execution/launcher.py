@@ -24,7 +24,7 @@ from orchestrator.execution.attempts import BUDGET_SPENT, budget_closed, current
 from orchestrator.execution.ray_compat import (
     ACCELERATOR_SLIVER,
     accelerator_resource,
-    head_resource,
+    on_the_head,
     train_knows_its_cluster,
 )
 from orchestrator.execution.ray_env import has_dashboard, release_train_leftovers
@@ -34,8 +34,6 @@ from orchestrator.results.layout import TRAIN_DIR, trial_index
 from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
 from orchestrator.train.seeds import trial_seed
-
-HEAD_SLIVER = 0.001  # of the head's own resource, per relaying Tune trial (see ray_compat.head_resource)
 
 
 def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:
@@ -165,7 +163,7 @@ class DdpLauncher(Launcher):
 
     def trial_resources(self) -> dict[str, float]:
         # on the head, with no CPU: a relay only waits on the pool (ray_compat.head_resource says why the head)
-        return {"CPU": 0.0, head_resource(): HEAD_SLIVER}
+        return {"CPU": 0.0, **on_the_head()}
 
     def trial_cpus(self) -> float:
         return self.train.workers * self.train.cpus_per_worker

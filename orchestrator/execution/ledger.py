@@ -1,11 +1,12 @@
 """What each trial held, for how long, and what it cost; and the budget that stops a search.
 
-A trial holds its resources (its workers' CPUs and GPUs; a DDP trial's relaying Tune process holds none) from the moment Tune
-starts it to the moment it ends, across every attempt: wall_s is the sum of its attempts' walls, cpu_s and
-gpu_s that times what it held. Its cost is its share of its node's price for that time: the price per node-hour
-of its node type (budget.prices), times the fraction of the node it held (its GPUs of the node's GPUs, or for a
-CPU trial its CPUs of the node's CPUs; a DDP trial across two whole nodes holds 2). A multi-worker trial is
-charged at its rank 0's node type (the workers of one trial run on one node type in every cluster we know).
+A trial holds its resources (its workers' CPUs and GPUs; a DDP trial's relaying Tune process holds none) from
+the moment Tune starts it to the moment it ends, across every attempt: wall_s is the sum of its attempts'
+walls, cpu_s and gpu_s that times what it held. Its cost is its share of its node's price for that time: the
+price per node-hour of its node type (budget.prices), times the fraction of the node it held (its GPUs of the
+node's GPUs, or for a CPU trial its CPUs of the node's CPUs; a DDP trial across two whole nodes holds 2). A
+multi-worker trial is charged at its rank 0's node type (the workers of one trial run on one node type in
+every cluster we know).
 
 The totals include what running trials have held so far, so a budget is checked against what is spent, not
 what has ended. Once any limit is reached the budget is exhausted: the search starts no new trial, the running

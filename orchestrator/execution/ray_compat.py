@@ -549,8 +549,17 @@ def was_lost_node(trial) -> bool:
 def head_resource() -> str:
     """The resource only the cluster's head offers (Ray 2.60: node:__internal_head__, 1 of it). A job's own small
     actors (the pool's coordinator, its group hosts and their Ray Train controllers, the relaying Tune trials)
-    ask for a sliver of it, so they live where the cluster itself lives: a worker node lost mid-job takes none of
-    the job's bookkeeping with it, and a head that advertises no CPUs (cluster/aws.yaml) still holds them."""
+    ask for a sliver of it (`on_the_head`), so they live where the cluster itself lives: a worker node lost
+    mid-job takes none of the job's bookkeeping with it, and a head that advertises no CPUs (cluster/aws.yaml)
+    still holds them."""
     from ray._common.constants import HEAD_NODE_RESOURCE_NAME  # here, not at the top: a move breaks only this
 
     return HEAD_NODE_RESOURCE_NAME
+
+
+HEAD_SLIVER = 0.001  # of the head's own resource, per actor that asks to live there
+
+
+def on_the_head() -> dict[str, float]:
+    """The resources that put one of the job's small actors on the head (see head_resource)."""
+    return {head_resource(): HEAD_SLIVER}

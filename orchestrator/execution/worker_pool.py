@@ -40,9 +40,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator.errors import describe_traceback_text
 from orchestrator.execution.ray_compat import (
     contains_error,
-    head_resource,
     lost_node_error,
     node_gone,
+    on_the_head,
     preempted_error,
     train_knows_its_cluster,
 )
@@ -52,7 +52,6 @@ from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
 
 NAMESPACE = "hpo-pools"
-HEAD_SLIVER = 0.001  # of the head's own resource, per actor of the pool
 # How long a group whose rank's process died waits for the GCS to say whether that rank's node died (its health
 # checks: Ray 2.60's default period 3 s x 5 failures, after a 5 s initial delay), before counting a failure.
 NODE_VERDICT_S = float(os.environ.get("HPO_NODE_VERDICT_S", "40"))
@@ -224,9 +223,6 @@ class PoolCoordinator:
             ray.kill(host, no_restart=True)
         return dict(self.stats)
 
-    async def counts(self) -> dict:
-        return dict(self.stats)
-
     async def open(self) -> dict:
         """Start the first group now, while Tune sets up and starts the first trial's process: a cold group takes
         10-20 s on a small machine, and the first trial would otherwise wait for all of it. A job that never
@@ -367,7 +363,7 @@ _GroupHostActor = ray.remote(num_cpus=0)(GroupHost)
 
 def _new_host():
     # on the head (ray_compat.head_resource); Ray Train puts the group's controller on its host's node
-    return _GroupHostActor.options(max_restarts=0, resources={head_resource(): HEAD_SLIVER}).remote()
+    return _GroupHostActor.options(max_restarts=0, resources=on_the_head()).remote()
 
 
 def _describe(error: BaseException, final: bool) -> str:
@@ -428,7 +424,7 @@ def start_pool(plan: TrialPlan, max_slots: int, run_id: str) -> tuple[str, Any]:
         namespace=NAMESPACE,
         max_concurrency=10_000,
         max_restarts=0,
-        resources={head_resource(): HEAD_SLIVER},  # on the head (ray_compat.head_resource)
+        resources=on_the_head(),  # on the head (ray_compat.head_resource)
     ).remote(name, plan, max_slots)
     ray.get(handle.open.remote())  # up (and its first group starting) before any trial looks for it
     return name, handle
