@@ -142,6 +142,16 @@ def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference
     code, out, err = hpo(capsys, "reproduce", uri, "trial_0002")
     assert code == 1, err[-2000:]
     assert out.startswith("trial_0002: differs first at epoch 1, val_loss: recorded ")
+    # several trials: one line each, in the order asked; exit 1 if any differs
+    code, out, err = hpo(capsys, "reproduce", uri, "trial_0001", "trial_0002", "--output", "json")
+    assert code == 1, err[-2000:]
+    first, second = (json.loads(line) for line in out.strip().splitlines())
+    assert (first["trial_id"], first["identical"]) == ("trial_0001", True), first
+    assert (second["trial_id"], second["identical"], second["first_difference"]["iteration"]) == (
+        "trial_0002",
+        False,
+        1,
+    ), second
 
 
 def test_two_jobs_with_ddp_trials_side_by_side_on_one_machine_both_finish(tmp_path):

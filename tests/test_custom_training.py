@@ -105,7 +105,7 @@ def test_reproducing_a_stopped_trial_keeps_the_schedule_of_the_full_run(tmp_path
     """ASHA stopped a trial after 1 of 3 epochs; its warmup + cosine schedule was laid out over 3 epochs.
     Reproduction runs it under the same max_epochs and stops at the same report, so its row is the stopped
     trial's; a run planned for 1 epoch (another schedule) gives another row."""
-    from orchestrator.execution.launcher import InProcessLauncher
+    from orchestrator.execution.launcher import InProcessLauncher, Rerun
 
     full = _train(tmp_path / "full", epochs=3)
     spec = parse_spec(
@@ -115,7 +115,9 @@ def test_reproducing_a_stopped_trial_keeps_the_schedule_of_the_full_run(tmp_path
         )
     )
     launcher = InProcessLauncher(spec.train)
-    again = launcher.reproduce(None, HP, 11, _plan(3), "trial_0003", str(tmp_path / "r"), 1)
+    again = launcher.reproduce(None, [Rerun("trial_0003", HP, 11, 1)], _plan(3), str(tmp_path / "r"))[
+        "trial_0003"
+    ]
     assert _metrics(Rows.of(again)) == _metrics(full)[:1]
     short = _train(tmp_path / "short", epochs=1)
     assert _metrics(short) != _metrics(full)[:1]

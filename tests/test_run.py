@@ -11,7 +11,7 @@ from conftest import spec_dict
 from contract import check_contract, deterministic_rows
 
 from orchestrator.api import run
-from orchestrator.execution.reproduce import reproduce
+from orchestrator.execution.reproduce import reproduce_trials
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.spec import parse_spec
 from orchestrator.storage import open_store
@@ -267,8 +267,9 @@ def test_two_worker_ddp_trials_share_a_warm_group_and_a_killed_worker_costs_only
 ):
     """Three 2-worker DDP trials, one at a time. Rank 1 of the first dies mid-epoch 3: its group goes, and the
     trial is retried on a fresh group from epoch 2's checkpoint (which holds both ranks' RNG states). The other
-    two trials run on that same group, warm. `hpo reproduce` reruns the retried trial and the last warm one each
-    on a fresh TorchTrainer, from scratch: every metric of every epoch is equal, bit for bit."""
+    two trials run on that same group, warm. `hpo reproduce` reruns the last warm one on a fresh TorchTrainer,
+    from scratch, and the retried one after it on that group, now warm: every metric of every epoch is equal,
+    bit for bit, both ways (warm against fresh, fresh against warm)."""
     import json
 
     marker = tmp_path / "died"
@@ -296,6 +297,8 @@ def test_two_worker_ddp_trials_share_a_warm_group_and_a_killed_worker_costs_only
     # two groups in all: the first, lost with rank 1; the fresh one, which then ran the other trials warm
     groups = json.loads((Path(interrupted.results_uri) / "run.json").read_text())["worker_groups"]
     assert groups == {"groups_started": 2, "groups_failed": 1, "trials": 4, "reused": 2}, groups
-    for trial in ("trial_0000", "trial_0002"):  # the marker exists now: nothing dies
-        again = reproduce(interrupted.results_uri, trial)
+    # the marker exists now: nothing dies
+    reruns = reproduce_trials(interrupted.results_uri, ["trial_0002", "trial_0000"])
+    assert [again.trial_id for again in reruns] == ["trial_0002", "trial_0000"]
+    for again in reruns:
         assert again.identical and again.iterations == 4 and again.checkpoint == "identical", again.describe()

@@ -133,10 +133,12 @@ def _practice(commands) -> None:
     p.set_defaults(handler="practice_cmds:sanity")
 
     p = commands.add_parser(
-        "reproduce", help="rerun one trial from its recorded config and seed; compare bit for bit"
+        "reproduce", help="rerun trials from their recorded configs and seeds; compare bit for bit"
     )
     p.add_argument("uri", help="a run's results_uri")
-    p.add_argument("trial_id", help="e.g. trial_0003")
+    p.add_argument(
+        "trial_ids", nargs="+", metavar="TRIAL_ID", help="e.g. trial_0003; several rerun one after another"
+    )
     _output(p)
     p.set_defaults(handler="practice_cmds:reproduce")
 

@@ -6,7 +6,7 @@ import json
 
 from orchestrator.cli.common import EXIT_FAILED, CliError, read_tune_spec
 from orchestrator.cli.output import print_ensemble, print_table
-from orchestrator.execution.reproduce import reproduce as rerun
+from orchestrator.execution.reproduce import reproduce_trials
 from orchestrator.execution.runner import print_progress
 from orchestrator.practice.analyze import analyze_run
 from orchestrator.practice.ensemble import build_ensemble
@@ -50,6 +50,7 @@ def analyze(args) -> int:
 
 
 def reproduce(args) -> int:
-    result = rerun(args.uri, args.trial_id)
-    print(json.dumps(result.to_json()) if args.output == "json" else result.describe())
-    return 0 if result.identical else EXIT_FAILED
+    results = reproduce_trials(args.uri, args.trial_ids)
+    for result in results:  # one line (a JSON object with --output json) per trial, in the order asked
+        print(json.dumps(result.to_json()) if args.output == "json" else result.describe())
+    return 0 if all(r.identical for r in results) else EXIT_FAILED

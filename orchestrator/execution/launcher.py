@@ -36,6 +36,17 @@ from orchestrator.train.plan import TrialPlan
 from orchestrator.train.seeds import trial_seed
 
 
+@dataclasses.dataclass(frozen=True)
+class Rerun:
+    """One trial for `hpo reproduce` to rerun from scratch: its recorded config and seed, and how many reports
+    it made (the rerun stops there, as the scheduler stopped the trial)."""
+
+    trial_id: str
+    hp: dict
+    seed: int
+    iterations: int
+
+
 def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:
     """In a Tune trial: (name, hyperparameters, seed, attempt). attempt > 0 is a retry, which continues from
     the trial's last checkpoint."""
@@ -117,11 +128,9 @@ class Launcher:
         """Cleanup once the job's trials have ended; returns what run.json should say of it."""
         return {}
 
-    def reproduce(
-        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int
-    ) -> list[dict]:
-        """Rerun one trial from scratch for its first `iterations` reports (checkpoints into `scratch`, Ray
-        through `session` if it needs one); returns each report's metrics."""
+    def reproduce(self, session, reruns: list[Rerun], plan: TrialPlan, scratch: str) -> dict[str, list[dict]]:
+        """Rerun trials from scratch, one after another, each for its first `iterations` reports (checkpoints
+        into `scratch`, Ray through `session` if it needs one); returns each report's metrics, by trial id."""
         raise NotImplementedError
 
 
@@ -138,12 +147,14 @@ class InProcessLauncher(Launcher):
     def trial_cpus(self) -> float:
         return self.train.cpus_per_worker
 
-    def reproduce(
-        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int
-    ) -> list[dict]:
+    def reproduce(self, session, reruns: list[Rerun], plan: TrialPlan, scratch: str) -> dict[str, list[dict]]:
         from orchestrator.execution.trial_process import reproduce_in_process  # late: it trains here (torch)
 
-        return reproduce_in_process(hp, seed, plan, trial_id, scratch, iterations)  # in this process: no Ray
+        # in this process: no Ray
+        return {
+            r.trial_id: reproduce_in_process(r.hp, r.seed, plan, r.trial_id, scratch, r.iterations)
+            for r in reruns
+        }
 
 
 class DdpLauncher(Launcher):
@@ -212,26 +223,25 @@ class DdpLauncher(Launcher):
             progress(f"warning: could not check for placement groups left by stopped DDP trials ({error})")
         return info
 
-    def reproduce(
-        self, session, hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int
-    ) -> list[dict]:
+    def reproduce(self, session, reruns: list[Rerun], plan: TrialPlan, scratch: str) -> dict[str, list[dict]]:
+        """One fresh TorchTrainer for all of them: the first trial starts the group, the others follow it on
+        the same workers, as the trials of a job follow each other on a warm group."""
         session.start_ray(extra_cpus=self.extra_cpus)  # this machine's Ray (embedded unless one runs)
-        out = Path(scratch) / "metrics.jsonl"
+        out = {r.trial_id: Path(scratch) / f"{r.trial_id}.jsonl" for r in reruns}
         plan = dataclasses.replace(plan, train_storage=str(Path(scratch) / TRAIN_DIR))
         config = {
-            "hp": hp,
-            "seed": seed,
+            "reruns": [{**dataclasses.asdict(r), "out": str(out[r.trial_id])} for r in reruns],
             "plan": plan,
-            "out": str(out),
             "scratch": scratch,
-            "trial_id": trial_id,
-            "iterations": iterations,
         }
         from orchestrator.execution.trial_process import reproduce_worker  # late: the workers train (torch)
 
         with train_knows_its_cluster():
-            ddp_trainer(reproduce_worker, config, plan, run_name=f"reproduce-{trial_id}").fit()
-        return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+            ddp_trainer(reproduce_worker, config, plan, run_name=f"reproduce-{reruns[0].trial_id}").fit()
+        return {
+            trial_id: [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+            for trial_id, path in out.items()
+        }
 
 
 def launcher_for(train) -> Launcher:

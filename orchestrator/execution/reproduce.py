@@ -1,7 +1,8 @@
-"""`hpo reproduce URI TRIAL_ID`: rerun one trial from its recorded config and seed and compare every metric
+"""`hpo reproduce URI TRIAL_ID...`: rerun trials from their recorded configs and seeds and compare every metric
 of every recorded epoch, bit for bit, with what the run stored (ray #43900, #13616: "the best trial can't be
-reproduced"). A 1-worker trial reruns in this process; a multi-worker trial as a TorchTrainer with the same
-worker count on this machine's Ray (embedded unless one is running); on CPU or GPU as the run's spec says.
+reproduced"). 1-worker trials rerun in this process; multi-worker trials as one TorchTrainer with the same
+worker count on this machine's Ray (embedded unless one is running), the trials one after another on its
+group, so only the first pays the group's start; on CPU or GPU as the run's spec says.
 It writes nothing to the run. Determinism holds for the same hardware type, library versions and thread count (see
 train/determinism.py), so a difference across machines is information, not necessarily a bug.
 """
@@ -17,6 +18,7 @@ import torch
 
 from orchestrator.errors import RunError, SpecError, WorkloadCodeFailed
 from orchestrator.execution.driver import DriverSession
+from orchestrator.execution.launcher import Rerun
 from orchestrator.execution.runner import plan
 from orchestrator.results import config_of, load_results, load_trials
 from orchestrator.results.layout import ITERATION_KEY
@@ -66,46 +68,57 @@ def _same(a, b) -> bool:
 
 
 def reproduce(uri: str, trial_id: str, options=None) -> Reproduction:
+    """Rerun one trial of the run at `uri`; see reproduce_trials."""
+    return reproduce_trials(uri, [trial_id], options)[0]
+
+
+def reproduce_trials(uri: str, trial_ids: list[str], options=None) -> list[Reproduction]:
+    """Rerun each trial from its recorded config and seed, one after another (DDP trials on one fresh worker
+    group, which the first starts and the others follow on, warm), and compare each with what the run stored."""
     spec = stored_spec(uri, options)
     trials = {t["trial_id"]: t for t in load_trials(uri, options=options).to_pylist()}
-    if trial_id not in trials:
+    trial_ids = list(dict.fromkeys(trial_ids))  # a trial named twice is rerun once
+    if unknown := [t for t in trial_ids if t not in trials]:
         known = ", ".join(sorted(trials)[:5]) + (" ..." if len(trials) > 5 else "")
-        raise RunError(f"{uri} has no trial {trial_id!r} (it has: {known})")
-    trial = trials[trial_id]
-    rows = sorted(
-        (r for r in load_results(uri, options=options).to_pylist() if r["trial_id"] == trial_id),
-        key=lambda r: r["iteration"],
-    )
-    if not rows:
-        raise RunError(f"{trial_id} reported no epoch: nothing to compare")
+        raise RunError(f"{uri} has no trial {unknown[0]!r} (it has: {known})")
+    recorded = {t: [] for t in trial_ids}
+    for row in load_results(uri, options=options).to_pylist():
+        if row["trial_id"] in recorded:
+            recorded[row["trial_id"]].append(row)
+    for trial_id, rows in recorded.items():
+        if not rows:
+            raise RunError(f"{trial_id} reported no epoch: nothing to compare")
+        rows.sort(key=lambda r: r["iteration"])
+    reruns = [
+        Rerun(t, config_of(trials[t]), int(trials[t]["trial_seed"]), recorded[t][-1]["iteration"])
+        for t in trial_ids
+    ]
+    results = []
     with DriverSession() as session:
         the_plan = plan(spec, uri)
-        # the spec's max_epochs (a schedule may depend on it), stopped where the trial was stopped
-        trial_plan, iterations = the_plan.trial_plan, rows[-1]["iteration"]
-        # the rerun's checkpoints are thrown away
+        # the spec's max_epochs (a schedule may depend on it), each stopped where the trial was stopped
+        # the reruns' checkpoints are thrown away
         with tempfile.TemporaryDirectory(prefix="hpo-reproduce-") as scratch:
             try:
-                reproduced = the_plan.launcher.reproduce(
-                    session,
-                    config_of(trial),
-                    int(trial["trial_seed"]),
-                    trial_plan,
-                    trial_id,
-                    scratch,
-                    iterations,
-                )
+                reproduced = the_plan.launcher.reproduce(session, reruns, the_plan.trial_plan, scratch)
             except (RunError, SpecError):
                 raise
             except Exception as error:
-                raise WorkloadCodeFailed.logged(f"reproduce {trial_id}", error) from None
-            checkpoint = _compare_checkpoints(
-                TrialCheckpoints(
-                    open_store(uri, options or spec.storage_options.s3()), trial_id, keep=1, mode="min"
-                ),
-                TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode="min"),
-                rows[-1]["iteration"],
-            )
-    metrics = [m for m in the_plan.schema.metrics if m in rows[0]]
+                raise WorkloadCodeFailed.logged(f"reproduce {', '.join(trial_ids)}", error) from None
+            stored = open_store(uri, options or spec.storage_options.s3())
+            for trial_id, rows in recorded.items():
+                checkpoint = _compare_checkpoints(
+                    TrialCheckpoints(stored, trial_id, keep=1, mode="min"),
+                    TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode="min"),
+                    rows[-1]["iteration"],
+                )
+                metrics = [m for m in the_plan.schema.metrics if m in rows[0]]
+                results.append(_compare(trial_id, rows, reproduced.get(trial_id, []), metrics, checkpoint))
+    return results
+
+
+def _compare(trial_id: str, rows: list[dict], reproduced: list[dict], metrics: list[str], checkpoint: str):
+    """Every metric of every recorded epoch against the rerun's, then the last checkpoint's verdict."""
     result = Reproduction(trial_id, len(rows), True, metrics=metrics, checkpoint=checkpoint)
     again = {m[ITERATION_KEY]: m for m in reproduced}
     for row in rows:

@@ -108,25 +108,27 @@ class _FileReporter(Collect):
 
 
 def reproduce_worker(config: dict) -> None:
-    """Each Ray Train worker of a DDP reproduction."""
+    """Each Ray Train worker of a DDP reproduction: the trials one after another, on the same process group."""
     ctx, plan = ray.train.get_context(), config["plan"]
     rank = ctx.get_world_rank()
-    # every rank stops at the same report
-    stop = config["iterations"]
-    reporter = _FileReporter(config["out"], stop) if rank == 0 else Collect(stop)
-    with contextlib.suppress(TrialStopped):
-        run_training(
-            config["hp"],
-            config["seed"],
-            plan,
-            reporter,
-            _scratch_checkpoints(config["scratch"], config["trial_id"], plan),
-            restore=False,
-            rank=rank,
-            world=ctx.get_world_size(),
-            local_rank=ctx.get_local_rank(),
-            device=device_for(plan, ctx.get_local_rank()),
-        )
+    for rerun in config["reruns"]:
+        # every rank stops at the same report
+        stop = rerun["iterations"]
+        reporter = _FileReporter(rerun["out"], stop) if rank == 0 else Collect(stop)
+        with contextlib.suppress(TrialStopped):
+            run_training(
+                rerun["hp"],
+                rerun["seed"],
+                plan,
+                reporter,
+                _scratch_checkpoints(config["scratch"], rerun["trial_id"], plan),
+                restore=False,
+                rank=rank,
+                world=ctx.get_world_size(),
+                local_rank=ctx.get_local_rank(),
+                device=device_for(plan, ctx.get_local_rank()),
+            )
+        _tidy(plan)
 
 
 # -- the workers of a warm worker group (execution/worker_pool.py) ---------------------------------------------
