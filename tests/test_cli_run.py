@@ -154,41 +154,48 @@ def test_reproduce_reruns_a_trial_bit_identically_and_names_the_first_difference
     ), second
 
 
-def test_two_jobs_with_ddp_trials_side_by_side_on_one_machine_both_finish(tmp_path):
-    """Two `hpo run` processes, each with its own embedded Ray (and this session's Ray may be up too): every
-    DDP trial's worker group starts and finishes. Ray Train looks its controller up through the State API,
-    which, with more than one Ray on the host, is told which one (execution/ray_compat.py); the hang this
-    guards against was reported from another machine, and on the 2-core test machine this passes either way."""
+def test_two_jobs_with_ddp_trials_side_by_side_on_one_machine_both_finish(ray_cluster, tmp_path):
+    """Two Rays on one host, each running a job of DDP trials at the same time: an `hpo run` process with its own
+    embedded Ray, and a job on this session's Ray (the older of the two, so the one that `ray_current_cluster`,
+    which names the newest, would mislead). Every DDP trial's worker group starts and finishes. Ray Train looks
+    its controller up through the State API, which, with more than one Ray on the host, is told which one
+    (execution/ray_compat.py); the hang this guards against was reported from another machine, and on the 2-core
+    test machine this passes either way."""
     import os
     import subprocess
+    import tempfile
+    import time
 
     import yaml
     from conftest import HPO, spec_dict
 
-    procs = []
+    from orchestrator.api import run
+
+    train = {"max_epochs": 1, "workers": 2, "cpus_per_worker": 0.5, "max_retries": 0, "trial_timeout_s": 240}
+    specs = {}
     for name in ("left", "right"):
-        spec = tmp_path / f"{name}.yaml"
-        train = {
-            "max_epochs": 1,
-            "workers": 2,
-            "cpus_per_worker": 0.5,
-            "max_retries": 0,
-            "trial_timeout_s": 240,
-        }
         data = spec_dict(name=name, storage=str(tmp_path / "runs"), search={"num_samples": 1}, train=train)
-        spec.write_text(yaml.safe_dump(data))
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        procs.append(
-            subprocess.Popen(
-                [*HPO, "run", str(spec)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    for proc in procs:
+        specs[name] = tmp_path / f"{name}.yaml"
+        specs[name].write_text(yaml.safe_dump(data))
+    latest = Path(tempfile.gettempdir(), "ray", "session_latest")  # the newest Ray session on this host
+    before = os.readlink(latest)
+    proc = subprocess.Popen(
+        [*HPO, "run", str(specs["left"])],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # this session's job starts once the process's Ray is up
+        deadline = time.monotonic() + 120
+        while os.readlink(latest) == before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert os.readlink(latest) != before, "the hpo run process started no Ray of its own"
+        here = run(load_spec(specs["right"]), progress=lambda line: None)
+    finally:
         out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-        assert "finished 1 trials (1 completed)" in out, out
+    assert proc.returncode == 0, err[-3000:]
+    assert "finished 1 trials (1 completed)" in out, out
+    assert here.statuses == {"completed": 1}, here

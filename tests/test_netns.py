@@ -3,7 +3,10 @@ processes are SIGKILLed and a node whose cable is cut for 30 s. Every trial fini
 checkpoint on the surviving node and a spare (what an autoscaler brings) without spending
 train.max_retries (0 here); nothing written is lost, each (trial, iteration) is there once, and the rows equal
 an undisturbed run's (the spec is deterministic as a whole). One job meets both faults, one per trial: the
-first trial's rank node is killed, the second trial's rank node loses its cable."""
+first trial's rank node is killed, the second trial's rank node loses its cable. The undisturbed run is the same
+search with one worker per trial on this session's Ray: the paced workload's losses depend on its config and
+epoch only, and a FIFO job's configs and seeds do not depend on its concurrency (test_run.py), so its rows are
+the ones a calm 2-worker run on the namespaced cluster would write, for a fraction of its cost."""
 
 from __future__ import annotations
 
@@ -97,6 +100,21 @@ def _rows(uri: str) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: (r["trial_id"], r["iteration"]))
 
 
+def _undisturbed(tmp_path: Path) -> list[dict]:
+    """The rows of the same search, one worker per trial, both trials at once, on this session's Ray."""
+    from orchestrator.api import run
+    from orchestrator.spec import load_spec
+
+    data = paced_spec(
+        "calm", tmp_path / "calm", samples=TRIALS, concurrency=TRIALS, train={"max_epochs": EPOCHS}
+    )
+    path = tmp_path / "calm.yaml"
+    path.write_text(yaml.safe_dump(data))
+    rows = _rows(run(load_spec(path), progress=lambda line: None).results_uri)
+    assert len({(r["trial_id"], r["iteration"]) for r in rows}) == len(rows) == TRIALS * EPOCHS
+    return rows
+
+
 def _check(summary: dict, calm: list[dict], began: float) -> str:
     uri = summary["results_uri"]
     trials = load_trials(uri).to_pylist()
@@ -129,9 +147,10 @@ def _at_second_epoch(net: NetnsCluster, log_path: Path, trial: str) -> None:
     net.wait_for(lambda: f"{trial} epoch   2/" in log_path.read_text(), f"{trial}'s second epoch")
 
 
-def test_ddp_trials_over_a_real_network_survive_a_killed_node_and_a_cut_cable(tmp_path):
+def test_ddp_trials_over_a_real_network_survive_a_killed_node_and_a_cut_cable(ray_cluster, tmp_path):
     if why := unavailable():
         pytest.skip(why)
+    calm = _undisturbed(tmp_path)
     # Every namespace has this machine's hostname, which resolves to 127.0.0.1: gloo would hand its peers that
     # address. Naming the interface, as a cluster with several networks does, makes it use the node's own.
     env = {"PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "eth0", **FAST_VERDICT}
@@ -143,9 +162,6 @@ def test_ddp_trials_over_a_real_network_survive_a_killed_node_and_a_cut_cable(tm
         for node in WORKERS:
             net.start(node, cpus=2, resources={"w": 1})
         net.wait_for(lambda: len(net.alive_nodes()) == 1 + len(WORKERS), "the worker nodes")
-
-        calm = _rows(_finish(*_job(net, tmp_path, "calm"))["results_uri"])
-        assert len({(r["trial_id"], r["iteration"]) for r in calm}) == len(calm) == TRIALS * EPOCHS
 
         proc, log_path = _job(net, tmp_path, "faults")
         # (a) trial_0000: every process of a node running one of its ranks is SIGKILLed mid-trial
