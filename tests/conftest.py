@@ -75,6 +75,17 @@ def paced_spec(name: str, storage, *, samples: int, concurrency: int, train: dic
     )
 
 
+def wait_for(predicate, what: str, timeout_s: float, *, every_s: float = 0.5):
+    """Poll `predicate` until it returns something true, and return that; TimeoutError naming `what` after
+    `timeout_s` (slow tests wait on a condition with a deadline, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+    return value
+
+
 def trial_plan(epochs: int = 3, **overrides):
     """A TrialPlan for training in this process (no run, no store): digits-mlp by val_loss unless overridden."""
     from orchestrator.train.plan import TrialPlan

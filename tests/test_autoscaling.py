@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import HPO, ROOT, paced_spec, run_hpo, spec_dict
+from conftest import HPO, ROOT, paced_spec, run_hpo, spec_dict, wait_for
 from rayhead import RayHead
 
 from orchestrator.execution import ray_compat
@@ -56,13 +56,7 @@ def _alive_gpu_nodes(head) -> list[str]:
 
 
 def _wait_for(predicate, timeout_s: float, what: str, head):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; see {head.root.parent}")
+    return wait_for(predicate, f"{what} (see {head.root.parent})", timeout_s, every_s=1)
 
 
 # The shipped config's types and two more for the budget test: "cheap-node" (which only a custom resource asks for,

@@ -164,10 +164,9 @@ def test_two_jobs_with_ddp_trials_side_by_side_on_one_machine_both_finish(ray_cl
     import os
     import subprocess
     import tempfile
-    import time
 
     import yaml
-    from conftest import HPO, spec_dict
+    from conftest import HPO, spec_dict, wait_for
 
     from orchestrator.api import run
 
@@ -189,9 +188,7 @@ def test_two_jobs_with_ddp_trials_side_by_side_on_one_machine_both_finish(ray_cl
     )
     try:
         # this session's job starts once the process's Ray is up
-        deadline = time.monotonic() + 120
-        while os.readlink(latest) == before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: os.readlink(latest) != before or proc.poll() is not None, "the process's Ray", 120)
         assert os.readlink(latest) != before, "the hpo run process started no Ray of its own"
         here = run(load_spec(specs["right"]), progress=lambda line: None)
     finally:

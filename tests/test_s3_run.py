@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3server
 import yaml
-from conftest import ROOT, hpo, spec_dict
+from conftest import ROOT, hpo, spec_dict, wait_for
 from contract import check_contract, deterministic_rows
 
 from orchestrator.api import run
@@ -140,7 +140,7 @@ def test_outage_mid_run_loses_no_row_and_leaks_no_secret(ray_cluster, s3, tmp_pa
     assert first.startswith("results_uri: "), first
     run_store = open_store(first.removeprefix("results_uri: ").strip())
     # rows are live on S3 (a HEAD on the manifest: listing a bucket that earlier tests filled can take seconds)
-    _wait_for(lambda: run_store.exists("results/_manifest.json"), 180)
+    wait_for(lambda: run_store.exists("results/_manifest.json"), "the run's first manifest", 180)
     began = (
         time.monotonic()
     )  # the server stops taking requests now; stop() then waits for it to exit (seconds)
@@ -153,7 +153,7 @@ def test_outage_mid_run_loses_no_row_and_leaks_no_secret(ray_cluster, s3, tmp_pa
         )
 
     try:
-        _wait_for(went_on_without_it, 300)
+        wait_for(went_on_without_it, "the job to go on without the store", 300)
     except TimeoutError:
         tail = "".join(f"{t - began:7.1f} {line}" for t, line in list(progress)[-60:])
         raise AssertionError(f"the job did not go on without the store; its last lines:\n{tail}") from None
@@ -190,14 +190,6 @@ def _start_hpo(args, cwd: Path, env_extra: dict):
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _wait_for(condition, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.5)
 
 
 def test_store_down_at_the_end_exits_3_and_sync_uploads_later(ray_cluster, s3, tmp_path, capsys, monkeypatch):

@@ -106,13 +106,14 @@ def reproduce_trials(uri: str, trial_ids: list[str], options=None) -> list[Repro
             except Exception as error:
                 raise WorkloadCodeFailed.logged(f"reproduce {', '.join(trial_ids)}", error) from None
             stored = open_store(uri, options or spec.storage_options.s3())
+            # the metrics the run declared and stored (every trial's rows have the same columns)
+            metrics = [m for m in the_plan.schema.metrics if m in recorded[trial_ids[0]][0]]
             for trial_id, rows in recorded.items():
                 checkpoint = _compare_checkpoints(
                     TrialCheckpoints(stored, trial_id, keep=1, mode="min"),
                     TrialCheckpoints(LocalStore(scratch), trial_id, keep=1, mode="min"),
                     rows[-1]["iteration"],
                 )
-                metrics = [m for m in the_plan.schema.metrics if m in rows[0]]
                 results.append(_compare(trial_id, rows, reproduced.get(trial_id, []), metrics, checkpoint))
     return results
 
