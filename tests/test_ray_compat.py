@@ -170,6 +170,51 @@ def test_schedulers_can_be_told_results_without_a_controller():
     assert ray_compat.tell_scheduler(asha, _trial("trial_0001", "1"), bad) == []  # stopped at its first rung
 
 
+def test_a_scheduler_scans_the_trials_only_when_one_waits():
+    from ray.tune.execution.tune_controller import TuneController
+
+    # the sets the shortcut reads are kept for every status a trial enters, as it is added and as it changes
+    for kept in (TuneController._set_trial_status, TuneController.add_trial):
+        source = inspect.getsource(kept)
+        assert "Trial.PENDING: self._pending_trials" in source, kept
+        assert "Trial.PAUSED: self._paused_trials" in source, kept
+    _chooses_as_tune_does(FIFOScheduler())
+    _chooses_as_tune_does(ASHAScheduler(time_attr="epoch", metric="loss", mode="min", max_t=3))
+
+
+def _chooses_as_tune_does(scheduler) -> None:
+    from ray import cloudpickle
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper
+
+    tunes_own = type(scheduler)
+    assert ray_compat.choose_only_when_a_trial_waits(scheduler) is scheduler
+    assert isinstance(scheduler, tunes_own) and type(scheduler).__name__ == tunes_own.__name__
+    trials = [_trial(f"trial_{i:04d}", str(i)) for i in range(5)]
+    for trial, status in zip(trials, (Trial.TERMINATED, Trial.ERROR, *[Trial.RUNNING] * 3), strict=True):
+        trial.set_status(status)
+    scans = []
+
+    def get_trials():
+        scans.append(1)
+        return trials
+
+    controller = types.SimpleNamespace(_pending_trials=set(), _paused_trials=set(), get_trials=get_trials)
+    wrapped = TrialRunnerWrapper(controller, trial_executor=None, runner_whitelist_attr={"get_trials"})
+    scans.clear()
+    assert scheduler.choose_trial_to_run(wrapped) is None and not scans  # nothing waits: no scan
+    assert tunes_own.choose_trial_to_run(scheduler, wrapped) is None  # what Tune's scan finds too
+    for status, waiting in (
+        (Trial.PAUSED, controller._paused_trials),
+        (Trial.PENDING, controller._pending_trials),
+    ):
+        trials[4].set_status(status)
+        waiting.add(trials[4])
+        chosen = scheduler.choose_trial_to_run(wrapped)
+        assert chosen is trials[4] and chosen is tunes_own.choose_trial_to_run(scheduler, wrapped)
+    copy = cloudpickle.loads(cloudpickle.dumps(scheduler))  # Tune pickles its config into tuner.pkl
+    assert isinstance(copy, tunes_own) and copy.choose_trial_to_run(wrapped) is not None
+
+
 def test_hyperopt_pinning():
     """ray_compat.pin_hyperopt_suggestion and ray_compat.hyperopt_record: exercised on a real TPE in
     test_fast_forward.py."""

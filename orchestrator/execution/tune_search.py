@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from orchestrator.execution.fast_forward import SearcherGenerator, VariantGenerator
-from orchestrator.execution.ray_compat import creation_counter
+from orchestrator.execution.ray_compat import choose_only_when_a_trial_waits, creation_counter
 from orchestrator.results.layout import ITERATION_KEY, trial_id
 from orchestrator.search.algorithms import Algorithm, Grid, HyperOpt, QuasiRandom, Random
 from orchestrator.spec import JobSpec
@@ -109,6 +109,7 @@ def build_search(spec: JobSpec) -> tuple[Any, dict, TrialNamer]:
 
 
 def build_scheduler(spec: JobSpec):
-    return spec.scheduler.kind.build(
+    scheduler = spec.scheduler.kind.build(
         spec.scheduler.settings(), max_epochs=spec.train.max_epochs, time_attr=ITERATION_KEY
     )
+    return choose_only_when_a_trial_waits(scheduler)  # Tune's choice scans every trial at every step
