@@ -62,7 +62,9 @@ def _jobs(commands) -> None:
 
     p = commands.add_parser("run", help="run a job on an embedded Ray (or --address) and write its results")
     p.add_argument("spec", help="path to a YAML job spec")
-    p.add_argument("--storage", help="override the spec's storage (a local folder)")
+    p.add_argument(
+        "--storage", help="override the spec's storage (a folder, file://... or s3://bucket/prefix)"
+    )
     _ray_options(p)
     p.add_argument("--run-id", help=argparse.SUPPRESS)  # chosen by `hpo submit`, so it knows the results URI
     p.set_defaults(handler="job_cmds:run")
