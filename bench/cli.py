@@ -21,7 +21,7 @@ COMMANDS = {
     "hpo schema": [HPO, "schema"],
     "hpo --help": [HPO, "--help"],
 }
-HEAVY = ("torch", "ray", "pyarrow", "sklearn", "hyperopt", "scipy", "boto3", "matplotlib")
+HEAVY = ("torch", "ray", "numpy", "pyarrow", "sklearn", "hyperopt", "scipy", "boto3", "matplotlib")
 
 
 def wall(command: list[str], runs: int) -> float:

@@ -269,13 +269,13 @@ def test_schema_accepts_shipped_jobs_and_rejects_unknown_keys(capsys):
         assert list(validator.iter_errors(bad)), bad
 
 
-HEAVY = ("ray", "torch", "scipy", "sklearn", "hyperopt", "matplotlib", "boto3", "pyarrow")
+HEAVY = ("ray", "torch", "numpy", "scipy", "sklearn", "hyperopt", "matplotlib", "boto3", "pyarrow")
 
 
 @pytest.mark.slow
 def test_the_real_entry_point_validates_without_importing_heavy_libraries(tmp_path):
     """`hpo` as installed (the console script), and `python -m orchestrator`: validate, --help and a bad spec.
-    Validating a spec imports none of Ray, torch, SciPy, scikit-learn, HyperOpt, matplotlib, boto3, pyarrow."""
+    Validating a spec imports none of Ray, torch, numpy, SciPy, scikit-learn, HyperOpt, matplotlib, boto3, pyarrow."""
     hpo_script = Path(sys.executable).parent / "hpo"
     good = subprocess.run(
         [str(hpo_script), "validate", str(ROOT / "jobs" / "digits-asha.yaml")],

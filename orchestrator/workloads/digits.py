@@ -7,11 +7,12 @@ import gzip
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.workloads.base import Splits, Workload
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The split is fixed (its own seed, independent of any trial seed) so every trial sees the same data.
 SPLIT_SEED = 1234
@@ -24,6 +25,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits, exactly as `sklearn.datasets.load_digits(return_X_y=True)` gives them, read
     from the CSV the package ships. Importing scikit-learn's datasets takes ~2 s, and every trial process would
     pay it before its first epoch; finding the file does not import scikit-learn at all."""
+    import numpy as np  # late: `hpo validate` imports every built-in workload, and numpy costs it ~70 ms
+
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the digits-mlp workload needs scikit-learn (pip install scikit-learn)")
@@ -35,6 +38,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, ...]:
+    import numpy as np  # late: `hpo validate` imports every built-in workload, and numpy costs it ~70 ms
+
     x, y = _load_digits()
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     x, y = x[order].astype(np.float32), y[order].astype(np.int64)

@@ -12,17 +12,20 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.workloads.base import Splits, Workload
 from orchestrator.workloads.digits import NUM_CLASSES, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION, _load_digits
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @functools.lru_cache(maxsize=1)
 def _image_arrays() -> tuple[np.ndarray, ...]:
     """The digits-mlp split (same seed, same fractions) as images scaled to [0, 1]: pixels keep their layout."""
+    import numpy as np  # late: `hpo validate` imports every built-in workload, and numpy costs it ~70 ms
+
     x, y = _load_digits()
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     x, y = (x[order] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8), y[order].astype(np.int64)

@@ -10,33 +10,41 @@ has something to get right and something to get wrong.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.workloads.base import Workload
 
+if TYPE_CHECKING:
+    import numpy as np
+
 OPTIMA = {"branin": 0.397887, "hartmann6": -3.32237}
 
-_H_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
-_H_A = np.array(
-    [
-        [10, 3, 17, 3.5, 1.7, 8],
-        [0.05, 10, 17, 0.1, 8, 14],
-        [3, 3.5, 1.7, 10, 17, 8],
-        [17, 8, 0.05, 10, 0.1, 14],
-    ]
-)
-_H_P = 1e-4 * np.array(
-    [
-        [1312, 1696, 5569, 124, 8283, 5886],
-        [2329, 4135, 8307, 3736, 1004, 9991],
-        [2348, 1451, 3522, 2883, 3047, 6650],
-        [4047, 8828, 8732, 5743, 1091, 381],
-    ]
-)
+
+@functools.cache
+def _hartmann6_constants():
+    import numpy as np  # late: `hpo validate` imports every built-in workload, and numpy costs it ~70 ms
+
+    alpha = np.array([1.0, 1.2, 3.0, 3.2])
+    a = np.array(
+        [
+            [10, 3, 17, 3.5, 1.7, 8],
+            [0.05, 10, 17, 0.1, 8, 14],
+            [3, 3.5, 1.7, 10, 17, 8],
+            [17, 8, 0.05, 10, 0.1, 14],
+        ]
+    )
+    p = 1e-4 * np.array(
+        [
+            [1312, 1696, 5569, 124, 8283, 5886],
+            [2329, 4135, 8307, 3736, 1004, 9991],
+            [2348, 1451, 3522, 2883, 3047, 6650],
+            [4047, 8828, 8732, 5743, 1091, 381],
+        ]
+    )
+    return alpha, a, p
 
 
 def branin(u1: float, u2: float) -> float:
@@ -46,10 +54,15 @@ def branin(u1: float, u2: float) -> float:
 
 
 def hartmann6(u: np.ndarray) -> float:
-    return float(-np.sum(_H_ALPHA * np.exp(-np.sum(_H_A * (u - _H_P) ** 2, axis=1))))
+    import numpy as np  # late, as above
+
+    alpha, a, p = _hartmann6_constants()
+    return float(-np.sum(alpha * np.exp(-np.sum(a * (u - p) ** 2, axis=1))))
 
 
 def value(config: Mapping[str, Any]) -> float:
+    import numpy as np  # late, as above
+
     u = np.array([float(config[f"x{i}"]) for i in range(1, 7)])
     if config["function"] == "branin":
         return branin(u[0], u[1])
@@ -60,6 +73,8 @@ def value(config: Mapping[str, Any]) -> float:
 
 def objective(config: Mapping[str, Any], epoch: int) -> dict[str, float]:
     """The metrics of `epoch` (1-based) for this config."""
+    import numpy as np  # late, as above
+
     f = value(config)
     u = np.array([float(config[f"x{i}"]) for i in range(1, 7)])
     gap = 1.0 + 4.0 * float(np.abs(u - 0.5).mean())
