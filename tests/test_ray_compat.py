@@ -200,7 +200,6 @@ def _chooses_as_tune_does(scheduler) -> None:
 
     controller = types.SimpleNamespace(_pending_trials=set(), _paused_trials=set(), get_trials=get_trials)
     wrapped = TrialRunnerWrapper(controller, trial_executor=None, runner_whitelist_attr={"get_trials"})
-    scans.clear()
     assert scheduler.choose_trial_to_run(wrapped) is None and not scans  # nothing waits: no scan
     assert tunes_own.choose_trial_to_run(scheduler, wrapped) is None  # what Tune's scan finds too
     for status, waiting in (
