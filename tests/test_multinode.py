@@ -54,18 +54,25 @@ def _in_a_cluster(script: str, data: dict) -> tuple[dict, subprocess.CompletedPr
     return json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{"))), proc
 
 
+def _skip_where_netns_runs(what: str) -> None:
+    """One cluster of Ray nodes per suite is enough (each of these costs ~40 s here): where tests/test_netns.py
+    can run, it covers `what` over a real network; these loopback variants serve machines without root or
+    `ip netns`."""
+    from netns import unavailable
+
+    if not unavailable():
+        pytest.skip(f"tests/test_netns.py runs {what} over a real network here")
+
+
 def test_ddp_trial_spans_two_nodes(tmp_path):
     from contract import check_contract
-    from netns import unavailable
 
     from orchestrator.results import RunSummary
     from orchestrator.spec import parse_spec
 
-    if not unavailable():
-        # tests/test_netns.py runs 2-worker DDP trials with one rank on each of two worker nodes (it asserts the
-        # placement) over a real network, and test_run.py checks the results contract of DDP trials: one cluster
-        # of Ray nodes per suite is enough (38 s here); this loopback variant serves machines without `ip netns`
-        pytest.skip("tests/test_netns.py runs DDP trials across nodes over a real network here")
+    # tests/test_netns.py runs 2-worker DDP trials with one rank on each of two worker nodes (it asserts the
+    # placement), and test_run.py checks the results contract of DDP trials
+    _skip_where_netns_runs("DDP trials across nodes")
     data = spec_dict(
         name="two-nodes",
         storage=str(tmp_path),
@@ -134,14 +141,10 @@ def test_a_ddp_trial_whose_node_is_sigkilled_continues_from_its_checkpoint_witho
     spare, as an autoscaler would bring one). At the trial's second epoch the node of one rank is SIGKILLed: the
     group is lost, the pool sees the node is dead (it runs no task, then the GCS says so), and the trial continues
     from its checkpoint on the survivor and the spare with train.max_retries 0: a lost node is not a failure."""
-    from netns import unavailable
-
     from orchestrator.results import load_results, load_trials
 
-    if not unavailable():
-        # the same fault, the same assertions, over a real network (and a cut cable besides): one cluster of
-        # Ray nodes per suite is enough; this loopback variant serves machines without root or `ip netns`
-        pytest.skip("tests/test_netns.py runs this over a real network here")
+    # the same fault, the same assertions, over a real network (and a cut cable besides)
+    _skip_where_netns_runs("this fault")
     data = paced_spec(
         "node-killed",
         tmp_path,
