@@ -60,23 +60,20 @@ def hartmann6(u: np.ndarray) -> float:
     return float(-np.sum(alpha * np.exp(-np.sum(a * (u - p) ** 2, axis=1))))
 
 
-def value(config: Mapping[str, Any]) -> float:
-    import numpy as np  # late, as above
-
-    u = np.array([float(config[f"x{i}"]) for i in range(1, 7)])
-    if config["function"] == "branin":
+def value(function: str, u: np.ndarray) -> float:
+    if function == "branin":
         return branin(u[0], u[1])
-    if config["function"] == "hartmann6":
+    if function == "hartmann6":
         return hartmann6(u)
-    raise ValueError(f"function {config['function']!r}: use branin or hartmann6")
+    raise ValueError(f"function {function!r}: use branin or hartmann6")
 
 
 def objective(config: Mapping[str, Any], epoch: int) -> dict[str, float]:
     """The metrics of `epoch` (1-based) for this config."""
     import numpy as np  # late, as above
 
-    f = value(config)
     u = np.array([float(config[f"x{i}"]) for i in range(1, 7)])
+    f = value(config["function"], u)
     gap = 1.0 + 4.0 * float(np.abs(u - 0.5).mean())
     return {"train_loss": f, "val_loss": f + gap / epoch}
 
