@@ -15,13 +15,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.cli import HEAVY_LIBRARIES  # noqa: E402
+
 HPO = str(Path(sys.executable).with_name("hpo"))
 COMMANDS = {
     "hpo validate jobs/digits-asha.yaml": [HPO, "validate", "jobs/digits-asha.yaml"],
     "hpo schema": [HPO, "schema"],
     "hpo --help": [HPO, "--help"],
 }
-HEAVY = ("torch", "ray", "numpy", "pyarrow", "sklearn", "hyperopt", "scipy", "boto3", "matplotlib")
 
 
 def wall(command: list[str], runs: int) -> float:
@@ -42,7 +45,7 @@ def heavy_imports(args: list[str]) -> list[str]:
         text=True,
     )
     loaded = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
-    return sorted(loaded & set(HEAVY))
+    return sorted(loaded & set(HEAVY_LIBRARIES))
 
 
 def main() -> None:
