@@ -7,15 +7,18 @@ import importlib
 import inspect
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
+import weakref
 from pathlib import Path
 
 import pytest
 import ray
 import tomllib
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -396,3 +399,104 @@ def test_the_head_has_a_resource_of_its_own(ray_cluster):
 
     node = ray.get(where.options(resources=ray_compat.on_the_head()).remote(), timeout=60)
     assert node == ray.get_runtime_context().get_node_id()
+
+
+# What Python printed, relayed by Ray to the driver's stderr, at the end of a successful `hpo run` in CI: a
+# worker that Ray stopped with SIGTERM while it ran a weakref callback.
+STOP_NOISE = [
+    "Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f3c0610a840>",
+    "Traceback (most recent call last):",
+    '  File "/root/.pyenv/versions/3.11.7/lib/python3.11/_weakrefset.py", line 39, in _remove',
+    "    def _remove(item, selfref=ref(self)):",
+    "",
+    '  File "/venv/lib/python3.11/site-packages/ray/_private/worker.py", line 1063, in sigterm_handler',
+    "    raise_sys_exit_with_custom_error_message(",
+    '  File "python/ray/_raylet.pyx", line 712, in ray._raylet.raise_sys_exit_with_custom_error_message',
+    "SystemExit: 1",
+]
+
+
+def test_the_stop_noise_of_rays_workers_is_dropped_and_nothing_else():
+    other_ignored = [
+        "Exception ignored in: <function Model.__del__ at 0x7f00>",
+        "Traceback (most recent call last):",
+        '  File "my_workloads.py", line 9, in __del__',
+        "ValueError: a user's own error",
+    ]
+    assert ray_compat.without_stop_noise(["epoch 1", *STOP_NOISE, "epoch 2"]) == ["epoch 1", "epoch 2"]
+    assert ray_compat.without_stop_noise(STOP_NOISE * 2) == []
+    assert ray_compat.without_stop_noise(other_ignored + STOP_NOISE) == other_ignored
+    # a SystemExit of the user's own, and a block cut off before its exception line, are kept
+    own_exit = [*STOP_NOISE[:4], '  File "my_workloads.py", line 3, in stop', "SystemExit: 1"]
+    assert ray_compat.without_stop_noise(own_exit) == own_exit
+    assert ray_compat.without_stop_noise(STOP_NOISE[:-1]) == STOP_NOISE[:-1]
+
+
+def test_quiet_worker_stops_wraps_the_drivers_relay_and_undoes_it(monkeypatch):
+    """Without a Ray: the handler Ray's worker.connect registers (ray_compat.PRINT_LOGS_HANDLER) stands in."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    relayed, other = [], []
+    monkeypatch.setattr(
+        dispatcher, "handlers", [(ray_compat.PRINT_LOGS_HANDLER, relayed.append), ("x", other.append)]
+    )
+    undo = ray_compat.quiet_worker_stops()
+    assert ray_compat.quiet_worker_stops() and dispatcher.handlers[1] == (
+        "x",
+        other.append,
+    )  # wraps only once
+    dispatcher.emit({"is_err": True, "lines": STOP_NOISE})  # nothing left: not relayed at all
+    dispatcher.emit({"is_err": True, "lines": ["epoch 1", *STOP_NOISE], "pid": 7})
+    dispatcher.emit(
+        {"is_err": False, "lines": STOP_NOISE}
+    )  # stdout: not Python's stop noise, relayed as it is
+    assert relayed == [
+        {"is_err": True, "lines": ["epoch 1"], "pid": 7},
+        {"is_err": False, "lines": STOP_NOISE},
+    ]
+    assert len(other) == 3  # other handlers see everything
+    undo()
+    assert dispatcher.handlers == [(ray_compat.PRINT_LOGS_HANDLER, relayed.append), ("x", other.append)]
+
+
+@pytest.mark.slow
+def test_a_worker_sigtermed_inside_a_weakref_callback_prints_noise_the_driver_does_not_relay(
+    ray_cluster, capsys
+):
+    """The real thing: a worker of the session's Ray gets SIGTERM while its main thread runs a weakref callback.
+    Its own log holds Python's "Exception ignored ... SystemExit: 1"; the driver's stderr (the session started Ray
+    through DriverSession, which quiets the relay) has the lines around it and not that."""
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def pid(self) -> int:
+            return os.getpid()
+
+        def collect_slowly(self) -> None:
+            class Thing:
+                pass
+
+            thing = Thing()
+            keep = weakref.ref(thing, lambda _: time.sleep(30))  # the callback runs at `del`, in this thread
+            print("before the stop", file=sys.stderr, flush=True)
+            del thing
+            print("after the stop", file=sys.stderr, flush=True)
+            assert keep() is None  # the weakref lived through its callback
+
+    worker = Worker.remote()
+    pid = ray.get(worker.pid.remote(), timeout=60)
+    done = worker.collect_slowly.remote()
+    seen = []
+
+    def relayed(line: str) -> bool:
+        seen.append(capsys.readouterr().err)
+        return line in "".join(seen)
+
+    wait_for(lambda: relayed("before the stop"), "the worker's first line on the driver's stderr", 60)
+    os.kill(pid, signal.SIGTERM)  # as Ray's raylet stops a worker it no longer needs
+    ray.get(done, timeout=60)  # the SystemExit was swallowed inside the callback: the method goes on
+    wait_for(lambda: relayed("after the stop"), "the worker's last line on the driver's stderr", 60)
+    log = next(Path(ray_compat.session_dir(), "logs").glob(f"worker-*-{pid}.err")).read_text()
+    assert "Exception ignored in" in log and "in sigterm_handler" in log and "SystemExit: 1" in log, log
+    assert "Exception ignored" not in "".join(seen) and "Traceback" not in "".join(seen), "".join(seen)
+    ray.kill(worker)

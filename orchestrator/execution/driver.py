@@ -24,6 +24,7 @@ from orchestrator.execution.ray_compat import (
     QUIET_TUNE_ENV,
     TUNE_CONTROLLER_LOGGER,
     propagate_env,
+    quiet_worker_stops,
     refresh_ray_config,
     stop_propagating_env,
 )
@@ -49,6 +50,7 @@ class DriverSession:
         self._random = (random.getstate(), np.random.get_state())
         self._torch = _torch_state()
         self.started_ray = False
+        self._undo_quiet = None
         for name, value in QUIET_TUNE_ENV.items():
             os.environ.setdefault(name, value)
         for name, level in QUIET_LOGGERS.items():
@@ -67,9 +69,9 @@ class DriverSession:
         dashboard: bool = True,
     ) -> None:
         """Join `address` or start an embedded Ray, unless this process is connected already."""
-        self.started_ray = (
-            start_ray(address, num_cpus, extra_cpus=extra_cpus, dashboard=dashboard) or self.started_ray
-        )
+        if start_ray(address, num_cpus, extra_cpus=extra_cpus, dashboard=dashboard):
+            self.started_ray = True
+            self._undo_quiet = quiet_worker_stops()  # Ray's stops of its workers are not the run's errors
 
     @contextlib.contextmanager
     def private_cwd(self):
@@ -88,6 +90,8 @@ class DriverSession:
     def __exit__(self, *exc) -> None:
         if self.started_ray:
             ray.shutdown()
+        if self._undo_quiet is not None:  # after the shutdown: the relay runs until then
+            self._undo_quiet()
         propagate_env(self._not_propagated)
         for name, state in self._loggers.items():
             _restore_logger(logging.getLogger(name), state)
