@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# CPU build of torch by default (fast to install, runs anywhere). GPU machines, e.g.:
+# torch==2.13.0 from the package index pip is set up with. From PyPI on Linux that is the CUDA build (GBs);
+# the CPU build (fast to install, runs anywhere) and a given CUDA build, as the README says:
+#   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 #   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
