@@ -3,6 +3,10 @@ killed between its last checkpoint and its record."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import pytest
 from conftest import spec_dict
 
 from orchestrator.execution.recorder import TrialRecorder
@@ -125,7 +129,41 @@ def test_the_writer_holds_only_uncompacted_parts_and_ends_with_every_row_once(tm
     files = [p for p in (tmp_path / "run" / "results").glob("*.parquet")]
     assert files and all(p.name.startswith("data-") for p in files)
     assert max(pq.read_metadata(p).num_rows for p in files) == 7 and len(files) == 8
-    assert not writer._parts and not writer._cache.exists()
+    assert not writer._parts and writer._cache is None
+
+
+def _results_caches(tmp: Path) -> list[str]:
+    return sorted(p.name for p in tmp.glob("hpo-results-*"))
+
+
+def test_a_short_run_leaves_no_cache_directory_behind(tmp_path, monkeypatch):
+    """A table that ends as one file never compacted: finish() used to return before removing the writer's
+    temporary cache, so every short run left an empty hpo-results-* directory in /tmp."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    recorder, store = _recorder(tmp_path)
+    recorder.add("trial_0000", CONFIG, _result(1))
+    recorder.writer.finish()
+    assert len(load_results(store)) == 1
+    assert _results_caches(tmp_path) == []
+
+
+def test_a_store_that_fails_in_finish_leaves_no_cache_directory_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    recorder, store = _recorder(tmp_path)
+    writer = recorder.writer
+    writer.compact_at = 2
+    for epoch in (1, 2, 3):
+        recorder.add("trial_0000", CONFIG, _result(epoch))
+        writer.flush()
+    assert len(_results_caches(tmp_path)) == 1  # the compacted file's bytes, kept for finish()
+
+    def refuse(name, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "write_bytes", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        writer.finish()
+    assert _results_caches(tmp_path) == []
 
 
 def test_a_trial_record_is_stored_after_its_rows_and_announced_after_it_is_stored(tmp_path):

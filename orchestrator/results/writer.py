@@ -51,7 +51,7 @@ class ResultsWriter:
         self._last_flush = time.monotonic()
         self._files: dict[str, int] = {}  # the files the manifest names -> their row counts
         self._parts: dict[str, pa.Table] = {}  # part files not compacted yet, with their rows
-        self._cache = Path(tempfile.mkdtemp(prefix="hpo-results-"))  # compacted files' bytes, for finish()
+        self._cache: Path | None = None  # compacted files' bytes, for finish(); made on first use
         self._seq = 0
         self.rows_written = 0
 
@@ -76,7 +76,7 @@ class ResultsWriter:
             for name, data in files.items():
                 table = decode(data).cast(self.schema.rows_schema())
                 self._files[name] = table.num_rows
-                (self._cache / Path(name).name).write_bytes(data)
+                self._cached_path(name).write_bytes(data)
                 rows += table.to_pylist()
             numbers = [int(name.rsplit("-", 1)[1].split(".")[0]) for name in self._files]
             self._seq = max(numbers, default=-1) + 1
@@ -111,36 +111,51 @@ class ResultsWriter:
 
     def finish(self) -> None:
         """Flush, then compact the whole table into as few files as it needs (one per MAX_ROWS_PER_FILE rows,
-        written one input file at a time); mark the manifest complete."""
-        self.flush()
-        with self._lock:
-            if len(self._files) <= 1:
-                self._write_manifest(complete=True)
-                return
-            names, written = list(self._files), []
-            sink, out, rows = None, None, 0
-            for name in names:
-                table = self._parts.pop(name, None)
-                if table is None:
-                    table = decode((self._cache / Path(name).name).read_bytes())
-                table, at = table.cast(self.schema.rows_schema()), 0
-                while at < table.num_rows:
-                    piece = table.slice(at, MAX_ROWS_PER_FILE - rows)
-                    at += piece.num_rows
-                    if out is None:
-                        sink = io.BytesIO()
-                        out = pq.ParquetWriter(sink, self.schema.rows_schema(), compression="zstd")
-                    out.write_table(piece)
-                    rows += piece.num_rows
-                    if rows >= MAX_ROWS_PER_FILE:
-                        out.close()
-                        written.append(self._cached("data", sink.getvalue(), rows, keep=False))
-                        sink, out, rows = None, None, 0
-            if out is not None:
-                out.close()
-                written.append(self._cached("data", sink.getvalue(), rows, keep=False))
-            self._swap(names, written, complete=True)
-        shutil.rmtree(self._cache, ignore_errors=True)
+        written one input file at a time); mark the manifest complete. The local cache of compacted bytes is
+        removed however this ends (a short run's table of one file, or a store that fails)."""
+        try:
+            self.flush()
+            with self._lock:
+                if len(self._files) <= 1:
+                    self._write_manifest(complete=True)
+                    return
+                self._compact_all()
+        finally:
+            if self._cache is not None:
+                shutil.rmtree(self._cache, ignore_errors=True)
+                self._cache = None
+
+    def _compact_all(self) -> None:
+        names, written = list(self._files), []
+        sink, out, rows = None, None, 0
+        for name in names:
+            table = self._parts.pop(name, None)
+            if table is None:
+                table = decode(self._cached_path(name).read_bytes())
+            table, at = table.cast(self.schema.rows_schema()), 0
+            while at < table.num_rows:
+                piece = table.slice(at, MAX_ROWS_PER_FILE - rows)
+                at += piece.num_rows
+                if out is None:
+                    sink = io.BytesIO()
+                    out = pq.ParquetWriter(sink, self.schema.rows_schema(), compression="zstd")
+                out.write_table(piece)
+                rows += piece.num_rows
+                if rows >= MAX_ROWS_PER_FILE:
+                    out.close()
+                    written.append(self._cached("data", sink.getvalue(), rows, keep=False))
+                    sink, out, rows = None, None, 0
+        if out is not None:
+            out.close()
+            written.append(self._cached("data", sink.getvalue(), rows, keep=False))
+        self._swap(names, written, complete=True)
+
+    def _cached_path(self, name: str) -> Path:
+        """Where the bytes of result file `name` are kept until finish(); the directory is made on first use, so
+        a run that never compacts leaves nothing in the temporary directory."""
+        if self._cache is None:
+            self._cache = Path(tempfile.mkdtemp(prefix="hpo-results-"))
+        return self._cache / Path(name).name
 
     def _next(self) -> str:
         seq, self._seq = self._seq, self._seq + 1
@@ -151,7 +166,7 @@ class ResultsWriter:
         name = f"{RESULTS_DIR}/{kind}-{self._next()}.parquet"
         self.store.write_bytes(name, data)
         if keep:
-            (self._cache / Path(name).name).write_bytes(data)
+            self._cached_path(name).write_bytes(data)
         self._files[name] = rows
         return name
 
@@ -162,7 +177,8 @@ class ResultsWriter:
         self._write_manifest(complete=complete)
         for name in old:
             self.store.delete(name)
-            (self._cache / Path(name).name).unlink(missing_ok=True)
+            if self._cache is not None:
+                (self._cache / Path(name).name).unlink(missing_ok=True)
 
     def _write_manifest(self, complete: bool) -> None:
         manifest = {
