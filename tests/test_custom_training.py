@@ -404,3 +404,45 @@ def test_on_a_gpu_the_context_device_is_the_local_ranks_and_bf16_autocasts(tmp_p
     run_training(HP, 1, plan, rows, rows.checkpoints, restore=False, device="cuda:0")
     assert seen == {"device": "cuda:0", "dtype": torch.bfloat16}
     assert rows.rows[0]["acc"] == 1.0
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_tensor_loader_fetches_each_batch_whole_and_gives_default_collates_batches(
+    tmp_path, monkeypatch, rank
+):
+    """prepare_data_loader over a TensorDataset indexes each tensor once per batch, not once per example and a
+    stack; the batches (values, shapes, dtypes, order over two epochs) are those of the per-example path."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from orchestrator.train.context import SeededSampler, TrainContext
+
+    x, y = torch.randn(103, 5), torch.arange(103) % 7
+    ctx = TrainContext(
+        config=HP,
+        seed=11,
+        trial_id="trial_0003",
+        max_epochs=2,
+        metrics={"val_f1": "max"},
+        search_metric="val_f1",
+        reporter=Rows(tmp_path),
+        checkpoints=Rows(tmp_path).checkpoints,
+        restore=False,
+        scratch_dir=str(tmp_path),
+        rank=rank,
+        world_size=2,
+    )
+    fast = ctx.prepare_data_loader(DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True))
+    reference = DataLoader(
+        TensorDataset(x, y), batch_size=8, sampler=SeededSampler(103, 11, rank, 2, shuffle=True)
+    )
+    expected = [[batch for batch in reference] for _ in range(2)]
+    per_example = []
+    monkeypatch.setattr(TensorDataset, "__getitem__", lambda self, i: per_example.append(i))
+    got = [[batch for batch in fast] for _ in range(2)]
+    assert per_example == []
+    assert isinstance(fast.dataset, TensorDataset) and len(fast) == len(reference) == 7
+    for epoch_got, epoch_expected in zip(got, expected, strict=True):
+        for (xb, yb), (xe, ye) in zip(epoch_got, epoch_expected, strict=True):
+            assert torch.equal(xb, xe) and torch.equal(yb, ye)
+            assert (xb.dtype, yb.dtype, xb.is_contiguous()) == (xe.dtype, ye.dtype, True)
+    assert not torch.equal(got[0][0][1], got[1][0][1])  # each epoch reshuffles

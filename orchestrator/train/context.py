@@ -26,7 +26,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+    default_collate,
+)
 
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.results.schema import REPORTED_AT, scoreable
@@ -88,6 +96,22 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+class _BatchIndexed(TensorDataset):
+    """The same tensors, fetched a batch at a time: one index per tensor instead of one per example and a
+    stack. torch's DataLoader asks a dataset's __getitems__ for a batch's examples. This one answers with the
+    whole batch as one item, which _the_batch unwraps. The values, shapes and dtypes are those default_collate
+    gives; the standard loop's digits trials spent ~20% of their CPU on the per-example path."""
+
+    def __getitems__(self, indices: list[int]) -> list[list[torch.Tensor]]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return [[tensor[index] for tensor in self.tensors]]
+
+
+def _the_batch(items: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    (batch,) = items
+    return batch
 
 
 class _SeededLoader(DataLoader):
@@ -165,7 +189,8 @@ class TrainContext:
 
     def prepare_data_loader(self, loader: DataLoader) -> DataLoader:
         """The same loader with a seeded, sharded sampler (shuffled if `loader` shuffled) and seeded worker
-        processes. Persistent workers are turned off: they would keep one seed for every epoch."""
+        processes. Persistent workers are turned off: they would keep one seed for every epoch. A plain
+        TensorDataset with default_collate and no workers is fetched a batch at a time (_BatchIndexed)."""
         if isinstance(loader.dataset, IterableDataset):
             raise TrainingError(
                 "prepare_data_loader: an IterableDataset cannot be sharded or reshuffled by hpo; give a "
@@ -187,12 +212,15 @@ class TrainContext:
             sampler.epoch = self._loader_epochs[len(self._samplers)]
         self._samplers.append(sampler)
         workers = loader.num_workers
+        dataset, collate = loader.dataset, loader.collate_fn
+        if type(dataset) is TensorDataset and collate is default_collate and workers == 0:
+            dataset, collate = _BatchIndexed(*dataset.tensors), _the_batch
         return _SeededLoader(
-            loader.dataset,
+            dataset,
             batch_size=loader.batch_size,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=loader.collate_fn,
+            collate_fn=collate,
             pin_memory=loader.pin_memory,
             drop_last=loader.drop_last,
             timeout=loader.timeout,
