@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, hpo, run_hpo, spec_dict
 
-from orchestrator.cli import HEAVY_LIBRARIES
+from orchestrator.cli import HEAVY_LIBRARIES, end_process
 from orchestrator.spec import SpecError, load_spec, parse_spec
 
 # (description, spec mapping, words the one-line message must contain)
@@ -304,3 +306,69 @@ def test_the_real_entry_point_validates_without_importing_heavy_libraries(tmp_pa
         cwd=ROOT,
     )
     assert light.returncode == 0 and light.stdout.strip().endswith("[]"), light.stdout + light.stderr
+
+
+class _Ended(Exception):
+    pass
+
+
+def _ending(calls: list):
+    def exit_now(code):
+        calls.append(("exit", code))
+        raise _Ended
+
+    return exit_now
+
+
+def test_the_executable_ends_after_the_exit_handlers_and_flushed_output(capsys):
+    """`hpo` skips Python's teardown (~0.65 s after an `hpo run`), not what the teardown would have run."""
+    calls: list = []
+    print("the summary", end="")  # unflushed until end_process flushes it
+    with pytest.raises(_Ended):
+        end_process(3, exit_now=_ending(calls), run_exit_handlers=lambda: calls.append(("atexit",)))
+    assert calls == [("atexit",), ("exit", 3)]
+    assert capsys.readouterr().out == "the summary"
+
+
+def test_a_live_non_daemon_thread_gets_pythons_own_exit():
+    """Python's exit waits for a non-daemon thread; os._exit would cut it off, so it is not used then."""
+    calls: list = []
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, daemon=False)
+    worker.start()
+    try:
+        with pytest.raises(SystemExit) as ended:
+            end_process(4, exit_now=_ending(calls), run_exit_handlers=lambda: calls.append(("atexit",)))
+        assert ended.value.code == 4 and calls == []
+    finally:
+        release.set()
+        worker.join(timeout=10)
+
+
+@pytest.mark.parametrize(("code", "expected"), [(0, 120), (2, 2)])
+def test_output_that_cannot_be_flushed_fails_a_successful_exit_as_python_does(monkeypatch, code, expected):
+    class ClosedPipe(io.StringIO):
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    calls: list = []
+    with pytest.raises(_Ended):
+        end_process(code, exit_now=_ending(calls), run_exit_handlers=lambda: None)
+    assert calls == [("exit", expected)]
+
+
+@pytest.mark.slow
+def test_the_real_exit_runs_atexit_handlers_and_delivers_all_output(tmp_path):
+    marker = tmp_path / "handler-ran"
+    probe = (
+        "import atexit, pathlib, sys; "
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes'); "
+        "from orchestrator.cli import end_process; sys.stdout.write('x' * 200000); end_process(5)"
+    )
+    ended = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert ended.returncode == 5, ended.stderr
+    assert len(ended.stdout) == 200000 and ended.stderr == ""
+    assert marker.read_text() == "yes"
