@@ -500,3 +500,29 @@ def test_a_worker_sigtermed_inside_a_weakref_callback_prints_noise_the_driver_do
     assert "Exception ignored in" in log and "in sigterm_handler" in log and "SystemExit: 1" in log, log
     assert "Exception ignored" not in "".join(seen) and "Traceback" not in "".join(seen), "".join(seen)
     ray.kill(worker)
+
+
+@pytest.mark.slow
+def test_the_autoscaler_monitor_of_a_head_started_here_is_stopped_before_the_shutdown():
+    """In a process of its own (this one's session Ray keeps its monitor): an embedded head has a monitor
+    process; stop_autoscaler_monitor kills it, says so, and the shutdown after it leaves nothing running.
+    A second call, and one without a head started here, stop nothing. The figures are printed, not asserted."""
+    code = (
+        "import logging, os, time, ray; from orchestrator.execution import ray_compat\n"
+        "print(ray_compat.stop_autoscaler_monitor())\n"
+        "ray.init(address='local', num_cpus=1, include_dashboard=False, logging_level=logging.ERROR)\n"
+        "node = ray._private.worker._global_node\n"
+        "pids = [i.process.pid for i in node.all_processes[ray_compat.MONITOR_PROCESS]]\n"
+        "others = [i.process for t, infos in node.all_processes.items() for i in infos]\n"
+        "began = time.monotonic(); print(ray_compat.stop_autoscaler_monitor(), len(pids))\n"
+        "print(ray_compat.stop_autoscaler_monitor(), ray_compat.MONITOR_PROCESS in node.all_processes)\n"
+        "stopped = time.monotonic(); ray.shutdown()\n"
+        "print(all(p.poll() is not None for p in others))\n"
+        "print(f'monitor {stopped - began:.2f} s, then the shutdown {time.monotonic() - stopped:.2f} s')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines[:4] == ["False", "True 1", "False False", "True"], (
+        proc.stdout + proc.stderr[-2000:]
+    )
+    print(lines[4])

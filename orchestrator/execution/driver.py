@@ -26,6 +26,7 @@ from orchestrator.execution.ray_compat import (
     propagate_env,
     quiet_worker_stops,
     refresh_ray_config,
+    stop_autoscaler_monitor,
     stop_propagating_env,
 )
 from orchestrator.execution.ray_env import start_ray
@@ -89,6 +90,7 @@ class DriverSession:
 
     def __exit__(self, *exc) -> None:
         if self.started_ray:
+            stop_autoscaler_monitor()  # else the shutdown waits 1 s for it (ray_compat says why)
             ray.shutdown()
         if self._undo_quiet is not None:  # after the shutdown: the relay runs until then
             self._undo_quiet()

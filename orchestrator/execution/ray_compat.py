@@ -81,6 +81,28 @@ def session_dir() -> str:
     return ray._private.worker._global_node.get_session_dir_path()
 
 
+MONITOR_PROCESS = ray._private.ray_constants.PROCESS_TYPE_MONITOR  # Ray 2.60: "monitor"
+
+
+def stop_autoscaler_monitor() -> bool:
+    """Ray 2.60: SIGKILL the autoscaler monitor of a head this process started, before `ray.shutdown()`. The
+    shutdown stops the GCS first and then SIGTERMs the monitor. The monitor's SIGTERM handler reports its own
+    death to the GCS, which is gone by then, so it hangs until Ray SIGKILLs it after `wait_timeout_seconds`
+    (1 s, measured every time: 1.02 s of a 1.43 s shutdown). Ray SIGKILLs it in the end anyway, with nothing
+    to clean up on an embedded head. Left to Ray where the handler has work:
+    RAY_AUTOSCALER_FATESHARE_WORKERS=1 makes it take down the autoscaler's worker nodes. Reaches into
+    `worker._global_node.all_processes` (ProcessInfo.process: a Popen). Returns whether it stopped one."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None or not node.head or os.environ.get("RAY_AUTOSCALER_FATESHARE_WORKERS") == "1":
+        return False
+    infos = node.all_processes.get(MONITOR_PROCESS) or []
+    for info in infos:
+        info.process.kill()
+        info.process.wait(timeout=10)
+    node.all_processes.pop(MONITOR_PROCESS, None)
+    return bool(infos)
+
+
 # -- worker output relayed to the driver -------------------------------------------------------------------
 # Ray 2.60 stops a worker it no longer needs (its job ended, its trial's placement group removed) with SIGTERM,
 # whose handler (`sigterm_handler` in worker.py's main_loop) raises SystemExit. Arriving while the worker runs
