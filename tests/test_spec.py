@@ -320,14 +320,24 @@ def _ending(calls: list):
     return exit_now
 
 
-def test_the_executable_ends_after_the_exit_handlers_and_flushed_output(capsys):
+def test_the_executable_ends_after_the_exit_handlers_and_flushed_output(monkeypatch):
     """`hpo` skips Python's teardown (~0.65 s after an `hpo run`), not what the teardown would have run."""
     calls: list = []
-    print("the summary", end="")  # unflushed until end_process flushes it
+
+    class Recorded(io.StringIO):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def flush(self):
+            calls.append(("flush", self.name, self.getvalue()))
+
+    monkeypatch.setattr(sys, "stdout", Recorded("stdout"))
+    monkeypatch.setattr(sys, "stderr", Recorded("stderr"))
+    print("the summary", end="")
     with pytest.raises(_Ended):
         end_process(3, exit_now=_ending(calls), run_exit_handlers=lambda: calls.append(("atexit",)))
-    assert calls == [("atexit",), ("exit", 3)]
-    assert capsys.readouterr().out == "the summary"
+    assert calls == [("atexit",), ("flush", "stdout", "the summary"), ("flush", "stderr", ""), ("exit", 3)]
 
 
 def test_a_live_non_daemon_thread_gets_pythons_own_exit():
