@@ -526,3 +526,54 @@ def test_the_autoscaler_monitor_of_a_head_started_here_is_stopped_before_the_shu
         proc.stdout + proc.stderr[-2000:]
     )
     print(lines[4])
+
+
+def test_the_quick_embedded_start_reaches_what_ray_has_and_puts_it_back():
+    """The two functions quick_embedded_start replaces, and the client call it polls with, have the shape it
+    was written against; inside the block they are replaced (the API server only without the dashboard), and
+    after it, however it ends, Ray's own are back."""
+    node_class, services = ray._private.node.Node, ray._private.services
+    start_api_server, get_node = node_class.start_api_server, services.get_node
+    api_params = inspect.signature(start_api_server).parameters
+    assert [p for p in api_params if api_params[p].kind is inspect.Parameter.KEYWORD_ONLY] == [
+        "include_dashboard",
+        "raise_on_failure",
+    ]
+    assert list(inspect.signature(get_node).parameters) == ["gcs_address", "node_id"]
+    assert "timeout" in inspect.signature(ray._raylet.InnerGcsClient.get_all_node_info).parameters
+    assert ray_compat.EMBEDDED_SYSTEM_CONFIG == {"prestart_worker_first_driver": False}
+    with ray_compat.quick_embedded_start(dashboard=True):
+        assert node_class.start_api_server is start_api_server and services.get_node is not get_node
+    with pytest.raises(RuntimeError), ray_compat.quick_embedded_start(dashboard=False):
+        assert node_class.start_api_server is not start_api_server and services.get_node is not get_node
+        raise RuntimeError("ray.init failed")
+    assert node_class.start_api_server is start_api_server and services.get_node is get_node
+
+
+@pytest.mark.slow
+def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_and_runs_tasks():
+    """A head started the way every embedded run starts it (ray_env.start_ray), without the dashboard, in a
+    process of its own: no dashboard process, no dashboard URL, Ray's functions restored, no worker process
+    when the driver is connected (Ray would have pre-started one per CPU by then, 2 here, checked), the node
+    listed by the call the start polls with, and a task runs. The start's time is printed, not asserted."""
+    code = (
+        "import time, psutil, ray; from orchestrator.execution import ray_compat, ray_env\n"
+        "patched = (ray._private.node.Node.start_api_server, ray._private.services.get_node)\n"
+        "began = time.monotonic(); ray_env.start_ray(num_cpus=2, dashboard=False); took = time.monotonic() - began\n"
+        "node = ray._private.worker._global_node\n"
+        "raylet = psutil.Process(node.all_processes['raylet'][0].process.pid)\n"
+        "agents = ('ray::DashboardAgent', 'ray::RuntimeEnvAgent')  # the raylet's other children\n"
+        "print(sum(' '.join(p.cmdline()).strip() not in agents for p in raylet.children()))\n"
+        "print(ray._private.ray_constants.PROCESS_TYPE_DASHBOARD in node.all_processes, ray_compat.dashboard_url())\n"
+        "print(patched == (ray._private.node.Node.start_api_server, ray._private.services.get_node))\n"
+        "listed = ray._raylet.GcsClient(address=node.gcs_address).get_all_node_info(timeout=30)  # what it polls\n"
+        "print([key.hex() for key in listed] == [node.node_id])\n"
+        "print(ray.get(ray.remote(lambda: 'ran').remote(), timeout=120))\n"
+        "ray_compat.stop_autoscaler_monitor(); ray.shutdown(); print(f'the start took {took:.2f} s')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines[:5] == ["0", "False None", "True", "True", "ran"], (
+        proc.stdout + proc.stderr[-2000:]
+    )
+    print(lines[5])

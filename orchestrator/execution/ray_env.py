@@ -19,12 +19,14 @@ from ray.util.state import list_actors, list_workers
 from orchestrator.errors import RunError
 from orchestrator.execution.capacity import check_fit, cluster_offer
 from orchestrator.execution.ray_compat import (
+    EMBEDDED_SYSTEM_CONFIG,
     TRAIN_CONTROLLER_CLASS,
     dashboard_url,
     enable_token_auth,
     is_refused_token,
     job_placement_groups,
     placement_group,
+    quick_embedded_start,
     started_here_without_dashboard,
 )
 
@@ -60,13 +62,15 @@ def start_ray(
         # address="local": never join a cluster a killed head left in ray_current_cluster. The dashboard for DDP
         # jobs: without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
         cpus = num_cpus or embedded_cpus(extra_cpus)
-        ray.init(
-            address="local",
-            num_cpus=cpus,
-            include_dashboard=dashboard,
-            logging_level=logging.WARNING,
-            logging_config=worker_logging,
-        )
+        with quick_embedded_start(dashboard=dashboard):
+            ray.init(
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=dashboard,
+                logging_level=logging.WARNING,
+                logging_config=worker_logging,
+                _system_config=dict(EMBEDDED_SYSTEM_CONFIG),  # a copy: ray.init adds to the one it is given
+            )
     return True
 
 
