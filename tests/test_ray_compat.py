@@ -536,7 +536,11 @@ def test_the_quick_embedded_start_reaches_what_ray_has_and_puts_it_back():
     ]
     assert list(inspect.signature(get_node).parameters) == ["gcs_address", "node_id"]
     assert "timeout" in inspect.signature(ray._raylet.InnerGcsClient.get_all_node_info).parameters
-    assert ray_compat.EMBEDDED_SYSTEM_CONFIG == {"prestart_worker_first_driver": False}
+    config = ray_compat.embedded_system_config()
+    assert (
+        config == {"prestart_worker_first_driver": False}
+        and config is not ray_compat.embedded_system_config()
+    )
     with ray_compat.quick_embedded_start(dashboard=True):
         assert node_class.start_api_server is start_api_server and services.get_node is not get_node
     with pytest.raises(RuntimeError), ray_compat.quick_embedded_start(dashboard=False):

@@ -87,7 +87,10 @@ def session_dir() -> str:
 # own runtime_env (the variables Tune propagates) and gets a new process, and so do Ray Train's actors. On 2
 # cores the two idle workers cost 2 CPU-s of imports while the trials' own processes start (a 16 x 10 job:
 # 10.6-11.5 s with them, 10.0-10.3 s without, measured here). An embedded Ray starts without them.
-EMBEDDED_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
+def embedded_system_config() -> dict:
+    """`ray.init(_system_config=...)` for an embedded head: a new dict each call, because ray.init adds the
+    session's own settings (its object-spilling directory) to the one it is given."""
+    return {"prestart_worker_first_driver": False}
 
 
 @contextlib.contextmanager

@@ -19,9 +19,9 @@ from ray.util.state import list_actors, list_workers
 from orchestrator.errors import RunError
 from orchestrator.execution.capacity import check_fit, cluster_offer
 from orchestrator.execution.ray_compat import (
-    EMBEDDED_SYSTEM_CONFIG,
     TRAIN_CONTROLLER_CLASS,
     dashboard_url,
+    embedded_system_config,
     enable_token_auth,
     is_refused_token,
     job_placement_groups,
@@ -69,7 +69,7 @@ def start_ray(
                 include_dashboard=dashboard,
                 logging_level=logging.WARNING,
                 logging_config=worker_logging,
-                _system_config=dict(EMBEDDED_SYSTEM_CONFIG),  # a copy: ray.init adds to the one it is given
+                _system_config=embedded_system_config(),
             )
     return True
 
