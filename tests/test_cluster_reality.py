@@ -14,7 +14,7 @@ from orchestrator.errors import RunError
 from orchestrator.execution.capacity import NodeShape, Offer, check_fit
 from orchestrator.execution.fast_forward import VariantGenerator
 from orchestrator.execution.ledger import Ledger
-from orchestrator.execution.ray_env import embedded_cpus
+from orchestrator.execution.ray_env import WarmTrials, embedded_cpus
 from orchestrator.search.distributions import Uniform
 from orchestrator.spec import SpecError, parse_spec
 
@@ -63,6 +63,23 @@ def test_a_trial_no_node_type_can_hold_is_refused_naming_what_the_cluster_offers
 
 def test_the_embedded_ray_follows_the_machine():
     assert embedded_cpus() == os.cpu_count() and embedded_cpus(1) == os.cpu_count() + 1
+
+
+def test_an_embedded_ray_starts_as_many_trial_processes_ahead_as_will_host_a_trial_at_once():
+    import importlib
+
+    from orchestrator.execution.launcher import IN_PROCESS_TRIAL_MODULE, launcher_for
+
+    # as many as run at once, capped by what the CPUs hold (64 cores and 1 trial at a time: 1, not 64)
+    assert [WarmTrials("m", 1.0, n).workers(2) for n in (1, 2, 3)] == [1, 2, 2]
+    assert WarmTrials("m", 1.0, 1).workers(64) == 1 and WarmTrials("m", 0.5, 8).workers(2) == 4
+    assert WarmTrials("m", 2.0, 4).workers(3) == 1 and WarmTrials("m", 4.0, 4).workers(2) == 0
+    # 1-worker CPU trials: their module, which holds what the Tune trainable runs; DDP and GPU trials: none
+    warm = launcher_for(parse_spec(spec_dict(train={"cpus_per_worker": 0.5})).train).warm_trials(3)
+    assert warm == WarmTrials(IN_PROCESS_TRIAL_MODULE, trial_cpus=0.5, at_once=3)
+    assert hasattr(importlib.import_module(IN_PROCESS_TRIAL_MODULE), "train_in_process")
+    for train in ({"workers": 2}, {"use_gpu": True}):
+        assert launcher_for(parse_spec(spec_dict(train=train)).train).warm_trials(3) is None
 
 
 class _Clock:

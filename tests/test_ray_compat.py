@@ -524,39 +524,89 @@ def test_the_autoscaler_monitor_of_a_head_started_here_is_stopped_before_the_shu
 
 
 def test_the_quick_embedded_start_reaches_what_ray_has_and_puts_it_back():
-    """The two functions quick_embedded_start replaces, and the client call it polls with, have the shape it
-    was written against; inside the block they are replaced (the API server only without the dashboard), and
-    after it, however it ends, Ray's own are back."""
+    """The functions quick_embedded_start replaces, the client call it polls with, the flag it rewrites and the
+    parameter it sets have the shape it was written against; inside the block they are replaced (the API
+    server and the monitor only without the dashboard, the raylet's start only with a prestart), and after it,
+    however it ends, Ray's own are back."""
     node_class, services = ray._private.node.Node, ray._private.services
-    start_api_server, get_node = node_class.start_api_server, services.get_node
-    api_params = inspect.signature(start_api_server).parameters
+    own = (node_class.start_api_server, node_class.start_head_processes, services.get_node)
+    start_ray_process = services.start_ray_process
+    api_params = inspect.signature(own[0]).parameters
     assert [p for p in api_params if api_params[p].kind is inspect.Parameter.KEYWORD_ONLY] == [
         "include_dashboard",
         "raise_on_failure",
     ]
-    assert list(inspect.signature(get_node).parameters) == ["gcs_address", "node_id"]
+    assert list(inspect.signature(own[1]).parameters) == ["self"]
+    assert list(inspect.signature(own[2]).parameters) == ["gcs_address", "node_id"]
+    assert list(inspect.signature(start_ray_process).parameters)[:2] == ["command", "process_type"]
+    assert f'"{ray_compat.PRESTART_FLAG}{{}}"' in inspect.getsource(services.start_raylet)
+    assert "no_monitor" in inspect.signature(ray._private.parameter.RayParams).parameters
     assert "timeout" in inspect.signature(ray._raylet.InnerGcsClient.get_all_node_info).parameters
     config = ray_compat.embedded_system_config()
     assert (
         config == {"prestart_worker_first_driver": False}
         and config is not ray_compat.embedded_system_config()
     )
+    assert ray_compat.embedded_system_config(("json",)) == {
+        "prestart_worker_first_driver": True,
+        "preload_python_modules": ["json"],
+    }
+
+    def replaced() -> tuple[bool, ...]:
+        now = (node_class.start_api_server, node_class.start_head_processes, services.get_node)
+        return (
+            *(a is not b for a, b in zip(now, own, strict=True)),
+            services.start_ray_process is not start_ray_process,
+        )
+
     with ray_compat.quick_embedded_start(dashboard=True):
-        assert node_class.start_api_server is start_api_server and services.get_node is not get_node
-    with pytest.raises(RuntimeError), ray_compat.quick_embedded_start(dashboard=False):
-        assert node_class.start_api_server is not start_api_server and services.get_node is not get_node
+        assert replaced() == (False, False, True, False)
+    with pytest.raises(RuntimeError), ray_compat.quick_embedded_start(dashboard=False, prestart=1):
+        assert replaced() == (True, True, True, True)
         raise RuntimeError("ray.init failed")
-    assert node_class.start_api_server is start_api_server and services.get_node is get_node
+    assert replaced() == (False, False, False, False)
+
+
+class _Probe:
+    def where(self):
+        return os.getpid(), "tabnanny" in sys.modules
+
+
+def test_trial_actors_inherit_the_environment_when_tune_would_set_the_same_and_only_then():
+    """Tune's class cache makes a trial actor class with a runtime_env of variables (trial_actor_env among
+    them); under trial_actors_inherit it makes one without, if the environment given holds the same values, and
+    Tune's own otherwise; the undo puts Tune's function back."""
+    from ray.tune.execution import class_cache
+
+    tune_get = class_cache._ActorClassCache.get
+    assert ray_compat.trial_actor_env() == {"PL_DISABLE_FORK": "1"}
+    tunes = class_cache._ActorClassCache().get(_Probe)
+    assert set(tunes._default_options["runtime_env"]) == {"env_vars"}
+    assert tunes._default_options["runtime_env"]["env_vars"]["PL_DISABLE_FORK"] == "1"
+    same = {**os.environ, **ray_compat.trial_actor_env()}
+    undo = ray_compat.trial_actors_inherit(same)
+    try:
+        assert class_cache._ActorClassCache.get is not tune_get
+        plain = class_cache._ActorClassCache().get(_Probe)
+        assert "runtime_env" not in plain._default_options
+        assert class_cache._ActorClassCache().get(_Probe) is plain  # made once
+        undo()
+        undo = ray_compat.trial_actors_inherit({**same, "PL_DISABLE_FORK": "0"})
+        assert "runtime_env" in class_cache._ActorClassCache().get(_Probe)._default_options
+    finally:
+        undo()
+    assert class_cache._ActorClassCache.get is tune_get
 
 
 @pytest.mark.slow
 def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_and_runs_tasks():
     """A head started the way every embedded run starts it (ray_env.start_ray), without the dashboard, in a
-    process of its own: no dashboard process, no dashboard URL, Ray's functions restored, no worker process
-    when the driver is connected (Ray would have pre-started one per CPU by then, 2 here, checked), the node
-    listed by the call the start polls with, and a task runs. The start's time is printed, not asserted."""
+    process of its own: no dashboard process, no dashboard URL, no autoscaler monitor, Ray's functions
+    restored, no worker process when the driver is connected (Ray would have pre-started one per CPU by then, 2
+    here, checked), the node listed by the call the start polls with, and a task runs. The start's time is
+    printed, not asserted."""
     code = (
-        "import time, psutil, ray; from orchestrator.execution import ray_compat, ray_env\n"
+        "import sys, time, psutil, ray; from orchestrator.execution import ray_compat, ray_env\n"
         "patched = (ray._private.node.Node.start_api_server, ray._private.services.get_node)\n"
         "began = time.monotonic(); ray_env.start_ray(num_cpus=2, dashboard=False); took = time.monotonic() - began\n"
         "node = ray._private.worker._global_node\n"
@@ -564,19 +614,57 @@ def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_
         "agents = ('ray::DashboardAgent', 'ray::RuntimeEnvAgent')  # the raylet's other children\n"
         "print(sum(' '.join(p.cmdline()).strip() not in agents for p in raylet.children()))\n"
         "print(ray._private.ray_constants.PROCESS_TYPE_DASHBOARD in node.all_processes, ray_compat.dashboard_url())\n"
+        "print(ray_compat.MONITOR_PROCESS in node.all_processes)\n"
         "print(patched == (ray._private.node.Node.start_api_server, ray._private.services.get_node))\n"
         "listed = ray._raylet.GcsClient(address=node.gcs_address).get_all_node_info(timeout=30)  # what it polls\n"
         "print([key.hex() for key in listed] == [node.node_id])\n"
         "print(ray.get(ray.remote(lambda: 'ran').remote(), timeout=120))\n"
+        "print(ray.get(ray.remote(lambda: 'tabnanny' in sys.modules).remote(), timeout=120))  # not warm\n"
         "ray_compat.stop_autoscaler_monitor(); ray.shutdown(); print(f'the start took {took:.2f} s')\n"
     )
-    print(_printed_by(code, ["0", "False None", "True", "True", "ran"]))
+    print(_printed_by(code, ["0", "False None", "False", "True", "True", "ran", "False"]))
+
+
+@pytest.mark.slow
+def test_an_embedded_start_with_warm_trials_prestarts_them_and_a_tune_trial_actor_lands_in_one():
+    """In a process of its own, through a DriverSession as a run starts it: for 1 trial at a time on 2 CPUs,
+    exactly 1 worker process is started with the driver (Ray's own count would be 2); an actor class made by
+    Tune's class cache runs in that very process, where the warm module was imported before any task (a worker
+    of an embedded start without it has not: the test above); and when
+    the session ends, Tune's class cache and the environment are as they were. The time is printed, not asserted."""
+    code = (
+        "import os, sys, psutil, ray; from conftest import wait_for\n"
+        "from ray.tune.execution import class_cache\n"
+        "from orchestrator.execution.driver import DriverSession; from orchestrator.execution.ray_env import WarmTrials\n"
+        "from test_ray_compat import _Probe\n"
+        "tune_get, environ = class_cache._ActorClassCache.get, dict(os.environ)\n"
+        "import time; began = time.monotonic()\n"
+        "with DriverSession() as session:\n"
+        "    session.start_ray(num_cpus=2, dashboard=False, warm=WarmTrials('tabnanny', 1.0, 1))\n"
+        "    node = ray._private.worker._global_node\n"
+        "    raylet = psutil.Process(node.all_processes['raylet'][0].process.pid)\n"
+        "    agents = ('ray::DashboardAgent', 'ray::RuntimeEnvAgent')  # the raylet's other children\n"
+        "    workers = lambda: [p for p in raylet.children() if ' '.join(p.cmdline()).strip() not in agents]\n"
+        "    wait_for(lambda: len(workers()) == 1, 'the prestarted worker', 60)\n"
+        "    prestarted = workers()[0]\n"
+        "    probe = class_cache._ActorClassCache().get(_Probe).remote()\n"
+        "    print(ray.get(probe.where.remote(), timeout=120) == (prestarted.pid, True), len(workers()))\n"
+        "    took = time.monotonic() - began\n"
+        "print(class_cache._ActorClassCache.get is tune_get, dict(os.environ) == environ, ray.is_initialized())\n"
+        "print(f'the start and the first actor took {took:.2f} s')\n"
+    )
+    print(_printed_by(code, ["True 1", "True True False"]))
 
 
 def _printed_by(code: str, expected: list[str]) -> str:
     """Run `code` in a Python process of its own (a Ray started there is this test's alone); its first lines of
     output must be `expected`, and the line after them (a figure to print, not assert) is returned."""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT, env=env
+    )
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0 and lines[: len(expected)] == expected, proc.stdout + proc.stderr[-2000:]
     return lines[len(expected)]

@@ -1,10 +1,11 @@
 """The driver process: everything a run changes in it, owned by one context manager that puts it back.
 
 A run changes its process: PYTHONPATH and sys.path (the driver and Ray's workers import user workloads from
-the working directory), Ray Tune's quiet settings and its list of variables copied into trial actors, Ray's
-token mode, the working directory (Tune runs from a private one), logging levels and filters, torch's global
-settings and random states (sanity checks and reproductions train in this process), and Ray itself. A library user calls `run()` twice in a notebook, or runs a job between two of their own steps: each
-time, the process is left as it was found.
+the working directory), Ray Tune's quiet settings, its list of variables copied into trial actors and (on an
+embedded Ray with warm trial processes) how it makes trial actors, Ray's token mode, the working directory
+(Tune runs from a private one), logging levels and filters, torch's global settings and random states (sanity
+checks and reproductions train in this process), and Ray itself. A library user calls `run()` twice in a
+notebook, or runs a job between two of their own steps: each time, the process is left as it was found.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from orchestrator.execution.ray_compat import (
     stop_autoscaler_monitor,
     stop_propagating_env,
 )
-from orchestrator.execution.ray_env import start_ray
+from orchestrator.execution.ray_env import WarmTrials, start_ray
 
 # Ray Tune copies these from the driver's environment into every trial actor's runtime_env, which Ray records
 # as job metadata and logs in runtime_env_agent.log. Trial processes on this machine inherit the environment
@@ -51,7 +52,7 @@ class DriverSession:
         self._random = (random.getstate(), np.random.get_state())
         self._torch = _torch_state()
         self.started_ray = False
-        self._undo_quiet = None
+        self._undo_quiet = self._undo_start = None
         for name, value in QUIET_TUNE_ENV.items():
             os.environ.setdefault(name, value)
         for name, level in QUIET_LOGGERS.items():
@@ -68,10 +69,13 @@ class DriverSession:
         *,
         extra_cpus: int = 0,
         dashboard: bool = True,
+        warm: WarmTrials | None = None,
     ) -> None:
-        """Join `address` or start an embedded Ray, unless this process is connected already."""
-        if start_ray(address, num_cpus, extra_cpus=extra_cpus, dashboard=dashboard):
+        """Join `address` or start an embedded Ray (with `warm`'s trial processes), unless this process is
+        connected already."""
+        if started := start_ray(address, num_cpus, extra_cpus=extra_cpus, dashboard=dashboard, warm=warm):
             self.started_ray = True
+            self._undo_start = started.undo
             self._undo_quiet = quiet_worker_stops()  # Ray's stops of its workers are not the run's errors
 
     @contextlib.contextmanager
@@ -94,6 +98,8 @@ class DriverSession:
             ray.shutdown()
         if self._undo_quiet is not None:  # after the shutdown: the relay runs until then
             self._undo_quiet()
+        if self._undo_start is not None:
+            self._undo_start()
         propagate_env(self._not_propagated)
         for name, state in self._loggers.items():
             _restore_logger(logging.getLogger(name), state)

@@ -27,7 +27,7 @@ from orchestrator.execution.ray_compat import (
     on_the_head,
     train_knows_its_cluster,
 )
-from orchestrator.execution.ray_env import has_dashboard, release_train_leftovers
+from orchestrator.execution.ray_env import WarmTrials, has_dashboard, release_train_leftovers
 from orchestrator.execution.torch_trainer import ddp_trainer
 from orchestrator.execution.worker_pool import relay, start_pool
 from orchestrator.results.layout import TRAIN_DIR, trial_index
@@ -61,10 +61,13 @@ def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int
     )
 
 
+IN_PROCESS_TRIAL_MODULE = "orchestrator.execution.trial_process"  # what run_in_process imports
+
+
 def run_in_process(config: dict[str, Any], plan: TrialPlan) -> None:
     """Tune function trainable of a 1-worker trial. `config` holds the searched hyperparameters."""
     # late: the trial's process trains (torch, through train/); the driver, which only names this function
-    # to Tune, never imports it
+    # to Tune, never imports it. An embedded Ray may have imported it in this process already (warm_trials).
     from orchestrator.execution.trial_process import train_in_process
 
     train_in_process(config, plan)
@@ -114,6 +117,11 @@ class Launcher:
     def trial_gpus(self) -> float:
         return self.train.workers * self.worker_bundle().get("GPU", 0.0)
 
+    def warm_trials(self, at_once: int) -> WarmTrials | None:
+        """The trial processes an embedded Ray may start ahead for a job running `at_once` trials at once, if
+        every process that Ray starts is a trial's."""
+        return None
+
     def check_cluster(self) -> None:
         """Refuse, before anything is written, what would hang on this Ray."""
 
@@ -146,6 +154,13 @@ class InProcessLauncher(Launcher):
 
     def trial_cpus(self) -> float:
         return self.train.cpus_per_worker
+
+    def warm_trials(self, at_once: int) -> WarmTrials | None:
+        # Not for GPU trials: how many fit depends on GPUs Ray has not counted yet, and an idle worker too many
+        # holds host memory for nothing. Without Ray Train, the Tune trials are the only processes of the Ray.
+        if self.train.use_gpu:
+            return None
+        return WarmTrials(IN_PROCESS_TRIAL_MODULE, trial_cpus=self.trial_cpus(), at_once=at_once)
 
     def reproduce(self, session, reruns: list[Rerun], plan: TrialPlan, scratch: str) -> dict[str, list[dict]]:
         from orchestrator.execution.trial_process import reproduce_in_process  # late: it trains here (torch)

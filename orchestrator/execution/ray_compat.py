@@ -82,35 +82,57 @@ def session_dir() -> str:
     return ray._private.worker._global_node.get_session_dir_path()
 
 
-# Ray 2.60's raylet starts one idle Python worker per CPU when the first driver connects (ray.init's private
-# `_system_config`, `prestart_worker_first_driver`). No trial ever runs in one: a Tune trial actor asks for its
-# own runtime_env (the variables Tune propagates) and gets a new process, and so do Ray Train's actors. On 2
-# cores the two idle workers cost 2 CPU-s of imports while the trials' own processes start (a 16 x 10 job:
-# 10.6-11.5 s with them, 10.0-10.3 s without, measured here). An embedded Ray starts without them.
-def embedded_system_config() -> dict:
-    """`ray.init(_system_config=...)` for an embedded head: a new dict each call, because ray.init adds the
+# Ray 2.60's raylet starts idle Python workers when the first driver connects (ray.init's private
+# `_system_config`, `prestart_worker_first_driver`; as many as the raylet's `--num_prestart_python_workers`, which
+# Ray sets to the node's CPUs). A trial actor lands in one only if it asks for no runtime_env, and Tune's always
+# ask for one (trial_actors_inherit says how that is lifted). Idle workers nothing uses cost 2 CPU-s of imports
+# on 2 cores while the trials' own processes start (a 16 x 10 job: 10.6-11.5 s with them, 10.0-10.3 s
+# without), so an embedded Ray starts as many as will host a trial, each with the trial's module imported
+# (`preload_python_modules`: the raylet imports them in every Python worker it starts, before its first task),
+# or none.
+def embedded_system_config(preload: tuple[str, ...] = ()) -> dict:
+    """`ray.init(_system_config=...)` for an embedded head: workers started when the driver connects, with
+    `preload` imported, if `preload` names modules, else none. A new dict each call, because ray.init adds the
     session's own settings (its object-spilling directory) to the one it is given."""
-    return {"prestart_worker_first_driver": False}
+    if not preload:
+        return {"prestart_worker_first_driver": False}
+    return {"prestart_worker_first_driver": True, "preload_python_modules": list(preload)}
+
+
+PRESTART_FLAG = "--num_prestart_python_workers="  # Ray 2.60: the raylet's flag, from services.start_raylet
 
 
 @contextlib.contextmanager
-def quick_embedded_start(*, dashboard: bool):
+def quick_embedded_start(*, dashboard: bool, prestart: int = 0):
     """Around `ray.init(address="local", include_dashboard=dashboard)`: the same head node, up ~1.3 s sooner
-    without a dashboard (2.2 s against 2.9-4.0 s measured here), ~0.5 s sooner on average with one. Ray 2.60's
-    head start wastes two waits, and this removes them for the duration of the call:
+    without a dashboard (2.2 s against 2.9-4.0 s measured here), ~0.5 s sooner on average with one, and with
+    `prestart` idle workers for embedded_system_config's prestart instead of one per CPU. Ray 2.60's head start
+    wastes two waits and a process, and this removes them for the duration of the call:
 
     - With include_dashboard=False, `Node.start_api_server` still starts the dashboard's Python process with
       only its usage-statistics module loaded (`--modules-to-load=UsageStatsHead`: no state API, no jobs API,
       no web UI), and polls the GCS until that process has written its URL (1.0-1.25 s, a CPU-s of imports)
       before it starts the raylet. Without it Ray records no dashboard URL, which is what a caller with the
       dashboard off sees anyway; the state API is absent in both cases.
+    - Also without the dashboard, `Node.start_head_processes` starts the autoscaler's monitor process
+      (0.6 CPU-s of imports while the raylet starts). An embedded head is one fixed node with no autoscaler
+      config: the monitor has nothing to scale, hpo reads no autoscaler state of an embedded Ray
+      (capacity.cluster_offer), and without a dashboard nothing shows its status. `RayParams.no_monitor`, what
+      `ray start --no-monitor` sets, skips it.
     - `Node.__init__` then waits for the new raylet to register through `services.get_node`, whose C++
       accessor retries once a second: a raylet that registers just after an attempt costs up to a second
       more (the start was 2.2 s or 3.2 s, nothing between). Here the GCS is asked every 20 ms first
       (`GcsClient.get_all_node_info`) and Ray's own call made once the node is listed.
+    - `services.start_raylet` gives the raylet `--num_prestart_python_workers` = the node's CPUs; with
+      `prestart`, the command that `services.start_ray_process` is handed for the raylet says `prestart`.
     """
     node_class, services = ray._private.node.Node, ray._private.services
-    start_api_server, get_node = node_class.start_api_server, services.get_node
+    start_api_server, start_head, get_node = (
+        node_class.start_api_server,
+        node_class.start_head_processes,
+        services.get_node,
+    )
+    start_ray_process = services.start_ray_process
 
     def no_api_server(self, *, include_dashboard, raise_on_failure):
         if include_dashboard is not False:
@@ -119,6 +141,10 @@ def quick_embedded_start(*, dashboard: bool):
             )
         self._webui_url = None
         return None
+
+    def head_without_monitor(self):
+        self._ray_params.no_monitor = True
+        return start_head(self)
 
     def get_node_when_listed(gcs_address, node_id):
         client = ray._raylet.GcsClient(address=gcs_address)
@@ -133,13 +159,22 @@ def quick_embedded_start(*, dashboard: bool):
             time.sleep(0.02)
         return get_node(gcs_address, node_id)
 
+    def start_with_prestart(command, process_type, *args, **kwargs):
+        if process_type == ray._private.ray_constants.PROCESS_TYPE_RAYLET:
+            command = [f"{PRESTART_FLAG}{prestart}" if a.startswith(PRESTART_FLAG) else a for a in command]
+        return start_ray_process(command, process_type, *args, **kwargs)
+
     if not dashboard:
         node_class.start_api_server = no_api_server
+        node_class.start_head_processes = head_without_monitor
     services.get_node = get_node_when_listed
+    if prestart:
+        services.start_ray_process = start_with_prestart
     try:
         yield
     finally:
-        node_class.start_api_server, services.get_node = start_api_server, get_node
+        node_class.start_api_server, node_class.start_head_processes = start_api_server, start_head
+        services.get_node, services.start_ray_process = get_node, start_ray_process
 
 
 MONITOR_PROCESS = ray._private.ray_constants.PROCESS_TYPE_MONITOR  # Ray 2.60: "monitor"
@@ -239,6 +274,44 @@ def stop_propagating_env(names: tuple[str, ...]) -> set[str]:
     removed = set(names) & class_cache.ENV_VARS_TO_PROPAGATE
     class_cache.ENV_VARS_TO_PROPAGATE.difference_update(removed)
     return removed
+
+
+def trial_actor_env() -> dict[str, str]:
+    """Ray Tune 2.60 sets these in every trial actor's runtime_env whatever the driver's environment holds
+    (`class_cache.DEFAULT_ENV_VARS`)."""
+    from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
+
+    return dict(class_cache.DEFAULT_ENV_VARS)
+
+
+def trial_actors_inherit(environ: dict[str, str]):
+    """Ray Tune 2.60 creates every trial actor with a runtime_env of environment variables
+    (`class_cache._ActorClassCache.get`: trial_actor_env, then what ENV_VARS_TO_PROPAGATE names), and a worker
+    the raylet started ahead has the empty runtime_env, so no trial ever lands in one. Until the returned
+    function is called, an actor class whose variables all equal those in `environ` (the environment the
+    embedded Ray's processes inherited when it started) is made without a runtime_env: the same variables,
+    by inheritance, in a worker that may already be running. Any other stays as Tune made it."""
+    from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
+
+    get = class_cache._ActorClassCache.get
+    plain: dict = {}
+
+    def get_inheriting(self, trainable_cls):
+        actor_cls = get(self, trainable_cls)
+        runtime_env = actor_cls._default_options.get("runtime_env") or {}
+        env_vars = runtime_env.get("env_vars") or {}
+        if set(runtime_env) <= {"env_vars"} and all(environ.get(k) == v for k, v in env_vars.items()):
+            if trainable_cls not in plain:
+                plain[trainable_cls] = ray.remote(trainable_cls)
+            return plain[trainable_cls]
+        return actor_cls
+
+    class_cache._ActorClassCache.get = get_inheriting
+
+    def undo() -> None:
+        class_cache._ActorClassCache.get = get
+
+    return undo
 
 
 def propagate_env(names: set[str]) -> None:

@@ -1,15 +1,18 @@
 """Where trials run: starting or joining Ray, and refusing what would hang. The changes these make to the
-process (PYTHONPATH, the token mode) are undone by execution/driver.py's DriverSession, which calls them."""
+process (PYTHONPATH, the token mode, the variables Tune sets in trial actors, how Tune makes trial actors) are
+undone by execution/driver.py's DriverSession, which calls them."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import ray
 from ray.exceptions import AuthenticationError
@@ -28,6 +31,8 @@ from orchestrator.execution.ray_compat import (
     placement_group,
     quick_embedded_start,
     started_here_without_dashboard,
+    trial_actor_env,
+    trial_actors_inherit,
 )
 
 
@@ -38,12 +43,42 @@ def embedded_cpus(extra_cpus: int = 0) -> int:
     return (os.cpu_count() or 1) + extra_cpus
 
 
+@dataclasses.dataclass(frozen=True)
+class WarmTrials:
+    """Trial processes an embedded Ray may start with the driver, before any trial asks for one, each with
+    `module` (what a trial's process imports: torch, Tune, the training code) imported while the driver is
+    still setting up the search. Only for a Ray whose every worker will be a trial: the module is imported in
+    each worker that Ray starts."""
+
+    module: str
+    trial_cpus: float  # logical CPUs each trial holds
+    at_once: int  # trials the job runs at once at most (search.max_concurrent, or fewer if it has fewer)
+
+    def workers(self, cpus: float) -> int:
+        """How many to start on a Ray of `cpus` logical CPUs: as many as will host a trial at once, no more
+        (an idle worker with torch imported holds ~300 MB and cost 2-4 CPU-s to start)."""
+        return max(0, min(self.at_once, int(cpus // self.trial_cpus) if self.trial_cpus > 0 else 0))
+
+
+@dataclasses.dataclass
+class Started:
+    """Ray, started by this call: stop it, then call `undo` for what the start changed besides (below)."""
+
+    undo: Callable[[], None] = lambda: None
+
+
 def start_ray(
-    address: str | None = None, num_cpus: float | None = None, *, extra_cpus: int = 0, dashboard: bool = True
-) -> bool:
+    address: str | None = None,
+    num_cpus: float | None = None,
+    *,
+    extra_cpus: int = 0,
+    dashboard: bool = True,
+    warm: WarmTrials | None = None,
+) -> Started | None:
     """Join `address`, or start an embedded Ray with `num_cpus` logical CPUs (default: embedded_cpus) and its
     dashboard unless `dashboard` is False (Ray Train needs it, in-process trials do not, and it costs ~2 s to
-    start). Returns True if this call started Ray (and should stop it)."""
+    start), and with `warm`'s trial processes. Returns a Started if this call started Ray (and should stop it),
+    else None."""
     if ray.is_initialized():
         connected = ray.get_runtime_context().gcs_address
         if address and address != "auto" and not address.startswith("ray://") and address != connected:
@@ -51,27 +86,39 @@ def start_ray(
                 f"--address {address}: this process is connected to the Ray at {connected} already; "
                 "run the job from a new process to use another cluster"
             )
-        return False
+        return None
     # Workers must import user workloads from the working directory, as the driver does.
     paths = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     worker_logging = ray.LoggingConfig(log_level="WARNING")  # Ray's per-report INFO lines drown the progress
     if address:
         _join(address, worker_logging)
-    else:
-        # address="local": never join a cluster a killed head left in ray_current_cluster. The dashboard for DDP
-        # jobs: without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
-        cpus = num_cpus or embedded_cpus(extra_cpus)
-        with quick_embedded_start(dashboard=dashboard):
+        return Started()
+    # address="local": never join a cluster a killed head left in ray_current_cluster. The dashboard for DDP
+    # jobs: without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
+    cpus = num_cpus or embedded_cpus(extra_cpus)
+    prestart = warm.workers(cpus) if warm else 0
+    started = Started()
+    if prestart:
+        # The prestarted workers inherit this process's environment; Tune's trial actors then need no
+        # runtime_env of their own to have the variables Tune sets (ray_compat.trial_actors_inherit).
+        for name, value in trial_actor_env().items():
+            os.environ.setdefault(name, value)
+        started.undo = trial_actors_inherit(dict(os.environ))
+    try:
+        with quick_embedded_start(dashboard=dashboard, prestart=prestart):
             ray.init(
                 address="local",
                 num_cpus=cpus,
                 include_dashboard=dashboard,
                 logging_level=logging.WARNING,
                 logging_config=worker_logging,
-                _system_config=embedded_system_config(),
+                _system_config=embedded_system_config((warm.module,) if prestart else ()),
             )
-    return True
+    except BaseException:
+        started.undo()
+        raise
+    return started
 
 
 def check_address(address: str | None) -> None:

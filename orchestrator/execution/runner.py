@@ -189,7 +189,11 @@ def execute(
         if before_search:
             before_search(spec, inner, results_uri, progress)
         session.start_ray(
-            address, num_cpus, extra_cpus=launcher.extra_cpus, dashboard=launcher.needs_dashboard
+            address,
+            num_cpus,
+            extra_cpus=launcher.extra_cpus,
+            dashboard=launcher.needs_dashboard,
+            warm=launcher.warm_trials(min(spec.search.max_concurrent, the_plan.spec.search.num_trials())),
         )
         # before anything is written
         at_once = check_resources(
