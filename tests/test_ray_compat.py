@@ -548,7 +548,8 @@ def test_the_quick_embedded_start_reaches_what_ray_has_and_puts_it_back():
         and config is not ray_compat.embedded_system_config()
     )
     assert ray_compat.embedded_system_config(("json",)) == {
-        "prestart_worker_first_driver": True,
+        "prestart_worker_first_driver": False,
+        "enable_worker_prestart": True,
         "preload_python_modules": ["json"],
     }
 
@@ -628,7 +629,7 @@ def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_
 @pytest.mark.slow
 def test_an_embedded_start_with_warm_trials_prestarts_them_and_a_tune_trial_actor_lands_in_one():
     """In a process of its own, through a DriverSession as a run starts it: for 1 trial at a time on 2 CPUs,
-    exactly 1 worker process is started with the driver (Ray's own count would be 2); an actor class made by
+    exactly 1 worker process is started ahead (Ray's own count would be 2); an actor class made by
     Tune's class cache runs in that very process, where the warm module was imported before any task (a worker
     of an embedded start without it has not: the test above); and when
     the session ends, Tune's class cache and the environment are as they were. The time is printed, not asserted."""

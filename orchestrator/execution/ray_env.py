@@ -45,7 +45,7 @@ def embedded_cpus(extra_cpus: int = 0) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class WarmTrials:
-    """Trial processes an embedded Ray may start with the driver, before any trial asks for one, each with
+    """Trial processes an embedded Ray may start as it starts, before any trial asks for one, each with
     `module` (what a trial's process imports: torch, Tune, the training code) imported while the driver is
     still setting up the search. Only for a Ray whose every worker will be a trial: the module is imported in
     each worker that Ray starts."""
