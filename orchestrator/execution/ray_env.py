@@ -57,7 +57,7 @@ class WarmTrials:
     def workers(self, cpus: float) -> int:
         """How many to start on a Ray of `cpus` logical CPUs: as many as will host a trial at once, no more
         (an idle worker with torch imported holds ~300 MB and cost 2-4 CPU-s to start)."""
-        return max(0, min(self.at_once, int(cpus // self.trial_cpus) if self.trial_cpus > 0 else 0))
+        return min(self.at_once, int(cpus // self.trial_cpus) if self.trial_cpus > 0 else 0)
 
 
 @dataclasses.dataclass
