@@ -607,13 +607,11 @@ def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_
     here, checked), the node listed by the call the start polls with, and a task runs. The start's time is
     printed, not asserted."""
     code = (
-        "import sys, time, psutil, ray; from orchestrator.execution import ray_compat, ray_env\n"
+        "import sys, time, ray; from orchestrator.execution import ray_compat, ray_env\n"
         "patched = (ray._private.node.Node.start_api_server, ray._private.services.get_node)\n"
         "began = time.monotonic(); ray_env.start_ray(num_cpus=2, dashboard=False); took = time.monotonic() - began\n"
-        "node = ray._private.worker._global_node\n"
-        "raylet = psutil.Process(node.all_processes['raylet'][0].process.pid)\n"
-        "agents = ('ray::DashboardAgent', 'ray::RuntimeEnvAgent')  # the raylet's other children\n"
-        "print(sum(' '.join(p.cmdline()).strip() not in agents for p in raylet.children()))\n"
+        "node = ray._private.worker._global_node; from test_ray_compat import _raylet_workers\n"
+        "print(len(_raylet_workers()))\n"
         "print(ray._private.ray_constants.PROCESS_TYPE_DASHBOARD in node.all_processes, ray_compat.dashboard_url())\n"
         "print(ray_compat.MONITOR_PROCESS in node.all_processes)\n"
         "print(patched == (ray._private.node.Node.start_api_server, ray._private.services.get_node))\n"
@@ -629,23 +627,19 @@ def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_
 @pytest.mark.slow
 def test_an_embedded_start_with_warm_trials_prestarts_them_and_a_tune_trial_actor_lands_in_one():
     """In a process of its own, through a DriverSession as a run starts it: for 1 trial at a time on 2 CPUs,
-    exactly 1 worker process is started ahead (Ray's own count would be 2); an actor class made by
-    Tune's class cache runs in that very process, where the warm module was imported before any task (a worker
-    of an embedded start without it has not: the test above); and when
-    the session ends, Tune's class cache and the environment are as they were. The time is printed, not asserted."""
+    exactly 1 worker process is started ahead (Ray's own count would be 2); an actor class made by Tune's class
+    cache runs in that very process, where the warm module was imported before any task (a worker of an
+    embedded start without it has not: the test above); and when the session ends, Tune's class cache and the
+    environment are as they were. The time is printed, not asserted."""
     code = (
-        "import os, sys, psutil, ray; from conftest import wait_for\n"
+        "import os, sys, ray; from conftest import wait_for\n"
         "from ray.tune.execution import class_cache\n"
         "from orchestrator.execution.driver import DriverSession; from orchestrator.execution.ray_env import WarmTrials\n"
-        "from test_ray_compat import _Probe\n"
+        "from test_ray_compat import _Probe, _raylet_workers as workers\n"
         "tune_get, environ = class_cache._ActorClassCache.get, dict(os.environ)\n"
         "import time; began = time.monotonic()\n"
         "with DriverSession() as session:\n"
         "    session.start_ray(num_cpus=2, dashboard=False, warm=WarmTrials('tabnanny', 1.0, 1))\n"
-        "    node = ray._private.worker._global_node\n"
-        "    raylet = psutil.Process(node.all_processes['raylet'][0].process.pid)\n"
-        "    agents = ('ray::DashboardAgent', 'ray::RuntimeEnvAgent')  # the raylet's other children\n"
-        "    workers = lambda: [p for p in raylet.children() if ' '.join(p.cmdline()).strip() not in agents]\n"
         "    wait_for(lambda: len(workers()) == 1, 'the prestarted worker', 60)\n"
         "    prestarted = workers()[0]\n"
         "    probe = class_cache._ActorClassCache().get(_Probe).remote()\n"
@@ -655,6 +649,15 @@ def test_an_embedded_start_with_warm_trials_prestarts_them_and_a_tune_trial_acto
         "print(f'the start and the first actor took {took:.2f} s')\n"
     )
     print(_printed_by(code, ["True 1", "True True False"]))
+
+
+def _raylet_workers() -> list:
+    """The worker processes of the raylet this process started: its children other than its two agents."""
+    import psutil
+
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    agents = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+    return [p for p in raylet.children() if " ".join(p.cmdline()).strip() not in agents]
 
 
 def _printed_by(code: str, expected: list[str]) -> str:
