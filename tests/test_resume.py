@@ -43,21 +43,23 @@ def run_and_kill(spec_path, trials_done: int) -> tuple[str, set[str]]:
         env=env,
         start_new_session=True,
     )
-    uri = proc.stdout.readline().strip().removeprefix("results_uri: ")
     finished = set()
-    for line in proc.stderr:
-        if found := FINISHED_LINE.search(line):
-            finished.add(found.group(1))
-        if len(finished) >= trials_done:
-            break
-    family = psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for child in family:  # Ray's own processes, whatever their process group
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
+    try:  # killed however this ends: a failing test must not leave a job and its Ray running
+        uri = proc.stdout.readline().strip().removeprefix("results_uri: ")
+        for line in proc.stderr:
+            if found := FINISHED_LINE.search(line):
+                finished.add(found.group(1))
+            if len(finished) >= trials_done:
+                break
+    finally:
+        family = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for child in family:  # Ray's own processes, whatever their process group
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
     assert json.loads(open_store(uri).read_bytes("run.json"))["status"] == "running"  # it died mid-run
     return uri, finished
 
@@ -147,17 +149,19 @@ def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(ra
     """TPE proposes from the results it has seen and ASHA stops trials against its rungs: both must be told
     what the finished trials reported, or the resumed run's later trials differ from an uninterrupted run's.
     At max_concurrent 1 both are whole-job deterministic; the kill comes after TPE's 20 random start-up
-    trials, so the trials after it are TPE's own proposals."""
+    trials, so the trials after it are TPE's own proposals. The synthetic workload's trials take milliseconds, so
+    from trial 22 on they wait for a file the test creates after the kill (tests/workloads_for_tests.py)."""
+    go = tmp_path / "go"
     spec = spec_dict(
         name="adaptive",
-        workload="synthetic",
+        workload="tests.workloads_for_tests:held_synthetic",
         storage=str(tmp_path / "runs"),
         search={
             "algorithm": "hyperopt",
             "num_samples": 26,
             "max_concurrent": 1,
             "space": {"x1": {"uniform": [0, 1]}, "x2": {"uniform": [0, 1]}},
-            "fixed": {"function": "branin"},
+            "fixed": {"function": "branin", "hold_marker": str(go), "hold_from": 22},
         },
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
         train={"max_epochs": 9},
@@ -165,6 +169,7 @@ def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(ra
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     uri, finished = run_and_kill(spec_path, trials_done=22)
+    go.touch()  # the resume and the uninterrupted run go through
     code, out, err = hpo(capsys, "resume", uri, "--output", "json")
     assert code == 0, err[-3000:]
     assert_not_rerun(finished, err)

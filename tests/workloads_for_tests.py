@@ -344,3 +344,31 @@ def paced() -> Workload:
     return Workload(
         name="paced", train=_paced_train, metrics={"loss": "min"}, hyperparameters={"x": 0.5, "pace_s": 1.0}
     )
+
+
+def _held_train(ctx) -> None:
+    """The synthetic workload's learning curves, except that a trial numbered `hold_from` or later waits before its
+    first report until the file `hold_marker` exists. A test that kills a job once `hold_from` trials have
+    finished then kills it mid-run however far its reading of the job's progress lags behind the job (on a loaded
+    machine the last few fast trials used to finish first), and lets a later run through by creating the file."""
+    import os
+    import time
+
+    from orchestrator.workloads.synthetic import train
+
+    marker, number = ctx.config["hold_marker"], int(ctx.trial_id.rsplit("_", 1)[1])
+    while marker and number >= ctx.config["hold_from"] and not os.path.exists(marker):
+        time.sleep(0.05)
+    train(ctx)
+
+
+def held_synthetic() -> Workload:
+    from orchestrator.workloads.synthetic import synthetic
+
+    base = synthetic()
+    return dataclasses.replace(
+        base,
+        name="held-synthetic",
+        train=_held_train,
+        hyperparameters={**base.hyperparameters, "hold_marker": "", "hold_from": 0},
+    )
