@@ -23,8 +23,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/hpo run jobs/digits-asha.yaml
 
+# Two pytest workers, each with its own session Ray and S3 server: on 2 cores the suite is ~60% busy run one test
+# at a time (tests wait on Ray's starts, node verdicts, autoscalers); worksteal evens out the long tests.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # The edit loop: no Ray, no subprocess, no sleep (conftest.py enforces it); the same tests run in `make test`.
 test-fast: setup

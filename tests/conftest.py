@@ -1,6 +1,7 @@
 """Session fixtures: one real local Ray for the in-process tests, a real SeaweedFS; spec builders; the CLI run
 in this process; and the fast tier's guard: a test not marked `slow` may not start Ray, a subprocess or a
-server, nor sleep."""
+server, nor sleep. `make test` runs two pytest workers (pytest-xdist): each is a session of its own, with its own
+Ray and SeaweedFS (ports and credentials picked per process), so no test may assume it is alone on the machine."""
 
 from __future__ import annotations
 
