@@ -11,10 +11,12 @@ with the same data split and model code (orchestrator/workloads/digits.py).
                 `torch.save` checkpoint every epoch.
 - bare Ray Tune: a function trainable with `tune.report(..., checkpoint=...)` every epoch, reused actors.
 
-Rounds alternate between the tools; medians are compared. `pip install -e '.[bench]'` (or `make bench`)
-installs Optuna.
+Rounds alternate between the tools; medians are compared. The smallest size (2 x 1 by default) is each tool's
+fixed cost per job: its imports, Ray's start and stop, its trial processes' start. Each larger size is then
+also compared beyond that fixed cost (its wall minus the smallest size's): what the work itself costs in each
+tool. `pip install -e '.[bench]'` (or `make bench`) installs Optuna.
 
-    python bench/peers.py [--sizes 64x10,16x10] [--concurrency 2] [--rounds 3]
+    python bench/peers.py [--sizes 64x10,16x10,2x1] [--concurrency 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def run_script(source: str, name: str, trials: int, epochs: int, concurrency: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="64x10,16x10", help="TRIALSxEPOCHS, comma-separated")
+    parser.add_argument("--sizes", default="64x10,16x10,2x1", help="TRIALSxEPOCHS, comma-separated")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -173,6 +175,7 @@ def main() -> None:
         import optuna  # noqa: F401
     except ImportError:
         raise SystemExit("bench/peers.py needs Optuna: pip install -e '.[bench]'") from None
+    medians: dict[tuple[int, int], dict[str, float]] = {}
     for size in args.sizes.split(","):
         trials, epochs = (int(v) for v in size.lower().split("x"))
         work = Path(tempfile.mkdtemp(prefix="hpo-peers-"))
@@ -181,7 +184,7 @@ def main() -> None:
             walls["hpo"].append(run_hpo(trials, epochs, args.concurrency, work))
             walls["optuna"].append(run_script(OPTUNA, "optuna", trials, epochs, args.concurrency, work))
             walls["ray"].append(run_script(BARE, "ray", trials, epochs, args.concurrency, work))
-        med = {k: statistics.median(v) for k, v in walls.items()}
+        med = medians[trials, epochs] = {k: statistics.median(v) for k, v in walls.items()}
         print(f"{trials} trials x {epochs} epochs, {args.concurrency} at a time, median of {args.rounds}:")
         for name, label in (("hpo", "hpo run"), ("optuna", "Optuna"), ("ray", "bare Ray Tune")):
             print(f"  {label:<14} {med[name]:6.1f}s  runs {[round(t, 1) for t in walls[name]]}")
@@ -190,6 +193,19 @@ def main() -> None:
             f"{med['hpo'] / med['ray']:.2f}",
             flush=True,
         )
+    if len(medians) > 1:
+        smallest = min(medians, key=lambda size: size[0] * size[1])
+        fixed = medians[smallest]
+        print(f"beyond each tool's fixed cost (its {smallest[0]} x {smallest[1]} wall):")
+        for (trials, epochs), med in medians.items():
+            if (trials, epochs) == smallest:
+                continue
+            work = {name: med[name] - fixed[name] for name in med}
+            ratio = f"{work['hpo'] / work['optuna']:.2f}" if work["optuna"] > 0.5 else "n/a (too little work)"
+            print(
+                f"  {trials} x {epochs}: hpo {work['hpo']:.1f}s, Optuna {work['optuna']:.1f}s, bare Ray Tune "
+                f"{work['ray']:.1f}s   ratio hpo/Optuna {ratio}"
+            )
 
 
 if __name__ == "__main__":
