@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from orchestrator.execution.ray_compat import FAST_CONNECT
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -54,6 +56,8 @@ class RayHead:
             os.environ,
             RAY_AUTH_TOKEN=self.token,
             PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            # the embedded heads' local connect retries (ray_compat.FAST_CONNECT says why), as RAY_<setting>
+            **{f"RAY_{name}": str(value) for name, value in FAST_CONNECT.items()},
             **self.extra_env,
         )
         env.pop("RAY_ADDRESS", None)

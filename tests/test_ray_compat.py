@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -47,6 +48,17 @@ def test_every_compat_name_has_a_test_here():
     here = Path(__file__).read_text()
     untested = [name for name in defined if name != "CHECKED_WITH" and f"ray_compat.{name}" not in here]
     assert not untested, f"ray_compat names without a test here: {untested}"
+
+
+def test_the_raylet_has_the_fast_connect_settings():
+    # RayConfig's settings are compiled into the raylet; one that Ray renamed would fail every embedded start
+    raylet = (Path(ray.__file__).parent / "core" / "src" / "ray" / "raylet" / "raylet").read_bytes()
+    for name, value in ray_compat.FAST_CONNECT.items():
+        assert f"RAY_{name}".encode() in raylet, f"Ray's raylet no longer reads {name}"
+        assert isinstance(value, int) and value > 0
+    # the same total wait as Ray's defaults (1,000 ms x 10 attempts): faster retries, not a shorter patience
+    waits = ray_compat.FAST_CONNECT.values()
+    assert math.prod(waits) == 1000 * 10
 
 
 def test_tune_reads_the_knobs_we_set():
@@ -543,14 +555,19 @@ def test_the_quick_embedded_start_reaches_what_ray_has_and_puts_it_back():
     assert "no_monitor" in inspect.signature(ray._private.parameter.RayParams).parameters
     assert "timeout" in inspect.signature(ray._raylet.InnerGcsClient.get_all_node_info).parameters
     config = ray_compat.embedded_system_config()
+    fast_connect = {
+        "raylet_client_connect_timeout_milliseconds": 20,
+        "raylet_client_num_connect_attempts": 500,
+    }
     assert (
-        config == {"prestart_worker_first_driver": False}
+        config == {"prestart_worker_first_driver": False, **fast_connect}
         and config is not ray_compat.embedded_system_config()
     )
     assert ray_compat.embedded_system_config(("json",)) == {
         "prestart_worker_first_driver": False,
         "enable_worker_prestart": True,
         "preload_python_modules": ["json"],
+        **fast_connect,
     }
 
     def replaced() -> tuple[bool, ...]:
