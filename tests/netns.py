@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from orchestrator.execution.ray_compat import fast_connect_env
+
 RAY = str(Path(sys.executable).parent / "ray")
 GCS_PORT, DASHBOARD_PORT = 6379, 8265
 
@@ -142,8 +144,11 @@ class NetnsCluster:
         )
 
     def environ(self) -> dict:
-        # token auth, as Ray 2.60's default; a node joining an explicit address needs the mode said
-        env = dict(os.environ, RAY_AUTH_TOKEN=self.token, RAY_AUTH_MODE="token", **self.env)
+        # token auth, as Ray 2.60's default; a node joining an explicit address needs the mode said. The embedded
+        # heads' local connect retries too (ray_compat.FAST_CONNECT says why).
+        env = dict(
+            os.environ, RAY_AUTH_TOKEN=self.token, RAY_AUTH_MODE="token", **fast_connect_env(), **self.env
+        )
         env.pop("RAY_ADDRESS", None)
         return env
 

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from orchestrator.execution.ray_compat import FAST_CONNECT
+from orchestrator.execution.ray_compat import fast_connect_env
 
 
 def free_port() -> int:
@@ -56,8 +56,7 @@ class RayHead:
             os.environ,
             RAY_AUTH_TOKEN=self.token,
             PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            # the embedded heads' local connect retries (ray_compat.FAST_CONNECT says why), as RAY_<setting>
-            **{f"RAY_{name}": str(value) for name, value in FAST_CONNECT.items()},
+            **fast_connect_env(),  # the embedded heads' local connect retries (ray_compat.FAST_CONNECT says why)
             **self.extra_env,
         )
         env.pop("RAY_ADDRESS", None)

@@ -59,6 +59,10 @@ def test_the_raylet_has_the_fast_connect_settings():
     # the same total wait as Ray's defaults (1,000 ms x 10 attempts): faster retries, not a shorter patience
     waits = ray_compat.FAST_CONNECT.values()
     assert math.prod(waits) == 1000 * 10
+    assert ray_compat.fast_connect_env() == {
+        "RAY_raylet_client_connect_timeout_milliseconds": "20",
+        "RAY_raylet_client_num_connect_attempts": "500",
+    }
 
 
 def test_tune_reads_the_knobs_we_set():
