@@ -8,6 +8,8 @@ import tomllib
 from conftest import ROOT
 from dockerfile_parse import DockerfileParser
 
+from orchestrator.execution.ray_compat import fast_connect_env
+
 
 def _parsed():
     parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
@@ -42,3 +44,8 @@ def test_image_shape_cpu_default_gpu_by_argument_non_root_cli_on_path():
     order = [i["instruction"] for i in structure]
     assert order.index("COPY") > max(i for i, v in enumerate(structure) if "torch==" in v["value"])
     assert parser.baseimage.startswith("python:")
+
+
+def test_the_image_has_the_embedded_heads_fast_connects():
+    parser, _ = _parsed()
+    assert {k: v for k, v in parser.envs.items() if k in fast_connect_env()} == fast_connect_env()
