@@ -48,4 +48,5 @@ def test_image_shape_cpu_default_gpu_by_argument_non_root_cli_on_path():
 
 def test_the_image_has_the_embedded_heads_fast_connects():
     parser, _ = _parsed()
-    assert {k: v for k, v in parser.envs.items() if k in fast_connect_env()} == fast_connect_env()
+    expected = fast_connect_env()
+    assert {k: v for k, v in parser.envs.items() if k in expected} == expected

@@ -115,14 +115,10 @@ def embedded_system_config(preload: tuple[str, ...] = ()) -> dict:
     imported, if `preload` names modules, else none; local connects retried every 20 ms (FAST_CONNECT). A new
     dict each call, because ray.init adds the session's own settings (its object-spilling directory) to the
     one it is given."""
-    if not preload:
-        return {"prestart_worker_first_driver": False, **FAST_CONNECT}
-    return {
-        "prestart_worker_first_driver": False,
-        "enable_worker_prestart": True,
-        "preload_python_modules": list(preload),
-        **FAST_CONNECT,
-    }
+    config = {"prestart_worker_first_driver": False, **FAST_CONNECT}
+    if preload:
+        config.update(enable_worker_prestart=True, preload_python_modules=list(preload))
+    return config
 
 
 PRESTART_FLAG = "--num_prestart_python_workers="  # Ray 2.60: the raylet's flag, from services.start_raylet
