@@ -236,15 +236,16 @@ def test_custom_resources_and_the_accelerator_type_reach_ray_trains_scaling_conf
 def test_a_spent_budget_stops_running_trials_at_their_report_only_with_stop_running():
     from types import SimpleNamespace
 
-    from orchestrator.execution.tracking import BudgetStopper
+    from orchestrator.execution.stopping import StopRequest
+    from orchestrator.execution.tracking import RunStopper
 
     for stop_running in (False, True):
         clock = _Clock()
         ledger = Ledger(cpus=1, gpus=0, limits={"cpu_hours": 1}, nodes=lambda: [], clock=clock)
         ledger.started("t0")
-        tracker = SimpleNamespace(ledger=ledger, stop_running=stop_running)
+        tracker = SimpleNamespace(ledger=ledger, stop_running=stop_running, stop=StopRequest(), max_epochs=9)
         tracker._check_budget = ledger.check
-        stopper = BudgetStopper(tracker)
+        stopper = RunStopper(tracker)
         assert not stopper("t0", {}) and not stopper.stop_all()
         clock.now = 3600.0
         assert stopper("t0", {}) is stop_running and not stopper.stop_all()
@@ -256,11 +257,15 @@ def test_the_budget_gate_and_stopper_pickle_without_the_drivers_state():
     import pickle
     import threading
 
-    from orchestrator.execution.tracking import BudgetGate, BudgetStopper
+    from orchestrator.execution.stopping import StopRequest
+    from orchestrator.execution.tracking import RunStopper, SearchGate
 
     ledger = Ledger(cpus=1, gpus=0, limits={"cpu_hours": 1}, nodes=lambda: [])
     ledger.lock = threading.Lock()  # what a driver's state holds
     ledger.exhausted = "cpu_hours 1 of 1"
-    gate, stopper = BudgetGate(ledger), BudgetStopper(ledger)
+    stop = StopRequest()
+    stop.request("interrupted", grace_s=5)
+    gate, stopper = SearchGate(ledger, stop), RunStopper(ledger)
     assert gate() and not pickle.loads(pickle.dumps(gate))()
     assert not pickle.loads(pickle.dumps(stopper))("t0", {})
+    assert not pickle.loads(pickle.dumps(stop))  # a live request stays in the driver

@@ -372,3 +372,27 @@ def held_synthetic() -> Workload:
         train=_held_train,
         hyperparameters={**base.hyperparameters, "hold_marker": "", "hold_from": 0},
     )
+
+
+def _reports_epoch_train(ctx) -> None:
+    """Ray Tune's habit: report the epoch too, a metric the workload never declared. Until the file named by
+    `fixed_marker` exists (the test's stand-in for fixing the code), then it reports only what it declares."""
+    import os
+
+    start = 0
+    if (state := ctx.get_checkpoint()) is not None:
+        start = state["epoch"] + 1
+    for epoch in range(start, ctx.max_epochs):
+        metrics = {"loss": (ctx.config["x"] - 0.3) ** 2 + 1.0 / (epoch + 1)}
+        if not os.path.exists(ctx.config["fixed_marker"]):
+            metrics["epoch"] = epoch
+        ctx.report(metrics, checkpoint={"epoch": epoch})
+
+
+def reports_epoch() -> Workload:
+    return Workload(
+        name="reports-epoch",
+        train=_reports_epoch_train,
+        metrics={"loss": "min"},
+        hyperparameters={"x": 0.5, "fixed_marker": ""},
+    )

@@ -10,6 +10,7 @@ from orchestrator.cli.common import EXIT_FAILED, EXIT_UNSYNCED, CliError, read_s
 from orchestrator.cli.output import print_ensemble
 from orchestrator.execution.resume import AlreadyFinished
 from orchestrator.execution.runner import print_progress
+from orchestrator.execution.stopping import FAILED, INTERRUPTED, STOPPED, exit_code_for
 from orchestrator.results import format_config, summarize
 from orchestrator.results.layout import TRIALS_FILE
 from orchestrator.results.ops import stored_spec
@@ -66,6 +67,18 @@ def _show(summary, args) -> None:
 
 def _finish(summary, spec, args) -> int:
     _show(summary, args)
+    if summary.status in (INTERRUPTED, STOPPED):
+        print(
+            f"hpo: the run was {summary.status}; nothing is lost: continue it with `hpo resume "
+            f"{summary.results_uri}`",
+            file=sys.stderr,
+        )
+    elif summary.status == FAILED and summary.reason:
+        print(
+            f"hpo: the job stopped: {summary.reason}; once the code is fixed, `hpo resume "
+            f"{summary.results_uri}` continues it",
+            file=sys.stderr,
+        )
     if summary.upload_pending:
         print(
             f"hpo: storage unreachable: {summary.upload_pending} upload(s) still wait in {summary.spool_dir}; "
@@ -73,6 +86,10 @@ def _finish(summary, spec, args) -> int:
             file=sys.stderr,
         )
         return EXIT_UNSYNCED
+    if summary.status in (INTERRUPTED, STOPPED):
+        return exit_code_for(summary.stop_signal)
+    if summary.status == FAILED and summary.reason:
+        return EXIT_FAILED
     failed = summary.statuses.get("error", 0)
     if failed and spec.train.fail_fast:
         print(
@@ -109,7 +126,10 @@ def _run_ensemble(spec: EnsembleSpec, args) -> int:
 
 def _print_summary(summary) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
-    print(f"finished {summary.num_trials} trials ({counts}) in {summary.wall_time_s:.1f}s")
+    if summary.status in ("finished", "budget_exhausted"):
+        print(f"finished {summary.num_trials} trials ({counts}) in {summary.wall_time_s:.1f}s")
+    else:  # interrupted, stopped, failed: said first, so the line cannot read as a finished run
+        print(f"{summary.status} after {summary.wall_time_s:.1f}s: {summary.num_trials} trials ({counts})")
     best = summary.best
     if not best:
         print("best: none (no trial reported a metric)")

@@ -14,8 +14,10 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 
 import numpy as np
 import ray
@@ -31,6 +33,14 @@ from orchestrator.execution.ray_compat import (
     stop_propagating_env,
 )
 from orchestrator.execution.ray_env import WarmTrials, start_ray
+from orchestrator.execution.stopping import (
+    INTERRUPTED,
+    STOPPED,
+    SUBMITTED_ENV,
+    StopRequest,
+    exit_code_for,
+    stop_grace_s,
+)
 
 # Ray Tune copies these from the driver's environment into every trial actor's runtime_env, which Ray records
 # as job metadata and logs in runtime_env_agent.log. Trial processes on this machine inherit the environment
@@ -51,6 +61,7 @@ class DriverSession:
         self._loggers = {name: _logger_state(logging.getLogger(name)) for name in _LOGGERS}
         self._random = (random.getstate(), np.random.get_state())
         self._torch = _torch_state()
+        self._handlers = _signal_handlers()  # ray.init sets its own SIGTERM handler: put back the caller's
         self.started_ray = False
         self._undo_quiet = self._undo_start = None
         for name, value in QUIET_TUNE_ENV.items():
@@ -79,6 +90,45 @@ class DriverSession:
             self._undo_quiet = quiet_worker_stops()  # Ray's stops of its workers are not the run's errors
 
     @contextlib.contextmanager
+    def catch_stops(self, stop: StopRequest, results_uri: str):
+        """While inside (the search): SIGINT and SIGTERM ask `stop` to wind the run down (stopping.py); a second
+        one ends the process at once, as a SIGKILL would, with Ray's processes of this session. Only in the main
+        thread (Python runs signal handlers there); after start_ray, whose handlers these replace. Tune's own
+        SIGINT handler (which ends its loop without the trials' last rows) stays off: TUNE_DISABLE_SIGINT_HANDLER
+        is set in the environment this session restores."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+        def on_signal(signum, frame):
+            reason = STOPPED if signum == signal.SIGTERM and os.environ.get(SUBMITTED_ENV) else INTERRUPTED
+            if not stop.request(reason, signal=signum, grace_s=stop_grace_s()):
+                self._stop_at_once(signum, results_uri)
+
+        before = _signal_handlers()
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
+
+    def _stop_at_once(self, signum: int, results_uri: str) -> None:
+        """The second signal: end now. run.json still says running, so `hpo resume` continues the run as after
+        a SIGKILL. The embedded Ray's processes go too (on a cluster, Ray ends the job's actors itself)."""
+        line = (
+            f"\nhpo: stopped at once ({signal.Signals(signum).name} again); the run can be resumed: "
+            f"hpo resume {results_uri}\n"
+        )
+        with contextlib.suppress(OSError):
+            os.write(2, line.encode())
+        if self.started_ray:
+            kill_children()
+        os._exit(exit_code_for(signum))
+
+    @contextlib.contextmanager
     def private_cwd(self):
         """Run Tune from a directory this run owns. A job submitted to a cluster starts in Ray's copy of its
         working dir, and Ray may delete and re-create that copy while the job runs (each node of a fake
@@ -103,6 +153,9 @@ class DriverSession:
         propagate_env(self._not_propagated)
         for name, state in self._loggers.items():
             _restore_logger(logging.getLogger(name), state)
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._handlers.items():
+                signal.signal(signum, handler)
         random.setstate(self._random[0])
         np.random.set_state(self._random[1])
         _restore_torch(self._torch)
@@ -114,6 +167,22 @@ class DriverSession:
         os.environ.update(self._environ)
         if changed_auth:  # joining a token cluster set it, and Ray cached it: read it again
             refresh_ray_config()
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _signal_handlers() -> dict:
+    return {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+
+
+def kill_children() -> None:
+    """SIGKILL every process this one started, and theirs (an embedded Ray's GCS, raylet and workers)."""
+    import psutil  # Ray's own dependency
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def _logger_state(logger: logging.Logger) -> tuple:

@@ -70,6 +70,12 @@ class Progress:
             f"[{done}/{self.num_trials} trials done{job_best}]"
         )
 
+    def trial_interrupted(self, name: str, record: dict) -> None:
+        self.line(
+            f"{name} interrupted after {record['iterations']} epoch(s); `hpo resume` continues it from its "
+            "last checkpoint"
+        )
+
     def trial_retried(self, name: str, retry: int, why: str, *, from_checkpoint: bool) -> None:
         start = "from its last checkpoint" if from_checkpoint else "from the start (it has no checkpoint yet)"
         self.line(f"{name} failed, retry {retry} of {self.max_retries} {start}: {why}")

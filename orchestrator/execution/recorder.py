@@ -126,6 +126,11 @@ class TrialRecorder:
         self.sync()
         return record
 
+    def set_status(self, name: str, status: str) -> None:
+        """Change only the status of a record this run did not write (a resumed run's, never started again)."""
+        self._set(name, {**self.records[name], "status": status})
+        self._ended = True
+
     def _set(self, name: str, record: dict) -> None:
         old = self.records.get(name)
         self._done += (record["status"] != "running") - (old is not None and old["status"] != "running")

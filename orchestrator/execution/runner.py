@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +40,8 @@ from orchestrator.execution.ray_compat import (
     trial_name,
 )
 from orchestrator.execution.ray_env import check_address, check_resources
-from orchestrator.execution.tracking import BudgetGate, BudgetStopper, RunTracker
+from orchestrator.execution.stopping import FAILED, INTERRUPTED, StopRequest
+from orchestrator.execution.tracking import RunStopper, RunTracker, SearchGate
 from orchestrator.execution.tune_search import TrialNamer, build_scheduler, build_search
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import (
@@ -60,6 +62,7 @@ from orchestrator.storage.spool import (
     SpoolingStore,
     drain_until,
     pending_items,
+    remove_run_spool,
     run_spool_dir,
     writer_dirs,
 )
@@ -237,49 +240,32 @@ def execute(
                 prices=spec.budget.prices,
             ),
             stop_running=spec.budget.stop_running,
+            stop=StopRequest(),
         )
         if continue_run:
             the_plan = continue_run(the_plan, writer, tracker, progress)
         launched: dict = {}
-        try:
-            # stdout stays for the results line and the summary; a final error is not retried
-            with (
-                contextlib.redirect_stdout(sys.stderr),
-                session.private_cwd(),
-                no_retry_on(FinalTrialError),
-                lost_nodes_not_counted(tracker.is_lost_node),
-                lean_experiment_state(),
-            ):
-                _tuner(the_plan, tracker).fit()
-        finally:
-            launched = launcher.after_job(progress, joined=bool(address))
-            writer.finish()
-            errors = [r["status"] == "error" for r in tracker.records.values()]
-            failed = errors and (all(errors) or (spec.train.fail_fast and any(errors)))
-            ledger = tracker.ledger
-            status = "failed" if failed else "budget_exhausted" if ledger.exhausted else "finished"
-            _write_run_file(
-                store,
-                the_plan,
-                status,
-                rows=writer.rows_written,
-                trials=len(tracker.records),
-                ledger=ledger.totals(),
-                **(
-                    {"budget": {**spec.budget.limits(), "exhausted": ledger.exhausted}}
-                    if ledger.limits
-                    else {}
-                ),
-                **launched,
-            )
-            if ledger.unpriced:
-                progress(
-                    f"budget: node type(s) {', '.join(sorted(ledger.unpriced))} have no price: counted as 0"
-                )
+        crash: BaseException | None = None
+        # a signal from here on winds the run down (stopping.py); a second one, also while it winds down, ends it
+        with session.catch_stops(tracker.stop, results_uri):
             try:
-                pending = _finish_uploads(store, the_plan, progress)
+                # stdout stays for the results line and the summary; a final error is not retried
+                with (
+                    contextlib.redirect_stdout(sys.stderr),
+                    session.private_cwd(),
+                    no_retry_on(FinalTrialError),
+                    lost_nodes_not_counted(tracker.is_lost_node),
+                    lean_experiment_state(),
+                ):
+                    _tuner(the_plan, tracker).fit()
+            except BaseException as exc:
+                crash = exc
+                raise
             finally:
-                store.close()  # what is still spooled waits for `hpo results sync`, not in a thread of ours
+                launched = launcher.after_job(progress, joined=bool(address))
+                status, totals, pending = _end_run(
+                    store, the_plan, tracker, writer, crash, launched, progress
+                )
     summary = summarize_run(
         results_uri,
         the_plan.schema,
@@ -289,10 +275,62 @@ def execute(
     )
     summary.upload_pending = pending
     summary.status = status
-    summary.ledger = tracker.ledger.totals()
+    summary.ledger = totals
     summary.budget_exhausted = tracker.ledger.exhausted
     summary.spool_dir = str(run_spool_dir(results_uri)) if pending else None
+    summary.stop_signal = tracker.stop.signal
+    summary.reason = tracker.stop.message
     return summary
+
+
+def _end_run(store, the_plan: Plan, tracker: RunTracker, writer, crash, launched: dict, progress):
+    """The run's last writes, however the search ended: every record closed, the rows and trial table stored,
+    run.json saying why it ended, the spool drained. Returns (status, the ledger's totals, items left)."""
+    spec = the_plan.spec
+    if isinstance(crash, KeyboardInterrupt):  # before the handlers were in place, or outside the main thread
+        tracker.stop.request(INTERRUPTED, signal=signal.SIGINT, grace_s=0.0)
+    elif crash is not None:  # the search itself broke: the run failed, and says why
+        tracker.stop.request(FAILED, message=_one_line(crash), grace_s=0.0)
+    tracker.close()  # no trial stays `running`; the ledger stops counting
+    writer.finish()
+    status = _status(tracker, spec)
+    ledger = tracker.ledger
+    totals = ledger.totals()  # once: run.json, the summary and trials.parquet agree
+    budget = {"budget": {**spec.budget.limits(), "exhausted": ledger.exhausted}} if ledger.limits else {}
+    reason = {"reason": tracker.stop.message} if tracker.stop.message else {}
+    _write_run_file(
+        store,
+        the_plan,
+        status,
+        rows=writer.rows_written,
+        trials=len(tracker.records),
+        ledger=totals,
+        **reason,
+        **budget,
+        **launched,
+    )
+    if ledger.unpriced:
+        progress(f"budget: node type(s) {', '.join(sorted(ledger.unpriced))} have no price: counted as 0")
+    try:
+        pending = _finish_uploads(store, the_plan, progress)
+    finally:
+        store.close()  # what is still spooled waits for `hpo results sync`, not in a thread of ours
+    return status, totals, pending
+
+
+def _status(tracker: RunTracker, spec: JobSpec) -> str:
+    """run.json's status (stopping.RUN_STATUSES): why the run ended."""
+    if tracker.stop:
+        return tracker.stop.reason
+    errors = [r["status"] == "error" for r in tracker.records.values()]
+    if errors and (all(errors) or (spec.train.fail_fast and any(errors))):
+        return "failed"
+    return "budget_exhausted" if tracker.ledger.exhausted else "finished"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
 
 
 def _write_run_file(store, the_plan: Plan, status: str, **extra) -> None:
@@ -307,19 +345,25 @@ def _write_run_file(store, the_plan: Plan, status: str, **extra) -> None:
 
 
 def _finish_uploads(store: SpoolingStore, the_plan: Plan, progress) -> int:
-    """Mirror Ray's staged state, then upload every writer's spool; return the items still waiting."""
+    """Mirror Ray's staged state, then upload every writer's spool; return the items still waiting. Said only
+    when an upload failed (a healthy remote run always has its last writes in flight here); a run whose uploads
+    all landed leaves nothing in the spool."""
     if store.remote:
         tune_dir = Path(the_plan.staging) / TUNE_DIR
         for path in sorted(p for p in tune_dir.rglob("*") if p.is_file()):
             store.write_bytes(f"{TUNE_DIR}/{path.relative_to(tune_dir)}", path.read_bytes())
+    store.close()  # the driver's uploader finishes its pass; from here this process uploads the rest itself
     spool = run_spool_dir(the_plan.results_uri)
-    waiting = pending_items(spool)
-    timeout = drain_timeout_s()
-    if waiting:
+    left = drain_until(store.inner, writer_dirs(spool), 0) if pending_items(spool) else 0  # one pass
+    if left:
+        timeout = drain_timeout_s()
         progress(
-            f"storage: {waiting} item(s) waiting in the local spool; retrying uploads for up to {timeout:.0f}s"
+            f"storage: an upload failed; {left} item(s) wait in the local spool; retrying for up to {timeout:.0f}s"
         )
-    return drain_until(store.inner, writer_dirs(spool), timeout) if waiting else 0
+        left = drain_until(store.inner, writer_dirs(spool), timeout)
+    if not left:
+        remove_run_spool(the_plan.results_uri)
+    return left
 
 
 def _tuner(the_plan: Plan, tracker: RunTracker) -> tune.Tuner:
@@ -338,10 +382,10 @@ def _tuner(the_plan: Plan, tracker: RunTracker) -> tune.Tuner:
         trial_dirname_creator=trial_name,
     )
     failures = tune.FailureConfig(max_failures=spec.train.max_retries, fail_fast=spec.train.fail_fast)
-    the_plan.search_alg.closed = BudgetGate(tracker.ledger)
+    the_plan.search_alg.closed = SearchGate(tracker.ledger, tracker.stop)
     run_config = tune.RunConfig(
         name=TUNE_DIR,
-        stop=BudgetStopper(tracker) if spec.budget.stop_running else None,
+        stop=RunStopper(tracker),
         storage_path=str(Path(the_plan.staging).resolve()),
         failure_config=failures,
         callbacks=[tracker],

@@ -24,6 +24,7 @@ from orchestrator.execution.ray_compat import (
     was_lost_node,
 )
 from orchestrator.execution.recorder import TrialRecorder
+from orchestrator.execution.stopping import FAILED, INTERRUPTED, StopRequest
 from orchestrator.execution.watchdog import Watchdog
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import ITERATION_KEY, TUNE_DIR
@@ -45,7 +46,14 @@ class RunTracker(Callback):
         on_trial_end: Callable[..., None] = lambda name, *, failed: None,
         ledger: Ledger | None = None,
         stop_running: bool = False,
+        stop: StopRequest | None = None,
     ):
+        self.stop = (
+            stop if stop is not None else StopRequest()
+        )  # a signal or a broken report ends the run early
+        self.interrupted: set[str] = set()  # Tune ids of the trials the stop ended at a report
+        self.configs: dict[str, dict] = {}  # trial -> its config, for the records close() writes
+        self.max_epochs = max_epochs
         self.stop_running = stop_running  # budget.stop_running: a spent budget stops running trials too
         self.results_uri = results_uri
         self.on_trial_end = on_trial_end  # the launcher's: a pool of worker groups frees the trial's group
@@ -80,10 +88,34 @@ class RunTracker(Callback):
         for name, why in self.watchdog.check():
             self.progress.line(f"{name} {why}")
         self._check_budget()
+        self._announce_stop()
         self.recorder.sync()
+
+    def _announce_stop(self) -> None:
+        """Say once that the run is winding down (the signal handler only sets the request: printing from it
+        could interrupt a print of the main thread's)."""
+        stop = self.stop
+        if not stop or stop.announced:
+            return
+        stop.announced = True
+        running = self.running()
+        if stop.reason == FAILED:
+            self.progress.line(f"stopping the job: {stop.message}")
+            return
+        what = f"{stop.reason} by {_signal_name(stop.signal)}" if stop.signal else stop.reason
+        self.progress.line(
+            f"{what}: no new trial starts; {running} running trial(s) stop at their next report "
+            f"(at most {stop.remaining():.0f}s); press Ctrl-C again to stop at once"
+            if running
+            else f"{what}: no new trial starts"
+        )
+
+    def running(self) -> int:
+        return sum(1 for r in self.records.values() if r["status"] == "running")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         name = trial_name(trial)
+        self.configs[name] = trial.config
         self.watchdog.started(name, trial)
         if self.ledger is not None:
             self.ledger.started(name)
@@ -105,12 +137,20 @@ class RunTracker(Callback):
         self.watchdog.ended(name)
         self._ledger_ended(name)
         best = self.best.row  # as it is now, printed once the record is stored
-        self.recorder.record(
-            name,
-            trial.config,
-            "completed",
-            announce=lambda record, done: self.progress.trial_completed(name, record, done, best),
-        )
+        if trial.trial_id in self.interrupted:  # the stop ended it at a report: resume continues it
+            self.recorder.record(
+                name,
+                trial.config,
+                INTERRUPTED,
+                announce=lambda record, done: self.progress.trial_interrupted(name, record),
+            )
+        else:
+            self.recorder.record(
+                name,
+                trial.config,
+                "completed",
+                announce=lambda record, done: self.progress.trial_completed(name, record, done, best),
+            )
         forget_trial_metrics(trial)
         self.on_trial_end(name, failed=False)
 
@@ -144,6 +184,8 @@ class RunTracker(Callback):
             self.recorder.record(name, trial.config, "cancelled", error=BUDGET_SPENT)
             forget_trial_metrics(trial)
             return
+        if REPORT_ERROR in error:  # every trial would repeat it: stop the job now, not trial by trial
+            self.stop.request(FAILED, message=f"{name}: {_without_class(error)}", grace_s=0.0)
         self.recorder.record(
             name,
             trial.config,
@@ -154,12 +196,23 @@ class RunTracker(Callback):
         forget_trial_metrics(trial)
 
     def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def close(self) -> None:
+        """The end of the search, also when Tune raised: no record stays `running`. With fail_fast or a stop,
+        Tune ends the trials still running without telling callbacks."""
         self.watchdog.close()
-        for trial in trials:  # with fail_fast, Tune ends the others without telling callbacks
-            name = trial_name(trial)
-            if self.records.get(name, {}).get("status") == "running":
-                why = "the job stopped before this trial finished (train.fail_fast, or an interrupt)"
-                self.recorder.record(name, trial.config, "cancelled", error=why)
+        for name, record in list(self.records.items()):
+            if record["status"] != "running":
+                continue
+            status, why = INTERRUPTED, None  # ended before its next report: resume continues it
+            if not self.stop:
+                status, why = "cancelled", "the job stopped before this trial finished (train.fail_fast)"
+            if name not in self.configs:  # a resumed run's record of a trial this run never started
+                self.recorder.set_status(name, status)
+                continue
+            self._ledger_ended(name)  # what it held ends here: the totals stop growing
+            self.recorder.record(name, self.configs[name], status, error=why)
         self.recorder.sync(force=True)
         if self.recorder.retries or self.recorder.preemptions:
             forget(self.results_uri, list({**self.recorder.retries, **self.recorder.preemptions}))
@@ -193,38 +246,62 @@ class RunTracker(Callback):
         return self.watchdog.reason(name) or _error_line(trial, name)
 
 
-class BudgetStopper(Stopper):
-    """Tune's stop condition for budget.stop_running: once the budget is spent, a running trial stops at its next
-    report (as the scheduler would stop it). The search itself stops starting trials (fast_forward.py's gate)."""
+class RunStopper(Stopper):
+    """Tune's stop condition. A stop (stopping.py): a running trial stops at its next report that is not its
+    last, and is recorded `interrupted`; once no trial runs, or the grace period is over, Tune ends everything
+    left (trials it created but never started, trials still silent). budget.stop_running: once the budget is
+    spent, a running trial stops at its next report (as the scheduler would stop it). In both cases the search
+    itself stops starting trials (fast_forward.py's gate)."""
 
     def __init__(self, tracker: RunTracker):
         self.tracker = tracker
 
     def __call__(self, trial_id, result) -> bool:
-        if self.tracker is None:
+        tracker = self.tracker
+        if tracker is None:
             return False
-        self.tracker._check_budget()
-        return bool(self.tracker.ledger and self.tracker.ledger.exhausted and self.tracker.stop_running)
+        if tracker.stop and int(result.get(ITERATION_KEY, 0)) < tracker.max_epochs:
+            tracker.interrupted.add(trial_id)
+            return True
+        tracker._check_budget()
+        return bool(tracker.stop_running and tracker.ledger and tracker.ledger.exhausted)
 
     def stop_all(self) -> bool:
-        return False
+        tracker = self.tracker
+        return bool(tracker and tracker.stop and (tracker.stop.overdue() or not tracker.running()))
 
     def __getstate__(self):
         return {"tracker": None}  # Tune pickles its config (tuner.pkl); the driver's live state stays here
 
 
-class BudgetGate:
-    """fast_forward.py's `closed` gate of the search: True once the budget is spent. Tune pickles the search
-    algorithm with its config (tuner.pkl); the gate pickles as a closed-never one, without the driver's state."""
+class SearchGate:
+    """fast_forward.py's `closed` gate of the search: True once the budget is spent or a stop was asked for.
+    Tune pickles the search algorithm with its config (tuner.pkl); the gate pickles as a closed-never one,
+    without the driver's state."""
 
-    def __init__(self, ledger: Ledger | None):
-        self.ledger = ledger
+    def __init__(self, ledger: Ledger | None, stop: StopRequest | None = None):
+        self.ledger, self.stop = ledger, stop
 
     def __call__(self) -> bool:
-        return self.ledger is not None and self.ledger.exhausted is not None
+        return bool(self.stop) or (self.ledger is not None and self.ledger.exhausted is not None)
 
     def __getstate__(self):
-        return {"ledger": None}
+        return {"ledger": None, "stop": None}
+
+
+REPORT_ERROR = "ReportError"  # train/exceptions.py's class, as Ray's error text names it
+
+
+def _without_class(error: str) -> str:
+    """The error line without the exception's dotted class name in front."""
+    head, sep, rest = error.partition(f"{REPORT_ERROR}: ")
+    return rest if sep else error
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def _error_line(trial, name: str | None = None) -> str:

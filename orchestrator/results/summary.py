@@ -21,7 +21,9 @@ class RunSummary:
     wall_time_s: float = 0.0
     upload_pending: int = 0  # items an outage left in the local spool (see `hpo results sync`)
     spool_dir: str | None = None
-    status: str = "finished"  # finished | failed | budget_exhausted (run.json's)
+    status: str = "finished"  # run.json's: finished | interrupted | stopped | failed | budget_exhausted
+    stop_signal: int | None = None  # the signal that stopped the run (SIGINT 2, SIGTERM 15), if one did
+    reason: str | None = None  # why a stopped or failed run ended early, in a line
     ledger: dict = field(
         default_factory=dict
     )  # the job's totals: trial/CPU/GPU hours, cost (execution/ledger.py)

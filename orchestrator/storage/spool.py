@@ -60,6 +60,34 @@ class _Lock:
         self._fh.close()
 
 
+URI_FILE = "uri"  # in a run's spool: the results URI it belongs to (the directory's name is a digest of it)
+
+
+def remove_run_spool(results_uri: str) -> bool:
+    """Remove a run's spool once nothing in it waits (a healthy run leaves nothing behind). False if items
+    still wait, which then stay for `hpo results sync`."""
+    import shutil
+
+    run_dir = run_spool_dir(results_uri)
+    if pending_items(run_dir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
+def waiting_runs() -> list[tuple[str, int]]:
+    """(results URI, items waiting) of every run with something left in this machine's spool."""
+    root = spool_root()
+    found = []
+    for run_dir in sorted(root.iterdir()) if root.is_dir() else []:
+        count = pending_items(run_dir) if run_dir.is_dir() else 0
+        if count:
+            uri_file = run_dir / URI_FILE
+            uri = uri_file.read_text().strip() if uri_file.is_file() else f"(unknown run; spool {run_dir})"
+            found.append((uri, count))
+    return found
+
+
 def _items(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.json") if p.name[0].isdigit())
 
@@ -255,7 +283,11 @@ class SpoolingStore(Store):
         return len(_items(self.directory)) if self.directory.is_dir() else 0
 
     def _spool(self, meta: dict, data: bytes | None) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            uri_file = self.directory.parent / URI_FILE  # for `hpo results sync` without a URI
+            if not uri_file.exists():
+                uri_file.write_text(self.inner.uri)
         existing = _items(self.directory)
         self._seq = max(self._seq, int(existing[-1].stem) + 1 if existing else 0)
         stem = self.directory / f"{self._seq:012d}"

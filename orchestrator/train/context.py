@@ -40,10 +40,18 @@ from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.results.schema import REPORTED_AT, scoreable
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.determinism import derive_seed, epoch_permutation, seed_everything
-from orchestrator.train.exceptions import FinalTrialError, TrainingError, TrialStopped
+from orchestrator.train.exceptions import FinalTrialError, ReportError, TrainingError, TrialStopped
 
 CHECKPOINT_KEY = "checkpoint"  # where the user's dict sits in a stored checkpoint; the rest is hpo's
-__all__ = ["TrainContext", "TrainingError", "FinalTrialError", "TrialStopped", "CHECKPOINT_KEY", "Reporter"]
+__all__ = [
+    "TrainContext",
+    "TrainingError",
+    "FinalTrialError",
+    "ReportError",
+    "TrialStopped",
+    "CHECKPOINT_KEY",
+    "Reporter",
+]
 
 
 class Reporter(Protocol):
@@ -291,7 +299,7 @@ class TrainContext:
 
     def _checked(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         if not isinstance(metrics, Mapping):
-            raise TrainingError(
+            raise ReportError(
                 f"report: metrics must be a dict of metric -> number, got {type(metrics).__name__}"
             )
         declared = list(self._metrics)
@@ -300,7 +308,7 @@ class TrainContext:
         if missing or extra:
             key = (missing or extra)[0]
             what = "misses the declared metric" if missing else "gives the undeclared metric"
-            raise TrainingError(
+            raise ReportError(
                 f"report {what} {key!r}; the workload declares: {', '.join(declared)} "
                 "(declare every reported metric in Workload(metrics={...}))"
             )
@@ -312,7 +320,7 @@ class TrainContext:
             if isinstance(value, np.generic):
                 value = value.item()
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TrainingError(f"report: metric {name!r} is {value!r}; give a real number")
+                raise ReportError(f"report: metric {name!r} is {value!r}; give a real number")
             values[name] = float(value)  # NaN and inf are kept as they are, and never the best
         return values
 

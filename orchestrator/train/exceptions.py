@@ -14,6 +14,12 @@ class FinalTrialError(TrainingError):
     still retried). The message is the exception and where it was raised; the trial's log has the rest."""
 
 
+class ReportError(FinalTrialError):
+    """A report that breaks the workload's declaration (a declared metric missing, an undeclared one given, a
+    value that is no number). Every trial runs the same code and would break it the same way, so the driver
+    stops the whole job at the first one (execution/stopping.py) instead of failing each trial in turn."""
+
+
 class TrialStopped(BaseException):
     """Raised by a report when the scheduler stopped the trial there (on every rank at the same report), so the
     training function ends and its worker takes the next trial. A BaseException, like SystemExit: a training
