@@ -15,7 +15,7 @@ from conftest import HPO, ROOT, paced_spec, run_hpo, spec_dict, wait_for
 from rayhead import RayHead
 
 from orchestrator.execution import ray_compat
-from orchestrator.results import load_results, load_trials
+from orchestrator.results import load_results, load_trials, summarize
 from orchestrator.train.plan import FAKE_GPU_ENV
 
 
@@ -102,16 +102,10 @@ def test_fake_cluster_adds_gpu_nodes_runs_trials_on_them_and_removes_them(fake_c
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "SUCCEEDED" in proc.stderr
-    logs = cli(
-        "logs",
-        proc.stdout.strip().splitlines()[-1],
-        "--address",
-        head.url,
-        env={"RAY_AUTH_TOKEN": head.token},
-    )
-    summary = json.loads(logs.stdout.strip().splitlines()[-1])
-    assert summary["num_trials"] == 3 and summary["statuses"] == {"completed": 3}, summary
-    trials = load_trials(summary["results_uri"]).to_pandas()
+    results_uri = proc.stdout.splitlines()[0].removeprefix("results_uri: ")
+    summary = summarize(results_uri)
+    assert summary.num_trials == 3 and summary.statuses == {"completed": 3}, summary
+    trials = load_trials(results_uri).to_pandas()
     gpu_nodes = {n["node_id"] for n in _nodes(head) if n.get("resources_total", {}).get("GPU")}
     assert set(trials["node_id"]) <= gpu_nodes and gpu_nodes, (trials["node_id"].tolist(), gpu_nodes)
     print(f"GPU nodes used: {len(gpu_nodes)}; trial retries: {trials['retries'].tolist()}")

@@ -184,3 +184,35 @@ def test_a_trial_record_is_stored_after_its_rows_and_announced_after_it_is_store
     recorder.sync(force=True)  # as at the end of a run, or at Tune's next step once the wait is over
     assert load_trials(store)["status"].to_pylist() == ["completed", "running"] and said == [("completed", 1)]
     assert load_results(store).num_rows == 2  # the rows it counts were stored first
+
+
+def test_results_show_ranks_a_running_trial_by_its_rows_not_its_lagging_record(tmp_path, capsys):
+    """A running trial's record is rewritten at its events (start, end), not at each report: while it runs,
+    `hpo results show` ranks it by the rows it reported, so the table a reader sees ranks the true best."""
+    from conftest import hpo
+
+    recorder, store = _recorder(tmp_path)
+    for name in ("trial_0000", "trial_0001"):
+        recorder.record(name, CONFIG, "running")
+    for epoch in (1, 2):
+        recorder.add("trial_0000", CONFIG, _result(epoch))  # val_loss 2.0, then 1.0
+    recorder.record("trial_0000", CONFIG, "completed")
+    recorder.add(
+        "trial_0001", CONFIG, _result(1, val_loss=0.25)
+    )  # still running: its record says 0 iterations
+    recorder.writer.flush()
+    recorder.sync(force=True)
+    stored = {r["trial_id"]: r for r in load_trials(store).to_pylist()}
+    assert stored["trial_0001"]["iterations"] == 0  # the lag this is about
+    code, out, err = hpo(capsys, "results", "show", store.uri)
+    assert code == 0, err
+    lines = out.splitlines()
+    first = next(line for line in lines if line.startswith("trial_0"))
+    assert first.split()[:5] == ["trial_0001", "running", "1", "0.25", "1"], out
+    assert next(line for line in lines if line.startswith("trial_0000")).split()[:5] == [
+        "trial_0000",
+        "completed",
+        "2",
+        "1",
+        "2",
+    ], out

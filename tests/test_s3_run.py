@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from orchestrator.execution import ray_compat
 from orchestrator.results import load_results, load_trials
 from orchestrator.spec import parse_spec
 from orchestrator.storage import open_store
+from orchestrator.storage.spool import run_spool_dir
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +59,10 @@ def test_results_contract_holds_read_straight_from_s3(s3_run):
     results_files = [n for n in names if n.startswith("results/") and n.endswith(".parquet")]
     assert len(results_files) == 1  # compacted at the end
     assert summary.upload_pending == 0
+    # quiet when healthy: no word of the spool, and nothing left in it
+    _, _, lines = s3_run
+    assert not [line for line in lines if "spool" in line], lines
+    assert not run_spool_dir(summary.results_uri).exists()
     import orchestrator
 
     again = orchestrator.summarize(summary.results_uri)  # read back from S3 alone
@@ -212,10 +218,16 @@ def test_store_down_at_the_end_exits_3_and_sync_uploads_later(ray_cluster, s3, t
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["upload_pending"] > 0 and "hpo results sync" in env_note and "Traceback" not in env_note
     assert summary["best"] is not None  # the summary comes from the rows written, not from the store
+    assert "storage: an upload failed; " in env_note
+    code, out, _ = hpo(capsys, "results", "sync")  # what waits, for which run
+    assert code == 3 and re.search(rf"\d+ item\(s\) wait for {re.escape(uri)}  \(hpo results sync ", out), out
     code, out, err = hpo(capsys, "results", "sync", uri)
     assert code == 0, err
     rows = load_results(uri)
     assert rows.num_rows == 4 and load_trials(uri).num_rows == 2
+    assert not run_spool_dir(uri).exists()  # all landed: nothing kept
+    code, out, _ = hpo(capsys, "results", "sync")
+    assert code in (0, 3) and uri not in out
     code, out, _ = hpo(capsys, "results", "sync", uri)
     assert code == 0 and "uploaded 0 item(s)" in out
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 import time
 
-from orchestrator.cli.common import EXIT_FAILED, read_spec
+from orchestrator.cli.common import EXIT_FAILED, CliError, read_spec
 from orchestrator.cli.output import print_table
+from orchestrator.errors import ResultsNotFound
+from orchestrator.execution.stopping import DEFAULT_GRACE_S, GRACE_ENV
 from orchestrator.execution.submit import METADATA_KEY, call, client, resolve_address
 from orchestrator.execution.submit import submit as submit_job
+from orchestrator.results.ops import run_progress
+from orchestrator.storage import StoreError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -20,9 +26,15 @@ def _jobs(args):
 
 
 def submit(args) -> int:
-
-    spec = read_spec(args.spec)  # a bad spec never reaches the cluster
-    with open(args.spec) as fh:
+    spec_path = os.path.abspath(args.spec)
+    if args.working_dir and not os.path.isdir(args.working_dir):
+        raise CliError(
+            f"--working-dir {args.working_dir}: no such directory; give the folder of your workload code"
+        )
+    # a bad spec never reaches the cluster; its workload is imported from where the job will run it
+    with _working_dir(args.working_dir):
+        spec = read_spec(spec_path)
+    with open(spec_path) as fh:
         text = fh.read()
     submission = submit_job(
         spec,
@@ -31,6 +43,7 @@ def submit(args) -> int:
         token_file=args.token_file,
         working_dir=args.working_dir,
         storage=args.storage,
+        progress=lambda line: print(f"hpo: {line}", file=sys.stderr, flush=True),
     )
     print(f"results_uri: {submission.results_uri}")
     code = 0
@@ -38,6 +51,20 @@ def submit(args) -> int:
         code = _follow(args, submission.submission_id)
     print(submission.submission_id)
     return code
+
+
+@contextlib.contextmanager
+def _working_dir(path: str | None):
+    """Inside `path` (the job's --working-dir), if given: the workload resolves as it will on the cluster."""
+    if not path:
+        yield
+        return
+    here = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 def _follow(args, submission_id: str) -> int:
@@ -54,7 +81,7 @@ def _follow(args, submission_id: str) -> int:
         pass
     state = None
     for _ in range(60):
-        state = str(call(jobs.get_job_status, url, submission_id).value)
+        state = str(call(jobs.get_job_status, url, submission_id, job=submission_id).value)
         if state in TERMINAL:
             break
         time.sleep(1)
@@ -63,10 +90,42 @@ def _follow(args, submission_id: str) -> int:
 
 
 def status(args) -> int:
-
+    """The job's state on the first line; then, where its results can be read from here, how far it is."""
     jobs, url = _jobs(args)
-    print(str(call(jobs.get_job_status, url, args.submission_id).value))
+    job = call(jobs.get_job_info, url, args.submission_id, job=args.submission_id)
+    print(str(job.status.value))
+    start = job.start_time / 1000 if job.start_time else None
+    end = job.end_time / 1000 if job.end_time else None
+    elapsed = f"elapsed {_duration((end or time.time()) - start)}" if start else ""
+    uri = (job.metadata or {}).get("results_uri")
+    if not uri or (job.metadata or {}).get(METADATA_KEY) != "1":
+        if elapsed:
+            print(elapsed)
+        return 0
+    try:
+        progress = run_progress(uri)
+    except (ResultsNotFound, StoreError, OSError, ValueError) as exc:
+        print(f"results: {uri} (nothing readable from here yet: {str(exc).splitlines()[0][:200]})")
+        if elapsed:
+            print(elapsed)
+        return 0
+    best = progress.best
+    best_text = (
+        f"best {progress.metric}={best[progress.metric]:.4g} ({best['trial_id']} epoch {best['iteration']})"
+        if best
+        else "no metric reported yet"
+    )
+    cost = f", cost {progress.cost:.4g}" if progress.cost is not None else ""
+    print(f"trials: {progress.done} of {progress.total} done, {progress.running} running; {best_text}")
+    print(f"spent: {progress.cpu_hours:.4g} CPU-hours, {progress.gpu_hours:.4g} GPU-hours{cost}; {elapsed}")
+    print(f"run: {progress.status}; results: {uri}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def logs(args) -> int:
@@ -74,15 +133,28 @@ def logs(args) -> int:
     jobs, url = _jobs(args)
     if args.follow:
         return _follow(args, args.submission_id)
-    print(call(jobs.get_job_logs, url, args.submission_id), end="")
+    print(call(jobs.get_job_logs, url, args.submission_id, job=args.submission_id), end="")
     return 0
 
 
 def stop(args) -> int:
-
+    """Ask the Jobs API to stop the job: its driver gets SIGTERM, winds the run down (running trials stop at
+    their next report, within the grace period submit gave it), marks it `stopped` and exits."""
     jobs, url = _jobs(args)
-    stopped = call(jobs.stop_job, url, args.submission_id)
-    print(f"{args.submission_id}: {'stop requested' if stopped else 'already finished'}")
+    stopped = call(jobs.stop_job, url, args.submission_id, job=args.submission_id)
+    if not stopped:
+        print(f"{args.submission_id}: already ended; nothing to stop")
+        return 0
+    job = call(jobs.get_job_info, url, args.submission_id, job=args.submission_id)
+    meta = job.metadata or {}
+    if meta.get(METADATA_KEY) == "1" and meta.get("results_uri"):
+        grace = (job.runtime_env or {}).get("env_vars", {}).get(GRACE_ENV, f"{DEFAULT_GRACE_S:g}")
+        print(
+            f"{args.submission_id}: stop requested; running trials stop at their next report (within {grace}s), "
+            f"then the run is marked stopped. Continue it later with: hpo resume {meta['results_uri']}"
+        )
+    else:
+        print(f"{args.submission_id}: stop requested")
     return 0
 
 

@@ -102,8 +102,11 @@ def _results(commands) -> None:
     _endpoint(p)
     p.set_defaults(handler="results_cmds:ls")
 
-    p = sub.add_parser("sync", help="upload what a storage outage left in the local spool for a run")
-    p.add_argument("uri", help="a run's results_uri")
+    p = sub.add_parser(
+        "sync",
+        help="upload what a storage outage left in the local spool for a run; without URI: list what waits",
+    )
+    p.add_argument("uri", nargs="?", help="a run's results_uri (none: list the runs with uploads waiting)")
     _endpoint(p)
     p.set_defaults(handler="results_cmds:sync")
     group.set_defaults(handler=None, help_of=group)

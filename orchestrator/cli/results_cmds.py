@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from orchestrator.cli.common import EXIT_UNSYNCED
 from orchestrator.cli.output import print_table
-from orchestrator.results import CONFIG_PREFIX, load_trials
+from orchestrator.errors import ResultsNotFound
+from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.results.ops import list_runs
 from orchestrator.results.ops import pull as pull_run
 from orchestrator.results.ops import sync as sync_run
-from orchestrator.results.reader import search_metric
+from orchestrator.results.reader import best_per_trial, search_metric
 from orchestrator.storage import S3Options
+from orchestrator.storage.spool import waiting_runs
 
 
 def _options(args):
@@ -20,6 +22,13 @@ def show(args) -> int:
     trials = load_trials(args.uri, options=_options(args))
     metric, mode = search_metric(trials)
     rows = trials.to_pylist()
+    try:  # the rows are the truth: a running trial's record lags its reports
+        best = best_per_trial(load_results(args.uri, options=_options(args)))
+    except ResultsNotFound:
+        best = {}
+    for r in rows:
+        if r["trial_id"] in best:
+            r["iterations"], r[f"best_{metric}"], r["best_iteration"] = best[r["trial_id"]]
     scored = sorted(
         (r for r in rows if r[f"best_{metric}"] is not None),
         key=lambda r: r[f"best_{metric}"] * (1 if mode == "min" else -1),
@@ -95,7 +104,14 @@ def ls(args) -> int:
 
 
 def sync(args) -> int:
-
+    if args.uri is None:  # (an empty URI is refused below, as every command refuses it)
+        waiting_now = waiting_runs()
+        if not waiting_now:
+            print("nothing waits in the local spool")
+            return 0
+        for uri, count in waiting_now:
+            print(f"{count} item(s) wait for {uri}  (hpo results sync {uri})")
+        return EXIT_UNSYNCED
     uploaded, waiting = sync_run(args.uri, options=_options(args))
     if waiting:
         print(

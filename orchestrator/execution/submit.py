@@ -15,12 +15,14 @@ import secrets
 import shlex
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ray.job_submission import JobSubmissionClient
 
 from orchestrator.errors import RunError
+from orchestrator.execution.stopping import GRACE_ENV, SUBMITTED_ENV, stop_grace_s
 from orchestrator.results.layout import SPEC_FILE, new_run_id, results_uri_for
 from orchestrator.spec import EnsembleSpec, JobSpec
 from orchestrator.storage import shared_by_all_nodes
@@ -64,24 +66,68 @@ def client(address: str | None, token_file: str | None = None):
         raise RunError(_explain(exc, url)) from None
 
 
-def _explain(exc: Exception, url: str) -> str:
+def _explain(exc: Exception, url: str, job: str | None = None) -> str:
+    """Ray's error, as a sentence that says what happened and what to do."""
     text = str(exc)
     if "401" in text or "Authentication required" in text:
-        return f"{url} requires a Ray auth token: set RAY_AUTH_TOKEN or pass --token-file"
+        return f"the cluster at {url} requires a Ray auth token; set RAY_AUTH_TOKEN or pass --token-file."
     if "403" in text or "Authentication failed" in text:
-        return f"{url} refused the Ray auth token (wrong token?)"
-    if "not found" in text.lower() and "job" in text.lower():
-        return text.splitlines()[0][:300]
-    return f"cannot reach Ray's Jobs API at {url} ({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''})"
+        return f"the cluster at {url} refused the Ray auth token; check RAY_AUTH_TOKEN or --token-file."
+    if job and ("404" in text or "does not exist" in text or "not found" in text.lower()):
+        return f"there is no job {job!r} on the cluster at {url}; `hpo list` shows the jobs there."
+    if "500" in text and "Request failed" in text:
+        first = text.splitlines()[0].removeprefix("Request failed with status code 500: ").rstrip(".")
+        return f"the cluster at {url} could not do it: {first[:300]}."
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    return f"cannot reach Ray's Jobs API at {url} ({type(exc).__name__}: {first}); is the address right and the head up?"
 
 
-def call(fn, url: str, *args, **kwargs):
+def call(fn, url: str, *args, job: str | None = None, **kwargs):
+    """`fn(*args, **kwargs)` of Ray's JobSubmissionClient, its errors as a RunError of one line; `job`: the
+    submission id the call is about (a 404 then means there is no such job)."""
     try:
         return fn(*args, **kwargs)
-    except RuntimeError as exc:
-        raise RunError(_explain(exc, url)) from None
-    except Exception as exc:
-        raise RunError(_explain(exc, url)) from None
+    except Exception as exc:  # Ray raises RuntimeError for HTTP errors, others for the connection
+        raise RunError(_explain(exc, url, job)) from None
+
+
+AGENT_WAIT_S = (
+    60.0  # how long `hpo submit` waits for a Jobs agent that is still starting (a head just started)
+)
+NO_AGENT = "No available agent to submit job"
+
+
+def submit_when_ready(jobs, url: str, progress, *, wait_s: float = AGENT_WAIT_S, **job) -> str:
+    """jobs.submit_job(**job), waiting (bounded) for the head's Jobs agent: right after `ray start --head` the
+    Jobs API answers before any agent has registered, and refuses submissions until one has."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            return jobs.submit_job(**job)
+        except Exception as exc:
+            if NO_AGENT not in str(exc) or time.monotonic() >= deadline:
+                raise RunError(_explain(exc, url)) from None
+        if not said:
+            progress(f"waiting for the cluster's Jobs agent to start (up to {wait_s:.0f}s)...")
+            said = True
+        time.sleep(1.0)
+
+
+# What the job needs beyond the grace period to write its tables and run.json after `hpo stop`, before Ray's job
+# supervisor sends SIGKILL (its own default wait is 3 s: a stop would look like a SIGKILL).
+WRITE_TIME_S = 40
+
+
+def stop_env() -> dict[str, str]:
+    """The job's environment for `hpo stop`: the driver knows a SIGTERM is the Jobs API's stop (status
+    `stopped`), its grace period is this machine's HPO_STOP_GRACE_S, and Ray's supervisor waits for it."""
+    grace = stop_grace_s()
+    return {
+        SUBMITTED_ENV: "1",
+        GRACE_ENV: f"{grace:g}",
+        "RAY_JOB_STOP_WAIT_TIME_S": str(int(grace + WRITE_TIME_S)),
+    }
 
 
 @dataclass
@@ -98,6 +144,7 @@ def submit(
     token_file: str | None = None,
     working_dir: str | None = None,
     storage: str | None = None,
+    progress=lambda line: None,
 ) -> Submission:
     """Submit `spec` (already validated) to run as `hpo run` on the cluster."""
     target = spec.run if isinstance(spec, EnsembleSpec) else storage or spec.storage
@@ -124,16 +171,19 @@ def submit(
             )
         (Path(staging) / SPEC_IN_JOB).parent.mkdir(parents=True, exist_ok=True)
         (Path(staging) / SPEC_IN_JOB).write_text(spec_text)
-        argv = ["hpo", "run", SPEC_IN_JOB, "--address", "auto", "--run-id", run_id, "--output", "json"]
+        # the job's log ends with the summary a person reads (`hpo logs --follow` shows it; `hpo status` and
+        # the results tables give the same figures to programs)
+        argv = ["hpo", "run", SPEC_IN_JOB, "--address", "auto", "--run-id", run_id]
         if storage:
             argv += ["--storage", storage]
         submission_id = f"hpo-{spec.name}-{secrets.token_hex(3)}"
-        call(
-            jobs.submit_job,
+        submit_when_ready(
+            jobs,
             url,
+            progress,
             entrypoint=shlex.join(argv),
             submission_id=submission_id,
-            runtime_env={"working_dir": staging},
+            runtime_env={"working_dir": staging, "env_vars": stop_env()},
             metadata={METADATA_KEY: "1", "name": spec.name, "results_uri": results_uri},
         )
     return Submission(submission_id, results_uri)

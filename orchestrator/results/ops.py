@@ -8,11 +8,17 @@ from pathlib import Path
 
 from orchestrator.errors import ResultsNotFound
 from orchestrator.results.layout import MANIFEST, RUN_FILE, SPEC_FILE, TRIALS_FILE
-from orchestrator.results.reader import load_trials, read_result_files
+from orchestrator.results.reader import best_row, load_results, load_trials, read_result_files
 from orchestrator.spec import JobSpec, parse_spec
 from orchestrator.spec.yaml_load import load_yaml_text
 from orchestrator.storage import LocalStore, open_store
-from orchestrator.storage.spool import drain_until, pending_items, run_spool_dir, writer_dirs
+from orchestrator.storage.spool import (
+    drain_until,
+    pending_items,
+    remove_run_spool,
+    run_spool_dir,
+    writer_dirs,
+)
 
 
 def stored_spec(uri: str, options=None) -> JobSpec:
@@ -25,6 +31,59 @@ def stored_spec(uri: str, options=None) -> JobSpec:
             f"no {SPEC_FILE} under {store.path()} (is {uri} a run's results_uri?)"
         ) from None
     return parse_spec(load_yaml_text(text), check_workload=False)
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands, from its stored tables (live or closed): what `hpo status` shows."""
+
+    status: str  # run.json's
+    done: int  # trials that ended (any way)
+    running: int
+    total: int  # the trials the search will run
+    metric: str
+    best: dict | None  # the best (trial, iteration) row so far
+    cpu_hours: float
+    gpu_hours: float
+    cost: float | None
+
+
+def run_progress(uri: str, options=None) -> RunProgress:
+    """The run at `uri` as it stands: trials done / total, the best row so far, what was spent."""
+    store = open_store(uri, options)
+    spec = stored_spec(uri, options)
+    try:
+        info = json.loads(store.read_bytes(RUN_FILE))
+    except FileNotFoundError:
+        info = {}
+    try:
+        trials = load_trials(store).to_pylist()
+    except ResultsNotFound:
+        trials = []
+    try:
+        best = best_row(load_results(store))
+    except ResultsNotFound:
+        best = None
+    running = sum(1 for t in trials if t["status"] == "running")
+    ledger = info.get("ledger")
+    if not ledger or info.get("status") == "running":  # live: what the trial records hold so far
+        costs = [t["cost"] for t in trials if t.get("cost") is not None]
+        ledger = {
+            "cpu_hours": sum(t.get("cpu_s") or 0.0 for t in trials) / 3600,
+            "gpu_hours": sum(t.get("gpu_s") or 0.0 for t in trials) / 3600,
+            "cost": sum(costs) if costs else None,
+        }
+    return RunProgress(
+        info.get("status", "unknown"),
+        len(trials) - running,
+        running,
+        spec.search.num_trials(),
+        spec.search.metric,
+        best,
+        ledger["cpu_hours"],
+        ledger["gpu_hours"],
+        ledger.get("cost"),
+    )
 
 
 @dataclass
@@ -113,4 +172,6 @@ def sync(uri: str, *, options=None) -> tuple[int, int]:
     spool = run_spool_dir(store.uri)  # keyed by the URI as the run stated it
     before = pending_items(spool)
     after = drain_until(store, writer_dirs(spool), 0) if before else 0
+    if not after:
+        remove_run_spool(store.uri)  # nothing left to keep
     return before - after, after

@@ -85,5 +85,28 @@ def best_row(table: pa.Table) -> dict:
     return top.to_pylist()[0]
 
 
+def best_per_trial(table: pa.Table) -> dict[str, tuple[int, float | None, int | None]]:
+    """trial -> (rows, best search-metric value, its iteration) from the results rows: what each trial's record
+    says once it ended, and the truth while it runs (a running trial's record is rewritten at its events, not at
+    each report). The earliest iteration of equal values; NaN and inf are never the best."""
+    metric, mode = search_metric(table)
+    counts = pc.value_counts(table["trial_id"]).to_pylist()
+    found: dict[str, tuple[int, float | None, int | None]] = {
+        c["values"]: (c["counts"], None, None) for c in counts
+    }
+    scored = table.select(["trial_id", "iteration", metric]).filter(pc.is_finite(table[metric]))
+    order = "ascending" if mode == "min" else "descending"
+    scored = scored.sort_by([("trial_id", "ascending"), (metric, order), ("iteration", "ascending")])
+    seen: set[str] = set()
+    columns = scored.to_pydict()
+    for trial, iteration, value in zip(
+        columns["trial_id"], columns["iteration"], columns[metric], strict=True
+    ):
+        if trial not in seen:
+            seen.add(trial)
+            found[trial] = (found[trial][0], value, iteration)
+    return found
+
+
 def config_of(row: dict) -> dict:
     return {k.removeprefix(CONFIG_PREFIX): v for k, v in row.items() if k.startswith(CONFIG_PREFIX)}
