@@ -1,5 +1,5 @@
 """2-worker DDP trials across two Ray worker nodes over a real network (tests/netns.py), through a node whose
-processes are SIGKILLed and a node whose cable is cut for 20 s. Every trial finishes, retried from its last
+processes are SIGKILLed and a node whose cable is cut for 32 s. Every trial finishes, retried from its last
 checkpoint on the surviving node and a spare (what an autoscaler brings) without spending
 train.max_retries (0 here); nothing written is lost, each (trial, iteration) is there once, and the rows equal
 an undisturbed run's (the spec is deterministic as a whole). One job meets both faults, one per trial: the
@@ -27,14 +27,19 @@ pytestmark = pytest.mark.slow
 # The GCS's verdict on a silent node, test-sized. Ray 2.60's defaults suit real networks: a check every 3 s, each
 # given 10 s to answer, 5 missed in a row. A killed node refuses at once, so only the count matters for it; a cut
 # cable answers nothing, so each check waits out its timeout: with the default 10 s, 3 missed checks took ~33 s,
-# and a 30 s cut sometimes healed before the verdict (the trial then rode it out). Here: ~9 s.
+# and a 30 s cut sometimes healed before the verdict (the trial then rode it out). Each check gets 4 s: with 2 s,
+# a healthy node starved of CPU on a loaded 2-core machine (the two pytest workers, 5 Ray nodes, 2 DDP ranks)
+# sometimes answered late 3 times in a row, was declared dead, and its trial restarted late enough for a wait
+# below to run out. A false verdict now needs 12 s without an answer. The cut outlasts twice the verdict.
+PERIOD_S, CHECK_TIMEOUT_S, MISSES = 1, 4, 3
 FAST_VERDICT = {
-    "RAY_health_check_period_ms": "1000",
-    "RAY_health_check_timeout_ms": "2000",
-    "RAY_health_check_failure_threshold": "3",
+    "RAY_health_check_period_ms": str(PERIOD_S * 1000),
+    "RAY_health_check_timeout_ms": str(CHECK_TIMEOUT_S * 1000),
+    "RAY_health_check_failure_threshold": str(MISSES),
     "RAY_health_check_initial_delay_ms": "1000",
 }
-CUT_S = 20  # the cable's outage: over twice the verdict's ~9 s
+VERDICT_S = MISSES * (PERIOD_S + CHECK_TIMEOUT_S)  # ~15 s from the cut to "node dead"
+CUT_S = 2 * VERDICT_S + 2  # the cable's outage
 EPOCHS, TRIALS = 4, 2
 # each offers one "w": two for a trial's ranks, one spare for each fault
 WORKERS = ("w1", "w2", "w3", "w4")
@@ -149,7 +154,10 @@ def _a_rank_node(net: NetnsCluster) -> str:
 
 
 def _at_second_epoch(net: NetnsCluster, log_path: Path, trial: str) -> None:
-    net.wait_for(lambda: f"{trial} epoch   2/" in log_path.read_text(), f"{trial}'s second epoch")
+    # trial_0001 starts after trial_0000's fault: its verdict, a new group and the restored epochs come first
+    net.wait_for(
+        lambda: f"{trial} epoch   2/" in log_path.read_text(), f"{trial}'s second epoch", 180 + 2 * VERDICT_S
+    )
 
 
 def test_ddp_trials_over_a_real_network_survive_a_killed_node_and_a_cut_cable(ray_cluster, tmp_path):
