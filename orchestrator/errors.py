@@ -1,7 +1,7 @@
 """Errors a user can act on, and the helper that makes their messages point at the fix.
 
 The CLI prints each as one line, without a traceback: SpecError, RunError, ResultsNotFound and storage's
-StoreError exit 2 (nothing was started or written); SanityFailed and WorkloadCodeFailed exit 1. Every package raises these rather
+StoreError exit 2 (nothing was started or written); SanityFailed, WorkloadCodeFailed and WorkingDirGone exit 1. Every package raises these rather
 than its own, so the CLI needs no knowledge of where an error came from.
 """
 
@@ -22,6 +22,27 @@ class SpecError(ValueError):
 
 class RunError(RuntimeError):
     """The job cannot run as asked (e.g. on these resources); the message says what to change."""
+
+
+class WorkingDirGone(RunError):
+    """This process's working directory was deleted under it (exit 1 once a run started: the run is failed)."""
+
+
+def working_directory() -> str:
+    """os.getcwd(), or one line that says the directory is gone. On a Ray cluster whose nodes share one temp dir
+    (several nodes on one machine), each node re-extracts a submitted job's working_dir into the same place,
+    deleting the copy the driver runs in; a bare os.getcwd() then raises FileNotFoundError."""
+    import os
+
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        where = os.environ.get("PWD", "")
+        raise WorkingDirGone(
+            f"the driver's working directory {where + ' ' if where else ''}was deleted while it ran (on a Ray "
+            "cluster whose nodes share a temp dir, Ray re-extracts a job's working_dir there); run from a "
+            "directory that stays"
+        ) from None
 
 
 class SanityFailed(RuntimeError):

@@ -95,3 +95,33 @@ def test_a_session_restores_what_is_changed_inside_it(tmp_path):
         np.random.seed(7)
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     _same(before, _state())
+
+
+def test_a_working_directory_deleted_under_the_driver_is_one_line_not_a_traceback(
+    tmp_path, monkeypatch, capsys
+):
+    """On a Ray cluster whose nodes share one temp dir, each node re-extracts a submitted job's working_dir into
+    the same place, deleting the copy its driver runs in. While Tune runs (from the session's private dir) that
+    costs nothing; a driver that starts in a deleted directory says so in one line, exit 1."""
+    from conftest import hpo
+
+    from orchestrator.errors import WorkingDirGone
+
+    job = tmp_path / "job"
+    job.mkdir()
+    monkeypatch.chdir(job)
+    with DriverSession() as session:
+        with session.private_cwd():
+            job.rmdir()  # Ray re-extracting the job's working_dir
+        # back where it was, if that exists again; the session's exit does not fail either
+    monkeypatch.chdir(tmp_path)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    os.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(WorkingDirGone, match="working directory .*was deleted while it ran"):
+        DriverSession().__enter__()
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: x\nworkload: userwl:make\nsearch: {metric: loss, space: {x: {uniform: [0, 1]}}}\n")
+    code, out, err = hpo(capsys, "validate", str(spec))
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "was deleted while it ran" in err, err

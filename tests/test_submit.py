@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -127,6 +129,10 @@ def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, job
         and "Traceback" not in unknown.stderr
         and len(unknown.stderr.splitlines()) == 1
     )
+    assert "there is no job 'hpo-does-not-exist' on the cluster at" in unknown.stderr, unknown.stderr
+    none = cli("list", "--address", head.url, env={"RAY_AUTH_TOKEN": "", "HOME": str(tmp_path)})  # no token file
+    assert none.returncode == 2 and len(none.stderr.strip().splitlines()) == 1, none.stderr
+    assert none.stderr.strip().endswith("set RAY_AUTH_TOKEN or pass --token-file."), none.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(spec_dict(search={"algorithm": "grdi"})))
     refused = jobs_cli("submit", str(bad))
@@ -351,3 +357,72 @@ def test_hpo_stop_winds_a_submitted_job_down_to_a_stopped_run_that_resumes(head,
     assert len(keys) == len(set(keys)) == 6 * 4
     trials = pq.read_table(f"{uri}/trials.parquet").to_pylist()
     assert {t["status"] for t in trials} == {"completed"} and len(trials) == 6
+
+
+class _AgentStarting(http.server.BaseHTTPRequestHandler):
+    """In front of the real head: its Jobs API as it answers right after `ray start --head` on a loaded machine
+    (the head waits 10 s for a job agent, then refuses with this text), for the first `refusals` submissions;
+    every other request goes through to the head unchanged."""
+
+    head_url = ""
+    refusals = 0
+
+    def _forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+        if self.command == "POST" and self.path.rstrip("/") == "/api/jobs" and type(self).refusals > 0:
+            type(self).refusals -= 1
+            text = b"No available agent to submit job, please try again later."
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        request = urllib.request.Request(
+            self.head_url + self.path, data=body, headers=headers, method=self.command
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, data, kind = response.status, response.read(), response.headers.get("Content-Type")
+        except urllib.error.HTTPError as error:
+            status, data, kind = error.code, error.read(), error.headers.get("Content-Type")
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        if kind:
+            self.send_header("Content-Type", kind)
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+def test_submit_waits_for_a_jobs_agent_that_is_still_starting(head, cli, tmp_path):
+    """Right after `ray start --head` the Jobs API answers before its agent has registered and refuses
+    submissions ("No available agent to submit job"); hpo submit says it waits, and submits once it can."""
+    _AgentStarting.head_url, _AgentStarting.refusals = head.url, 2
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AgentStarting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec_path = tmp_path / "job.yaml"
+        spec_path.write_text(
+            yaml.safe_dump(
+                spec_dict(
+                    name="early",
+                    storage=str(tmp_path / "out"),
+                    search={"num_samples": 1},
+                    train={"max_epochs": 1},
+                )
+            )
+        )
+        address = f"http://127.0.0.1:{server.server_address[1]}"
+        proc = cli(
+            "submit", str(spec_path), "--address", address, "--follow", env={"RAY_AUTH_TOKEN": head.token}
+        )
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "waiting for the cluster's Jobs agent to start (up to 60s)" in proc.stderr
+    assert _AgentStarting.refusals == 0 and "SUCCEEDED" in proc.stderr

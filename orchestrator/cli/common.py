@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from orchestrator.errors import ResultsNotFound, RunError, SanityFailed, SpecError, WorkloadCodeFailed
+from orchestrator.errors import (
+    ResultsNotFound,
+    RunError,
+    SanityFailed,
+    SpecError,
+    WorkingDirGone,
+    WorkloadCodeFailed,
+)
 from orchestrator.spec import EnsembleSpec, JobSpec, load_spec
 from orchestrator.storage import StoreError
 
@@ -40,7 +47,7 @@ def run_command(handler, args) -> int:
     except CliError as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return exc.code
-    except (SanityFailed, WorkloadCodeFailed) as exc:
+    except (SanityFailed, WorkloadCodeFailed, WorkingDirGone) as exc:
         print(f"hpo: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (SpecError, ResultsNotFound, RunError, StoreError) as exc:

@@ -22,6 +22,7 @@ import threading
 import numpy as np
 import ray
 
+from orchestrator.errors import working_directory
 from orchestrator.execution.ray_compat import (
     QUIET_LOGGERS,
     QUIET_TUNE_ENV,
@@ -57,7 +58,7 @@ class DriverSession:
     def __enter__(self) -> DriverSession:
         self._environ = dict(os.environ)
         self._sys_path = list(sys.path)
-        self._cwd = os.getcwd()
+        self._cwd = working_directory()
         self._loggers = {name: _logger_state(logging.getLogger(name)) for name in _LOGGERS}
         self._random = (random.getstate(), np.random.get_state())
         self._torch = _torch_state()
@@ -134,13 +135,17 @@ class DriverSession:
         working dir, and Ray may delete and re-create that copy while the job runs (each node of a fake
         multi-node cluster re-extracts it into the one shared session dir); Tune's final os.getcwd() then fails
         and the job with it."""
-        here = os.getcwd()
+        try:
+            here = os.getcwd()
+        except FileNotFoundError:  # deleted already (see errors.working_directory): the session's own start
+            here = self._cwd
         with tempfile.TemporaryDirectory(prefix="hpo-driver-") as private:
             os.chdir(private)
             try:
                 yield
             finally:
-                os.chdir(here)
+                with contextlib.suppress(OSError):  # Ray may have re-created it, or not (yet)
+                    os.chdir(here)
 
     def __exit__(self, *exc) -> None:
         if self.started_ray:

@@ -19,7 +19,7 @@ from ray.exceptions import AuthenticationError
 from ray.util.placement_group import remove_placement_group
 from ray.util.state import list_actors, list_workers
 
-from orchestrator.errors import RunError
+from orchestrator.errors import RunError, working_directory
 from orchestrator.execution.capacity import check_fit, cluster_offer
 from orchestrator.execution.ray_compat import (
     TRAIN_CONTROLLER_CLASS,
@@ -88,7 +88,7 @@ def start_ray(
             )
         return None
     # Workers must import user workloads from the working directory, as the driver does.
-    paths = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [working_directory()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     worker_logging = ray.LoggingConfig(log_level="WARNING")  # Ray's per-report INFO lines drown the progress
     if address:

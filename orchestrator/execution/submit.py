@@ -29,7 +29,10 @@ from orchestrator.storage import shared_by_all_nodes
 
 SPEC_IN_JOB = f".hpo/{SPEC_FILE}"
 METADATA_KEY = "hpo"
-DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def default_token_file() -> Path:
+    return Path.home() / ".ray" / "auth_token"  # Ray's own default; looked up when asked (HOME may change)
 
 
 def resolve_address(address: str | None) -> str:
@@ -49,7 +52,7 @@ def resolve_token(token_file: str | None = None) -> str | None:
             raise RunError(f"--token-file {path}: cannot read it ({exc.strerror})") from None
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"].strip()
-    for candidate in (os.environ.get("RAY_AUTH_TOKEN_PATH"), DEFAULT_TOKEN_FILE):
+    for candidate in (os.environ.get("RAY_AUTH_TOKEN_PATH"), default_token_file()):
         if candidate and Path(candidate).expanduser().is_file():
             return Path(candidate).expanduser().read_text().strip()
     return None

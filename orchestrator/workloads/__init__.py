@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import sys
 import types
 from collections.abc import Callable
 
-from orchestrator.errors import did_you_mean
+from orchestrator.errors import did_you_mean, working_directory
 from orchestrator.workloads.base import (
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -87,7 +86,7 @@ def _load_entry_point(name: str) -> Workload:
     # The working directory is importable, as with `python -m` (console scripts leave it off sys.path): for
     # this import only; a run keeps it importable for its whole length (execution/driver.py).
     search_path = list(sys.path)
-    sys.path.insert(0, os.getcwd())
+    sys.path.insert(0, working_directory())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module may raise anything while importing
