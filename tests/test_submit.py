@@ -130,7 +130,8 @@ def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, job
         and len(unknown.stderr.splitlines()) == 1
     )
     assert "there is no job 'hpo-does-not-exist' on the cluster at" in unknown.stderr, unknown.stderr
-    none = cli("list", "--address", head.url, env={"RAY_AUTH_TOKEN": "", "HOME": str(tmp_path)})  # no token file
+    no_file = {"RAY_AUTH_TOKEN": "", "HOME": str(tmp_path)}  # no token, no ~/.ray/auth_token
+    none = cli("list", "--address", head.url, env=no_file)
     assert none.returncode == 2 and len(none.stderr.strip().splitlines()) == 1, none.stderr
     assert none.stderr.strip().endswith("set RAY_AUTH_TOKEN or pass --token-file."), none.stderr
     bad = tmp_path / "bad.yaml"
