@@ -218,7 +218,7 @@ def test_store_down_at_the_end_exits_3_and_sync_uploads_later(ray_cluster, s3, t
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["upload_pending"] > 0 and "hpo results sync" in env_note and "Traceback" not in env_note
     assert summary["best"] is not None  # the summary comes from the rows written, not from the store
-    assert "storage: an upload failed; " in env_note
+    assert "storage: an upload failed (" in env_note
     code, out, _ = hpo(capsys, "results", "sync")  # what waits, for which run
     assert code == 3 and re.search(rf"\d+ item\(s\) wait for {re.escape(uri)}  \(hpo results sync ", out), out
     code, out, err = hpo(capsys, "results", "sync", uri)

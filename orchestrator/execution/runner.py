@@ -354,13 +354,23 @@ def _finish_uploads(store: SpoolingStore, the_plan: Plan, progress) -> int:
             store.write_bytes(f"{TUNE_DIR}/{path.relative_to(tune_dir)}", path.read_bytes())
     store.close()  # the driver's uploader finishes its pass; from here this process uploads the rest itself
     spool = run_spool_dir(the_plan.results_uri)
-    left = drain_until(store.inner, writer_dirs(spool), 0) if pending_items(spool) else 0  # one pass
-    if left:
-        timeout = drain_timeout_s()
-        progress(
-            f"storage: an upload failed; {left} item(s) wait in the local spool; retrying for up to {timeout:.0f}s"
-        )
-        left = drain_until(store.inner, writer_dirs(spool), timeout)
+    timeout = drain_timeout_s()
+
+    def failed(error: BaseException) -> None:  # said once, and only when an upload failed
+        nonlocal said
+        if not said:
+            said = True
+            progress(
+                f"storage: an upload failed ({type(error).__name__}); {pending_items(spool)} item(s) wait in "
+                f"the local spool; retrying for up to {timeout:.0f}s"
+            )
+
+    said = False
+    left = (
+        drain_until(store.inner, writer_dirs(spool), timeout, on_failure=failed)
+        if pending_items(spool)
+        else 0
+    )
     if not left:
         remove_run_spool(the_plan.results_uri)
     return left

@@ -111,9 +111,10 @@ def _upload_one(store: Store, meta_path: Path) -> None:
     data_path.unlink(missing_ok=True)
 
 
-def drain_directory(store: Store, directory: Path, deadline: float | None = None) -> int:
-    """Upload every spooled item of `directory` in order; stop at the first failure or at `deadline`
-    (time.monotonic()). Returns the items left."""
+def drain_directory(store: Store, directory: Path, deadline: float | None = None, on_failure=None) -> int:
+    """Upload every spooled item of `directory` in order; stop at the first failure (`on_failure(error)` hears
+    of it) or at `deadline` (time.monotonic()). Returns the items left (also those of a directory another
+    uploader holds: no failure)."""
     if not directory.is_dir():
         return 0
     with _Lock(directory) as lock:
@@ -124,7 +125,9 @@ def drain_directory(store: Store, directory: Path, deadline: float | None = None
                 break
             try:
                 _upload_one(store, meta_path)
-            except _RETRYABLE:
+            except _RETRYABLE as error:
+                if on_failure is not None:
+                    on_failure(error)
                 break
         return len(_items(directory))
 
@@ -147,13 +150,14 @@ def drain_until(
     *,
     backoff_s: float = 0.5,
     max_backoff_s: float = 10.0,
+    on_failure=None,
 ) -> int:
-    """Upload the spools in `directories`, retrying with backoff for up to `timeout_s` (0: one pass).
-    Returns the items left."""
+    """Upload the spools in `directories`, retrying with backoff for up to `timeout_s` (0: one pass);
+    `on_failure(error)` hears of each failed upload. Returns the items left."""
     deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
     delay = backoff_s
     while True:
-        left = sum(drain_directory(store, d, deadline) for d in directories)
+        left = sum(drain_directory(store, d, deadline, on_failure) for d in directories)
         if left == 0 or deadline is None or time.monotonic() >= deadline:
             return left
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
