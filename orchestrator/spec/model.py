@@ -414,7 +414,8 @@ KINDS = {"tune": JobSpec, "ensemble": EnsembleSpec}
 
 def _format_error(err: dict) -> str:
     # Tags from the tagged union ("loguniform") repeat the key the user wrote; drop the duplicate.
-    parts = [str(p) for p in err["loc"]]
+    # a key that is not a plain name (a newline, a space, a dot) is shown quoted: the message stays one line
+    parts = [str(p) if re.fullmatch(r"[\w-]+", str(p)) else repr(str(p)) for p in err["loc"]]
     dedup = [p for i, p in enumerate(parts) if not (i and parts[i - 1] == p)]
     loc = ".".join(dedup)
     msg = err["msg"].removeprefix("Value error, ").replace(" after validation", "")
