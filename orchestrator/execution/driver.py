@@ -38,6 +38,7 @@ from orchestrator.execution.stopping import (
     INTERRUPTED,
     STOPPED,
     SUBMITTED_ENV,
+    SecondSignal,
     StopRequest,
     exit_code_for,
     stop_grace_s,
@@ -93,7 +94,8 @@ class DriverSession:
     @contextlib.contextmanager
     def catch_stops(self, stop: StopRequest, results_uri: str):
         """While inside (the search): SIGINT and SIGTERM ask `stop` to wind the run down (stopping.py); a second
-        one ends the process at once, as a SIGKILL would, with Ray's processes of this session. Only in the main
+        one ends the process at once, as a SIGKILL would, with Ray's processes of this session (in the `hpo`
+        executable; in a library caller's process it raises KeyboardInterrupt into the run instead). Only in the main
         thread (Python runs signal handlers there); after start_ray, whose handlers these replace. Tune's own
         SIGINT handler (which ends its loop without the trials' last rows) stays off: TUNE_DISABLE_SIGINT_HANDLER
         is set in the environment this session restores."""
@@ -104,8 +106,11 @@ class DriverSession:
 
         def on_signal(signum, frame):
             reason = STOPPED if signum == signal.SIGTERM and os.environ.get(SUBMITTED_ENV) else INTERRUPTED
-            if not stop.request(reason, signal=signum, grace_s=stop_grace_s()):
+            if stop.request(reason, signal=signum, grace_s=stop_grace_s()):
+                return
+            if SecondSignal.exits:
                 self._stop_at_once(signum, results_uri)
+            raise KeyboardInterrupt  # a library caller's process: the run ends its trials and returns
 
         before = _signal_handlers()
         for signum in _STOP_SIGNALS:

@@ -16,7 +16,10 @@ The reasons, each run.json's status:
   SIGKILL).
 - `failed`: a report broke the workload's declaration (train/context.py's ReportError); every trial would
   repeat it, so the job stops at the first.
-A second signal stops at once, as a SIGKILL would (see DriverSession.catch_stops): still resumable.
+A second signal stops at once. In the `hpo` executable, which owns its process, as a SIGKILL would (see
+DriverSession.catch_stops): still resumable. In a library caller's process (a notebook's kernel) it raises
+KeyboardInterrupt into the run instead, which ends the trials, writes what it has (status interrupted) and
+returns the process to the caller.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ RUN_STATUSES = ("running", "finished", INTERRUPTED, STOPPED, FAILED, "budget_exh
 GRACE_ENV = "HPO_STOP_GRACE_S"
 DEFAULT_GRACE_S = 20.0
 SUBMITTED_ENV = "HPO_SUBMITTED"  # set by `hpo submit` in the job's environment
+
+
+class SecondSignal:
+    """What a second signal does: `exits` is set by the `hpo` executable (cli.entry), the owner of its process."""
+
+    exits = False
 
 
 def stop_grace_s() -> float:
