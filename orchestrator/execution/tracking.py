@@ -48,9 +48,8 @@ class RunTracker(Callback):
         stop_running: bool = False,
         stop: StopRequest | None = None,
     ):
-        self.stop = (
-            stop if stop is not None else StopRequest()
-        )  # a signal or a broken report ends the run early
+        # a signal or a broken report ends the run early (stopping.py)
+        self.stop = stop if stop is not None else StopRequest()
         self.interrupted: set[str] = set()  # Tune ids of the trials the stop ended at a report
         self.configs: dict[str, dict] = {}  # trial -> its config, for the records close() writes
         self.max_epochs = max_epochs
@@ -111,7 +110,9 @@ class RunTracker(Callback):
         )
 
     def running(self) -> int:
-        return sum(1 for r in self.records.values() if r["status"] == "running")
+        """Trials this run started that have not ended (a resumed run's stored records of trials it has not
+        started again do not count: nothing of theirs runs)."""
+        return sum(1 for name, r in self.records.items() if r["status"] == "running" and name in self.configs)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         name = trial_name(trial)
