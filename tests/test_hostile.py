@@ -267,3 +267,17 @@ def test_fuzzed_files_give_a_spec_or_a_spec_error(tmp_path_factory, content):
         load_spec(path)
     except SpecError as exc:
         assert "\n" not in str(exc)
+
+
+def test_a_reader_that_closes_the_pipe_early_is_no_error(monkeypatch):
+    """`hpo results show URI | head -3`: head closes the pipe; hpo stops quietly instead of a traceback."""
+    import io
+
+    from orchestrator.cli.common import run_command
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert run_command(lambda args: print("trial_0000 ...") or 0, None) == 0

@@ -56,3 +56,16 @@ def run_command(handler, args) -> int:
     except KeyboardInterrupt:
         print("hpo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hpo results show | head`: the reader has what it wanted
+        _stdout_to_devnull()  # so that the exit's flush of what is left does not fail again
+        return 0
+
+
+def _stdout_to_devnull() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout: nothing to redirect
+        pass
