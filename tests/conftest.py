@@ -56,6 +56,39 @@ def spec_dict(**sections) -> dict:
     return data
 
 
+def spec_file(path: Path, data: dict) -> Path:
+    """The spec as a user writes it: a YAML file (yaml.safe_dump sorts keys; a search draws in the order the
+    spec lists its hyperparameters, so a comparison run must read the same file)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def in_trial_order(table):
+    """A results table sorted by (trial, iteration): runs that wrote their rows in other orders compare equal."""
+    return table.sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
+
+
+def kill_family(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc` and every process it started (Ray's own, whatever their process group): a test that ends,
+    however it ends, leaves nothing running."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for process in [*family]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 def paced_spec(name: str, storage, *, samples: int, concurrency: int, train: dict) -> dict:
     """A job of the paced workload (each epoch takes 1 s of wall time and no compute), FIFO, by loss: for tests
     that act mid-trial (kill a node, cut its cable, drain it) or must know what a trial costs."""

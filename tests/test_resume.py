@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 
-import psutil
 import pytest
 import s3server
 import yaml
-from conftest import HPO, ROOT, hpo, spec_dict
+from conftest import HPO, ROOT, hpo, in_trial_order, kill_family, spec_dict, spec_file
 from contract import check_contract, deterministic_rows
 
 from orchestrator.api import run
@@ -21,10 +19,6 @@ from orchestrator.spec import load_spec
 from orchestrator.storage import open_store
 
 pytestmark = pytest.mark.slow
-
-
-def _sorted(table):
-    return table.sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
 
 
 FINISHED_LINE = re.compile(r"\] (trial_\d+) (?:completed|stopped by ASHA) after ")
@@ -52,14 +46,7 @@ def run_and_kill(spec_path, trials_done: int) -> tuple[str, set[str]]:
             if len(finished) >= trials_done:
                 break
     finally:
-        family = psutil.Process(proc.pid).children(recursive=True)
-        os.killpg(proc.pid, signal.SIGKILL)
-        for child in family:  # Ray's own processes, whatever their process group
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait()
+        kill_family(proc)
     assert json.loads(open_store(uri).read_bytes("run.json"))["status"] == "running"  # it died mid-run
     return uri, finished
 
@@ -88,18 +75,11 @@ KILLED = dict(
 )
 
 
-def _spec_file(path, data):
-    """The spec as a user writes it: a YAML file (yaml.safe_dump sorts keys; a search draws in the order the
-    spec lists its hyperparameters, so a comparison run must read the same file)."""
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, tmp_path_factory):
     """The killed runs' job, run once without interruption: what every resume must end up equal to."""
     where = tmp_path_factory.mktemp("clean")
-    spec = load_spec(_spec_file(where / "job.yaml", spec_dict(**KILLED)))
+    spec = load_spec(spec_file(where / "job.yaml", spec_dict(**KILLED)))
     summary = run(spec, storage=str(where / "runs"), progress=lambda line: None)
     return summary, load_results(summary.results_uri)
 
@@ -113,10 +93,10 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
     )
     if where == "s3":
         request.getfixturevalue("s3")
-    spec_path = _spec_file(tmp_path / "job.yaml", spec_dict(storage=storage, **KILLED))
+    spec_path = spec_file(tmp_path / "job.yaml", spec_dict(storage=storage, **KILLED))
     uri, finished = run_and_kill(spec_path, trials_done=2)
     # A spec that is not the run's is refused, naming the first difference, and touches nothing.
-    changed = _spec_file(
+    changed = spec_file(
         tmp_path / "changed.yaml", spec_dict(storage=storage, **{**KILLED, "train": {"max_epochs": 7}})
     )
     stored = open_store(uri).list_sizes()
@@ -131,7 +111,7 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
     summary = RunSummary(**json.loads(out.strip().splitlines()[-1]))
     rows, _ = check_contract(summary, load_spec(spec_path))  # every (trial, iteration) exactly once
     clean, clean_rows = uninterrupted
-    assert deterministic_rows(_sorted(rows)) == deterministic_rows(_sorted(clean_rows))
+    assert deterministic_rows(in_trial_order(rows)) == deterministic_rows(in_trial_order(clean_rows))
     assert (summary.best, summary.statuses, summary.num_trials) == (
         clean.best,
         clean.statuses,
@@ -177,5 +157,5 @@ def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(ra
     rows = load_results(uri)  # (no checkpoints to check: the synthetic workload trains nothing)
     uninterrupted = run(load_spec(spec_path), storage=str(tmp_path / "clean"), progress=lambda line: None)
     expected = load_results(uninterrupted.results_uri)
-    assert deterministic_rows(_sorted(rows)) == deterministic_rows(_sorted(expected))
+    assert deterministic_rows(in_trial_order(rows)) == deterministic_rows(in_trial_order(expected))
     assert summary.statuses == uninterrupted.statuses and "stopped_early" in summary.statuses

@@ -1,8 +1,9 @@
 """Stopped is not finished: Ctrl-C (to `hpo run` or to its whole process group), SIGTERM, and a second Ctrl-C
 each leave a run that `hpo resume` continues, and the tables of the stopped run agree with each other.
 
-Each test sends its signal from the job's own progress output (a trial finished, the wind-down began), so the
-signal lands mid-run however loaded the machine is; `hpo stop` on a submitted job is in test_submit.py."""
+Each test sends its signal from the job's own progress output (a later trial's early epoch; the wind-down
+begun), so the signal lands mid-run however loaded the machine is; `hpo stop` on a submitted job is in
+test_submit.py."""
 
 from __future__ import annotations
 
@@ -14,19 +15,19 @@ import subprocess
 
 import psutil
 import pytest
-import yaml
-from conftest import HPO, ROOT, hpo, paced_spec, spec_dict
+from conftest import HPO, ROOT, hpo, in_trial_order, kill_family, paced_spec, spec_dict, spec_file
 from contract import check_contract, deterministic_rows
 
 from orchestrator.api import run
 from orchestrator.results import RunSummary, load_results, load_trials
+from orchestrator.results.summary import ledger_totals
 from orchestrator.spec import load_spec
 from orchestrator.storage import open_store
 
 pytestmark = pytest.mark.slow
 
-FINISHED_LINE = re.compile(r"\] (trial_\d+) (?:completed|stopped by ASHA) after ")
 WINDING_DOWN = "press Ctrl-C again to stop at once"
+LATER_TRIAL_EARLY_EPOCH = re.compile(r"\] trial_000[2-5] epoch   [12]/6 ")
 
 # Real training (digits), random search: whole-job deterministic, so a resumed run must equal an uninterrupted one.
 JOB = dict(
@@ -35,15 +36,6 @@ JOB = dict(
     search={"num_samples": 6, "max_concurrent": 2},
     train={"max_epochs": 6},
 )
-
-
-def _spec_file(path, data):
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _sorted(table):
-    return table.sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
 
 
 def start_run(spec_path) -> subprocess.Popen:
@@ -68,26 +60,6 @@ def read_until(proc: subprocess.Popen, done, lines: list[str]) -> None:
     raise AssertionError("the job ended before the test could stop it:\n" + "".join(lines[-40:]))
 
 
-def finished(lines: list[str]) -> int:
-    return sum(1 for line in lines if FINISHED_LINE.search(line))
-
-
-def kill_family(proc: subprocess.Popen) -> None:
-    """However a test ends, nothing it started keeps running."""
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    for process in family:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-
-
 def check_closed_run(uri: str, status: str) -> dict:
     """A stopped run's tables agree: run.json's status and counts, no trial `running`, every trial's iterations
     equal to its stored rows, every (trial, iteration) once, and one ledger total. Returns run.json."""
@@ -102,14 +74,15 @@ def check_closed_run(uri: str, status: str) -> dict:
         assert record["status"] in ("completed", "stopped_early", "interrupted"), record
         assert record["iterations"] == per_trial.get(record["trial_id"], 0), record
     assert "interrupted" in {r["status"] for r in trials}  # the test stopped it with trials running
-    assert info["ledger"]["cpu_hours"] == round(sum(r["cpu_s"] for r in trials) / 3600, 6)
+    # one ledger: run.json's totals are what trials.parquet's entries add up to, as `hpo results show` adds them
+    assert info["ledger"] == ledger_totals(trials, priced=False)
     return info
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, tmp_path_factory):
     where = tmp_path_factory.mktemp("clean")
-    spec = load_spec(_spec_file(where / "job.yaml", spec_dict(**JOB)))
+    spec = load_spec(spec_file(where / "job.yaml", spec_dict(**JOB)))
     summary = run(spec, storage=str(where / "runs"), progress=lambda line: None)
     return summary, load_results(summary.results_uri)
 
@@ -121,12 +94,14 @@ def uninterrupted(ray_cluster, tmp_path_factory):
 def test_a_signal_winds_the_run_down_and_resume_ends_equal_to_an_uninterrupted_run(
     how, exit_code, uninterrupted, tmp_path, capsys
 ):
-    spec_path = _spec_file(tmp_path / "job.yaml", spec_dict(storage=str(tmp_path / "runs"), **JOB))
+    spec_path = spec_file(tmp_path / "job.yaml", spec_dict(storage=str(tmp_path / "runs"), **JOB))
     proc = start_run(spec_path)
     lines: list[str] = []
     try:
         uri = proc.stdout.readline().strip().removeprefix("results_uri: ")
-        read_until(proc, lambda lines: finished(lines) >= 2, lines)
+        # a trial that started after the first two at its first or second of 6 epochs: the signal lands mid-run,
+        # with a trial running (a trial's end is announced once its record is stored, so after later lines)
+        read_until(proc, lambda lines: LATER_TRIAL_EARLY_EPOCH.search(lines[-1]), lines)
         signum = signal.SIGTERM if how == "SIGTERM" else signal.SIGINT
         (os.killpg if "group" in how else os.kill)(proc.pid, signum)
         out, err = proc.communicate(timeout=120)
@@ -141,6 +116,8 @@ def test_a_signal_winds_the_run_down_and_resume_ends_equal_to_an_uninterrupted_r
     info = check_closed_run(uri, "interrupted")
     spent = re.search(r"spent: (\S+) CPU-hours", out).group(1)
     assert spent == f"{info['ledger']['cpu_hours']:.4g}"  # the printed total is run.json's
+    code, shown, _ = hpo(capsys, "results", "show", uri)
+    assert code == 0 and f", {spent} CPU-hours, " in shown, shown  # and `hpo results show`'s
 
     code, out, err = hpo(capsys, "resume", uri, "--output", "json")
     assert code == 0, err[-3000:]
@@ -148,7 +125,7 @@ def test_a_signal_winds_the_run_down_and_resume_ends_equal_to_an_uninterrupted_r
     assert summary.status == "finished"
     rows, _ = check_contract(summary, load_spec(spec_path))  # every (trial, iteration) exactly once
     clean, clean_rows = uninterrupted
-    assert deterministic_rows(_sorted(rows)) == deterministic_rows(_sorted(clean_rows))
+    assert deterministic_rows(in_trial_order(rows)) == deterministic_rows(in_trial_order(clean_rows))
     assert (summary.best, summary.statuses) == (clean.best, clean.statuses)
 
 
@@ -157,7 +134,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_run_still_resumes(ray_cluster, tm
     the running trials' next reports. It ends the job and everything it started at once, as a SIGKILL would: run.json
     still says running, and the resume ends with every row once, equal to an uninterrupted run."""
     spec = paced_spec("twice", tmp_path / "runs", samples=2, concurrency=2, train={"max_epochs": 3})
-    spec_path = _spec_file(tmp_path / "job.yaml", spec)
+    spec_path = spec_file(tmp_path / "job.yaml", spec)
     proc = start_run(spec_path)
     lines: list[str] = []
     try:
@@ -183,7 +160,9 @@ def test_a_second_ctrl_c_stops_at_once_and_the_run_still_resumes(ray_cluster, tm
     keys = list(zip(rows["trial_id"].to_pylist(), rows["iteration"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == 2 * 3
     clean = run(load_spec(spec_path), storage=str(tmp_path / "clean"), progress=lambda line: None)
-    assert deterministic_rows(_sorted(rows)) == deterministic_rows(_sorted(load_results(clean.results_uri)))
+    assert deterministic_rows(in_trial_order(rows)) == deterministic_rows(
+        in_trial_order(load_results(clean.results_uri))
+    )
 
 
 def test_a_report_that_breaks_the_declaration_stops_the_job_at_once_and_resumes_once_fixed(
@@ -206,7 +185,7 @@ def test_a_report_that_breaks_the_declaration_stops_the_job_at_once_and_resumes_
         },
         train={"max_epochs": 3},
     )
-    spec_path = _spec_file(tmp_path / "job.yaml", spec)
+    spec_path = spec_file(tmp_path / "job.yaml", spec)
     code, out, err = hpo(capsys, "run", str(spec_path))
     assert code == 1, err[-3000:]
     uri = out.splitlines()[0].removeprefix("results_uri: ")
@@ -236,7 +215,7 @@ def test_in_a_library_callers_process_a_second_signal_raises_instead_of_ending_i
 
     assert not SecondSignal.exits  # only the `hpo` executable sets it
     spec = load_spec(
-        _spec_file(
+        spec_file(
             tmp_path / "job.yaml",
             paced_spec("notebook", tmp_path / "runs", samples=2, concurrency=2, train={"max_epochs": 3}),
         )

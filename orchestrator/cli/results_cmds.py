@@ -10,6 +10,7 @@ from orchestrator.results.ops import list_runs
 from orchestrator.results.ops import pull as pull_run
 from orchestrator.results.ops import sync as sync_run
 from orchestrator.results.reader import best_per_trial, search_metric
+from orchestrator.results.summary import ledger_totals
 from orchestrator.storage import S3Options
 from orchestrator.storage.spool import waiting_runs
 
@@ -44,28 +45,20 @@ def show(args) -> int:
 
 
 def ledger_line(rows: list[dict]) -> str:
-    """The job's totals from its trial records (their ledger columns): held hours, retries, preemptions, cost."""
+    """The job's totals from its trial records (their ledger columns), as run.json and the run's summary give
+    them (results/summary.py's ledger_totals): held hours, retries, preemptions, cost."""
     if not rows or "wall_s" not in rows[0]:
         return ""  # a run stored before the ledger existed
-    total = {
-        k: sum(r.get(k) or 0 for r in rows) for k in ("wall_s", "cpu_s", "gpu_s", "retries", "preemptions")
-    }
-    costs = [r["cost"] for r in rows if r.get("cost") is not None]
-    by_type: dict[str, float] = {}
-    for r in rows:
-        if r.get("cost") is not None:
-            by_type[r.get("node_type") or "local"] = (
-                by_type.get(r.get("node_type") or "local", 0.0) + r["cost"]
-            )
+    rows = sorted(rows, key=lambda r: r["trial_id"])
+    total = ledger_totals(rows, priced=any(r.get("cost") is not None for r in rows))
+    retries, preemptions = (sum(r.get(k) or 0 for r in rows) for k in ("retries", "preemptions"))
     cost = ""
-    if costs:
-        cost = (
-            f"; cost {sum(costs):.4g} (" + ", ".join(f"{k} {v:.4g}" for k, v in sorted(by_type.items())) + ")"
-        )
+    if total["cost"] is not None:
+        by_type = ", ".join(f"{k} {v:.4g}" for k, v in total["cost_by_node_type"].items())
+        cost = f"; cost {total['cost']:.4g} ({by_type})"
     return (
-        f"ledger: {total['wall_s'] / 3600:.4g} trial-hours, {total['cpu_s'] / 3600:.4g} CPU-hours, "
-        f"{total['gpu_s'] / 3600:.4g} GPU-hours; {total['retries']} retries, {total['preemptions']} "
-        f"preemptions{cost}"
+        f"ledger: {total['trial_hours']:.4g} trial-hours, {total['cpu_hours']:.4g} CPU-hours, "
+        f"{total['gpu_hours']:.4g} GPU-hours; {retries} retries, {preemptions} preemptions{cost}"
     )
 
 

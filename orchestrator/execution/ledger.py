@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from orchestrator.execution.ray_compat import LOCAL_NODE_TYPE, live_nodes
+from orchestrator.results.summary import ledger_totals
 
 LEDGER_COLUMNS = ("node_type", "wall_s", "cpu_s", "gpu_s", "cost")
 _HOUR = 3600.0
@@ -137,6 +138,13 @@ class Ledger:
             "cost": round(sum(costs.values()), 6) if self.prices else None,
             "cost_by_node_type": {k: round(v, 6) for k, v in sorted(costs.items())} if self.prices else {},
         }
+
+    def final_totals(self) -> dict:
+        """The totals once the run has ended, from each trial's entry in trial order (results/summary.py's
+        ledger_totals): exactly what `hpo results show` adds up from trials.parquet. `totals()` keeps running
+        sums for the budget checks during the run, which float drift can move by a last digit."""
+        entries = {**self._closed, **{name: self.entry(name) for name in self.since}}
+        return ledger_totals((entries[name] for name in sorted(entries)), priced=bool(self.prices))
 
     def check(self) -> str | None:
         """The limit newly reached, if one is (once); None otherwise."""

@@ -295,7 +295,7 @@ def _end_run(store, the_plan: Plan, tracker: RunTracker, writer, crash, launched
     writer.finish()
     status = _status(tracker, spec)
     ledger = tracker.ledger
-    totals = ledger.totals()  # once: run.json, the summary and trials.parquet agree
+    totals = ledger.final_totals()  # once: run.json, the summary and trials.parquet agree
     budget = {"budget": {**spec.budget.limits(), "exhausted": ledger.exhausted}} if ledger.limits else {}
     reason = {"reason": tracker.stop.message} if tracker.stop.message else {}
     _write_run_file(

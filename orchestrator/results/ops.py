@@ -9,6 +9,7 @@ from pathlib import Path
 from orchestrator.errors import ResultsNotFound
 from orchestrator.results.layout import MANIFEST, RUN_FILE, SPEC_FILE, TRIALS_FILE
 from orchestrator.results.reader import best_row, load_results, load_trials, read_result_files
+from orchestrator.results.summary import ledger_totals
 from orchestrator.spec import JobSpec, parse_spec
 from orchestrator.spec.yaml_load import load_yaml_text
 from orchestrator.storage import LocalStore, open_store
@@ -67,12 +68,7 @@ def run_progress(uri: str, options=None) -> RunProgress:
     running = sum(1 for t in trials if t["status"] == "running")
     ledger = info.get("ledger")
     if not ledger or info.get("status") == "running":  # live: what the trial records hold so far
-        costs = [t["cost"] for t in trials if t.get("cost") is not None]
-        ledger = {
-            "cpu_hours": sum(t.get("cpu_s") or 0.0 for t in trials) / 3600,
-            "gpu_hours": sum(t.get("gpu_s") or 0.0 for t in trials) / 3600,
-            "cost": sum(costs) if costs else None,
-        }
+        ledger = ledger_totals(trials, priced=any(t.get("cost") is not None for t in trials))
     return RunProgress(
         info.get("status", "unknown"),
         len(trials) - running,

@@ -33,6 +33,31 @@ class RunSummary:
         return asdict(self)
 
 
+LEDGER_SUMS = ("wall_s", "cpu_s", "gpu_s")
+UNTYPED_NODE = "local"  # a trial with no node type recorded: an embedded node's (ray_compat.LOCAL_NODE_TYPE)
+
+
+def ledger_totals(entries, *, priced: bool) -> dict:
+    """A job's totals from its trials' ledger entries (trials.parquet's `wall_s`, `cpu_s`, `gpu_s`, `cost`,
+    `node_type`), summed in trial order: the one computation behind run.json's `ledger`, the run's summary
+    (`spent: ...`) and `hpo results show`, so the three print one number."""
+    sums = dict.fromkeys(LEDGER_SUMS, 0.0)
+    costs: dict[str, float] = {}
+    for entry in entries:
+        for key in LEDGER_SUMS:
+            sums[key] += entry.get(key) or 0.0
+        if entry.get("cost") is not None:
+            kind = entry.get("node_type") or UNTYPED_NODE
+            costs[kind] = costs.get(kind, 0.0) + entry["cost"]
+    return {
+        "trial_hours": round(sums["wall_s"] / 3600, 6),
+        "cpu_hours": round(sums["cpu_s"] / 3600, 6),
+        "gpu_hours": round(sums["gpu_s"] / 3600, 6),
+        "cost": round(sum(costs.values()), 6) if priced else None,
+        "cost_by_node_type": {k: round(v, 6) for k, v in sorted(costs.items())} if priced else {},
+    }
+
+
 def format_config(config: dict) -> str:
     """`lr=0.001 hidden=64 ...`: a config on one line, floats to 4 significant digits."""
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
