@@ -118,8 +118,7 @@ class DriverSession:
         try:
             yield
         finally:
-            for signum, handler in before.items():
-                signal.signal(signum, handler)
+            _set_handlers(before)
 
     def _stop_at_once(self, signum: int, results_uri: str) -> None:
         """The second signal: end now. run.json still says running, so `hpo resume` continues the run as after
@@ -164,8 +163,7 @@ class DriverSession:
         for name, state in self._loggers.items():
             _restore_logger(logging.getLogger(name), state)
         if threading.current_thread() is threading.main_thread():
-            for signum, handler in self._handlers.items():
-                signal.signal(signum, handler)
+            _set_handlers(self._handlers)
         random.setstate(self._random[0])
         np.random.set_state(self._random[1])
         _restore_torch(self._torch)
@@ -184,6 +182,12 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def _signal_handlers() -> dict:
     return {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+
+
+def _set_handlers(handlers: dict) -> None:
+    for signum, handler in handlers.items():
+        if handler is not None:  # None: a handler installed from C, which Python cannot put back
+            signal.signal(signum, handler)
 
 
 def kill_children() -> None:

@@ -40,7 +40,7 @@ from orchestrator.execution.ray_compat import (
     trial_name,
 )
 from orchestrator.execution.ray_env import check_address, check_resources
-from orchestrator.execution.stopping import FAILED, INTERRUPTED, StopRequest
+from orchestrator.execution.stopping import FAILED, INTERRUPTED, RUN_STATUSES, StopRequest
 from orchestrator.execution.tracking import RunStopper, RunTracker, SearchGate
 from orchestrator.execution.tune_search import TrialNamer, build_scheduler, build_search
 from orchestrator.results import ResultsSchema, ResultsWriter
@@ -287,7 +287,8 @@ def _end_run(store, the_plan: Plan, tracker: RunTracker, writer, crash, launched
     """The run's last writes, however the search ended: every record closed, the rows and trial table stored,
     run.json saying why it ended, the spool drained. Returns (status, the ledger's totals, items left)."""
     spec = the_plan.spec
-    if isinstance(crash, KeyboardInterrupt):  # before the handlers were in place, or outside the main thread
+    # a second Ctrl-C in a library caller's process, or one outside the main thread (no handlers there)
+    if isinstance(crash, KeyboardInterrupt):
         tracker.stop.request(INTERRUPTED, signal=signal.SIGINT, grace_s=0.0)
     elif crash is not None:  # the search itself broke: the run failed, and says why
         tracker.stop.request(FAILED, message=_one_line(crash), grace_s=0.0)
@@ -334,6 +335,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _write_run_file(store, the_plan: Plan, status: str, **extra) -> None:
+    assert status in RUN_STATUSES, status  # what `hpo resume`, `results ls` and `hpo status` know
     info = {
         "name": the_plan.spec.name,
         "run_id": run_id_of(the_plan.results_uri),
