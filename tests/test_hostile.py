@@ -281,3 +281,45 @@ def test_a_reader_that_closes_the_pipe_early_is_no_error(monkeypatch):
 
     monkeypatch.setattr("sys.stdout", ClosedPipe())
     assert run_command(lambda args: print("trial_0000 ...") or 0, None) == 0
+
+
+class _RunsCode:
+    """What a hostile writer adds to a stored checkpoint: unpickling it calls open(), creating a marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_stored_checkpoint_that_would_run_code_is_refused_not_loaded(tmp_path):
+    """Checkpoints load as data only (torch's weights_only, plus numpy's array rebuilders for RNG states): an
+    object whose unpickling runs code is named and refused, and nothing of it runs."""
+    import numpy as np
+    import torch
+
+    from orchestrator.storage import LocalStore
+    from orchestrator.train.checkpoints import TrialCheckpoints
+    from orchestrator.train.context import rng_state
+    from orchestrator.train.exceptions import UnsafeCheckpoint
+
+    marker = tmp_path / "ran"
+    checkpoints = TrialCheckpoints(LocalStore(str(tmp_path / "run")), "trial_0000", keep=3, mode="min")
+    honest = {
+        "checkpoint": {"w": torch.arange(3.0), "np": np.arange(2)},
+        "iteration": 1,
+        "rng": [rng_state()],
+    }
+    checkpoints.save(1, honest, 0.5)
+    state = checkpoints.load_latest()  # tensors, numpy values and RNG states load as before
+    assert (
+        torch.equal(state["checkpoint"]["w"], torch.arange(3.0)) and state["rng"][0]["numpy"][0] == "MT19937"
+    )
+    checkpoints.save(2, {**honest, "iteration": 2, "extra": _RunsCode(str(marker))}, 0.4)
+    with pytest.raises(
+        UnsafeCheckpoint,
+        match=r"epoch-0002\.pt: holds an object of io\.open, which only running code could load",
+    ):
+        checkpoints.load_latest()
+    assert not marker.exists()

@@ -30,6 +30,7 @@ from orchestrator.storage import open_store
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.context import CHECKPOINT_KEY
 from orchestrator.train.determinism import configure_determinism
+from orchestrator.train.exceptions import UnsafeCheckpoint
 from orchestrator.workloads import resolve_workload
 from orchestrator.workloads.base import CheckpointState
 
@@ -142,7 +143,11 @@ def _predict_all(spec, results_uri: str, trial_ids: list[str], address: str | No
             task.remote(results_uri, spec.storage_options.s3(), spec.workload, t, spec.search.mode)
             for t in trial_ids
         ]
-        return dict(zip(trial_ids, ray.get(refs), strict=True))
+        try:
+            return dict(zip(trial_ids, ray.get(refs), strict=True))
+        except UnsafeCheckpoint as error:  # Ray's error from the task is one too; its last line is ours
+            line = str(error).strip().splitlines()[-1]
+            raise RunError(line.split(f"{UnsafeCheckpoint.__name__}: ", 1)[-1]) from None
 
 
 def _greedy(library: list[str], preds: dict, labels, task: str, size: int) -> dict[str, int]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import re
 import time
 
 import torch
 
 from orchestrator.results.layout import checkpoint_file, checkpoint_index
 from orchestrator.storage import Store, StoreError
+from orchestrator.train.exceptions import UnsafeCheckpoint
 
 
 class TrialCheckpoints:
@@ -81,4 +84,29 @@ class TrialCheckpoints:
         if epoch is None:
             return None
         data = self.store.read_bytes(self._epoch_file(epoch))
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+        return load_as_data(data, self.uri(epoch), map_location)
+
+
+def _numpy_rebuilders() -> list:
+    """numpy's array, scalar and dtype rebuilders: they make data, never call code. Every checkpoint's RNG
+    states hold numpy arrays (np.random.get_state), and user checkpoints often hold numpy values."""
+    import numpy as np
+
+    dtypes = [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
+    return [np._core.multiarray._reconstruct, np._core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
+def load_as_data(data: bytes, where: str | None, map_location="cpu"):
+    """A checkpoint's contents, unpickled as data only (torch's weights_only: tensors, numbers, strings, lists,
+    dicts, numpy arrays). Anyone who can write to a shared bucket could otherwise put an object there whose
+    unpickling runs code on every machine that resumes, reproduces or ensembles from it."""
+    try:
+        with torch.serialization.safe_globals(_numpy_rebuilders()):
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"an object of {found.group(1)}" if found else "something other than data"
+        raise UnsafeCheckpoint(
+            f"checkpoint {where}: holds {what}, which only running code could load; hpo loads checkpoints as "
+            "data (tensors, numbers, strings, lists, dicts, numpy arrays): store state_dict()s, not objects"
+        ) from None

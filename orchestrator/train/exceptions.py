@@ -20,6 +20,11 @@ class ReportError(FinalTrialError):
     stops the whole job at the first one (execution/stopping.py) instead of failing each trial in turn."""
 
 
+class UnsafeCheckpoint(TrainingError):
+    """A stored checkpoint that holds something besides data (an object whose unpickling would run code): it
+    is refused, never loaded (train/checkpoints.py)."""
+
+
 class TrialStopped(BaseException):
     """Raised by a report when the scheduler stopped the trial there (on every rank at the same report), so the
     training function ends and its worker takes the next trial. A BaseException, like SystemExit: a training
