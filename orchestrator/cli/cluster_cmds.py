@@ -32,7 +32,7 @@ def submit(args) -> int:
             f"--working-dir {args.working_dir}: no such directory; give the folder of your workload code"
         )
     # a bad spec never reaches the cluster; its workload is imported from where the job will run it
-    with _working_dir(args.working_dir):
+    with contextlib.chdir(args.working_dir) if args.working_dir else contextlib.nullcontext():
         spec = read_spec(spec_path)
     with open(spec_path) as fh:
         text = fh.read()
@@ -51,20 +51,6 @@ def submit(args) -> int:
         code = _follow(args, submission.submission_id)
     print(submission.submission_id)
     return code
-
-
-@contextlib.contextmanager
-def _working_dir(path: str | None):
-    """Inside `path` (the job's --working-dir), if given: the workload resolves as it will on the cluster."""
-    if not path:
-        yield
-        return
-    here = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(here)
 
 
 def _follow(args, submission_id: str) -> int:
@@ -98,14 +84,13 @@ def status(args) -> int:
     end = job.end_time / 1000 if job.end_time else None
     elapsed = f"elapsed {_duration((end or time.time()) - start)}" if start else ""
     uri = (job.metadata or {}).get("results_uri")
-    if not uri or (job.metadata or {}).get(METADATA_KEY) != "1":
-        if elapsed:
-            print(elapsed)
-        return 0
-    try:
-        progress = run_progress(uri)
-    except (ResultsNotFound, StoreError, OSError, ValueError) as exc:
-        print(f"results: {uri} (nothing readable from here yet: {str(exc).splitlines()[0][:200]})")
+    progress = None
+    if uri and (job.metadata or {}).get(METADATA_KEY) == "1":
+        try:
+            progress = run_progress(uri)
+        except (ResultsNotFound, StoreError, OSError, ValueError) as exc:
+            print(f"results: {uri} (nothing readable from here yet: {str(exc).splitlines()[0][:200]})")
+    if progress is None:  # not an hpo job, or its results are not readable from this machine
         if elapsed:
             print(elapsed)
         return 0

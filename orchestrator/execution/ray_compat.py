@@ -19,6 +19,8 @@ from ray.experimental import internal_kv
 from ray.tune.schedulers import TrialScheduler
 from ray.util.placement_group import PlacementGroup, placement_group_table
 
+from orchestrator.results.summary import UNTYPED_NODE as _UNTYPED_NODE
+
 CHECKED_WITH = "2.60.0"
 
 
@@ -641,7 +643,7 @@ def accelerator_resource(accelerator_type: str) -> str:
     return f"{RESOURCE_CONSTRAINT_PREFIX}{accelerator_type}"
 
 
-LOCAL_NODE_TYPE = "local"  # the type of an embedded node, or of one no autoscaler launched
+LOCAL_NODE_TYPE = _UNTYPED_NODE  # the type of an embedded node, or of one no autoscaler launched
 NODE_GROUP_LABEL = "ray.io/node-group"  # KubeRay's worker group, set from RAY_NODE_TYPE_NAME
 
 

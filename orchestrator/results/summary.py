@@ -34,7 +34,9 @@ class RunSummary:
 
 
 LEDGER_SUMS = ("wall_s", "cpu_s", "gpu_s")
-UNTYPED_NODE = "local"  # a trial with no node type recorded: an embedded node's (ray_compat.LOCAL_NODE_TYPE)
+UNTYPED_NODE = (
+    "local"  # the node type of an embedded node, or of a trial with none recorded (ray_compat uses it)
+)
 
 
 def ledger_totals(entries, *, priced: bool) -> dict:
