@@ -1,8 +1,9 @@
 """Errors a user can act on, and the helper that makes their messages point at the fix.
 
-The CLI prints each as one line, without a traceback: SpecError, RunError, ResultsNotFound and storage's
-StoreError exit 2 (nothing was started or written); SanityFailed, WorkloadCodeFailed and WorkingDirGone exit 1. Every package raises these rather
-than its own, so the CLI needs no knowledge of where an error came from.
+The CLI prints each as one line, without a traceback: SpecError, RunError (ResultsDamaged is one),
+ResultsNotFound and storage's StoreError exit 2 (nothing was started or written); SanityFailed,
+WorkloadCodeFailed and WorkingDirGone exit 1. Every package raises these rather than its own, so the CLI needs
+no knowledge of where an error came from.
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ class WorkloadCodeFailed(RuntimeError):
 
 class ResultsNotFound(FileNotFoundError):
     """A results URI that holds no run (or not the part asked for); the message names the URI."""
+
+
+class ResultsDamaged(RunError, ValueError):
+    """A stored run's file that is there but cannot be used (cut short, garbage, named by the manifest but gone):
+    one line naming the file, what is wrong with it and what can be done (exit 2, as a RunError).
+
+    Not a ResultsNotFound: code that reads "no results yet" as "start from nothing" (a resume, `hpo status` of a
+    run that just started) must never take a damaged run for an empty one. A ValueError too, as the JSON and
+    Parquet errors it replaces are: code that catches those for an unreadable file catches it."""
 
 
 def did_you_mean(value: object, allowed: Iterable[str]) -> str:

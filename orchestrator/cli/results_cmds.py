@@ -66,8 +66,9 @@ def pull(args) -> int:
 
     report = pull_run(args.uri, args.to, checkpoints=args.checkpoints, options=_options(args))
     print(
-        f"pulled {report.files} files ({report.bytes / 1e6:.2f} MB; {report.rows_files} results file(s), "
-        f"{report.checkpoints} checkpoint(s)) to {report.destination}"
+        f"pulled {report.files} files ({report.bytes / 1e6:.2f} MB; {report.rows_files} results file(s) of "
+        f"{report.rows} rows, each decoded; {report.checkpoints} checkpoint(s)) to {report.destination}"
+        + (" (an earlier pull of this run, brought up to date)" if report.updated else "")
     )
     return 0
 

@@ -9,18 +9,89 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator.errors import ResultsNotFound
-from orchestrator.results.layout import MANIFEST, RESULTS_DIR, TRIALS_FILE
+from orchestrator.errors import ResultsDamaged, ResultsNotFound
+from orchestrator.results.layout import MANIFEST, RESULTS_DIR, RUN_FILE, TRIALS_FILE
 from orchestrator.results.schema import CONFIG_PREFIX
 from orchestrator.storage import Store, open_store
 
+# What a run's results files and trials.parquet always hold (the schema's columns and its metadata).
+RESULTS_COLUMNS = ("trial_id", "iteration")
+TRIALS_COLUMNS = ("trial_id", "status")
+_METADATA_KEY = b"hpo.metric"
+
+
+def damaged(store: Store, rel: str, problem: str) -> ResultsDamaged:
+    """The one line for a file of the run at `store` that is there but cannot be used: its URI, what is wrong,
+    and what can be done."""
+    return ResultsDamaged(
+        f"{store.path(rel)} {problem}; the run is damaged: restore that file from a copy (a backup, or an "
+        "earlier `hpo results pull` of this run) or run the job again"
+    )
+
+
+def read_json(store: Store, rel: str) -> dict:
+    """A JSON object the run stored (run.json, the manifest); FileNotFoundError if absent, ResultsDamaged if it is
+    not a JSON object (empty, cut short, garbage)."""
+    return parse_json(store, rel, store.read_bytes(rel))
+
+
+def parse_json(store: Store, rel: str, data: bytes) -> dict:
+    """read_json of bytes already read from `rel`."""
+    try:
+        value = json.loads(data)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise damaged(store, rel, "is not valid JSON (empty or cut short?)") from None
+    if not isinstance(value, dict):
+        raise damaged(store, rel, f"holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def run_info(store: Store) -> dict:
+    """run.json of the run at `store` ({} while there is none); ResultsDamaged if it cannot be read."""
+    try:
+        return read_json(store, RUN_FILE)
+    except FileNotFoundError:
+        return {}
+
+
+def _is_results_file(name: object) -> bool:
+    """A name the writer gives a results file: `results/<name>.parquet`, nothing above or below."""
+    if not isinstance(name, str) or not name.endswith(".parquet"):
+        return False
+    folder, _, file = name.rpartition("/")
+    return folder == RESULTS_DIR and file not in ("", ".parquet") and not file.startswith(".")
+
 
 def result_files(store: Store) -> list[str]:
-    """The files that make up the results table now: the manifest's list (no listing of the store needed)."""
+    """The files that make up the results table now: the manifest's list (no listing of the store needed).
+
+    Without a manifest: the part files, if that is all there is (a run writes its first part, then its first
+    manifest: between the two, or killed there, its rows are that part); ResultsDamaged if the listing holds a
+    compacted file or the run ended (a manifest was written then, and a listing may hold superseded files)."""
     try:
-        return json.loads(store.read_bytes(MANIFEST))["files"]
+        manifest = read_json(store, MANIFEST)
     except FileNotFoundError:
-        return [f for f in store.list(RESULTS_DIR) if f.endswith(".parquet")]
+        files = [f for f in store.list(RESULTS_DIR) if _is_results_file(f)]
+        compacted = [f for f in files if not f.rpartition("/")[2].startswith("part-")]
+        if compacted or (files and run_info(store).get("status", "running") != "running"):
+            raise damaged(
+                store,
+                MANIFEST,
+                f"is missing, while {store.path(RESULTS_DIR)} holds {len(files)} results file(s)",
+            ) from None
+        return files
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise damaged(store, MANIFEST, 'has no "files" list')
+    for name in files:
+        if not _is_results_file(name):
+            shown = repr(name)
+            raise damaged(
+                store,
+                MANIFEST,
+                f"names {shown if len(shown) <= 80 else shown[:77] + '...'}, not a results file",
+            )
+    return files
 
 
 def decode(data: bytes) -> pa.Table:
@@ -29,30 +100,56 @@ def decode(data: bytes) -> pa.Table:
     return pq.read_table(io.BytesIO(data), use_threads=False)
 
 
-def _read_table(store: Store, rel: str) -> pa.Table:
-    return decode(store.read_bytes(rel))
+def decode_stored(
+    store: Store, rel: str, data: bytes, columns: tuple[str, ...] = RESULTS_COLUMNS
+) -> pa.Table:
+    """decode() of a file of the run at `store`, or ResultsDamaged naming it if it is not a readable Parquet
+    file holding `columns` and the run's metadata (cut short, garbage, some other table)."""
+    try:
+        table = decode(data)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = reason.removeprefix("Could not open Parquet input source '<Buffer>': ").split(". ")[0]
+        raise damaged(store, rel, f"is not a readable Parquet file ({reason.rstrip('.')[:150]})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing or _METADATA_KEY not in (table.schema.metadata or {}):
+        what = f"no {missing[0]} column" if missing else "no hpo metadata"
+        raise damaged(store, rel, f"is a Parquet file but not one this run wrote ({what})")
+    return table
 
 
 def read_result_files(store: Store) -> dict[str, bytes]:
     """{file: bytes} of the results table as one consistent snapshot, even while the run compacts."""
+    missing = ""
     for _ in range(5):  # a compaction may delete a file between reading the manifest and the file
         files = result_files(store)
         if not files:
             raise ResultsNotFound(
                 f"no results under {store.path(RESULTS_DIR)} (is {store.uri} a run's results_uri?)"
             )
+        read: dict[str, bytes] = {}
         try:
-            return {f: store.read_bytes(f) for f in files}
+            for missing in files:
+                read[missing] = store.read_bytes(missing)
         except FileNotFoundError:
             continue
-    raise ResultsNotFound(f"results under {store.path(RESULTS_DIR)} kept changing while being read")
+        return read
+    # the manifest still names a file that is not there: not a compaction under way, a file lost
+    raise damaged(store, missing, f"is named by {store.path(MANIFEST)} but missing")
 
 
 def load_results(uri: str | Store, *, as_pandas: bool = False, options=None):
     """Every (trial, iteration) row of the run at `uri`, sorted by trial and iteration."""
     store = uri if isinstance(uri, Store) else open_store(uri, options)
-    tables = [decode(data) for data in read_result_files(store).values()]
-    table = pa.concat_tables(tables).sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
+    tables = [decode_stored(store, rel, data) for rel, data in read_result_files(store).items()]
+    try:
+        table = pa.concat_tables(tables)
+    except (pa.ArrowException, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise damaged(
+            store, MANIFEST, f"names results files that do not form one table ({reason[:150]})"
+        ) from None
+    table = table.sort_by([("trial_id", "ascending"), ("iteration", "ascending")])
     table = table.replace_schema_metadata(tables[0].schema.metadata)
     return table.to_pandas() if as_pandas else table
 
@@ -61,11 +158,12 @@ def load_trials(uri: str | Store, *, as_pandas: bool = False, options=None):
     """One row per trial of the run at `uri`."""
     store = uri if isinstance(uri, Store) else open_store(uri, options)
     try:
-        table = _read_table(store, TRIALS_FILE)
+        data = store.read_bytes(TRIALS_FILE)
     except FileNotFoundError:
         raise ResultsNotFound(
             f"no {TRIALS_FILE} under {store.path()} (is {store.uri} a run's results_uri?)"
         ) from None
+    table = decode_stored(store, TRIALS_FILE, data, TRIALS_COLUMNS)
     return table.to_pandas() if as_pandas else table
 
 

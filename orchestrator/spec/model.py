@@ -9,8 +9,11 @@ schemes, workloads) come from their registries in search/, storage/ and workload
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -34,7 +37,7 @@ from orchestrator.search.distributions import Float, Scalar
 from orchestrator.search.schedulers import Scheduler as SchedulerKind
 from orchestrator.spec.parts import SearchedHyperparameter, Section
 from orchestrator.spec.workload_ref import check_against_workload
-from orchestrator.spec.yaml_load import YamlError, load_yaml_text
+from orchestrator.spec.yaml_load import MAX_BYTES, YamlError, load_yaml_text
 from orchestrator.storage import S3Options, check_storage_uri
 
 __all__ = [
@@ -449,11 +452,38 @@ def parse_spec(data: Any, *, check_workload: bool = True) -> JobSpec | EnsembleS
     return spec
 
 
+def _not_a_file(path: Path, mode: int) -> SpecError:
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return SpecError(f"{path} is {kind}, not a regular file; a job spec is a file")
+
+
+def _read_spec_file(path: Path) -> bytes:
+    """The bytes of a spec file, never more than MAX_BYTES + 1 of them read. A device or a FIFO is refused by its
+    stat, before it is opened (opening a FIFO waits for a writer); opened without waiting, and checked again on
+    what was opened, in case the path changed in between."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(mode):
+        raise _not_a_file(path, mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise _not_a_file(path, opened.st_mode)
+        data = fh.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise SpecError(
+            f"{path} is {max(opened.st_size, len(data))} bytes; a job spec is at most {MAX_BYTES} bytes"
+        )
+    return data
+
+
 def load_spec(path: str | Path, *, check_workload: bool = True) -> JobSpec | EnsembleSpec:
     """Read and validate a job spec file. Raises SpecError with a one-line reason."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = _read_spec_file(path)
     except FileNotFoundError:
         raise SpecError(f"no such file: {path}") from None
     except IsADirectoryError:
