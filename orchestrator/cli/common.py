@@ -15,6 +15,7 @@ from orchestrator.errors import (
 )
 from orchestrator.spec import EnsembleSpec, JobSpec, load_spec
 from orchestrator.storage import StoreError
+from orchestrator.storage.base import command_deadline
 
 EXIT_FAILED = 1  # the job ran and failed
 EXIT_USAGE = 2  # bad input: nothing was started
@@ -43,6 +44,9 @@ def read_tune_spec(path: str, command: str) -> JobSpec:
 
 def run_command(handler, args) -> int:
     try:
+        if getattr(args, "bounded_storage", False):  # a command that only reads or copies stored runs
+            with command_deadline():
+                return handler(args) or 0
         return handler(args) or 0
     except CliError as exc:
         print(f"hpo: {exc}", file=sys.stderr)

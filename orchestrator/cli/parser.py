@@ -109,7 +109,7 @@ def _results(commands) -> None:
     p.add_argument("uri", nargs="?", help="a run's results_uri (none: list the runs with uploads waiting)")
     _endpoint(p)
     p.set_defaults(handler="results_cmds:sync")
-    group.set_defaults(handler=None, help_of=group)
+    group.set_defaults(handler=None, help_of=group, bounded_storage=True)
 
 
 def _practice(commands) -> None:

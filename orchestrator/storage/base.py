@@ -9,12 +9,48 @@ written (`preflight`).
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from typing import ClassVar
 
 
 class StoreError(OSError):
     """A storage operation failed; the message names the URI."""
+
+
+_deadline = threading.local()  # per thread: the spool's uploader keeps its own
+
+
+@contextmanager
+def deadline_at(when: float | None):
+    """Within the block, no storage request of this thread may run past `when` (time.monotonic()); None adds
+    no limit. Nested deadlines keep the earlier one. A remote store bounds each request by `time_left`."""
+    before = getattr(_deadline, "at", None)
+    if when is not None:
+        _deadline.at = when if before is None else min(before, when)
+    try:
+        yield
+    finally:
+        _deadline.at = before
+
+
+COMMAND_DEADLINE_ENV = "HPO_STORAGE_DEADLINE_S"
+
+
+def command_deadline():
+    """deadline_at() for one command that only reads or copies stored runs (hpo results ...): all its storage
+    calls together end within HPO_STORAGE_DEADLINE_S (default 300 s), however many objects it touches."""
+    import os
+
+    return deadline_at(time.monotonic() + float(os.environ.get(COMMAND_DEADLINE_ENV, "300")))
+
+
+def time_left(limit: float) -> float:
+    """Seconds one storage request may take now: `limit`, or less when a deadline_at() comes sooner."""
+    at = getattr(_deadline, "at", None)
+    return limit if at is None else min(limit, at - time.monotonic())
 
 
 class Store(ABC):

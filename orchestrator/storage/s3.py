@@ -10,10 +10,29 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from orchestrator.storage.base import Store, StoreError
+from orchestrator.storage.base import Store, StoreError, time_left
+
+TIMEOUT_ENV = "HPO_S3_TIMEOUT_S"  # the longest one request may take, its whole body included
+
+
+def request_timeout_s() -> float:
+    """How long one S3 request may take in all (HPO_S3_TIMEOUT_S, default 30 s). botocore's own timeouts bound
+    each socket read, so an endpoint that trickles a byte every few seconds would never trip them."""
+    return float(os.environ.get(TIMEOUT_ENV, "30"))
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore error ("NoSuchKey", "403", ...), else "". botocore's connection and
+    timeout errors have no response (`response` is absent or None)."""
+    response = getattr(exc, "response", None) or {}
+    return str((response.get("Error") or {}).get("Code") or "")
+
+
+_NOT_FOUND = ("NoSuchKey", "404", "NotFound")
 
 
 @dataclass(frozen=True)
@@ -112,53 +131,91 @@ class S3Store(Store):
         rel = rel.strip("/")
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
-    def _fail(self, action: str, rel: str, exc: Exception) -> StoreError:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    def _fail(self, action: str, rel: str, exc: BaseException) -> StoreError:
+        code = error_code(exc)
         reason = f"{code}: " if code else ""
-        return StoreError(f"cannot {action} {self.path(rel)} ({reason}{type(exc).__name__})")
+        error = StoreError(f"cannot {action} {self.path(rel)} ({reason}{type(exc).__name__})")
+        error.code = code or type(exc).__name__  # what preflight tells apart: a definite refusal or not
+        return error
+
+    def _endpoint(self) -> str:
+        return self.options.resolved_endpoint() or "S3"
+
+    def _call(self, action: str, rel: str, request):
+        """`request(client)`, bounded in all by request_timeout_s() (or the thread's storage deadline, if
+        sooner). It runs on a daemon thread: a request still stuck at the limit is left to end on its own
+        (botocore's socket timeouts end it once the endpoint goes quiet) and this store takes a fresh client,
+        so later requests do not queue behind it. Every error becomes a StoreError naming the object (or
+        FileNotFoundError for a missing one)."""
+        limit = time_left(request_timeout_s())
+        if limit <= 0:
+            raise StoreError(f"cannot {action} {self.path(rel)}: the time allowed for storage ran out")
+        client = self.client
+        box: dict = {}
+
+        def run() -> None:
+            try:
+                box["value"] = request(client)
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=run, name="hpo-s3-request", daemon=True)
+        worker.start()
+        worker.join(limit)
+        if worker.is_alive():
+            self._client = None
+            raise StoreError(
+                f"cannot {action} {self.path(rel)}: {self._endpoint()} did not answer within {limit:.0f}s"
+            )
+        if "error" in box:
+            exc = box["error"]
+            if not isinstance(exc, Exception):
+                raise exc
+            if error_code(exc) in _NOT_FOUND:
+                raise FileNotFoundError(self.path(rel)) from None
+            raise self._fail(action, rel, exc) from None
+        return box.get("value")
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)  # PUT is atomic
-        except Exception as exc:
-            raise self._fail("write", rel, exc) from None
+        key = self._key(rel)  # PUT is atomic
+        self._call("write", rel, lambda c: c.put_object(Bucket=self.bucket, Key=key, Body=data))
 
     def read_bytes(self, rel: str) -> bytes:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()
-        except Exception as exc:
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise FileNotFoundError(self.path(rel)) from None
-            raise self._fail("read", rel, exc) from None
+        key = self._key(rel)  # the body is read inside the bounded request: a trickle cannot outlast it
+        return self._call("read", rel, lambda c: c.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
     def exists(self, rel: str) -> bool:
+        key = self._key(rel)
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(rel))
+            self._call("stat", rel, lambda c: c.head_object(Bucket=self.bucket, Key=key))
             return True
-        except Exception as exc:
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._fail("stat", rel, exc) from None
+        except FileNotFoundError:
+            return False
 
     def list_sizes(self, prefix: str = "") -> dict[str, int]:
         base = self._key(prefix) if prefix else self.prefix
         base = f"{base}/" if base else ""
-        found: dict[str, int] = {}
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
-            for page in pages:
+
+        def listing(client) -> dict[str, int]:
+            found: dict[str, int] = {}
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"]
                     found[rel] = obj["Size"]
-        except Exception as exc:
-            raise self._fail("list", prefix, exc) from None
+            return found
+
+        try:
+            found = self._call("list", prefix, listing)
+        except FileNotFoundError as exc:  # the bucket itself
+            raise StoreError(f"cannot list {self.path(prefix)} (NoSuchBucket)") from exc
         return dict(sorted(found.items()))
 
     def delete(self, rel: str) -> None:
+        key = self._key(rel)
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(rel))
-        except Exception as exc:
-            raise self._fail("delete", rel, exc) from None
+            self._call("delete", rel, lambda c: c.delete_object(Bucket=self.bucket, Key=key))
+        except FileNotFoundError:
+            pass  # deletes are idempotent
 
     DEFINITE = (
         "NoSuchBucket",
@@ -175,16 +232,18 @@ class S3Store(Store):
         """None if the bucket answers; else a reason. Raises StoreError for errors no retry can fix (no such
         bucket, refused or missing credentials); an unreachable server is only reported (we spool through it)."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._call("reach", "", lambda c: c.head_bucket(Bucket=self.bucket))
             return None
-        except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "") or type(exc).__name__
-            if code in self.DEFINITE:
-                what = {"404": "NoSuchBucket", "403": "AccessDenied"}.get(code, code)
-                raise StoreError(
-                    f"cannot use {self.uri}: {what} (check the bucket name, AWS credentials and endpoint)"
-                ) from None
-            return f"{self.uri} is not answering ({code}); results will wait in the local spool"
+        except FileNotFoundError:
+            code = "404"
+        except StoreError as exc:
+            code = getattr(exc, "code", "") or "no answer"
+        if code in self.DEFINITE:
+            what = {"404": "NoSuchBucket", "403": "AccessDenied"}.get(code, code)
+            raise StoreError(
+                f"cannot use {self.uri}: {what} (check the bucket name, AWS credentials and endpoint)"
+            ) from None
+        return f"{self.uri} is not answering ({code}); results will wait in the local spool"
 
     def arrow_filesystem(self):
         import pyarrow.fs as pafs  # heavy: pyarrow, which validating a spec does not need

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.storage.base import Store, StoreError
+from orchestrator.storage.base import Store, StoreError, deadline_at
 
 SPOOL_ENV = "HPO_SPOOL_DIR"
 STAGING = "ray"  # in a run's spool: Ray's own state when the store is remote (not a writer's spool)
@@ -117,7 +117,7 @@ def drain_directory(store: Store, directory: Path, deadline: float | None = None
     uploader holds: no failure)."""
     if not directory.is_dir():
         return 0
-    with _Lock(directory) as lock:
+    with _Lock(directory) as lock, deadline_at(deadline):  # the deadline bounds each upload too, mid-body
         if not lock.held:
             return len(_items(directory))
         for meta_path in _items(directory):
@@ -125,7 +125,7 @@ def drain_directory(store: Store, directory: Path, deadline: float | None = None
                 break
             try:
                 _upload_one(store, meta_path)
-            except _RETRYABLE as error:
+            except Exception as error:  # any failure (a store's bug included) leaves the item for a retry
                 if on_failure is not None:
                     on_failure(error)
                 break
@@ -316,7 +316,10 @@ class SpoolingStore(Store):
         delay = self.backoff_s
         while True:
             self._wake.clear()
-            left = drain_directory(self.inner, self.directory)
+            try:
+                left = drain_directory(self.inner, self.directory)
+            except Exception:  # the spool's own disk (full, removed): keep the thread, retry after a pause
+                left = max(1, self.pending())
             with self._lock:  # deciding to stop under the writers' lock: no item can be stranded
                 if (left == 0 and self.pending() == 0) or self._closed:
                     self._thread = None
