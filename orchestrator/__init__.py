@@ -7,6 +7,8 @@ Public API (each name is imported on first use, so `import orchestrator` does no
     run(spec, ...) -> RunSummary        run a job on an embedded Ray (or a given address)
     resume(uri, ...) -> RunSummary      continue a run whose driver died, from its storage
     load_results(uri), load_trials(uri) the run's tables as pyarrow (as_pandas=True for pandas), local or s3://
+    result_uris(uri) -> list[str]       the files of the results table now, for polars/duckdb/pyarrow
+    ResultsDamaged                      a stored run's file is damaged (the message names it)
     summarize(uri) -> RunSummary        a stored run's best row and trial counts
     Workload, Splits                    the workload protocol for your own models
     CheckpointState                     what Workload.predict is given: a trial's checkpoint and .config
@@ -28,6 +30,8 @@ __all__ = [
     "RunSummary",
     "load_results",
     "load_trials",
+    "result_uris",
+    "ResultsDamaged",
     "summarize",
     "Workload",
     "Splits",
@@ -50,6 +54,8 @@ _HOME = {
     "summarize": "orchestrator.results",
     "load_results": "orchestrator.results",
     "load_trials": "orchestrator.results",
+    "result_uris": "orchestrator.results",
+    "ResultsDamaged": "orchestrator.errors",
     "Workload": "orchestrator.workloads",
     "Splits": "orchestrator.workloads",
     "CheckpointState": "orchestrator.workloads",

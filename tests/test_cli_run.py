@@ -82,6 +82,10 @@ def test_tables_read_with_pandas_polars_duckdb(readme_run):
     assert pl.read_parquet(f"{uri}/trials.parquet").height == 4
     best = duckdb.sql(f"select max(val_accuracy) from '{uri}/results/*.parquet'").fetchall()[0][0]
     assert best == json.loads(proc.stdout.splitlines()[-1])["best"]["metric"]
+    # the README's reader for a live or killed run: the files the manifest names
+    files = orchestrator.result_uris(uri)
+    assert files and duckdb.sql(f"select count(*) from read_parquet({files})").fetchall()[0][0] == 20
+    assert pl.read_parquet(files).height == 20
 
 
 def test_gpu_job_on_a_machine_without_gpus_is_refused_before_anything_is_written(

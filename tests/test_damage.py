@@ -325,3 +325,42 @@ def test_a_spec_over_the_size_limit_is_refused_naming_the_limit(tmp_path, cli):
     big.write_text("name: x\n" + "#" * (MAX_BYTES + 10) + "\n")
     line = one_line_exit_2(cli("validate", str(big)), str(MAX_BYTES))
     assert str(big) in line
+
+
+RESUME_REFUSES = [
+    _empty_manifest,
+    _truncated_manifest,
+    _manifest_without_files,
+    _manifest_naming_a_foreign_file,
+    _missing_results_file,
+]
+
+
+@pytest.mark.parametrize("damage", RESUME_REFUSES, ids=lambda f: f.__name__[1:])
+def test_resume_of_a_damaged_run_is_refused_before_anything_starts(damage, tmp_path, cli):
+    """A resume never starts a run that has results from nothing: it names the file and touches nothing (no Ray
+    starts: this test is in the fast tier, which refuses subprocesses)."""
+    store = stored_run(tmp_path / "exp" / "run-1")
+    rel = damage(store)
+    before = {rel: store.read_bytes(rel) for rel in store.list()}
+    one_line_exit_2(cli("resume", store.uri), store.path(rel), "damaged")
+    assert {rel: store.read_bytes(rel) for rel in store.list()} == before
+
+
+def test_resume_of_a_run_whose_run_json_is_damaged_is_refused(tmp_path, cli):
+    store = stored_run(tmp_path / "exp" / "run-1")
+    (store.root / RUN_FILE).write_bytes(b'{"status": "runn')
+    one_line_exit_2(cli("resume", store.uri), store.path(RUN_FILE), "damaged")
+
+
+def test_resume_of_a_run_a_live_driver_holds_is_refused_naming_it(tmp_path, cli):
+    import socket
+    import time
+
+    from orchestrator.results.layout import LEASE_FILE
+
+    store = stored_run(tmp_path / "exp" / "run-1")
+    lease = {"host": socket.gethostname(), "pid": os.getpid(), "token": "x", "heartbeat": time.time()}
+    store.write_bytes(LEASE_FILE, json.dumps(lease).encode())
+    line = one_line_exit_2(cli("resume", store.uri), f"is being run by driver pid {os.getpid()}")
+    assert f"hpo resume {store.uri}" in line

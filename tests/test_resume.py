@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 
+import pyarrow.parquet as pq
 import pytest
 import s3server
 import yaml
-from conftest import HPO, ROOT, hpo, in_trial_order, kill_family, spec_dict, spec_file
+from conftest import HPO, ROOT, hpo, in_trial_order, kill_family, paced_spec, spec_dict, spec_file, wait_for
 from contract import check_contract, deterministic_rows
 
 from orchestrator.api import run
@@ -99,6 +101,11 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
     changed = spec_file(
         tmp_path / "changed.yaml", spec_dict(storage=storage, **{**KILLED, "train": {"max_epochs": 7}})
     )
+    # What a driver killed between writing a part and naming it in the manifest (or between naming a compacted
+    # file and deleting what it replaced) leaves: a results file no manifest names. The resume removes it.
+    killed_store = open_store(uri)
+    named = json.loads(killed_store.read_bytes("results/_manifest.json"))["files"]
+    killed_store.write_bytes("results/part-900000.parquet", killed_store.read_bytes(named[0]))
     stored = open_store(uri).list_sizes()
     code, _, err = hpo(capsys, "resume", uri, "--spec", str(changed))
     assert code == 2 and "Traceback" not in err
@@ -110,6 +117,12 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
     assert_not_rerun(finished, err)
     summary = RunSummary(**json.loads(out.strip().splitlines()[-1]))
     rows, _ = check_contract(summary, load_spec(spec_path))  # every (trial, iteration) exactly once
+    on_disk = [f for f in killed_store.list("results") if f.endswith(".parquet")]  # what a glob reads
+    assert "results/part-900000.parquet" not in on_disk
+    assert (
+        sum(pq.read_metadata(io.BytesIO(killed_store.read_bytes(f))).num_rows for f in on_disk)
+        == rows.num_rows
+    )
     clean, clean_rows = uninterrupted
     assert deterministic_rows(in_trial_order(rows)) == deterministic_rows(in_trial_order(clean_rows))
     assert (summary.best, summary.statuses, summary.num_trials) == (
@@ -159,3 +172,34 @@ def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(ra
     expected = load_results(uninterrupted.results_uri)
     assert deterministic_rows(in_trial_order(rows)) == deterministic_rows(in_trial_order(expected))
     assert summary.statuses == uninterrupted.statuses and "stopped_early" in summary.statuses
+
+
+def test_resume_of_a_run_whose_driver_still_runs_is_refused_naming_it(ray_cluster, tmp_path, capsys):
+    """Two drivers on one run would both train its remaining trials: the second is refused, in one line naming the
+    live one, and touches nothing; once that driver is gone (SIGKILL), its lease no longer holds the run."""
+    from orchestrator.execution.lease import RunLease
+
+    spec_path = spec_file(
+        tmp_path / "job.yaml",
+        paced_spec("live", tmp_path / "runs", samples=2, concurrency=1, train={"max_epochs": 30}),
+    )
+    proc = subprocess.Popen(
+        [*HPO, "run", str(spec_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        start_new_session=True,
+    )
+    try:
+        uri = proc.stdout.readline().strip().removeprefix("results_uri: ")
+        store = open_store(uri)
+        wait_for(lambda: store.exists("results/_manifest.json"), "the live run's first rows", 120)
+        before = store.read_bytes("spec.yaml"), store.read_bytes("run.json")
+        code, out, err = hpo(capsys, "resume", uri)
+        assert code == 2 and "Traceback" not in err, err
+        assert f"is being run by driver pid {proc.pid} on " in err and len(err.strip().splitlines()) == 1, err
+        assert (store.read_bytes("spec.yaml"), store.read_bytes("run.json")) == before
+    finally:
+        kill_family(proc)
+    RunLease(store, progress=lambda line: None).check_free()  # a dead driver on this host holds nothing

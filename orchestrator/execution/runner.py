@@ -32,6 +32,7 @@ from orchestrator.errors import RunError
 from orchestrator.execution.capacity import check_prices
 from orchestrator.execution.driver import DriverSession
 from orchestrator.execution.launcher import Launcher, launcher_for
+from orchestrator.execution.lease import RunLease
 from orchestrator.execution.ledger import Ledger
 from orchestrator.execution.ray_compat import (
     lean_experiment_state,
@@ -156,6 +157,13 @@ def run(
     if run_id is not None and not re.fullmatch(r"[0-9A-Za-z-]{1,64}", run_id):
         raise RunError(f"run id {run_id!r}: use letters, digits and dashes")
     results_uri = results_uri_for(storage or spec.storage, spec.name, run_id or new_run_id())
+    if run_id is not None:  # a new run never writes over a stored one
+        existing = open_store(results_uri, spec.storage_options.s3())
+        if existing.exists(SPEC_FILE) or existing.exists(RUN_FILE):
+            raise RunError(
+                f"run id {run_id!r} is taken: {existing.uri} holds a run; `hpo resume {existing.uri}` continues "
+                "it, another run id starts a new one"
+            )
     return execute(
         spec,
         results_uri,
@@ -180,7 +188,7 @@ def execute(
 ) -> RunSummary:
     """Run `spec` with its results at `results_uri`; see run."""
     began = time.monotonic()
-    with DriverSession() as session:
+    with DriverSession() as session, contextlib.ExitStack() as held:
         the_plan = plan(spec, results_uri)
         launcher = the_plan.launcher
         check_address(
@@ -189,6 +197,16 @@ def execute(
         inner = open_store(results_uri, spec.storage_options.s3())
         if warning := inner.preflight():  # a missing bucket fails here, not later
             progress(f"storage: {warning}")
+        stop = StopRequest()
+        # one driver per run: a second one (a resume while this runs) is refused before it writes anything
+        held.enter_context(
+            RunLease(
+                inner,
+                on_lost=lambda why: stop.request(FAILED, message=why, grace_s=0.0),
+                progress=progress,
+                reachable=warning is None,
+            )
+        )
         if before_search:
             before_search(spec, inner, results_uri, progress)
         session.start_ray(
@@ -240,7 +258,7 @@ def execute(
                 prices=spec.budget.prices,
             ),
             stop_running=spec.budget.stop_running,
-            stop=StopRequest(),
+            stop=stop,
         )
         if continue_run:
             the_plan = continue_run(the_plan, writer, tracker, progress)

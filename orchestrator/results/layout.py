@@ -24,6 +24,7 @@ from orchestrator.storage import join_uri, open_store
 
 SPEC_FILE = "spec.yaml"
 RUN_FILE = "run.json"
+LEASE_FILE = "lease.json"  # the driver that holds a live run (execution/lease.py)
 TRIALS_FILE = "trials.parquet"
 RESULTS_DIR = "results"
 MANIFEST = f"{RESULTS_DIR}/_manifest.json"

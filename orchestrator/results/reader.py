@@ -94,6 +94,14 @@ def result_files(store: Store) -> list[str]:
     return files
 
 
+def result_uris(uri: str | Store, *, options=None) -> list[str]:
+    """The URIs of the files that make up the run's results table now (its manifest's list): what to hand to
+    polars, duckdb or pyarrow instead of a `results/*.parquet` glob, which can also match a file a killed driver
+    wrote and never named."""
+    store = uri if isinstance(uri, Store) else open_store(uri, options)
+    return [store.path(f) for f in result_files(store)]
+
+
 def decode(data: bytes) -> pa.Table:
     # Single-threaded decode: with pyarrow's thread pool used in a process that also used boto3, about half of
     # such processes abort at interpreter exit ("terminate called without an active exception"; measured).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import ResultsNotFound
 from orchestrator.results.layout import MANIFEST, RESULTS_DIR, TRIALS_FILE
-from orchestrator.results.reader import decode, read_result_files
+from orchestrator.results.reader import decode, decode_stored, read_result_files
 from orchestrator.results.schema import ResultsSchema
 from orchestrator.storage import Store
 
@@ -74,13 +75,20 @@ class ResultsWriter:
         rows: list[dict] = []
         with self._lock:
             for name, data in files.items():
-                table = decode(data).cast(self.schema.rows_schema())
+                table = decode_stored(self.store, name, data).cast(self.schema.rows_schema())
                 self._files[name] = table.num_rows
                 self._cached_path(name).write_bytes(data)
                 rows += table.to_pylist()
-            numbers = [int(name.rsplit("-", 1)[1].split(".")[0]) for name in self._files]
+            # A file the manifest does not name is what the killed driver wrote and never named, or superseded
+            # and never deleted: its rows are elsewhere, or were never part of the table. Deleting it keeps a
+            # `results/*.parquet` glob from reading rows twice; its number stays taken.
+            ours = re.compile(rf"{RESULTS_DIR}/(?:part|compact|data)-(\d+)\.parquet")
+            orphans = [f for f in self.store.list(RESULTS_DIR) if ours.fullmatch(f) and f not in self._files]
+            numbers = [int(m[1]) for m in map(ours.fullmatch, [*self._files, *orphans]) if m]
             self._seq = max(numbers, default=-1) + 1
             self.rows_written = sum(self._files.values())
+            for name in orphans:
+                self.store.delete(name)
         return rows
 
     def add(self, row: dict) -> None:
