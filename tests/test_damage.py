@@ -364,3 +364,15 @@ def test_resume_of_a_run_a_live_driver_holds_is_refused_naming_it(tmp_path, cli)
     store.write_bytes(LEASE_FILE, json.dumps(lease).encode())
     line = one_line_exit_2(cli("resume", store.uri), f"is being run by driver pid {os.getpid()}")
     assert f"hpo resume {store.uri}" in line
+
+
+def test_the_hidden_run_id_never_writes_over_a_stored_run(tmp_path, cli):
+    """`hpo submit` picks the run id; reused by hand on an existing run it once turned 60 rows into 2 and an orphan
+    file. Refused before anything starts (fast tier: no Ray may start)."""
+    store = stored_run(tmp_path / "t-job" / "run-1")
+    before = {rel: store.read_bytes(rel) for rel in store.list()}
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(storage=str(tmp_path))))
+    line = one_line_exit_2(cli("run", str(spec), "--run-id", "run-1"), "run id 'run-1' is taken", store.uri)
+    assert f"hpo resume {store.uri}" in line
+    assert {rel: store.read_bytes(rel) for rel in store.list()} == before
