@@ -247,3 +247,46 @@ def test_reproduce_compares_the_last_checkpoint_tensor_by_tensor(tmp_path):
     state["checkpoint"]["model"][name].view(-1)[0] += 1e-6
     b.checkpoints.save(2, state, None)
     assert _compare_checkpoints(a.checkpoints, b.checkpoints, 2) == f"differs at /model/{name}"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before_and_continues_bit_identically(
+    tmp_path, damage
+):
+    """A trial that dies after epoch 3 of 4 whose epoch-3 checkpoint is then cut short (or lost): the retry
+    continues from epoch 2's, re-reports epochs 1-2, says which file it passed over with its first row, and ends
+    with the rows of a trial that never died. It no longer fails for good blamed on the user's code."""
+    full = MemoryReporter(tmp_path / "full")
+    run(HP, 5, trial_plan(epochs=4), full)
+    with pytest.raises(_Died):
+        run(HP, 5, trial_plan(epochs=4), DiesAfter(tmp_path / "died", 3), restore=False)
+    latest = tmp_path / "died" / "checkpoints" / "trial_0000" / "epoch-0003.pt"
+    if damage == "truncated":
+        latest.write_bytes(latest.read_bytes()[:100])
+    else:
+        latest.unlink()
+    resumed = MemoryReporter(tmp_path / "died")
+    run(HP, 5, trial_plan(epochs=4), resumed)
+    assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3, 4]
+    note = resumed.metrics[0]["checkpoint_fallback"]
+    assert "epoch-0003.pt" in note and note.endswith("continued from epoch 2")
+    assert all("checkpoint_fallback" not in m for m in resumed.metrics[1:])  # said once
+    assert _strip(
+        [{k: v for k, v in m.items() if k != "checkpoint_fallback"} for m in resumed.metrics]
+    ) == _strip(full.metrics)
+
+
+def test_reproduce_never_calls_a_trial_identical_against_an_unreadable_stored_checkpoint(tmp_path):
+    from orchestrator.execution.reproduce import _compare, _compare_checkpoints
+
+    a, b = MemoryReporter(tmp_path / "a"), MemoryReporter(tmp_path / "b")
+    run(HP, 5, trial_plan(epochs=2), a)
+    run(HP, 5, trial_plan(epochs=2), b)
+    stored = tmp_path / "a" / "checkpoints" / "trial_0000" / "epoch-0002.pt"
+    stored.write_bytes(stored.read_bytes()[:50])
+    verdict = _compare_checkpoints(a.checkpoints, b.checkpoints, 2)
+    assert verdict.startswith("is unreadable (the stored one does not load"), verdict
+    rows = [{"iteration": m["epoch"], "val_loss": m["val_loss"]} for m in a.metrics]
+    result = _compare("trial_0000", rows, b.metrics, ["val_loss"], verdict)
+    assert not result.identical
+    assert "but the last checkpoint is unreadable (the stored one does not load" in result.describe()

@@ -134,14 +134,19 @@ def _compare(trial_id: str, rows: list[dict], reproduced: list[dict], metrics: l
                     "reproduced": value,
                 }
                 return result
-    result.identical = not checkpoint.startswith("differs")
+    result.identical = not checkpoint.startswith(("differs", "is unreadable"))
     return result
 
 
 def _compare_checkpoints(stored: TrialCheckpoints, rerun: TrialCheckpoints, iteration: int) -> str:
     """The stored trial's latest checkpoint against the rerun's, when both are of `iteration`."""
     try:
-        a, b = stored.load_latest(), rerun.load_latest()
+        a = stored.load_latest()
+    except Exception as error:  # damaged or unsafe: nothing to vouch for, so the reproduction is not identical
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        return f"is unreadable (the stored one does not load: {type(error).__name__}: {reason})"
+    try:
+        b = rerun.load_latest()
     except Exception as error:  # the comparison of metrics stands on its own
         return f"not compared ({type(error).__name__}: {error})"
     if a is None or b is None:

@@ -317,6 +317,8 @@ def _end_run(store, the_plan: Plan, tracker: RunTracker, writer, crash, launched
     totals = ledger.final_totals()  # once: run.json, the summary and trials.parquet agree
     budget = {"budget": {**spec.budget.limits(), "exhausted": ledger.exhausted}} if ledger.limits else {}
     reason = {"reason": tracker.stop.message} if tracker.stop.message else {}
+    if tracker.checkpoint_fallbacks:  # damaged checkpoints passed over: their trials re-trained a few epochs
+        reason["checkpoint_fallbacks"] = tracker.checkpoint_fallbacks
     _write_run_file(
         store,
         the_plan,

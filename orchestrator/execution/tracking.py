@@ -28,6 +28,7 @@ from orchestrator.execution.stopping import FAILED, INTERRUPTED, StopRequest
 from orchestrator.execution.watchdog import Watchdog
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import ITERATION_KEY, TUNE_DIR
+from orchestrator.results.schema import CHECKPOINT_FALLBACK
 
 
 class RunTracker(Callback):
@@ -63,6 +64,7 @@ class RunTracker(Callback):
             progress, schema, max_epochs=max_epochs, num_trials=num_trials, max_retries=max_retries
         )
         self.watchdog = Watchdog(trial_timeout_s)
+        self.checkpoint_fallbacks = 0  # restores that passed over a damaged checkpoint (run.json counts them)
 
     def __getstate__(self):
         # Tune pickles its whole config, callbacks included, into tuner.pkl for Tuner.restore, which hpo never
@@ -128,6 +130,9 @@ class RunTracker(Callback):
             return
         name = trial_name(trial)
         self.watchdog.reported(name)
+        if note := result.get(CHECKPOINT_FALLBACK):  # a restore passed over a damaged checkpoint
+            self.checkpoint_fallbacks += 1
+            self.progress.line(f"{name}: damaged checkpoint passed over: {note}")
         row = self.recorder.add(name, trial.config, result)
         if row is not None:
             self.best.consider(row)

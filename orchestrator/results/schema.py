@@ -22,6 +22,9 @@ CONFIG_PREFIX = "config/"
 # Columns that vary between otherwise identical runs: wall-clock, and which attempt of a retried trial produced
 # the row (a retry continues from the checkpoint bit-identically). Everything else is deterministic.
 TIMING_COLUMNS = ("epoch_time_s", "time_total_s", "timestamp")
+CHECKPOINT_FALLBACK = (
+    "checkpoint_fallback"  # in a result: the damaged checkpoints a restore passed over (a line)
+)
 REPORTED_AT = "reported_at"  # a report's wall-clock time (seconds since the epoch), the rows' `timestamp`
 RUN_VARYING_COLUMNS = TIMING_COLUMNS + ("attempt",)
 # trials.parquet's columns that vary between otherwise identical runs: where and how long each trial ran

@@ -76,6 +76,26 @@ class TrialCheckpoints:
         """The latest checkpoint's state, or None if this trial has none."""
         return self._load(self.index()["latest"], map_location)
 
+    def load_latest_intact(self, map_location="cpu") -> tuple[dict | None, list[str]]:
+        """The latest checkpoint that loads, and one line for each later one that did not (cut short, garbage,
+        gone): a trial continues from the epoch before a damaged file instead of failing for good, and re-reports
+        the epochs after it. (None, lines) if none loads: the trial starts over. A checkpoint that would run code
+        is refused, never passed over; a store that does not answer is its own error (the attempt is retried)."""
+        index = self.index()
+        epochs = sorted({int(e) for e in index["epochs"]} | {index["latest"]} - {None}, reverse=True)
+        damaged: list[str] = []
+        for epoch in epochs:
+            try:
+                return self._load(epoch, map_location), damaged
+            except (UnsafeCheckpoint, StoreError):
+                raise
+            except FileNotFoundError:
+                damaged.append(f"{self._epoch_file(epoch)} is missing")
+            except Exception as error:  # torch's errors for a cut-short or garbage file have no common type
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+                damaged.append(f"{self._epoch_file(epoch)} does not load ({type(error).__name__}: {reason})")
+        return None, damaged
+
     def load_best(self, map_location="cpu") -> dict | None:
         """The checkpoint with the best search metric (the earliest of equals), or None."""
         return self._load(self.index()["best"], map_location)

@@ -37,7 +37,7 @@ from torch.utils.data import (
 )
 
 from orchestrator.results.layout import ITERATION_KEY
-from orchestrator.results.schema import REPORTED_AT, scoreable
+from orchestrator.results.schema import CHECKPOINT_FALLBACK, REPORTED_AT, scoreable
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.determinism import derive_seed, epoch_permutation, seed_everything
 from orchestrator.train.exceptions import FinalTrialError, ReportError, TrainingError, TrialStopped
@@ -165,6 +165,7 @@ class TrainContext:
         self._samplers: list[SeededSampler] = []
         self._loader_epochs: list[int] = []  # restored epochs for loaders prepared after get_checkpoint
         self._restored = False
+        self._fallback_note: str | None = None  # damaged checkpoints the restore passed over, said with a row
         self._last_report = time.perf_counter()
         if not restore:
             checkpoints.start_fresh()
@@ -265,7 +266,7 @@ class TrainContext:
             score = values.get(self._search_metric)
             index = self._checkpoints.save(self._iteration, state, score if scoreable(score) else None)
             row = {**row, **self._links(index)}
-        self._reporter.report(row)
+        self._send(row)
 
     def get_checkpoint(self) -> dict | None:
         """The dict given with the latest stored report when this attempt continues a trial (a retry, a
@@ -274,7 +275,10 @@ class TrainContext:
         if not self._restore or self._restored:
             return None
         self._restored = True
-        state = self._checkpoints.load_latest(map_location=self.device)
+        state, damaged = self._checkpoints.load_latest_intact(map_location=self.device)
+        if damaged:  # said once, with the first row this attempt reports (re-reported or new)
+            restart = f"continued from epoch {state['iteration']}" if state is not None else "started over"
+            self._fallback_note = f"{'; '.join(damaged)}: {restart}"
         if state is None:
             return None
         self._check_same_trial(state)
@@ -287,9 +291,14 @@ class TrainContext:
         self._history = list(state["history"])
         links = self._links(self._checkpoints.index())
         for past in self._history:
-            self._reporter.report({**past, **(links if past is self._history[-1] else {})})
+            self._send({**past, **(links if past is self._history[-1] else {})})
         self._last_report = time.perf_counter()
         return state[CHECKPOINT_KEY]
+
+    def _send(self, row: dict) -> None:
+        if self._fallback_note is not None:  # the driver says it once and counts it (run.json)
+            row, self._fallback_note = {**row, CHECKPOINT_FALLBACK: self._fallback_note}, None
+        self._reporter.report(row)
 
     def _links(self, index: dict) -> dict:
         return {

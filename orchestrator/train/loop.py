@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from orchestrator.errors import describe_failure
+from orchestrator.storage import StoreError
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.context import FinalTrialError, Reporter, TrainContext, TrainingError
 from orchestrator.train.determinism import configure_determinism, seed_everything
@@ -191,6 +192,8 @@ def run_training(
             raise
         except TrainingError as error:  # the contract: the same code breaks it the same way every time
             raise FinalTrialError(f"{error} (not retried: the same code would do it again)") from error
+        except StoreError:  # storage, not the user's code (a checkpoint that could not be read): retried
+            raise
         except Exception as error:
             if ctx.iteration > 0:  # it trained and reported: a retry continues from its checkpoint
                 raise
