@@ -142,7 +142,9 @@ def _compare_checkpoints(stored: TrialCheckpoints, rerun: TrialCheckpoints, iter
     """The stored trial's latest checkpoint against the rerun's, when both are of `iteration`."""
     try:
         a = stored.load_latest()
-    except Exception as error:  # damaged or unsafe: nothing to vouch for, so the reproduction is not identical
+    except (
+        Exception
+    ) as error:  # damaged or unsafe: nothing to vouch for, so the reproduction is not identical
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         return f"is unreadable (the stored one does not load: {type(error).__name__}: {reason})"
     try:

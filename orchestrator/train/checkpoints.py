@@ -13,12 +13,13 @@ import json
 import pickle
 import re
 import time
+from collections import OrderedDict
 
 import torch
 
 from orchestrator.results.layout import checkpoint_file, checkpoint_index
 from orchestrator.storage import Store, StoreError
-from orchestrator.train.exceptions import UnsafeCheckpoint
+from orchestrator.train.exceptions import ReportError, UnsafeCheckpoint
 
 
 class TrialCheckpoints:
@@ -130,3 +131,45 @@ def load_as_data(data: bytes, where: str | None, map_location="cpu"):
             f"checkpoint {where}: holds {what}, which only running code could load; hpo loads checkpoints as "
             "data (tensors, numbers, strings, lists, dicts, numpy arrays): store state_dict()s, not objects"
         ) from None
+
+
+_LEAVES = (bool, int, float, complex, str, bytes, type(None))
+
+
+def check_storable(checkpoint, path: str = "checkpoint") -> None:
+    """ReportError naming the first value of a reported checkpoint that load_as_data would refuse (an object:
+    a model, an optimizer, a lambda, a class of the user's), so that it is refused when reported, in one line,
+    rather than stored and refused at every later load. The common values are checked by type; anything else
+    is saved and loaded back as data, which is the final word."""
+    import numpy as np
+
+    pending = [(path, checkpoint)]
+    while pending:
+        where, value = pending.pop()
+        kind = type(value)
+        if kind in _LEAVES or kind in (
+            torch.Tensor,
+            torch.nn.Parameter,
+            torch.dtype,
+            torch.device,
+            torch.Size,
+        ):
+            continue
+        if isinstance(value, np.ndarray | np.generic) and value.dtype != object:
+            continue
+        if kind in (dict, OrderedDict) and all(type(k) in _LEAVES for k in value):
+            pending += [(f"{where}[{k!r}]", v) for k, v in value.items()]
+            continue
+        if kind in (list, tuple):
+            pending += [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+            continue
+        buffer = io.BytesIO()
+        try:
+            torch.save(value, buffer)
+            load_as_data(buffer.getvalue(), where)
+        except Exception:
+            raise ReportError(
+                f"report: {where} holds a {kind.__module__}.{kind.__qualname__}, which a checkpoint cannot "
+                "hold (it stores data: tensors, numbers, strings, lists, dicts, numpy arrays; report "
+                "model.state_dict() and optimizer.state_dict(), not the objects)"
+            ) from None

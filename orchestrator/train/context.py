@@ -38,7 +38,7 @@ from torch.utils.data import (
 
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.results.schema import CHECKPOINT_FALLBACK, REPORTED_AT, scoreable
-from orchestrator.train.checkpoints import TrialCheckpoints
+from orchestrator.train.checkpoints import TrialCheckpoints, check_storable
 from orchestrator.train.determinism import derive_seed, epoch_permutation, seed_everything
 from orchestrator.train.exceptions import FinalTrialError, ReportError, TrainingError, TrialStopped
 
@@ -244,6 +244,8 @@ class TrainContext:
         """One iteration: the declared metrics (a value for each, real numbers), and optionally a checkpoint
         (a picklable dict of tensors and state dicts; the chief's is stored). Every rank must call it."""
         values = self._checked(metrics)
+        if checkpoint is not None and self.is_chief:  # refused now, not at every later load
+            check_storable(dict(checkpoint))
         self._iteration += 1
         now = time.perf_counter()
         row = {ITERATION_KEY: self._iteration, **values, "trial_seed": self.seed}
