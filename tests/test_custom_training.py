@@ -163,7 +163,9 @@ def _reporting(name: str, report) -> str:
         (lambda ctx: ctx.report({"val_loss": True, "acc": 0.5}), "metric 'val_loss' is True"),
         (lambda ctx: None, "reported no metrics"),
         (
-            lambda ctx: ctx.report({"val_loss": 1.0, "acc": 0.5}, checkpoint={"model": torch.nn.Linear(2, 2)}),
+            lambda ctx: ctx.report(
+                {"val_loss": 1.0, "acc": 0.5}, checkpoint={"model": torch.nn.Linear(2, 2)}
+            ),
             r"report: checkpoint\['model'\] holds a torch.nn.modules.linear.Linear, which a checkpoint cannot "
             r"hold .*report model.state_dict\(\)",
         ),
