@@ -79,6 +79,8 @@ def test_tune_reads_the_knobs_we_set():
         assert name in sources, f"Ray no longer reads {name}"
     for name in ray_compat.QUIET_LOGGERS:
         importlib.import_module(name)  # the logger is named after its module
+    state = importlib.import_module(ray_compat.EXPERIMENT_STATE_LOGGER)
+    assert "failed with exception" in inspect.getsource(state) and "exc_info=True" in inspect.getsource(state)
     controller = importlib.import_module(ray_compat.TUNE_CONTROLLER_LOGGER)
     assert 'f"Trial task failed for trial {trial}"' in inspect.getsource(controller)
     assert ray_compat.trial_failed_message("trial_0003") == "Trial task failed for trial trial_0003"
@@ -693,3 +695,26 @@ def _printed_by(code: str, expected: list[str]) -> str:
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0 and lines[: len(expected)] == expected, proc.stdout + proc.stderr[-2000:]
     return lines[len(expected)]
+
+
+def test_one_line_errors_keep_what_failed_and_drop_rays_frames():
+    import logging
+
+    logger = logging.getLogger("hpo-test-one-line")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    logger.addFilter(ray_compat.OneLineErrors())
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError:
+        logger.error(
+            "Saving experiment state to storage at '%s' failed with exception: ", "/x", exc_info=True
+        )
+    (record,) = records
+    assert record.exc_info is None
+    assert record.getMessage() == (
+        "Saving experiment state to storage at '/x' failed with exception: OSError: [Errno 28] No space left on "
+        "device"
+    )

@@ -10,7 +10,7 @@ from orchestrator.cli.common import EXIT_FAILED, EXIT_UNSYNCED, CliError, read_s
 from orchestrator.cli.output import print_ensemble
 from orchestrator.execution.resume import AlreadyFinished
 from orchestrator.execution.runner import print_progress
-from orchestrator.execution.stopping import FAILED, INTERRUPTED, STOPPED, exit_code_for
+from orchestrator.execution.stopping import DISK_FULL, FAILED, INTERRUPTED, STOPPED, exit_code_for
 from orchestrator.results import format_config, summarize
 from orchestrator.results.layout import TRIALS_FILE
 from orchestrator.results.ops import stored_spec
@@ -73,6 +73,12 @@ def _finish(summary, spec, args) -> int:
             f"{summary.results_uri}`",
             file=sys.stderr,
         )
+    elif summary.status == DISK_FULL:
+        print(
+            f"hpo: the job stopped: {summary.reason}; nothing written is lost: once there is space, "
+            f"`hpo resume {summary.results_uri}` continues it",
+            file=sys.stderr,
+        )
     elif summary.status == FAILED and summary.reason:
         print(
             f"hpo: the job stopped: {summary.reason}; once the code is fixed, `hpo resume "
@@ -88,6 +94,8 @@ def _finish(summary, spec, args) -> int:
         return EXIT_UNSYNCED
     if summary.status in (INTERRUPTED, STOPPED):
         return exit_code_for(summary.stop_signal)
+    if summary.status == DISK_FULL:
+        return EXIT_UNSYNCED
     if summary.status == FAILED and summary.reason:
         return EXIT_FAILED
     failed = summary.statuses.get("error", 0)

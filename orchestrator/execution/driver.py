@@ -24,9 +24,11 @@ import ray
 
 from orchestrator.errors import working_directory
 from orchestrator.execution.ray_compat import (
+    EXPERIMENT_STATE_LOGGER,
     QUIET_LOGGERS,
     QUIET_TUNE_ENV,
     TUNE_CONTROLLER_LOGGER,
+    OneLineErrors,
     propagate_env,
     quiet_worker_stops,
     refresh_ray_config,
@@ -48,7 +50,7 @@ from orchestrator.execution.stopping import (
 # as job metadata and logs in runtime_env_agent.log. Trial processes on this machine inherit the environment
 # anyway, and cluster nodes should get credentials from their own chain (instance roles, node environment).
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
-_LOGGERS = ("ray", "ray.tune", TUNE_CONTROLLER_LOGGER, *QUIET_LOGGERS)
+_LOGGERS = ("ray", "ray.tune", TUNE_CONTROLLER_LOGGER, EXPERIMENT_STATE_LOGGER, *QUIET_LOGGERS)
 
 
 class DriverSession:
@@ -70,6 +72,9 @@ class DriverSession:
             os.environ.setdefault(name, value)
         for name, level in QUIET_LOGGERS.items():
             logging.getLogger(name).setLevel(level)
+        logging.getLogger(EXPERIMENT_STATE_LOGGER).addFilter(
+            OneLineErrors()
+        )  # removed with the loggers' state
         self._not_propagated = stop_propagating_env(CREDENTIALS)
         if self._cwd not in sys.path:  # the driver imports user workloads from here, as its workers do
             sys.path.insert(0, self._cwd)

@@ -355,11 +355,31 @@ QUIET_TUNE_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "TUNE_GLOBAL_CHECKPOINT_S": "1000000000",
+    # Tune logs each failed trial's whole traceback; hpo's progress says it in one line (the exception, where in
+    # the user's code) and trials.parquet names tune/<trial>/error.txt, which keeps the traceback
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
 }
 # Without Tune's json/csv, its ResultGrid cannot find metrics and says so per trial at WARNING: we read our Parquet.
 QUIET_LOGGERS = {"ray.tune.analysis.experiment_analysis": logging.ERROR}
 # Tune 2.60 logs "Trial task failed for trial <name>" with the trial's traceback from this logger.
 TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+# Tune 2.60 logs a failed sync of its experiment state (a full disk, a store gone) with the whole traceback.
+EXPERIMENT_STATE_LOGGER = "ray.tune.execution.experiment_state"
+
+
+class OneLineErrors(logging.Filter):
+    """On a logger of Ray's: a record's traceback becomes its last line, appended to the message. What failed
+    stays said; thirty lines of Ray's frames about it do not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            text = (str(error).strip().splitlines() or [""])[0][:300]
+            record.msg = f"{record.getMessage().rstrip(': ')}: {type(error).__name__}: {text}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
 
 
 def trial_failed_message(name: str) -> str:

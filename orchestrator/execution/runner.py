@@ -41,7 +41,7 @@ from orchestrator.execution.ray_compat import (
     trial_name,
 )
 from orchestrator.execution.ray_env import check_address, check_resources
-from orchestrator.execution.stopping import FAILED, INTERRUPTED, RUN_STATUSES, StopRequest
+from orchestrator.execution.stopping import DISK_FULL, FAILED, INTERRUPTED, RUN_STATUSES, StopRequest
 from orchestrator.execution.tracking import RunStopper, RunTracker, SearchGate
 from orchestrator.execution.tune_search import TrialNamer, build_scheduler, build_search
 from orchestrator.results import ResultsSchema, ResultsWriter
@@ -57,6 +57,7 @@ from orchestrator.results.layout import (
 from orchestrator.results.summary import RunSummary, summarize_run
 from orchestrator.spec import JobSpec, check_against_workload
 from orchestrator.storage import Store, join_uri, open_store
+from orchestrator.storage.base import DiskFull, DiskReserve
 from orchestrator.storage.spool import (
     DRIVER,
     STAGING,
@@ -234,6 +235,10 @@ def execute(
         the_plan.trial_plan = launcher.before_job(
             the_plan.trial_plan, max_concurrent=spec.search.max_concurrent, run_id=run_id_of(results_uri)
         )
+        # room for the run's last writes, should it fill the disk of its folder or its spool
+        reserve = held.enter_context(
+            DiskReserve([run_spool_dir(results_uri)] + ([] if inner.remote else [Path(inner.uri)]))
+        )
         store = SpoolingStore(inner, run_spool_dir(results_uri) / DRIVER, write_behind=inner.remote)
         store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
         _write_run_file(store, the_plan, "running")
@@ -278,9 +283,13 @@ def execute(
                     _tuner(the_plan, tracker).fit()
             except BaseException as exc:
                 crash = exc
-                raise
+                if not isinstance(
+                    exc, DiskFull
+                ):  # a full disk ends the run as a stop does: a summary, exit 3
+                    raise
             finally:
                 launched = launcher.after_job(progress, joined=bool(address))
+                reserve.release()  # its room is for what follows
                 status, totals, pending = _end_run(
                     store, the_plan, tracker, writer, crash, launched, progress
                 )
@@ -308,6 +317,8 @@ def _end_run(store, the_plan: Plan, tracker: RunTracker, writer, crash, launched
     # a second Ctrl-C in a library caller's process, or one outside the main thread (no handlers there)
     if isinstance(crash, KeyboardInterrupt):
         tracker.stop.request(INTERRUPTED, signal=signal.SIGINT, grace_s=0.0)
+    elif isinstance(crash, DiskFull):  # the driver's own write (rows, trials.parquet) met the full disk
+        tracker.stop.request(DISK_FULL, message=str(crash), grace_s=0.0)
     elif crash is not None:  # the search itself broke: the run failed, and says why
         tracker.stop.request(FAILED, message=_one_line(crash), grace_s=0.0)
     tracker.close()  # no trial stays `running`; the ledger stops counting

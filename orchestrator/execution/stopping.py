@@ -16,6 +16,8 @@ The reasons, each run.json's status:
   SIGKILL).
 - `failed`: a report broke the workload's declaration (train/context.py's ReportError); every trial would
   repeat it, so the job stops at the first.
+- `disk_full`: a local disk the run writes to (its folder, its spool) has no space left; every trial would
+  meet it, so the job stops, writes what it holds into the room its DiskReserve kept, and exits 3.
 A second signal stops at once. In the `hpo` executable, which owns its process, as a SIGKILL would (see
 DriverSession.catch_stops): still resumable. In a library caller's process (a notebook's kernel) it raises
 KeyboardInterrupt into the run instead, which ends the trials, writes what it has (status interrupted) and
@@ -28,10 +30,10 @@ import os
 import time
 from collections.abc import Callable
 
-INTERRUPTED, STOPPED, FAILED = "interrupted", "stopped", "failed"
+INTERRUPTED, STOPPED, FAILED, DISK_FULL = "interrupted", "stopped", "failed", "disk_full"
 # run.json's statuses: running while the driver lives, then one of the others (finished is the only one
 # `hpo resume` refuses: there is nothing left to run).
-RUN_STATUSES = ("running", "finished", INTERRUPTED, STOPPED, FAILED, "budget_exhausted")
+RUN_STATUSES = ("running", "finished", INTERRUPTED, STOPPED, FAILED, DISK_FULL, "budget_exhausted")
 GRACE_ENV = "HPO_STOP_GRACE_S"
 DEFAULT_GRACE_S = 20.0
 SUBMITTED_ENV = "HPO_SUBMITTED"  # set by `hpo submit` in the job's environment

@@ -24,7 +24,7 @@ from orchestrator.execution.ray_compat import (
     was_lost_node,
 )
 from orchestrator.execution.recorder import TrialRecorder
-from orchestrator.execution.stopping import FAILED, INTERRUPTED, StopRequest
+from orchestrator.execution.stopping import DISK_FULL, FAILED, INTERRUPTED, StopRequest
 from orchestrator.execution.watchdog import Watchdog
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import ITERATION_KEY, TUNE_DIR
@@ -192,6 +192,16 @@ class RunTracker(Callback):
             return
         if REPORT_ERROR in error:  # every trial would repeat it: stop the job now, not trial by trial
             self.stop.request(FAILED, message=f"{name}: {_without_class(error)}", grace_s=0.0)
+        elif DISK_FULL_ERROR in error:  # so would every trial: stop the job, resumable once there is space
+            self.stop.request(DISK_FULL, message=_without_class(error, DISK_FULL_ERROR), grace_s=0.0)
+            self.recorder.record(  # not the trial's failure: it continues from its checkpoint on resume
+                name, trial.config, INTERRUPTED, error=_without_class(error, DISK_FULL_ERROR)
+            )
+            self.progress.line(
+                f"{name} stopped: {_without_class(error, DISK_FULL_ERROR).removeprefix(name + ': ')}"
+            )
+            forget_trial_metrics(trial)
+            return
         self.recorder.record(
             name,
             trial.config,
@@ -295,12 +305,13 @@ class SearchGate:
         return {"ledger": None, "stop": None}
 
 
-REPORT_ERROR = "ReportError"  # train/exceptions.py's class, as Ray's error text names it
+REPORT_ERROR = "ReportError"  # train/exceptions.py's classes, as Ray's error text names them
+DISK_FULL_ERROR = "TrialDiskFull"
 
 
-def _without_class(error: str) -> str:
+def _without_class(error: str, name: str = REPORT_ERROR) -> str:
     """The error line without the exception's dotted class name in front."""
-    head, sep, rest = error.partition(f"{REPORT_ERROR}: ")
+    head, sep, rest = error.partition(f"{name}: ")
     return rest if sep else error
 
 

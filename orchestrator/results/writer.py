@@ -107,7 +107,11 @@ class ResultsWriter:
                 return
             table = pa.Table.from_pylist(rows, schema=self.schema.rows_schema())
             name = f"{RESULTS_DIR}/part-{self._next()}.parquet"
-            self.store.write_bytes(name, parquet_bytes(table))
+            try:
+                self.store.write_bytes(name, parquet_bytes(table))
+            except BaseException:  # kept for the next flush (a full disk with room again at the run's end)
+                self._rows = rows + self._rows
+                raise
             self._parts[name], self._files[name] = table, table.num_rows
             self.rows_written += len(rows)
             if len(self._parts) >= self.compact_at:

@@ -13,11 +13,68 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
+from pathlib import Path
 from typing import ClassVar
 
 
 class StoreError(OSError):
     """A storage operation failed; the message names the URI."""
+
+
+class DiskFull(StoreError):
+    """A local disk (a run's folder or its spool) has no space left; the message names the disk."""
+
+
+def disk_full(path, error: OSError) -> DiskFull | None:
+    """DiskFull naming `path` and the mount it is on, if `error` says a disk is full (or over quota); else None."""
+    import errno
+    import os
+
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    mount = os.path.abspath(path)
+    while not os.path.ismount(mount) and os.path.dirname(mount) != mount:
+        mount = os.path.dirname(mount)
+    return DiskFull(f"no space left on the disk mounted at {mount} (writing {path})")
+
+
+RESERVE_ENV = "HPO_DISK_RESERVE_BYTES"
+
+
+class DiskReserve:
+    """A hidden file of HPO_DISK_RESERVE_BYTES (1 MiB) on each local disk a run writes to, made when the run starts
+    and deleted when it ends: a run that filled its disk then has room for its last writes (the rows it holds,
+    trials.parquet, run.json saying why it ended) instead of leaving run.json `running`."""
+
+    NAME = ".hpo-disk-reserve"
+
+    def __init__(self, directories):
+        import os
+
+        self.size = int(os.environ.get(RESERVE_ENV, str(1 << 20)))
+        self.files = []
+        for directory in directories:
+            path = Path(directory) / self.NAME
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "wb") as fh:
+                    fh.write(b"\0" * self.size)
+                self.files.append(path)
+            except (
+                OSError
+            ):  # already too full for it: the run finds out at its first write, as it would anyway
+                path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        for path in self.files:
+            path.unlink(missing_ok=True)
+        self.files = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 _deadline = threading.local()  # per thread: the spool's uploader keeps its own

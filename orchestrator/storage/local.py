@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from orchestrator.storage.base import Store, StoreError
+from orchestrator.storage.base import Store, StoreError, disk_full
 
 
 class LocalStore(Store):
@@ -37,16 +37,18 @@ class LocalStore(Store):
         full = self._full(rel)
         try:
             full.parent.mkdir(parents=True, exist_ok=True)
+            # Write beside the target under a hidden name (Parquet readers skip dot-files), then rename: atomic.
+            fd, tmp = tempfile.mkstemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp")
         except OSError as exc:
-            raise StoreError(f"cannot write {full} ({exc.strerror})") from None
-        # Write beside the target under a hidden name (Parquet readers skip dot-files), then rename: atomic.
-        fd, tmp = tempfile.mkstemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp")
+            raise disk_full(full, exc) or StoreError(f"cannot write {full} ({exc.strerror})") from None
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, full)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as exc:
+            Path(tmp).unlink(missing_ok=True)  # no partial file is left, however the write ended
+            if isinstance(exc, OSError) and (full_disk := disk_full(full, exc)):
+                raise full_disk from None
             raise
 
     def read_bytes(self, rel: str) -> bytes:

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.storage.base import Store, StoreError, deadline_at
+from orchestrator.storage.base import Store, StoreError, deadline_at, disk_full
 
 SPOOL_ENV = "HPO_SPOOL_DIR"
 STAGING = "ray"  # in a run's spool: Ray's own state when the store is remote (not a writer's spool)
@@ -288,22 +288,31 @@ class SpoolingStore(Store):
 
     def _spool(self, meta: dict, data: bytes | None) -> None:
         if not self.directory.is_dir():
-            self.directory.mkdir(parents=True, exist_ok=True)
             uri_file = self.directory.parent / URI_FILE  # for `hpo results sync` without a URI
-            if not uri_file.exists():
-                uri_file.write_text(self.inner.uri)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                if not uri_file.exists():
+                    uri_file.write_text(self.inner.uri)
+            except OSError as error:
+                uri_file.unlink(missing_ok=True)  # never half-written: `hpo results sync` reads it
+                raise disk_full(self.directory, error) or error from None
         existing = _items(self.directory)
         self._seq = max(self._seq, int(existing[-1].stem) + 1 if existing else 0)
         stem = self.directory / f"{self._seq:012d}"
         self._seq += 1
         meta["rel"] = meta["rel"].strip("/")
-        if data is not None:
-            tmp = stem.with_suffix(".data.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, stem.with_suffix(".data"))
-        tmp = stem.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, stem.with_suffix(".json"))  # the item exists once its metadata does
+        try:
+            if data is not None:
+                tmp = stem.with_suffix(".data.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, stem.with_suffix(".data"))
+            tmp = stem.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, stem.with_suffix(".json"))  # the item exists once its metadata does
+        except OSError as error:  # nothing half-written stays: the item was not spooled
+            for leftover in (".data.tmp", ".data", ".json.tmp"):
+                stem.with_suffix(leftover).unlink(missing_ok=True)
+            raise disk_full(self.directory, error) or error from None
         self._start_uploader()
 
     def _start_uploader(self) -> None:  # called holding self._lock

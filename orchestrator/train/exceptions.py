@@ -20,6 +20,11 @@ class ReportError(FinalTrialError):
     stops the whole job at the first one (execution/stopping.py) instead of failing each trial in turn."""
 
 
+class TrialDiskFull(FinalTrialError):
+    """A trial could not store its checkpoint: the disk of the run's folder or spool is full. Every trial would
+    meet the same full disk, so the driver stops the job (status `disk_full`, resumable once there is space)."""
+
+
 class UnsafeCheckpoint(TrainingError):
     """A stored checkpoint that holds something besides data (an object whose unpickling would run code): it
     is refused, never loaded (train/checkpoints.py)."""

@@ -21,9 +21,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from orchestrator.errors import describe_failure
 from orchestrator.storage import StoreError
+from orchestrator.storage.base import DiskFull
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.context import FinalTrialError, Reporter, TrainContext, TrainingError
 from orchestrator.train.determinism import configure_determinism, seed_everything
+from orchestrator.train.exceptions import TrialDiskFull
 from orchestrator.train.plan import TrialPlan
 from orchestrator.workloads import Workload, resolve_workload
 
@@ -192,6 +194,8 @@ def run_training(
             raise
         except TrainingError as error:  # the contract: the same code breaks it the same way every time
             raise FinalTrialError(f"{error} (not retried: the same code would do it again)") from error
+        except DiskFull as error:  # no retry can write either: the driver stops the job
+            raise TrialDiskFull(f"{checkpoints.trial_id}: {error}") from None
         except StoreError:  # storage, not the user's code (a checkpoint that could not be read): retried
             raise
         except Exception as error:
