@@ -376,3 +376,18 @@ def test_the_hidden_run_id_never_writes_over_a_stored_run(tmp_path, cli):
     line = one_line_exit_2(cli("run", str(spec), "--run-id", "run-1"), "run id 'run-1' is taken", store.uri)
     assert f"hpo resume {store.uri}" in line
     assert {rel: store.read_bytes(rel) for rel in store.list()} == before
+
+
+def test_a_resume_that_meets_a_damaged_results_file_leaves_no_temp_folder(tmp_path, monkeypatch):
+    """The writer caches the files it adopts; a damaged one ends the adoption, and the cache goes with it."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    store = stored_run(tmp_path / "exp" / "run-1")
+    rel = _truncated_results_file(store)  # the second file: the first is cached by then
+    schema = ResultsSchema.for_spec(parse_spec(spec_dict(train={"max_epochs": EPOCHS})), METRICS)
+    with pytest.raises(ResultsDamaged, match=rel):
+        ResultsWriter(store, schema).adopt()
+    assert list(temp.iterdir()) == []

@@ -12,6 +12,7 @@ after the manifest stops naming them, so a reader following the manifest always 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -73,7 +74,7 @@ class ResultsWriter:
         except ResultsNotFound:
             return []
         rows: list[dict] = []
-        with self._lock:
+        with self._lock, self._cache_removed_on_error():
             for name, data in files.items():
                 table = decode_stored(self.store, name, data).cast(self.schema.rows_schema())
                 self._files[name] = table.num_rows
@@ -90,6 +91,18 @@ class ResultsWriter:
             for name in orphans:
                 self.store.delete(name)
         return rows
+
+    @contextlib.contextmanager
+    def _cache_removed_on_error(self):
+        """The local cache of compacted bytes goes if what fills it fails (a damaged file met by a resume): a
+        command that ends in an error leaves no `hpo-results-*` folder in the temp dir."""
+        try:
+            yield
+        except BaseException:
+            if self._cache is not None:
+                shutil.rmtree(self._cache, ignore_errors=True)
+                self._cache = None
+            raise
 
     def add(self, row: dict) -> None:
         with self._lock:
