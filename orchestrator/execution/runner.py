@@ -198,16 +198,6 @@ def execute(
         inner = open_store(results_uri, spec.storage_options.s3())
         if warning := inner.preflight():  # a missing bucket fails here, not later
             progress(f"storage: {warning}")
-        stop = StopRequest()
-        # one driver per run: a second one (a resume while this runs) is refused before it writes anything
-        held.enter_context(
-            RunLease(
-                inner,
-                on_lost=lambda why: stop.request(FAILED, message=why, grace_s=0.0),
-                progress=progress,
-                reachable=warning is None,
-            )
-        )
         if before_search:
             before_search(spec, inner, results_uri, progress)
         session.start_ray(
@@ -234,6 +224,17 @@ def execute(
         check_prices(spec.budget, embedded=not address)
         the_plan.trial_plan = launcher.before_job(
             the_plan.trial_plan, max_concurrent=spec.search.max_concurrent, run_id=run_id_of(results_uri)
+        )
+        # Every check passed: the run writes from here. One driver per run: a second one (a resume while this runs)
+        # is refused before it writes anything (`hpo resume` asks before it starts Ray: resume.py).
+        stop = StopRequest()
+        held.enter_context(
+            RunLease(
+                inner,
+                on_lost=lambda why: stop.request(FAILED, message=why, grace_s=0.0),
+                progress=progress,
+                reachable=warning is None,
+            )
         )
         # room for the run's last writes, should it fill the disk of its folder or its spool
         reserve = held.enter_context(
