@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from ray import tune  # noqa: E402
 
 from orchestrator.api import run  # noqa: E402
-from orchestrator.execution.driver import DriverSession  # noqa: E402
+from orchestrator.ray_support.driver import DriverSession  # noqa: E402
 from orchestrator.results import load_results  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.workloads.digits import build_mlp, load_digits_splits  # noqa: E402

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.api import run  # noqa: E402
-from orchestrator.execution.driver import DriverSession  # noqa: E402
+from orchestrator.ray_support.driver import DriverSession  # noqa: E402
 from orchestrator.results import load_results  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.workloads.synthetic import OPTIMA  # noqa: E402

@@ -146,7 +146,7 @@ def trial_plan(epochs: int = 3, **overrides):
 def ray_cluster():
     """A real embedded Ray shared by the in-process tests (4 logical CPUs so a DDP trial fits beside others),
     started through the same session every run uses, which stops it and restores the process at the end."""
-    from orchestrator.execution.driver import DriverSession
+    from orchestrator.ray_support.driver import DriverSession
 
     with DriverSession() as session:
         session.start_ray(num_cpus=4)

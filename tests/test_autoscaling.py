@@ -14,7 +14,7 @@ import yaml
 from conftest import HPO, ROOT, paced_spec, run_hpo, spec_dict, wait_for
 from rayhead import RayHead
 
-from orchestrator.execution import ray_compat
+from orchestrator.ray_support import ray_compat
 from orchestrator.results import load_results, load_trials, summarize
 from orchestrator.train.plan import FAKE_GPU_ENV
 

@@ -15,7 +15,7 @@ LAUNCHER = sorted((ROOT / "cluster").glob("*.yaml"))
     "path", [p for p in LAUNCHER if p.name in ("aws.yaml", "gcp.yaml")], ids=lambda p: p.name
 )
 def test_launcher_config_passes_rays_validator(path):
-    from orchestrator.execution import ray_compat
+    from orchestrator.ray_support import ray_compat
 
     config = yaml.safe_load(path.read_text())
     prepared = ray_compat.validate_cluster_config(copy.deepcopy(config))

@@ -10,13 +10,13 @@ import pytest
 import yaml
 from conftest import hpo, run_hpo, spec_dict
 
+from orchestrator.budget.capacity import NodeShape, Offer, check_fit
+from orchestrator.budget.ledger import Ledger
 from orchestrator.errors import RunError
-from orchestrator.execution.capacity import NodeShape, Offer, check_fit
-from orchestrator.execution.fast_forward import VariantGenerator
-from orchestrator.execution.ledger import Ledger
-from orchestrator.execution.ray_env import WarmTrials, embedded_cpus
+from orchestrator.ray_support.ray_env import WarmTrials, embedded_cpus
 from orchestrator.search.distributions import Uniform
 from orchestrator.spec import SpecError, parse_spec
+from orchestrator.tuning.fast_forward import VariantGenerator
 
 EMBEDDED = Offer((NodeShape("node 127.0.0.1", {"CPU": 3.0}),), embedded=True, note="this machine's Ray")
 CLUSTER = Offer(
@@ -68,7 +68,7 @@ def test_the_embedded_ray_follows_the_machine():
 def test_an_embedded_ray_starts_as_many_trial_processes_ahead_as_will_host_a_trial_at_once():
     import importlib
 
-    from orchestrator.execution.launcher import IN_PROCESS_TRIAL_MODULE, launcher_for
+    from orchestrator.launch.launcher import IN_PROCESS_TRIAL_MODULE, launcher_for
 
     # as many as run at once, capped by what the CPUs hold (64 cores and 1 trial at a time: 1, not 64)
     assert [WarmTrials("m", 1.0, n).workers(2) for n in (1, 2, 3)] == [1, 2, 2]
@@ -212,8 +212,8 @@ def test_custom_resources_and_the_accelerator_type_reach_ray_trains_scaling_conf
 
     from conftest import trial_plan
 
-    from orchestrator.execution.launcher import launcher_for
-    from orchestrator.execution.torch_trainer import ddp_trainer
+    from orchestrator.launch.launcher import launcher_for
+    from orchestrator.launch.torch_trainer import ddp_trainer
 
     plan = dataclasses.replace(
         trial_plan(workers=2, use_gpu=True),
@@ -236,8 +236,8 @@ def test_custom_resources_and_the_accelerator_type_reach_ray_trains_scaling_conf
 def test_a_spent_budget_stops_running_trials_at_their_report_only_with_stop_running():
     from types import SimpleNamespace
 
-    from orchestrator.execution.stopping import StopRequest
-    from orchestrator.execution.tracking import RunStopper
+    from orchestrator.stopping import StopRequest
+    from orchestrator.tracking.tracker import RunStopper
 
     for stop_running in (False, True):
         clock = _Clock()
@@ -257,8 +257,8 @@ def test_the_budget_gate_and_stopper_pickle_without_the_drivers_state():
     import pickle
     import threading
 
-    from orchestrator.execution.stopping import StopRequest
-    from orchestrator.execution.tracking import RunStopper, SearchGate
+    from orchestrator.stopping import StopRequest
+    from orchestrator.tracking.tracker import RunStopper, SearchGate
 
     ledger = Ledger(cpus=1, gpus=0, limits={"cpu_hours": 1}, nodes=lambda: [])
     ledger.lock = threading.Lock()  # what a driver's state holds

@@ -16,7 +16,6 @@ import yaml
 from conftest import spec_dict
 
 from orchestrator.errors import ResultsDamaged
-from orchestrator.execution.recorder import TrialRecorder
 from orchestrator.results import ResultsSchema, ResultsWriter, load_results, load_trials
 from orchestrator.results.layout import (
     ITERATION_KEY,
@@ -31,6 +30,7 @@ from orchestrator.results.ops import run_progress
 from orchestrator.spec import SpecError, load_spec, parse_spec
 from orchestrator.spec.yaml_load import MAX_BYTES
 from orchestrator.storage import LocalStore
+from orchestrator.tracking.recorder import TrialRecorder
 
 METRICS = ("train_loss", "val_loss", "val_accuracy")
 CONFIG = {"lr": 0.01, "hidden": 16}

@@ -19,6 +19,7 @@ from orchestrator.results import CONFIG_PREFIX, load_results
 from orchestrator.search import DISTRIBUTIONS
 from orchestrator.search.distributions import GRID_LIMIT, Choice, LogRandInt, QUniform
 from orchestrator.spec import json_schema, parse_spec
+from orchestrator.tuning.forms import hyperopt_space, tune_domain
 
 EXAMPLES = {  # one of each, as a spec writes it
     "uniform": [0.1, 0.5],
@@ -74,9 +75,9 @@ def test_ray_tune_and_hyperopt_sample_the_same_distribution(name):
     from hyperopt.pyll import stochastic
 
     dist = _dist(name)
-    tune_values = dist.to_tune().sample(size=400, random_state=np.random.default_rng(0))
+    tune_values = tune_domain(dist).sample(size=400, random_state=np.random.default_rng(0))
     rng = np.random.default_rng(1)
-    expression = dist.to_hyperopt(name)
+    expression = hyperopt_space(dist, name)
     hyperopt_values = [stochastic.sample(expression, rng=rng) for _ in range(400)]
     for values in (tune_values, hyperopt_values):
         canonical = [dist.canonical(v) for v in values]

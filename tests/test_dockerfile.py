@@ -8,7 +8,7 @@ import tomllib
 from conftest import ROOT
 from dockerfile_parse import DockerfileParser
 
-from orchestrator.execution.ray_compat import fast_connect_env
+from orchestrator.ray_support.ray_compat import fast_connect_env
 
 
 def _parsed():

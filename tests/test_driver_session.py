@@ -1,5 +1,5 @@
 """A run leaves the process as it found it: environment, sys.path, working directory, loggers, Ray Tune's list
-of variables it copies into trials, random states and torch's settings (execution/driver.py)."""
+of variables it copies into trials, random states and torch's settings (ray_support/driver.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from conftest import spec_dict
 
 from orchestrator.api import run
-from orchestrator.execution import ray_compat
-from orchestrator.execution.driver import DriverSession
+from orchestrator.ray_support import ray_compat
+from orchestrator.ray_support.driver import DriverSession
 from orchestrator.spec import parse_spec
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from conftest import spec_dict
 
-from orchestrator.execution import ray_compat
-from orchestrator.execution.tpe import PinnableHyperOpt
-from orchestrator.execution.tune_search import build_search
+from orchestrator.ray_support import ray_compat
 from orchestrator.spec import parse_spec
+from orchestrator.tuning.tpe import PinnableHyperOpt
+from orchestrator.tuning.tune_search import build_search
 
 SPEC = parse_spec(
     spec_dict(

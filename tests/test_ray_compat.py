@@ -1,4 +1,4 @@
-"""Every private Ray API and internal behaviour hpo relies on (execution/ray_compat.py), exercised against the
+"""Every private Ray API and internal behaviour hpo relies on (ray_support/ray_compat.py), exercised against the
 installed Ray. A Ray upgrade that moves or changes one fails here, naming it, before it fails a user's job."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from conftest import ROOT, wait_for
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from orchestrator.execution import ray_compat
+from orchestrator.ray_support import ray_compat
 
 
 def test_checked_against_the_installed_and_pinned_ray():
@@ -305,7 +305,7 @@ def test_enable_token_auth_sets_token_mode_and_refresh_ray_config_undoes_it():
     """In a process of its own: both change Ray's process-wide cached config (never in this one, whose
     session Ray stays connected)."""
     code = (
-        "import os; from orchestrator.execution import ray_compat; "
+        "import os; from orchestrator.ray_support import ray_compat; "
         "from ray._private.authentication.authentication_utils import is_token_auth_enabled; "
         "ray_compat.enable_token_auth(); print(os.environ.get('RAY_AUTH_MODE'), is_token_auth_enabled()); "
         "os.environ['RAY_AUTH_MODE'] = 'disabled'; ray_compat.refresh_ray_config(); print(is_token_auth_enabled())"
@@ -526,7 +526,7 @@ def test_the_autoscaler_monitor_of_a_head_started_here_is_stopped_before_the_shu
     process; stop_autoscaler_monitor kills it, says so, and the shutdown after it leaves nothing running.
     A second call, and one without a head started here, stop nothing. The figures are printed, not asserted."""
     code = (
-        "import logging, time, ray; from orchestrator.execution import ray_compat\n"
+        "import logging, time, ray; from orchestrator.ray_support import ray_compat\n"
         "print(ray_compat.stop_autoscaler_monitor())\n"
         "ray.init(address='local', num_cpus=1, include_dashboard=False, logging_level=logging.ERROR)\n"
         "node = ray._private.worker._global_node\n"
@@ -630,7 +630,7 @@ def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_
     here, checked), the node listed by the call the start polls with, and a task runs. The start's time is
     printed, not asserted."""
     code = (
-        "import sys, time, ray; from orchestrator.execution import ray_compat, ray_env\n"
+        "import sys, time, ray; from orchestrator.ray_support import ray_compat; from orchestrator.ray_support import ray_env\n"
         "patched = (ray._private.node.Node.start_api_server, ray._private.services.get_node)\n"
         "began = time.monotonic(); ray_env.start_ray(num_cpus=2, dashboard=False); took = time.monotonic() - began\n"
         "node = ray._private.worker._global_node; from test_ray_compat import _raylet_workers\n"
@@ -657,7 +657,7 @@ def test_an_embedded_start_with_warm_trials_prestarts_them_and_a_tune_trial_acto
     code = (
         "import os, sys, ray; from conftest import wait_for\n"
         "from ray.tune.execution import class_cache\n"
-        "from orchestrator.execution.driver import DriverSession; from orchestrator.execution.ray_env import WarmTrials\n"
+        "from orchestrator.ray_support.driver import DriverSession; from orchestrator.ray_support.ray_env import WarmTrials\n"
         "from test_ray_compat import _Probe, _raylet_workers as workers\n"
         "tune_get, environ = class_cache._ActorClassCache.get, dict(os.environ)\n"
         "import time; began = time.monotonic()\n"

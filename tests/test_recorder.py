@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import spec_dict
 
-from orchestrator.execution.recorder import TrialRecorder
 from orchestrator.results import ResultsSchema, ResultsWriter, load_results, load_trials
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.results.reader import best_row
 from orchestrator.spec import parse_spec
 from orchestrator.storage import LocalStore
+from orchestrator.tracking.recorder import TrialRecorder
 
 METRICS = ("train_loss", "val_loss", "val_accuracy")
 CONFIG = {"lr": 0.01, "hidden": 16}
@@ -76,7 +76,7 @@ def test_nan_and_inf_are_recorded_and_never_the_best(tmp_path):
 def test_a_trials_error_is_the_exception_and_where_it_was_raised(tmp_path):
     import types
 
-    from orchestrator.execution.tracking import _error_line
+    from orchestrator.tracking.tracker import _error_line
 
     (tmp_path / "trial_0003").mkdir()
     log = tmp_path / "trial_0003" / "error.txt"

@@ -11,12 +11,12 @@ from conftest import ROOT, spec_dict
 
 from orchestrator.cli.parser import build_parser
 from orchestrator.errors import SpecError
-from orchestrator.execution.tune_search import BUILDERS
 from orchestrator.practice.ensemble import SELECTIONS
 from orchestrator.search import ALGORITHMS, DISTRIBUTIONS, SCHEDULERS
 from orchestrator.spec import ENSEMBLE_METHODS, json_schema, parse_spec
 from orchestrator.spec.reference import current_block, rendered_block
 from orchestrator.storage import SCHEMES, check_storage_uri
+from orchestrator.tuning.tune_search import BUILDERS
 from orchestrator.workloads import BUILTIN_WORKLOADS, resolve_workload
 
 
@@ -81,6 +81,15 @@ def test_did_you_mean_for_every_other_registry():
 
 def test_every_algorithm_has_a_tune_builder_and_every_method_a_selection():
     assert set(BUILDERS) == {type(algorithm) for algorithm in ALGORITHMS.values()}
+
+
+def test_every_distribution_and_scheduler_has_its_tune_forms():
+    """search/ says what to try; tuning/forms.py's tables say it to Tune and HyperOpt: one entry per class."""
+    from orchestrator.search import DISTRIBUTIONS, SCHEDULERS
+    from orchestrator.tuning.forms import HYPEROPT_SPACES, TUNE_DOMAINS, TUNE_SCHEDULERS
+
+    assert set(TUNE_DOMAINS) == set(HYPEROPT_SPACES) == set(DISTRIBUTIONS.values())
+    assert set(TUNE_SCHEDULERS) == {type(s) for s in SCHEDULERS.values()}
     assert list(SELECTIONS) == list(ENSEMBLE_METHODS)
 
 

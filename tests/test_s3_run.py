@@ -20,7 +20,7 @@ from conftest import ROOT, hpo, spec_dict, wait_for
 from contract import check_contract, deterministic_rows
 
 from orchestrator.api import run
-from orchestrator.execution import ray_compat
+from orchestrator.ray_support import ray_compat
 from orchestrator.results import load_results, load_trials
 from orchestrator.spec import parse_spec
 from orchestrator.storage import open_store

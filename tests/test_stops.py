@@ -211,7 +211,7 @@ def test_in_a_library_callers_process_a_second_signal_raises_instead_of_ending_i
     into the run (its trials end, its tables are written, the run is resumable) and the process lives on."""
     import threading
 
-    from orchestrator.execution.stopping import SecondSignal
+    from orchestrator.stopping import SecondSignal
 
     assert not SecondSignal.exits  # only the `hpo` executable sets it
     spec = load_spec(

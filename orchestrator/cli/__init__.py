@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The `hpo` executable: main(), then the process ends as soon as its work is done. It owns its process: a
-    second Ctrl-C during a run ends it at once (execution/stopping.py)."""
-    from orchestrator.execution.stopping import SecondSignal  # light: no Ray, no torch
+    second Ctrl-C during a run ends it at once (stopping.py)."""
+    from orchestrator.stopping import SecondSignal  # light: no Ray, no torch
 
     SecondSignal.exits = True
     end_process(main())

@@ -11,11 +11,11 @@ import time
 from orchestrator.cli.common import EXIT_FAILED, CliError, read_spec
 from orchestrator.cli.output import print_table
 from orchestrator.errors import ResultsNotFound
-from orchestrator.execution.stopping import DEFAULT_GRACE_S, GRACE_ENV
-from orchestrator.execution.submit import METADATA_KEY, call, client, resolve_address
-from orchestrator.execution.submit import submit as submit_job
 from orchestrator.results.ops import run_progress
+from orchestrator.stopping import DEFAULT_GRACE_S, GRACE_ENV
 from orchestrator.storage import StoreError
+from orchestrator.submit.jobs import METADATA_KEY, call, client, resolve_address
+from orchestrator.submit.jobs import submit as submit_job
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 

@@ -10,11 +10,11 @@ from orchestrator.cli.common import EXIT_FAILED, EXIT_UNSYNCED, CliError, read_s
 from orchestrator.cli.output import print_ensemble
 from orchestrator.execution.resume import AlreadyFinished
 from orchestrator.execution.runner import print_progress
-from orchestrator.execution.stopping import DISK_FULL, FAILED, INTERRUPTED, STOPPED, exit_code_for
 from orchestrator.results import format_config, summarize
 from orchestrator.results.layout import TRIALS_FILE
 from orchestrator.results.ops import stored_spec
 from orchestrator.spec import EnsembleSpec
+from orchestrator.stopping import DISK_FULL, FAILED, INTERRUPTED, STOPPED, exit_code_for
 from orchestrator.storage import check_storage_uri
 
 

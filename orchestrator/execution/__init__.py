@@ -1,5 +1,4 @@
-"""Running a job on Ray: the plan and the Tune run (runner.py), how a trial is launched (launcher.py), the Tune
-forms of what search/ describes (tune_search.py, fast_forward.py), the driver's callback (tracking.py with
-recorder.py, progress.py, watchdog.py), retries (attempts.py), resume and reproduce, submission to a cluster
-(submit.py), the driver process's state (driver.py), Ray itself (ray_env.py) and every private Ray API
-(ray_compat.py)."""
+"""The driver's run: plan() and the Tune run (runner.py), `hpo resume` (resume.py), `hpo reproduce` (reproduce.py)
+and the lease that keeps one driver per run (lease.py). It composes the packages below it: tuning/ (what to try,
+as Tune objects), launch/ (how a trial runs), tracking/ (what the driver records), budget/ (what it may spend)
+and ray_support/ (Ray itself)."""

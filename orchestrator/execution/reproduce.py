@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from orchestrator.errors import RunError, SpecError, WorkloadCodeFailed
-from orchestrator.execution.driver import DriverSession
-from orchestrator.execution.launcher import Rerun
 from orchestrator.execution.runner import plan
+from orchestrator.launch.launcher import Rerun
+from orchestrator.ray_support.driver import DriverSession
 from orchestrator.results import config_of, load_results, load_trials
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.results.ops import stored_spec

@@ -17,7 +17,6 @@ import dataclasses
 from collections.abc import Callable
 
 from orchestrator.errors import ResultsNotFound, RunError
-from orchestrator.execution.fast_forward import fast_forward
 from orchestrator.execution.lease import RunLease
 from orchestrator.execution.runner import Plan, execute
 from orchestrator.results import config_of, load_trials
@@ -29,6 +28,7 @@ from orchestrator.results.summary import RunSummary
 from orchestrator.spec import check_against_workload, load_spec
 from orchestrator.storage import open_store
 from orchestrator.storage.spool import drain_until, run_spool_dir, writer_dirs
+from orchestrator.tuning.fast_forward import fast_forward
 
 
 class AlreadyFinished(Exception):

@@ -28,22 +28,19 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator.budget.capacity import check_prices, check_resources
+from orchestrator.budget.ledger import Ledger
 from orchestrator.errors import RunError
-from orchestrator.execution.capacity import check_prices
-from orchestrator.execution.driver import DriverSession
-from orchestrator.execution.launcher import Launcher, launcher_for
 from orchestrator.execution.lease import RunLease
-from orchestrator.execution.ledger import Ledger
-from orchestrator.execution.ray_compat import (
+from orchestrator.launch.launcher import Launcher, launcher_for
+from orchestrator.ray_support.driver import DriverSession
+from orchestrator.ray_support.ray_compat import (
     lean_experiment_state,
     lost_nodes_not_counted,
     no_retry_on,
     trial_name,
 )
-from orchestrator.execution.ray_env import check_address, check_resources
-from orchestrator.execution.stopping import DISK_FULL, FAILED, INTERRUPTED, RUN_STATUSES, StopRequest
-from orchestrator.execution.tracking import RunStopper, RunTracker, SearchGate
-from orchestrator.execution.tune_search import TrialNamer, build_scheduler, build_search
+from orchestrator.ray_support.ray_env import check_address
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import (
     RUN_FILE,
@@ -56,6 +53,7 @@ from orchestrator.results.layout import (
 )
 from orchestrator.results.summary import RunSummary, summarize_run
 from orchestrator.spec import JobSpec, check_against_workload
+from orchestrator.stopping import DISK_FULL, FAILED, INTERRUPTED, RUN_STATUSES, StopRequest
 from orchestrator.storage import Store, join_uri, open_store
 from orchestrator.storage.base import DiskFull, DiskReserve
 from orchestrator.storage.spool import (
@@ -68,8 +66,10 @@ from orchestrator.storage.spool import (
     run_spool_dir,
     writer_dirs,
 )
+from orchestrator.tracking.tracker import RunStopper, RunTracker, SearchGate
 from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
+from orchestrator.tuning.tune_search import TrialNamer, build_scheduler, build_search
 
 
 def drain_timeout_s() -> float:

@@ -20,7 +20,7 @@ import ray
 import torch
 
 from orchestrator.errors import RunError, not_allowed
-from orchestrator.execution.driver import DriverSession
+from orchestrator.ray_support.driver import DriverSession
 from orchestrator.results import load_trials
 from orchestrator.results.layout import ENSEMBLE_FILE
 from orchestrator.results.ops import stored_spec

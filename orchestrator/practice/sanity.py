@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from orchestrator.errors import RunError, SanityFailed, WorkloadCodeFailed
-from orchestrator.execution.driver import DriverSession
+from orchestrator.ray_support.driver import DriverSession
 from orchestrator.results.layout import SANITY_FILE, SANITY_RUN_PREFIX, new_run_id, results_uri_for
 from orchestrator.results.writer import parquet_bytes
 from orchestrator.storage import Store, open_store

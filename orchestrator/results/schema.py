@@ -118,7 +118,7 @@ class ResultsSchema:
             pa.field(
                 "preemptions", pa.int64()
             ),  # lost nodes (preempted, drained, dead): retried, not counted
-            # the resource ledger (execution/ledger.py): what the trial held, for how long, at what price
+            # the resource ledger (budget/ledger.py): what the trial held, for how long, at what price
             pa.field("node_type", pa.string()),
             pa.field("wall_s", pa.float64()),
             pa.field("cpu_s", pa.float64()),

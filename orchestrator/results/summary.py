@@ -26,7 +26,7 @@ class RunSummary:
     reason: str | None = None  # why a stopped or failed run ended early, in a line
     ledger: dict = field(
         default_factory=dict
-    )  # the job's totals: trial/CPU/GPU hours, cost (execution/ledger.py)
+    )  # the job's totals: trial/CPU/GPU hours, cost (budget/ledger.py)
     budget_exhausted: str | None = None  # the limit reached, e.g. "cost 0.51 of 0.5"
 
     def to_json(self) -> dict:
@@ -94,7 +94,7 @@ def summarize(results_uri: str, wall_time_s: float = 0.0, options=None) -> RunSu
 def summarize_run(
     results_uri: str, schema, best: dict | None, records: list[dict], wall_time_s: float = 0.0
 ) -> RunSummary:
-    """The summary of a run just written, from its best row as it was reported (execution/progress.py's BestRow,
+    """The summary of a run just written, from its best row as it was reported (tracking/progress.py's BestRow,
     the same row `summarize` finds in the stored table) and its trial records (the store may be unreachable)."""
     trials = pa.Table.from_pylist(sorted(records, key=lambda r: r["trial_id"]), schema=schema.trials_schema())
     return _summary(results_uri, best, trials, wall_time_s)

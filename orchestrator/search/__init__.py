@@ -1,6 +1,6 @@
 """What to try: distributions (one class per kind), search algorithms and schedulers, each listed once.
 
-Nothing here starts Ray or imports it at module level; execution/tune_search.py turns these into Ray Tune objects.
+Nothing here starts Ray or imports it at module level; tuning/tune_search.py turns these into Ray Tune objects.
 """
 
 from orchestrator.search.algorithms import ALGORITHMS, Algorithm

@@ -1,7 +1,7 @@
 """What to try: the search algorithms a spec can name, each listed once.
 
 Each entry says what it does (for the schema, "did you mean" and the README's table), what it needs of a
-search space, and how many trials it makes. How Ray Tune runs it is execution/tune_search.py's business: search/
+search space, and how many trials it makes. How Ray Tune runs it is tuning/tune_search.py's business: search/
 never imports Ray at module level, so `hpo validate` stays fast and a plan can be tested without Ray.
 """
 

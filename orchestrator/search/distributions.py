@@ -5,14 +5,14 @@ class. Each class validates its own arguments and knows everything the rest of t
 
 - `from_unit(u)`: the value at u in [0, 1), so that a uniform u gives the distribution (quasi-random search
   maps Sobol points through it);
-- `to_tune()` and `to_hyperopt(label)`: the same distribution as a Ray Tune domain and a HyperOpt expression;
 - `finite_values()`: every value it can take, if there are few enough to enumerate (grid search), else None;
 - `value_type`: the Python type of its values (the results column's type);
 - the analysis scale: `log_scale`, `ordered`, `unit(value)` and `at_unit(position)`;
 - its JSON Schema, from the field and the class docstring.
 
-Adding a distribution is one class here (it registers itself in DISTRIBUTIONS) plus its tests. Ray Tune and
-HyperOpt are imported only inside the methods that need them: `hpo validate` never pays for them.
+Adding a distribution is one class here (it registers itself in DISTRIBUTIONS), its entries in
+tuning/forms.py's tables (its Ray Tune domain and HyperOpt expression: where it runs is not this package's
+business), plus its tests.
 """
 
 from __future__ import annotations
@@ -91,12 +91,6 @@ class Distribution(BaseModel):
     def from_unit(self, u: float) -> Any:
         raise NotImplementedError
 
-    def to_tune(self) -> Any:
-        raise NotImplementedError
-
-    def to_hyperopt(self, label: str) -> Any:
-        raise NotImplementedError
-
     def finite_values(self) -> list | None:
         """Every value, in order, for grid search; None where there are infinitely many."""
         return None
@@ -160,16 +154,6 @@ class Uniform(Distribution):
     def middle(self) -> float:
         return (self.uniform[0] + self.uniform[1]) / 2
 
-    def to_tune(self):
-        from ray import tune  # heavy: Ray Tune
-
-        return tune.uniform(*self.uniform)
-
-    def to_hyperopt(self, label: str):
-        from hyperopt import hp  # heavy: HyperOpt
-
-        return hp.uniform(label, *self.uniform)
-
 
 class LogUniform(Distribution):
     """A positive float whose logarithm is uniform on [log low, log high]: for learning rates and other
@@ -195,17 +179,6 @@ class LogUniform(Distribution):
 
     def middle(self) -> float:
         return math.sqrt(self.loguniform[0] * self.loguniform[1])
-
-    def to_tune(self):
-        from ray import tune  # heavy: Ray Tune
-
-        return tune.loguniform(*self.loguniform)
-
-    def to_hyperopt(self, label: str):
-        from hyperopt import hp  # heavy: HyperOpt
-
-        low, high = self.loguniform
-        return hp.loguniform(label, math.log(low), math.log(high))
 
 
 class QUniform(Distribution):
@@ -251,16 +224,6 @@ class QUniform(Distribution):
         low, _, q = self.quniform
         return self.canonical(low + (self._steps + 1) // 2 * q)
 
-    def to_tune(self):
-        from ray import tune  # heavy: Ray Tune
-
-        return tune.quniform(*self.quniform)
-
-    def to_hyperopt(self, label: str):
-        from hyperopt import hp  # heavy: HyperOpt
-
-        return hp.quniform(label, *self.quniform)
-
     def finite_values(self) -> list[float] | None:
         if self._steps + 1 > GRID_LIMIT:
             return None
@@ -294,18 +257,6 @@ class RandInt(Distribution):
 
     def middle(self) -> int:
         return (self.randint[0] + self.randint[1]) // 2
-
-    def to_tune(self):
-        from ray import tune  # heavy: Ray Tune
-
-        low, high = self.randint
-        return tune.randint(low, high + 1)  # Tune's upper bound is exclusive
-
-    def to_hyperopt(self, label: str):
-        from hyperopt import hp  # heavy: HyperOpt
-
-        low, high = self.randint
-        return hp.uniformint(label, low, high)
 
     def finite_values(self) -> list[int] | None:
         low, high = self.randint
@@ -342,19 +293,6 @@ class LogRandInt(Distribution):
     def middle(self) -> int:
         return round(math.sqrt(self.lograndint[0] * self.lograndint[1]))
 
-    def to_tune(self):
-        from ray import tune  # heavy: Ray Tune
-
-        low, high = self.lograndint
-        return tune.lograndint(low, high + 1)  # Tune's upper bound is exclusive
-
-    def to_hyperopt(self, label: str):
-        from hyperopt import hp  # heavy: HyperOpt
-        from hyperopt.pyll import scope  # heavy: HyperOpt
-
-        low, high = self.lograndint
-        return scope.int(hp.qloguniform(label, math.log(low), math.log(high), 1))
-
     def finite_values(self) -> list[int] | None:
         low, high = self.lograndint
         return list(range(low, high + 1)) if high - low < GRID_LIMIT else None
@@ -386,16 +324,6 @@ class Choice(Distribution):
 
     def from_unit(self, u: float) -> Any:
         return self.choice[min(len(self.choice) - 1, int(u * len(self.choice)))]
-
-    def to_tune(self):
-        from ray import tune  # heavy: Ray Tune
-
-        return tune.choice(list(self.choice))
-
-    def to_hyperopt(self, label: str):
-        from hyperopt import hp  # heavy: HyperOpt
-
-        return hp.choice(label, list(self.choice))
 
     def finite_values(self) -> list:
         return list(self.choice)

@@ -1,8 +1,8 @@
 """When to stop a trial early: the schedulers a spec can name, each listed once with its options and defaults.
 
 The spec's `scheduler:` section is built from this registry (spec/model.py): its `type`, every scheduler's
-options with their bounds and defaults, and the rule that an option belongs to its scheduler. `build` makes
-the Ray Tune scheduler; Ray is imported only there.
+options with their bounds and defaults, and the rule that an option belongs to its scheduler. Its Ray Tune form
+is tuning/forms.py's (TUNE_SCHEDULERS).
 """
 
 from __future__ import annotations
@@ -38,19 +38,10 @@ class Scheduler:
     def check(self, settings: Mapping[str, Any], max_epochs: int) -> None:
         """Raise ValueError if these settings cannot work for trials of `max_epochs`."""
 
-    def build(self, settings: Mapping[str, Any], *, max_epochs: int, time_attr: str):
-        """The Ray Tune scheduler; `time_attr` is the result key that counts epochs."""
-        raise NotImplementedError
-
 
 class Fifo(Scheduler):
     name = "fifo"
     help = "run every trial to train.max_epochs"
-
-    def build(self, settings: Mapping[str, Any], *, max_epochs: int, time_attr: str):
-        from ray.tune.schedulers import FIFOScheduler  # heavy: Ray Tune
-
-        return FIFOScheduler()
 
 
 class Asha(Scheduler):
@@ -69,16 +60,6 @@ class Asha(Scheduler):
                 f"scheduler.grace_period {settings['grace_period']} is above train.max_epochs "
                 f"{max_epochs}; ASHA could never stop a trial"
             )
-
-    def build(self, settings: Mapping[str, Any], *, max_epochs: int, time_attr: str):
-        from ray.tune.schedulers import ASHAScheduler  # heavy: Ray Tune
-
-        return ASHAScheduler(
-            time_attr=time_attr,
-            max_t=max_epochs,
-            grace_period=settings["grace_period"],
-            reduction_factor=settings["reduction_factor"],
-        )
 
 
 SCHEDULERS: dict[str, Scheduler] = {s.name: s for s in (Fifo(), Asha())}

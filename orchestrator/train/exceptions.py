@@ -17,7 +17,7 @@ class FinalTrialError(TrainingError):
 class ReportError(FinalTrialError):
     """A report that breaks the workload's declaration (a declared metric missing, an undeclared one given, a
     value that is no number). Every trial runs the same code and would break it the same way, so the driver
-    stops the whole job at the first one (execution/stopping.py) instead of failing each trial in turn."""
+    stops the whole job at the first one (stopping.py) instead of failing each trial in turn."""
 
 
 class TrialDiskFull(FinalTrialError):

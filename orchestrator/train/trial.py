@@ -1,4 +1,4 @@
-"""What runs inside a trial's process, whichever way it was launched (execution/launcher.py): the device, the
+"""What runs inside a trial's process, whichever way it was launched (launch/launcher.py): the device, the
 trial's checkpoints on the run's store, and the call into the training loop.
 """
 

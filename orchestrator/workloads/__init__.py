@@ -84,7 +84,7 @@ def _load_entry_point(name: str) -> Workload:
             "module of your own ('package.module:function')"
         )
     # The working directory is importable, as with `python -m` (console scripts leave it off sys.path): for
-    # this import only; a run keeps it importable for its whole length (execution/driver.py).
+    # this import only; a run keeps it importable for its whole length (ray_support/driver.py).
     search_path = list(sys.path)
     sys.path.insert(0, working_directory())
     try:

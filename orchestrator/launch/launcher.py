@@ -4,7 +4,7 @@ the resources a trial asks Tune for, whether Tune may reuse actors, the Tune tra
 job starts, the cleanup after it, and how `hpo reproduce` reruns a trial.
 
 Trial identity: Tune's own trial ids carry a random per-experiment prefix, so trials are named by creation
-order (execution/tune_search.py's TrialNamer) and each trial's seed derives from (job seed, index).
+order (tuning/tune_search.py's TrialNamer) and each trial's seed derives from (job seed, index).
 """
 
 from __future__ import annotations
@@ -20,20 +20,18 @@ import ray
 from ray import tune
 
 from orchestrator.errors import RunError
-from orchestrator.execution.attempts import BUDGET_SPENT, budget_closed, current_attempt
-from orchestrator.execution.ray_compat import (
+from orchestrator.launch.protocol import trial_start
+from orchestrator.launch.torch_trainer import ddp_trainer
+from orchestrator.launch.worker_pool import relay, start_pool
+from orchestrator.ray_support.ray_compat import (
     ACCELERATOR_SLIVER,
     accelerator_resource,
     on_the_head,
     train_knows_its_cluster,
 )
-from orchestrator.execution.ray_env import WarmTrials, has_dashboard, release_train_leftovers
-from orchestrator.execution.torch_trainer import ddp_trainer
-from orchestrator.execution.worker_pool import relay, start_pool
-from orchestrator.results.layout import TRAIN_DIR, trial_index
-from orchestrator.train.exceptions import FinalTrialError
+from orchestrator.ray_support.ray_env import WarmTrials, has_dashboard, release_train_leftovers
+from orchestrator.results.layout import TRAIN_DIR
 from orchestrator.train.plan import TrialPlan
-from orchestrator.train.seeds import trial_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,28 +45,14 @@ class Rerun:
     iterations: int
 
 
-def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:
-    """In a Tune trial: (name, hyperparameters, seed, attempt). attempt > 0 is a retry, which continues from
-    the trial's last checkpoint."""
-    name = tune.get_context().get_trial_name()
-    if budget_closed(plan.results_uri):
-        raise FinalTrialError(BUDGET_SPENT)
-    return (
-        name,
-        {**plan.fixed, **config},
-        trial_seed(plan.job_seed, trial_index(name)),
-        current_attempt(plan.results_uri, name),
-    )
-
-
-IN_PROCESS_TRIAL_MODULE = "orchestrator.execution.trial_process"  # what run_in_process imports
+IN_PROCESS_TRIAL_MODULE = "orchestrator.launch.trial_process"  # what run_in_process imports
 
 
 def run_in_process(config: dict[str, Any], plan: TrialPlan) -> None:
     """Tune function trainable of a 1-worker trial. `config` holds the searched hyperparameters."""
     # late: the trial's process trains (torch, through train/); the driver, which only names this function
     # to Tune, never imports it. An embedded Ray may have imported it in this process already (warm_trials).
-    from orchestrator.execution.trial_process import train_in_process
+    from orchestrator.launch.trial_process import train_in_process
 
     train_in_process(config, plan)
 
@@ -163,7 +147,7 @@ class InProcessLauncher(Launcher):
         return WarmTrials(IN_PROCESS_TRIAL_MODULE, trial_cpus=self.trial_cpus(), at_once=at_once)
 
     def reproduce(self, session, reruns: list[Rerun], plan: TrialPlan, scratch: str) -> dict[str, list[dict]]:
-        from orchestrator.execution.trial_process import reproduce_in_process  # late: it trains here (torch)
+        from orchestrator.launch.trial_process import reproduce_in_process  # late: it trains here (torch)
 
         # in this process: no Ray
         return {
@@ -249,7 +233,7 @@ class DdpLauncher(Launcher):
             "plan": plan,
             "scratch": scratch,
         }
-        from orchestrator.execution.trial_process import reproduce_worker  # late: the workers train (torch)
+        from orchestrator.launch.trial_process import reproduce_worker  # late: the workers train (torch)
 
         with train_knows_its_cluster():
             ddp_trainer(reproduce_worker, config, plan, run_name=f"reproduce-{reruns[0].trial_id}").fit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from orchestrator.execution.ray_compat import pin_hyperopt_suggestion
+from orchestrator.ray_support.ray_compat import pin_hyperopt_suggestion
 
 
 class PinnableHyperOpt(HyperOptSearch):

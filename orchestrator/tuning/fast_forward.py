@@ -8,7 +8,7 @@ created at once. Adaptive searchers (TPE) and schedulers (ASHA) therefore see th
 for the price of a few function calls instead of a Tune trial each (measured: ~0.1 s per finished trial, which
 made a kill of a long job cost ~14 s more than Ray's start-up).
 
-Every search algorithm execution/tune_search.py builds is one of the two classes below; `fast_forward` arms it for a
+Every search algorithm tuning/tune_search.py builds is one of the two classes below; `fast_forward` arms it for a
 resume. Unarmed, they behave exactly as Tune's own, except that a sampled value is stated as its distribution
 states it (`Distribution.canonical`: a quantized float 0.30000000000000004 is 0.3).
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.tune.search import BasicVariantGenerator, SearchGenerator
 
-from orchestrator.execution.ray_compat import tell_scheduler, trial_name
+from orchestrator.ray_support.ray_compat import tell_scheduler, trial_name
 from orchestrator.search.distributions import Distribution
 
 

@@ -15,11 +15,12 @@ from typing import Any
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from orchestrator.execution.fast_forward import SearcherGenerator, VariantGenerator
-from orchestrator.execution.ray_compat import choose_only_when_a_trial_waits, creation_counter
+from orchestrator.ray_support.ray_compat import choose_only_when_a_trial_waits, creation_counter
 from orchestrator.results.layout import ITERATION_KEY, trial_id
 from orchestrator.search.algorithms import Algorithm, Grid, HyperOpt, QuasiRandom, Random
 from orchestrator.spec import JobSpec
+from orchestrator.tuning.fast_forward import SearcherGenerator, VariantGenerator
+from orchestrator.tuning.forms import hyperopt_space, tune_domain, tune_scheduler
 
 
 class TrialNamer:
@@ -64,7 +65,7 @@ def _random(spec: JobSpec, algorithm: Random):
     gen = VariantGenerator(
         spec.search.space, max_concurrent=spec.search.max_concurrent, random_state=spec.seed
     )
-    return gen, {name: dist.to_tune() for name, dist in spec.search.space.items()}
+    return gen, {name: tune_domain(dist) for name, dist in spec.search.space.items()}
 
 
 def _grid(spec: JobSpec, algorithm: Grid):
@@ -83,9 +84,9 @@ def _quasirandom(spec: JobSpec, algorithm: QuasiRandom):
 
 def _hyperopt(spec: JobSpec, algorithm: HyperOpt):
     # heavy: hyperopt and scipy.stats (0.6 s measured); only TPE searches load them
-    from orchestrator.execution.tpe import PinnableHyperOpt
+    from orchestrator.tuning.tpe import PinnableHyperOpt
 
-    space = {name: dist.to_hyperopt(name) for name, dist in spec.search.space.items()}
+    space = {name: hyperopt_space(dist, name) for name, dist in spec.search.space.items()}
     searcher = PinnableHyperOpt(
         space=space, metric=spec.search.metric, mode=spec.search.mode, random_state_seed=spec.seed
     )
@@ -109,7 +110,10 @@ def build_search(spec: JobSpec) -> tuple[Any, dict, TrialNamer]:
 
 
 def build_scheduler(spec: JobSpec):
-    scheduler = spec.scheduler.kind.build(
-        spec.scheduler.settings(), max_epochs=spec.train.max_epochs, time_attr=ITERATION_KEY
+    scheduler = tune_scheduler(
+        spec.scheduler.kind,
+        spec.scheduler.settings(),
+        max_epochs=spec.train.max_epochs,
+        time_attr=ITERATION_KEY,
     )
     return choose_only_when_a_trial_waits(scheduler)  # Tune's choice scans every trial at every step

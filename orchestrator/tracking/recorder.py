@@ -45,7 +45,7 @@ class TrialRecorder:
         self.nodes: dict[str, str] = {}  # trial -> Ray node id that reported its results
         self.retries: dict[str, int] = {}  # trial -> retries so far
         self.preemptions: dict[str, int] = {}  # trial -> lost nodes so far (retried, not counted as retries)
-        self.ledger = ledger  # execution/ledger.py's: what each trial held; None: no ledger columns
+        self.ledger = ledger  # budget/ledger.py's: what each trial held; None: no ledger columns
         self._written, self._cost = float("-inf"), 0.0
         self._changed: set[str] = set()  # records changed since trials.parquet was last written
         self._ended = False  # one of them is a trial's end: flush the rows first

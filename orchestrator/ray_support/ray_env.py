@@ -1,6 +1,6 @@
 """Where trials run: starting or joining Ray, and refusing what would hang. The changes these make to the
 process (PYTHONPATH, the token mode, the variables Tune sets in trial actors, how Tune makes trial actors) are
-undone by execution/driver.py's DriverSession, which calls them."""
+undone by ray_support/driver.py's DriverSession, which calls them."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from ray.util.placement_group import remove_placement_group
 from ray.util.state import list_actors, list_workers
 
 from orchestrator.errors import RunError, working_directory
-from orchestrator.execution.capacity import check_fit, cluster_offer
-from orchestrator.execution.ray_compat import (
+from orchestrator.ray_support.ray_compat import (
     TRAIN_CONTROLLER_CLASS,
     dashboard_url,
     embedded_system_config,
@@ -185,18 +184,6 @@ def _stderr_kept_on_success():
             os.close(saved)
         held.seek(0)
         sys.stderr.write(held.read().decode(errors="replace"))
-
-
-def check_resources(bundle: dict, workers: int, driver_cpus: float, *, embedded: bool, progress) -> int:
-    """Refuse, before anything is written, a job whose trials no live node and no node type of the cluster's
-    autoscaler can ever hold (Tune would keep them PENDING forever, an autoscaler would keep trying); returns
-    how many trials fit at once (0: unknown)."""
-    offer = cluster_offer(embedded=embedded, note="this machine's Ray" if embedded else "")
-    if offer.unknown_types:
-        progress(
-            "resources: the cluster's autoscaler node types could not be read; not checked before the search"
-        )
-    return check_fit(bundle, workers, driver_cpus, offer)
 
 
 def has_dashboard(wait_s: float = 15.0) -> bool:

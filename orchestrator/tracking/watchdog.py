@@ -8,7 +8,7 @@ import time
 
 import ray
 
-from orchestrator.execution.ray_compat import TUNE_CONTROLLER_LOGGER, trial_actor, trial_failed_message
+from orchestrator.ray_support.ray_compat import TUNE_CONTROLLER_LOGGER, trial_actor, trial_failed_message
 
 
 class _QuietWatchdogStops(logging.Filter):

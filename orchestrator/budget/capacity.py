@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from orchestrator.errors import RunError
-from orchestrator.execution.ray_compat import LOCAL_NODE_TYPE, autoscaler_node_types, live_nodes
+from orchestrator.ray_support.ray_compat import LOCAL_NODE_TYPE, autoscaler_node_types, live_nodes
 
 _EPS = 1e-9
 
@@ -200,3 +200,15 @@ def _shapes_line(offer: Offer, limit: int = 4) -> str:
     elif offer.autoscaler:
         parts.append("the autoscaler's node types could not be read")
     return "; ".join(parts) or "no nodes"
+
+
+def check_resources(bundle: dict, workers: int, driver_cpus: float, *, embedded: bool, progress) -> int:
+    """Refuse, before anything is written, a job whose trials no live node and no node type of the cluster's
+    autoscaler can ever hold (Tune would keep them PENDING forever, an autoscaler would keep trying); returns
+    how many trials fit at once (0: unknown)."""
+    offer = cluster_offer(embedded=embedded, note="this machine's Ray" if embedded else "")
+    if offer.unknown_types:
+        progress(
+            "resources: the cluster's autoscaler node types could not be read; not checked before the search"
+        )
+    return check_fit(bundle, workers, driver_cpus, offer)

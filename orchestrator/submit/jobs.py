@@ -22,9 +22,9 @@ from pathlib import Path
 from ray.job_submission import JobSubmissionClient
 
 from orchestrator.errors import RunError
-from orchestrator.execution.stopping import GRACE_ENV, SUBMITTED_ENV, stop_grace_s
 from orchestrator.results.layout import SPEC_FILE, new_run_id, results_uri_for
 from orchestrator.spec import EnsembleSpec, JobSpec
+from orchestrator.stopping import GRACE_ENV, SUBMITTED_ENV, stop_grace_s
 from orchestrator.storage import shared_by_all_nodes
 
 SPEC_IN_JOB = f".hpo/{SPEC_FILE}"

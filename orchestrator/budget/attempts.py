@@ -9,7 +9,7 @@ from its checkpoint only when it is a retry. Attempt 0 is the first run.
 
 from __future__ import annotations
 
-from orchestrator.execution.ray_compat import kv_del, kv_get, kv_put, kv_ready
+from orchestrator.ray_support.ray_compat import kv_del, kv_get, kv_put, kv_ready
 
 _NAMESPACE = "hpo-attempts"
 
@@ -35,7 +35,7 @@ def forget(results_uri: str, trials: list[str]) -> None:
         kv_del(_key(results_uri, trial), namespace=_NAMESPACE)
 
 
-# The budget (execution/ledger.py): once it is spent the driver says so here, and a trial Tune had already created
+# The budget (budget/ledger.py): once it is spent the driver says so here, and a trial Tune had already created
 # but not yet started ends at its start instead of training.
 _BUDGET_NAMESPACE = "hpo-budget"
 BUDGET_SPENT = "the job's budget was spent before this trial started"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
-from orchestrator.execution.ray_compat import LOCAL_NODE_TYPE, live_nodes
+from orchestrator.ray_support.ray_compat import LOCAL_NODE_TYPE, live_nodes
 from orchestrator.results.summary import ledger_totals
 
 LEDGER_COLUMNS = ("node_type", "wall_s", "cpu_s", "gpu_s", "cost")

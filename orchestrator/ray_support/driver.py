@@ -23,7 +23,7 @@ import numpy as np
 import ray
 
 from orchestrator.errors import working_directory
-from orchestrator.execution.ray_compat import (
+from orchestrator.ray_support.ray_compat import (
     EXPERIMENT_STATE_LOGGER,
     QUIET_LOGGERS,
     QUIET_TUNE_ENV,
@@ -35,8 +35,8 @@ from orchestrator.execution.ray_compat import (
     stop_autoscaler_monitor,
     stop_propagating_env,
 )
-from orchestrator.execution.ray_env import WarmTrials, start_ray
-from orchestrator.execution.stopping import (
+from orchestrator.ray_support.ray_env import WarmTrials, start_ray
+from orchestrator.stopping import (
     INTERRUPTED,
     STOPPED,
     SUBMITTED_ENV,

@@ -1,6 +1,6 @@
 """What runs in a trial's own processes, and only there: the training side of a Tune trial (1 worker), of a warm
 worker group's workers (DDP) and of `hpo reproduce`. It imports train/ and so torch; the driver never imports
-it (execution/launcher.py's trainables and the worker pool's hosts load it where they run), so `hpo run` starts
+it (launch/launcher.py's trainables and the worker pool's hosts load it where they run), so `hpo run` starts
 without torch and a DDP trial's Tune process, which only relays, never loads it.
 """
 
@@ -16,9 +16,8 @@ import ray
 import ray.train
 from ray import tune
 
-from orchestrator.execution.launcher import trial_start
-from orchestrator.execution.ray_compat import node_draining, preempted_error, quiet_train_worker
-from orchestrator.execution.worker_pool import NAMESPACE, STOP
+from orchestrator.launch.protocol import NAMESPACE, STOP, trial_start
+from orchestrator.ray_support.ray_compat import node_draining, preempted_error, quiet_train_worker
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.storage import LocalStore
 from orchestrator.train.checkpoints import TrialCheckpoints
@@ -131,7 +130,7 @@ def reproduce_worker(config: dict) -> None:
         _tidy(plan)
 
 
-# -- the workers of a warm worker group (execution/worker_pool.py) ---------------------------------------------
+# -- the workers of a warm worker group (launch/worker_pool.py) ---------------------------------------------
 class PoolReporter:
     """A resident worker's reporter: rank 0 relays each report and waits for Tune's answer; every rank learns
     it (a broadcast), and all stop at the same report when it is STOP."""

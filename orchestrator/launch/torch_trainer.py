@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
-from orchestrator.execution.ray_compat import TRAIN_ENV
+from orchestrator.ray_support.ray_compat import TRAIN_ENV
 from orchestrator.train.plan import TrialPlan, fake_gpu
 
 

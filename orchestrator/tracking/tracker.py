@@ -10,11 +10,10 @@ from ray.exceptions import RayActorError
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
+from orchestrator.budget.attempts import BUDGET_SPENT, close_budget, forget, forget_budget, record_retry
+from orchestrator.budget.ledger import Ledger
 from orchestrator.errors import describe_traceback_text
-from orchestrator.execution.attempts import BUDGET_SPENT, close_budget, forget, forget_budget, record_retry
-from orchestrator.execution.ledger import Ledger
-from orchestrator.execution.progress import BestRow, Progress
-from orchestrator.execution.ray_compat import (
+from orchestrator.ray_support.ray_compat import (
     contains_error,
     forget_trial_metrics,
     lost_node_error,
@@ -23,12 +22,13 @@ from orchestrator.execution.ray_compat import (
     trial_name,
     was_lost_node,
 )
-from orchestrator.execution.recorder import TrialRecorder
-from orchestrator.execution.stopping import DISK_FULL, FAILED, INTERRUPTED, StopRequest
-from orchestrator.execution.watchdog import Watchdog
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import ITERATION_KEY, TUNE_DIR
 from orchestrator.results.schema import CHECKPOINT_FALLBACK
+from orchestrator.stopping import DISK_FULL, FAILED, INTERRUPTED, StopRequest
+from orchestrator.tracking.progress import BestRow, Progress
+from orchestrator.tracking.recorder import TrialRecorder
+from orchestrator.tracking.watchdog import Watchdog
 
 
 class RunTracker(Callback):

@@ -38,7 +38,9 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.errors import describe_traceback_text
-from orchestrator.execution.ray_compat import (
+from orchestrator.launch.protocol import GO_ON, NAMESPACE, STOP
+from orchestrator.launch.torch_trainer import ddp_trainer
+from orchestrator.ray_support.ray_compat import (
     contains_error,
     lost_node_error,
     node_gone,
@@ -46,17 +48,14 @@ from orchestrator.execution.ray_compat import (
     preempted_error,
     train_knows_its_cluster,
 )
-from orchestrator.execution.torch_trainer import ddp_trainer
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
 
-NAMESPACE = "hpo-pools"
 # How long a group whose rank's process died waits for the GCS to say whether that rank's node died (its health
 # checks: Ray 2.60's default period 3 s x 5 failures, after a 5 s initial delay), before counting a failure.
 NODE_VERDICT_S = float(os.environ.get("HPO_NODE_VERDICT_S", "40"))
 # a report's answers
-GO_ON, STOP = "continue", "stop"
 
 
 @dataclasses.dataclass
@@ -341,7 +340,7 @@ class GroupHost:
 
     def run(self, pool: str, slot_id: int, plan: TrialPlan, generation: int) -> tuple[bool, str, bool] | None:
         # late: the workers train (torch); the driver, which creates this actor, never imports it
-        from orchestrator.execution.trial_process import resident_worker
+        from orchestrator.launch.trial_process import resident_worker
 
         trainer = ddp_trainer(
             resident_worker,

@@ -1,0 +1,32 @@
+"""What the driver's side of a launch (launcher.py, worker_pool.py) and the trial's side (trial_process.py) both
+name: how a Tune trial learns who it is, and the warm pool's namespace and verbs. Both sides import this module;
+neither imports the other at its top (the trial's side imports torch, which the driver never does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+
+from orchestrator.budget.attempts import BUDGET_SPENT, budget_closed, current_attempt
+from orchestrator.results.layout import trial_index
+from orchestrator.train.exceptions import FinalTrialError
+from orchestrator.train.plan import TrialPlan
+from orchestrator.train.seeds import trial_seed
+
+NAMESPACE = "hpo-pools"  # the Ray namespace of the warm pools' named actors
+GO_ON, STOP = "continue", "stop"  # the coordinator's answer to a rank 0 report
+
+
+def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:
+    """In a Tune trial: (name, hyperparameters, seed, attempt). attempt > 0 is a retry, which continues from
+    the trial's last checkpoint."""
+    name = tune.get_context().get_trial_name()
+    if budget_closed(plan.results_uri):
+        raise FinalTrialError(BUDGET_SPENT)
+    return (
+        name,
+        {**plan.fixed, **config},
+        trial_seed(plan.job_seed, trial_index(name)),
+        current_attempt(plan.results_uri, name),
+    )

@@ -1,0 +1,77 @@
+"""What search/ describes, in the forms Ray Tune and HyperOpt take: one table per kind, keyed by search/'s class.
+
+search/ says what to try and knows nothing of where it runs; this module is where its distributions become Tune
+domains and HyperOpt expressions, and its schedulers Tune schedulers. Adding a distribution or a scheduler is its
+class in search/ plus one entry in each table here (tests/test_registries.py checks every class has its entries).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hyperopt import hp
+from hyperopt.pyll import scope
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from orchestrator.search.distributions import (
+    Choice,
+    Distribution,
+    LogRandInt,
+    LogUniform,
+    QUniform,
+    RandInt,
+    Uniform,
+)
+from orchestrator.search.schedulers import Asha, Fifo, Scheduler
+
+# Tune's randint and lograndint exclude their upper bound; search/'s include it.
+TUNE_DOMAINS: dict[type[Distribution], Callable[[Any], Any]] = {
+    Uniform: lambda d: tune.uniform(*d.uniform),
+    LogUniform: lambda d: tune.loguniform(*d.loguniform),
+    QUniform: lambda d: tune.quniform(*d.quniform),
+    RandInt: lambda d: tune.randint(d.randint[0], d.randint[1] + 1),
+    LogRandInt: lambda d: tune.lograndint(d.lograndint[0], d.lograndint[1] + 1),
+    Choice: lambda d: tune.choice(list(d.choice)),
+}
+
+# HyperOpt takes a label per expression (the hyperparameter's name) and log-scale bounds as logarithms.
+HYPEROPT_SPACES: dict[type[Distribution], Callable[[Any, str], Any]] = {
+    Uniform: lambda d, label: hp.uniform(label, *d.uniform),
+    LogUniform: lambda d, label: hp.loguniform(label, math.log(d.loguniform[0]), math.log(d.loguniform[1])),
+    QUniform: lambda d, label: hp.quniform(label, *d.quniform),
+    RandInt: lambda d, label: hp.uniformint(label, *d.randint),
+    LogRandInt: lambda d, label: scope.int(
+        hp.qloguniform(label, math.log(d.lograndint[0]), math.log(d.lograndint[1]), 1)
+    ),
+    Choice: lambda d, label: hp.choice(label, list(d.choice)),
+}
+
+# settings: the scheduler's options (Scheduler.settings), max_epochs: train.max_epochs, time_attr: the result key
+# that counts epochs.
+TUNE_SCHEDULERS: dict[type[Scheduler], Callable[[Mapping[str, Any], int, str], Any]] = {
+    Fifo: lambda settings, max_epochs, time_attr: FIFOScheduler(),
+    Asha: lambda settings, max_epochs, time_attr: ASHAScheduler(
+        time_attr=time_attr,
+        max_t=max_epochs,
+        grace_period=settings["grace_period"],
+        reduction_factor=settings["reduction_factor"],
+    ),
+}
+
+
+def tune_domain(dist: Distribution) -> Any:
+    """The Ray Tune domain of a search distribution."""
+    return TUNE_DOMAINS[type(dist)](dist)
+
+
+def hyperopt_space(dist: Distribution, label: str) -> Any:
+    """The HyperOpt expression of a search distribution, labelled with its hyperparameter's name."""
+    return HYPEROPT_SPACES[type(dist)](dist, label)
+
+
+def tune_scheduler(kind: Scheduler, settings: Mapping[str, Any], *, max_epochs: int, time_attr: str) -> Any:
+    """The Ray Tune scheduler of a search scheduler with these settings."""
+    return TUNE_SCHEDULERS[type(kind)](settings, max_epochs, time_attr)
