@@ -24,7 +24,7 @@ HP = {**resolve_workload(CUSTOM).defaults(), "loader_workers": 0}
 
 
 def _plan(epochs=3, workload=CUSTOM) -> TrialPlan:
-    metric = "val_f1" if workload == CUSTOM else "acc"
+    metric = "val_f1" if workload.endswith(("custom_loop", "ported_loop")) else "acc"
     return trial_plan(epochs, workload=workload, metric=metric, mode="max")
 
 
@@ -93,6 +93,29 @@ def check_a_failure_in_epoch_3_continues_from_epoch_2_bit_identically(tmp_path, 
     assert _same_tensors(_tensors(retry), _tensors(clean))
 
 
+def test_a_loop_on_the_module_level_api_trains_and_continues_as_one_on_ctx(tmp_path):
+    """`from orchestrator import train` then train.report / get_checkpoint / get_context: the rows, the
+    checkpoint tensors and a continuation after a failure are those of the same loop written on `ctx`."""
+    ported = "tests.workloads_for_tests:ported_loop"
+    a, b = _train(tmp_path / "ctx", HP), _train(tmp_path / "module", HP, workload=ported)
+    assert _metrics(a) == _metrics(b) and _same_tensors(_tensors(a), _tensors(b))
+    marker = tmp_path / "failed"
+    failing = {**HP, "fail_at_epoch": 1, "fail_marker": str(marker)}
+    with pytest.raises(RuntimeError, match="failing once in epoch 1"):
+        _train(tmp_path / "t", failing, workload=ported)
+    retry = _train(tmp_path / "t", failing, restore=True, workload=ported)
+    assert _metrics(retry) == _metrics(a)
+
+
+def test_the_module_level_api_outside_a_trial_says_where_it_works():
+    from orchestrator import train
+
+    with pytest.raises(RuntimeError, match="work inside a trial's train function only"):
+        train.report({"val_loss": 1.0})
+    with pytest.raises(RuntimeError, match="inside a trial's train function"):
+        train.get_context()
+
+
 def test_same_seed_same_rows_and_checkpoint_tensors(tmp_path):
     check_same_seed_same_rows_and_tensors(tmp_path, HP)
 
@@ -105,7 +128,7 @@ def test_reproducing_a_stopped_trial_keeps_the_schedule_of_the_full_run(tmp_path
     """ASHA stopped a trial after 1 of 3 epochs; its warmup + cosine schedule was laid out over 3 epochs.
     Reproduction runs it under the same max_epochs and stops at the same report, so its row is the stopped
     trial's; a run planned for 1 epoch (another schedule) gives another row."""
-    from orchestrator.execution.launcher import InProcessLauncher, Rerun
+    from orchestrator.launch.launcher import InProcessLauncher, Rerun
 
     full = _train(tmp_path / "full", epochs=3)
     spec = parse_spec(

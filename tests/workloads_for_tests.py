@@ -306,6 +306,29 @@ def custom_loop() -> Workload:
     )
 
 
+def ported_train(_ctx) -> None:
+    """custom_train as a Ray Train loop ported by changing its imports: every report, checkpoint and context
+    read goes through orchestrator.train's module-level functions (`train.report`, `train.get_checkpoint`,
+    `train.get_context`), none through the argument hpo passes."""
+    from orchestrator import train
+
+    class Module:  # what custom_train's `ctx.` reaches: the module, as `ray.train` would be
+        def __getattr__(self, name):
+            return getattr(train.get_context(), name)
+
+        def report(self, metrics, checkpoint=None):
+            train.report(metrics, checkpoint=checkpoint)
+
+        def get_checkpoint(self):
+            return train.get_checkpoint()
+
+    custom_train(Module())
+
+
+def ported_loop() -> Workload:
+    return dataclasses.replace(custom_loop(), name="digits-ported-loop", train=ported_train)
+
+
 def _batchnorm_mlp(config):
     hidden = config["hidden"]
     return torch.nn.Sequential(

@@ -17,6 +17,7 @@ What it guarantees without the user doing anything:
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import random
 import time
@@ -359,3 +360,40 @@ def _chain(first, second):
         second(worker_id)
 
     return both
+
+
+# The context of the trial this process trains now (one at a time per process: a trial's own process, or a
+# warm group's worker between trials). Set by the loop around the workload's train(ctx).
+_current: TrainContext | None = None
+
+
+@contextlib.contextmanager
+def current(ctx: TrainContext):
+    """While inside: `get_context()` is `ctx` (and `report`, `get_checkpoint` are its methods)."""
+    global _current
+    before, _current = _current, ctx
+    try:
+        yield ctx
+    finally:
+        _current = before
+
+
+def get_context() -> TrainContext:
+    """The TrainContext of the trial this code runs in, as `ray.train.get_context()` is Ray Train's: a Ray Train
+    loop ports by changing its imports (`from orchestrator import train`)."""
+    if _current is None:
+        raise RuntimeError(
+            "orchestrator.train.get_context(), report() and get_checkpoint() work inside a trial's train "
+            "function only (hpo calls it with the same context as its argument)"
+        )
+    return _current
+
+
+def report(metrics: Mapping[str, Any], checkpoint: Mapping[str, Any] | None = None) -> None:
+    """`get_context().report(metrics, checkpoint)`: as `ray.train.report` in a Ray Train loop."""
+    get_context().report(metrics, checkpoint)
+
+
+def get_checkpoint() -> dict | None:
+    """`get_context().get_checkpoint()`: as `ray.train.get_checkpoint` in a Ray Train loop."""
+    return get_context().get_checkpoint()

@@ -23,7 +23,7 @@ from orchestrator.errors import describe_failure
 from orchestrator.storage import StoreError
 from orchestrator.storage.base import DiskFull
 from orchestrator.train.checkpoints import TrialCheckpoints
-from orchestrator.train.context import FinalTrialError, Reporter, TrainContext, TrainingError
+from orchestrator.train.context import FinalTrialError, Reporter, TrainContext, TrainingError, current
 from orchestrator.train.determinism import configure_determinism, seed_everything
 from orchestrator.train.exceptions import TrialDiskFull
 from orchestrator.train.plan import TrialPlan
@@ -189,7 +189,8 @@ def run_training(
             precision=plan.precision,
         )
         try:
-            training_function(workload)(ctx)
+            with current(ctx):  # orchestrator.train.report() and friends reach ctx
+                training_function(workload)(ctx)
         except FinalTrialError:
             raise
         except TrainingError as error:  # the contract: the same code breaks it the same way every time
