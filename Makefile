@@ -39,6 +39,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fence.py  # Ray's internals: ray_support/ only
 
 # The README's table of names, from the registries (a test checks it).
 docs: setup

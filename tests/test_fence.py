@@ -1,0 +1,70 @@
+"""The fence around Ray's internals: only orchestrator/ray_support/ reaches a private module of Ray or an
+underscore attribute of something imported from Ray. An AST walk over every module, so a function-level import
+counts too; `make lint` runs it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "orchestrator"
+FENCE = PACKAGE / "ray_support"
+
+
+def _private(dotted: str) -> bool:
+    """ray._private, ray._raylet, ray.train.v2._internal, ...: a component after `ray` that starts with one
+    underscore (a dunder is public)."""
+    parts = dotted.split(".")
+    return parts[0] == "ray" and any(p.startswith("_") and not p.startswith("__") for p in parts[1:])
+
+
+def crossings(source: str, filename: str = "<module>") -> list[str]:
+    """`file:line what` for each reach past the fence in `source`."""
+    tree = ast.parse(source, filename)
+    found: list[str] = []
+    from_ray: set[str] = set()  # local names bound to Ray's modules or objects
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if _private(alias.name):
+                    found.append(f"{filename}:{node.lineno} imports {alias.name}")
+                if alias.name == "ray" or alias.name.startswith("ray."):
+                    from_ray.add((alias.asname or alias.name).split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "ray" or node.module.startswith("ray."):
+                for alias in node.names:
+                    if _private(f"{node.module}.{alias.name}"):
+                        found.append(f"{filename}:{node.lineno} imports {node.module}.{alias.name}")
+                    from_ray.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in from_ray:
+                found.append(f"{filename}:{node.lineno} reaches {ast.unparse(node)}")
+    return found
+
+
+def test_only_ray_support_reaches_rays_internals():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if FENCE in path.parents:
+            continue
+        found += crossings(path.read_text(), str(path.relative_to(PACKAGE.parent)))
+    assert not found, "Ray's internals are reached from ray_support/ only:\n" + "\n".join(found)
+
+
+def test_the_fence_check_sees_each_way_past_it():
+    """The check itself: each form it must catch, and what it must let through."""
+    caught = crossings(
+        "import ray._private.services\n"
+        "from ray._raylet import GcsClient\n"
+        "from ray.train.v2._internal import util\n"
+        "import ray\n"
+        "def f():\n"
+        "    from ray.tune import experiment\n"
+        "    return ray._private.worker, experiment.trial._something\n"
+    )
+    assert len(caught) == 5, caught
+    assert crossings("import ray\nfrom ray import tune\nx = tune.report, ray.__version__, obj._mine\n") == []
