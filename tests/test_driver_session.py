@@ -125,3 +125,43 @@ def test_a_working_directory_deleted_under_the_driver_is_one_line_not_a_tracebac
     spec.write_text("name: x\nworkload: userwl:make\nsearch: {metric: loss, space: {x: {uniform: [0, 1]}}}\n")
     code, out, err = hpo(capsys, "validate", str(spec))
     assert code == 1 and len(err.strip().splitlines()) == 1 and "was deleted while it ran" in err, err
+
+
+@pytest.mark.slow
+def test_a_second_run_from_another_thread_is_refused_in_one_line_and_the_first_finishes(
+    ray_cluster, tmp_path
+):
+    """A session changes process-wide state (environment, working directory, signal handlers, Ray's
+    connection), so two runs in two threads of one process would race: the second is refused, in one line,
+    while the first runs; the first ends as if alone. (The session's Ray is this thread's: runs nest in it.)"""
+    import threading
+
+    from conftest import paced_spec, wait_for
+
+    from orchestrator.errors import RunError
+    from orchestrator.results import load_results
+    from orchestrator.storage import open_store
+
+    first = parse_spec(paced_spec("first", tmp_path / "a", samples=1, concurrency=1, train={"max_epochs": 4}))
+    second = parse_spec(
+        paced_spec("second", tmp_path / "b", samples=1, concurrency=1, train={"max_epochs": 1})
+    )
+    started, refused = [], []
+
+    def second_thread():
+        wait_for(lambda: started, "the first run's start", 120, every_s=0.1)
+        store = open_store(started[0])
+        wait_for(lambda: store.exists("lease.json"), "the first run's lease", 120, every_s=0.1)
+        try:
+            run(second, progress=lambda line: None)
+        except RunError as error:
+            refused.append(str(error))
+
+    other = threading.Thread(target=second_thread, name="second-run", daemon=True)
+    other.start()
+    summary = run(first, progress=lambda line: None, on_start=started.append)
+    other.join(60)
+    assert refused and "\n" not in refused[0], refused
+    assert "another hpo run, sanity check or ensemble holds this process (thread 'MainThread')" in refused[0]
+    assert summary.status == "finished" and load_results(summary.results_uri).num_rows == 4
+    assert not (tmp_path / "b").exists()  # the refused run wrote nothing

@@ -22,7 +22,7 @@ import threading
 import numpy as np
 import ray
 
-from orchestrator.errors import working_directory
+from orchestrator.errors import RunError, working_directory
 from orchestrator.ray_support.ray_compat import (
     EXPERIMENT_STATE_LOGGER,
     QUIET_LOGGERS,
@@ -53,12 +53,46 @@ CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN
 _LOGGERS = ("ray", "ray.tune", TUNE_CONTROLLER_LOGGER, EXPERIMENT_STATE_LOGGER, *QUIET_LOGGERS)
 
 
+# A session changes process-wide state (the environment, the working directory, signal handlers, loggers, Ray's
+# connection): one thread of a process holds it at a time. The same thread may nest sessions (a sanity gate
+# inside a run); another thread is refused in one line rather than left to race.
+_holder = {"thread": None, "depth": 0}
+_holder_lock = threading.Lock()
+
+
+def _claim_process() -> None:
+    me = threading.current_thread()
+    with _holder_lock:
+        held_by = _holder["thread"]
+        if held_by is not None and held_by is not me:
+            raise RunError(
+                f"another hpo run, sanity check or ensemble holds this process (thread {held_by.name!r}): "
+                "run them one after another, or in processes of their own"
+            )
+        _holder["thread"], _holder["depth"] = me, _holder["depth"] + 1
+
+
+def _release_process() -> None:
+    with _holder_lock:
+        _holder["depth"] -= 1
+        if _holder["depth"] == 0:
+            _holder["thread"] = None
+
+
 class DriverSession:
     """`with DriverSession() as session:` ... `session.start_ray(...)` ...: on exit Ray is stopped if the session
     started it, and the environment, sys.path, working directory, loggers, Tune's propagated variables, random
     states and torch's settings are what they were on entry."""
 
     def __enter__(self) -> DriverSession:
+        _claim_process()
+        try:
+            return self._enter()
+        except BaseException:
+            _release_process()
+            raise
+
+    def _enter(self) -> DriverSession:
         self._environ = dict(os.environ)
         self._sys_path = list(sys.path)
         self._cwd = working_directory()
@@ -157,6 +191,12 @@ class DriverSession:
                     os.chdir(here)
 
     def __exit__(self, *exc) -> None:
+        try:
+            self._exit()
+        finally:
+            _release_process()
+
+    def _exit(self) -> None:
         if self.started_ray:
             stop_autoscaler_monitor()  # else the shutdown waits 1 s for it (ray_compat says why)
             ray.shutdown()
