@@ -200,3 +200,47 @@ def test_two_jobs_with_ddp_trials_side_by_side_on_one_machine_both_finish(ray_cl
     assert proc.returncode == 0, err[-3000:]
     assert "finished 1 trials (1 completed)" in out, out
     assert here.statuses == {"completed": 1}, here
+
+
+def test_the_driver_of_a_run_never_imports_torch(tmp_path):
+    """The driver plans, runs Tune and records; only trial processes train. `hpo run` of a synthetic job in a
+    process of its own (its own embedded Ray) ends with no torch module loaded in that process."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "no-torch",
+                "workload": "synthetic",
+                "search": {
+                    "num_samples": 2,
+                    "max_concurrent": 1,
+                    "metric": "val_loss",
+                    "mode": "min",
+                    "space": {"x1": {"uniform": [0.0, 1.0]}},
+                },
+                "train": {"max_epochs": 2},
+                "storage": str(tmp_path / "runs"),
+            }
+        )
+    )
+    code = (
+        "import sys\nfrom orchestrator.cli import main\ncode = main(['run', sys.argv[1]])\n"
+        "print('TORCH_MODULES', sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "TORCH_MODULES []" in done.stdout, done.stdout[-2000:]
