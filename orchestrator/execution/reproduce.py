@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from orchestrator.errors import RunError, SpecError, WorkloadCodeFailed
+from orchestrator.execution.differences import first_difference
 from orchestrator.execution.runner import plan
 from orchestrator.launch.launcher import Rerun
 from orchestrator.ray_support.driver import DriverSession
@@ -155,24 +156,17 @@ def _compare_checkpoints(stored: TrialCheckpoints, rerun: TrialCheckpoints, iter
         return "not compared (no checkpoint " + ("stored)" if a is None else "written by the rerun)")
     if a.get("iteration") != iteration or b.get("iteration") != iteration:
         return f"not compared (the stored one is of epoch {a.get('iteration')}, not {iteration})"
-    where = _first_difference(a[CHECKPOINT_KEY], b[CHECKPOINT_KEY], "")
-    return "identical" if where is None else f"differs at {where or 'its top level'}"
+    found = first_difference(a[CHECKPOINT_KEY], b[CHECKPOINT_KEY], same=_same_leaf, exact_keys=True)
+    if found is None:
+        return "identical"
+    path, what = found
+    where = "".join(f"/{step}" for step in path) + ("" if what == "value" else f" ({what})")
+    return f"differs at {where or 'its top level'}"
 
 
-def _first_difference(a, b, path: str) -> str | None:
-    """The key path of the first leaf that differs (tensors bit for bit), or None."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if list(a) != list(b):
-            return f"{path} (keys)"
-        return next((d for k in a if (d := _first_difference(a[k], b[k], f"{path}/{k}")) is not None), None)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return f"{path} (length)"
-        pairs = enumerate(zip(a, b, strict=True))
-        return next(
-            (d for i, (x, y) in pairs if (d := _first_difference(x, y, f"{path}/{i}")) is not None), None
-        )
+def _same_leaf(a, b) -> bool:
+    """Tensors bit for bit (dtype, shape and every value); anything else as a metric is compared."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-        return None if same and a.shape == b.shape and torch.equal(a, b) else path
-    return None if _same(a, b) else path
+        return same and a.shape == b.shape and torch.equal(a, b)
+    return _same(a, b)

@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Callable
 
 from orchestrator.errors import ResultsNotFound, RunError
+from orchestrator.execution.differences import first_difference, value_at
 from orchestrator.execution.lease import RunLease
 from orchestrator.execution.runner import Plan, execute
 from orchestrator.results import config_of, load_trials
@@ -35,25 +36,19 @@ class AlreadyFinished(Exception):
     """The run finished before: resuming it changes nothing."""
 
 
-def _first_difference(given, stored, path: str = "") -> str | None:
-    if isinstance(given, dict) and isinstance(stored, dict):
-        for key in list(stored) + [k for k in given if k not in stored]:
-            found = _first_difference(given.get(key), stored.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    if given != stored:
-        return f"{path}: {given!r} in the given spec, {stored!r} in the run"
-    return None
-
-
 def check_same_spec(given_path: str, stored) -> None:
     given = load_spec(given_path)
     if getattr(given, "kind", "tune") != "tune":
         raise RunError(f"{given_path} is a kind: {given.kind} spec, not the tuning run's")
     resolved = given.resolved(check_against_workload(given))
-    difference = _first_difference(resolved.model_dump(mode="json"), stored.model_dump(mode="json"))
-    if difference:
+    given_json, stored_json = resolved.model_dump(mode="json"), stored.model_dump(mode="json")
+    found = first_difference(given_json, stored_json)
+    if found is not None:
+        path = ".".join(str(step) for step in found[0])
+        difference = (
+            f"{path}: {value_at(given_json, found[0])!r} in the given spec, "
+            f"{value_at(stored_json, found[0])!r} in the run"
+        )
         raise RunError(
             f"the spec differs from the run's at {difference}; resume without --spec (the run's own "
             "spec is used) or start a new run"
