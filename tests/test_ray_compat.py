@@ -718,3 +718,15 @@ def test_one_line_errors_keep_what_failed_and_drop_rays_frames():
         "Saving experiment state to storage at '/x' failed with exception: OSError: [Errno 28] No space left on "
         "device"
     )
+
+
+def test_patched_puts_every_original_back_however_the_block_ends():
+    class Owner:
+        a, b = 1, 2
+
+    with pytest.raises(RuntimeError), ray_compat.patched(Owner, a=10, b=20):
+        assert (Owner.a, Owner.b) == (10, 20)
+        raise RuntimeError("the block fails")
+    assert (Owner.a, Owner.b) == (1, 2)
+    with ray_compat.patched(Owner):  # nothing to patch: nothing changes
+        assert (Owner.a, Owner.b) == (1, 2)

@@ -21,9 +21,9 @@ from orchestrator.execution.differences import first_difference, value_at
 from orchestrator.execution.lease import RunLease
 from orchestrator.execution.runner import Plan, execute
 from orchestrator.results import config_of, load_trials
-from orchestrator.results.layout import ITERATION_KEY, MANIFEST, RESULTS_DIR, new_run_id, trial_index
+from orchestrator.results.layout import ITERATION_KEY, new_run_id, trial_index
 from orchestrator.results.ops import stored_spec
-from orchestrator.results.reader import damaged, result_files, run_info
+from orchestrator.results.reader import check_result_files_present, run_info
 from orchestrator.results.schema import FINISHED
 from orchestrator.results.summary import RunSummary
 from orchestrator.spec import check_against_workload, load_spec
@@ -74,7 +74,7 @@ def resume(
     if status == "finished":
         raise AlreadyFinished(f"{uri} already finished; nothing to resume")
     RunLease(store, progress=progress).check_free()  # a live driver: refused before its spool is touched
-    check_intact(store)
+    check_result_files_present(store)  # a run with results never restarts from nothing
     left = drain_until(store, writer_dirs(run_spool_dir(uri)), 30.0)
     if left:
         raise RunError(
@@ -90,16 +90,6 @@ def resume(
         on_start=on_start,
         continue_run=continue_from_storage,
     )
-
-
-def check_intact(store) -> None:
-    """ResultsDamaged naming the file if the run's manifest is unreadable or names a file that is gone: a resume
-    must never start such a run from nothing (it would train every trial again and count its cost twice)."""
-    files = result_files(store)
-    present = set(store.list(RESULTS_DIR))
-    for name in files:
-        if name not in present:
-            raise damaged(store, name, f"is named by {store.path(MANIFEST)} but missing")
 
 
 def continue_from_storage(the_plan: Plan, writer, tracker, progress) -> Plan:

@@ -284,9 +284,8 @@ def execute(
                     _tuner(the_plan, tracker).fit()
             except BaseException as exc:
                 crash = exc
-                if not isinstance(
-                    exc, DiskFull
-                ):  # a full disk ends the run as a stop does: a summary, exit 3
+                # a full disk ends the run as a stop does: a summary, exit 3
+                if not isinstance(exc, DiskFull):
                     raise
             finally:
                 launched = launcher.after_job(progress, joined=bool(address))

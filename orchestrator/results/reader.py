@@ -126,6 +126,19 @@ def decode_stored(
     return table
 
 
+def _named_but_missing(store: Store, rel: str) -> ResultsDamaged:
+    return damaged(store, rel, f"is named by {store.path(MANIFEST)} but missing")
+
+
+def check_result_files_present(store: Store) -> None:
+    """ResultsDamaged naming the first file the manifest names that the store does not hold (one listing, no
+    file read): what `hpo resume` checks before it starts anything."""
+    present = set(store.list(RESULTS_DIR))
+    for name in result_files(store):
+        if name not in present:
+            raise _named_but_missing(store, name)
+
+
 def read_result_files(store: Store) -> dict[str, bytes]:
     """{file: bytes} of the results table as one consistent snapshot, even while the run compacts."""
     missing = ""
@@ -143,7 +156,7 @@ def read_result_files(store: Store) -> dict[str, bytes]:
             continue
         return read
     # the manifest still names a file that is not there: not a compaction under way, a file lost
-    raise damaged(store, missing, f"is named by {store.path(MANIFEST)} but missing")
+    raise _named_but_missing(store, missing)
 
 
 def load_results(uri: str | Store, *, as_pandas: bool = False, options=None):

@@ -9,6 +9,8 @@ written (`preflight`).
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -27,9 +29,6 @@ class DiskFull(StoreError):
 
 def disk_full(path, error: OSError) -> DiskFull | None:
     """DiskFull naming `path` and the mount it is on, if `error` says a disk is full (or over quota); else None."""
-    import errno
-    import os
-
     if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
     mount = os.path.abspath(path)
@@ -49,8 +48,6 @@ class DiskReserve:
     NAME = ".hpo-disk-reserve"
 
     def __init__(self, directories):
-        import os
-
         self.size = int(os.environ.get(RESERVE_ENV, str(1 << 20)))
         self.files = []
         for directory in directories:
@@ -99,8 +96,6 @@ COMMAND_DEADLINE_ENV = "HPO_STORAGE_DEADLINE_S"
 def command_deadline():
     """deadline_at() for one command that only reads or copies stored runs (hpo results ...): all its storage
     calls together end within HPO_STORAGE_DEADLINE_S (default 300 s), however many objects it touches."""
-    import os
-
     return deadline_at(time.monotonic() + float(os.environ.get(COMMAND_DEADLINE_ENV, "300")))
 
 

@@ -193,13 +193,11 @@ class RunTracker(Callback):
         if REPORT_ERROR in error:  # every trial would repeat it: stop the job now, not trial by trial
             self.stop.request(FAILED, message=f"{name}: {_without_class(error)}", grace_s=0.0)
         elif DISK_FULL_ERROR in error:  # so would every trial: stop the job, resumable once there is space
-            self.stop.request(DISK_FULL, message=_without_class(error, DISK_FULL_ERROR), grace_s=0.0)
-            self.recorder.record(  # not the trial's failure: it continues from its checkpoint on resume
-                name, trial.config, INTERRUPTED, error=_without_class(error, DISK_FULL_ERROR)
-            )
-            self.progress.line(
-                f"{name} stopped: {_without_class(error, DISK_FULL_ERROR).removeprefix(name + ': ')}"
-            )
+            why = _without_class(error, DISK_FULL_ERROR)
+            self.stop.request(DISK_FULL, message=why, grace_s=0.0)
+            # not the trial's failure: it continues from its checkpoint on resume
+            self.recorder.record(name, trial.config, INTERRUPTED, error=why)
+            self.progress.line(f"{name} stopped: {why.removeprefix(name + ': ')}")
             forget_trial_metrics(trial)
             return
         self.recorder.record(

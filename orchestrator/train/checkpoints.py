@@ -83,7 +83,10 @@ class TrialCheckpoints:
         the epochs after it. (None, lines) if none loads: the trial starts over. A checkpoint that would run code
         is refused, never passed over; a store that does not answer is its own error (the attempt is retried)."""
         index = self.index()
-        epochs = sorted({int(e) for e in index["epochs"]} | {index["latest"]} - {None}, reverse=True)
+        kept = {int(e) for e in index["epochs"]}
+        if index["latest"] is not None:
+            kept.add(index["latest"])
+        epochs = sorted(kept, reverse=True)
         damaged: list[str] = []
         for epoch in epochs:
             try:
