@@ -163,7 +163,7 @@ def test_two_jobs_with_ddp_trials_side_by_side_on_one_machine_both_finish(ray_cl
     embedded Ray, and a job on this session's Ray (the older of the two, so the one that `ray_current_cluster`,
     which names the newest, would mislead). Every DDP trial's worker group starts and finishes. Ray Train looks
     its controller up through the State API, which, with more than one Ray on the host, is told which one
-    (ray_support/ray_compat.py); the hang this guards against was reported from another machine, and on the 2-core
+    (ray_support/ray_compat/train.py); the hang this guards against was reported from another machine, and on the 2-core
     test machine this passes either way."""
     import os
     import subprocess

@@ -1,0 +1,81 @@
+"""Ray's logging: worker output relayed to the driver, and Ray's loggers made to say a failure in one line."""
+
+from __future__ import annotations
+
+import logging
+
+# Ray 2.60 stops a worker it no longer needs (its job ended, its trial's placement group removed) with SIGTERM,
+# whose handler (`sigterm_handler` in worker.py's main_loop) raises SystemExit. Arriving while the worker runs
+# a weakref or garbage-collector callback, that SystemExit cannot be raised there: Python prints "Exception
+# ignored in: ..." with a traceback and "SystemExit: 1" to the worker's stderr, and Ray relays it to the
+# driver's, where a user reads it as an error of their run (seen once at the end of a successful `hpo run`).
+PRINT_LOGS_HANDLER = "ray_print_logs"  # Ray 2.60: the name worker.connect gives the driver's relay handler
+
+
+def without_stop_noise(lines: list[str]) -> list[str]:
+    """`lines` of a worker's stderr without the blocks Python printed for a SystemExit from Ray's SIGTERM
+    handler that it could not raise; anything else, another ignored exception included, is kept."""
+    kept, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith("Exception ignored"):
+            end = i + 1  # the traceback's lines, indented (or blank), up to the exception's own line
+            while end < len(lines) and (lines[end].startswith(("Traceback", " ")) or not lines[end].strip()):
+                end += 1
+            if (
+                end < len(lines)
+                and lines[end].startswith("SystemExit")
+                and any(line.endswith(", in sigterm_handler") for line in lines[i:end])
+            ):
+                i = end + 1
+                continue
+        kept.append(lines[i])
+        i += 1
+    return kept
+
+
+class _QuietStops:
+    """The driver's relay handler, given each batch of a worker's stderr without_stop_noise."""
+
+    def __init__(self, relay):
+        self.relay = relay
+
+    def __call__(self, data: dict) -> None:
+        lines = data.get("lines")
+        if data.get("is_err") and lines:
+            kept = without_stop_noise(lines)
+            if not kept:
+                return
+            if len(kept) < len(lines):
+                data = {**data, "lines": kept}
+        self.relay(data)
+
+
+def quiet_worker_stops():
+    """Ray 2.60: wrap the driver's handler of relayed worker output (`ray_logging
+    .global_worker_stdstream_dispatcher`, its handler named PRINT_LOGS_HANDLER) so it drops the stop noise
+    above. Returns the undo (a no-op once ray.shutdown has removed the handler)."""
+    from ray._private.ray_logging import (
+        global_worker_stdstream_dispatcher as dispatcher,
+    )  # here, not at the top: a move breaks only this
+
+    def swap(wrap):
+        with dispatcher._lock:
+            dispatcher.handlers = [(name, wrap(name, handle)) for name, handle in dispatcher.handlers]
+
+    swap(
+        lambda name, h: _QuietStops(h) if name == PRINT_LOGS_HANDLER and not isinstance(h, _QuietStops) else h
+    )
+    return lambda: swap(lambda name, h: h.relay if isinstance(h, _QuietStops) else h)
+
+
+class OneLineErrors(logging.Filter):
+    """On a logger of Ray's: a record's traceback becomes its last line, appended to the message. What failed
+    stays said; thirty lines of Ray's frames about it do not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            text = (str(error).strip().splitlines() or [""])[0][:300]
+            record.msg = f"{record.getMessage().rstrip(': ')}: {type(error).__name__}: {text}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
