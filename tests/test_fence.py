@@ -1,6 +1,6 @@
 """The fence around Ray's internals: only orchestrator/ray_support/ reaches a private module of Ray or an
-underscore attribute of something imported from Ray. An AST walk over every module, so a function-level import
-counts too; `make lint` runs it."""
+underscore attribute of something imported from Ray, or reads Ray's error text. An AST walk over every module, so
+a function-level import counts too; `make lint` runs it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,28 @@ def _private(dotted: str) -> bool:
     underscore (a dunder is public)."""
     parts = dotted.split(".")
     return parts[0] == "ray" and any(p.startswith("_") and not p.startswith("__") for p in parts[1:])
+
+
+def _ray_texts() -> tuple[str, ...]:
+    """Every piece of Ray's error text hpo reads (ray_compat/errors.py says which): read from its source, so this
+    check imports nothing of Ray."""
+    tree = ast.parse((FENCE / "ray_compat" / "errors.py").read_text())
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            values[node.targets[0].id] = node.value
+    texts = []
+    for item in values["RAY_TEXTS"].elts:
+        if isinstance(item, ast.Starred):  # *NAME: a tuple of texts (its first item may be an HTTP status)
+            texts += [e.value for e in values[item.value.id].elts if not e.value.isdigit()]
+        elif isinstance(item, ast.Name):
+            texts.append(values[item.id].value)
+        else:
+            texts.append(item.value)
+    return tuple(texts)
+
+
+RAY_TEXTS = _ray_texts()
 
 
 def crossings(source: str, filename: str = "<module>") -> list[str]:
@@ -37,6 +59,10 @@ def crossings(source: str, filename: str = "<module>") -> list[str]:
                         found.append(f"{filename}:{node.lineno} imports {node.module}.{alias.name}")
                     from_ray.add(alias.asname or alias.name)
     for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found += [
+                f"{filename}:{node.lineno} reads Ray's text {t!r}" for t in RAY_TEXTS if t in node.value
+            ]
         if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
             root = node.value
             while isinstance(root, ast.Attribute):
@@ -65,6 +91,9 @@ def test_the_fence_check_sees_each_way_past_it():
         "def f():\n"
         "    from ray.tune import experiment\n"
         "    return ray._private.worker, experiment.trial._something\n"
+        "def g(error):\n"
+        "    return 'worker process has died' in str(error)\n"
     )
-    assert len(caught) == 5, caught
+    assert len(caught) == 6, caught
+    assert "worker process has died" in RAY_TEXTS and "Authentication required" in RAY_TEXTS, RAY_TEXTS
     assert crossings("import ray\nfrom ray import tune\nx = tune.report, ray.__version__, obj._mine\n") == []

@@ -751,3 +751,55 @@ def test_patched_puts_every_original_back_however_the_block_ends():
     assert (Owner.a, Owner.b) == (1, 2)
     with ray_compat.patched(Owner):  # nothing to patch: nothing changes
         assert (Owner.a, Owner.b) == (1, 2)
+
+
+def test_rays_error_text_is_read_here_and_says_what_hpo_needs():
+    """ray_compat.raised_in, ray_compat.message_of, ray_compat.group_failure_line (ray_compat.WORKER_DIED_TEXT),
+    ray_compat.jobs_api_error and ray_compat.no_jobs_agent on the errors Ray 2.60 makes; ray_compat.RAY_TEXTS
+    lists ray_compat.JOBS_AUTH_REQUIRED, ray_compat.JOBS_AUTH_REFUSED, ray_compat.JOBS_NOT_FOUND,
+    ray_compat.JOBS_SERVER_ERROR and ray_compat.JOBS_NO_AGENT's texts (tests/test_fence.py reads it)."""
+    from ray.exceptions import RayTaskError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from orchestrator.train.exceptions import FinalTrialError, ReportError
+
+    text = "Traceback ...\norchestrator.train.exceptions.ReportError: trial_0001: 'loss' is not a number"
+    assert ray_compat.raised_in(text, ReportError) == "trial_0001: 'loss' is not a number"
+    assert ray_compat.raised_in("ValueError: x", ReportError) is None
+    ray_text = "Traceback (most recent call last):\norchestrator.train.exceptions.FinalTrialError: bad config, at train.py:3"
+    final = RayTaskError("trainable", ray_text, FinalTrialError("bad config, at train.py:3"))
+    assert ray_compat.message_of(final, FinalTrialError) == "bad config, at train.py:3"
+    assert ray_compat.message_of(RayTaskError("t", "Traceback ...", ValueError("v")), FinalTrialError) is None
+
+    def raised(exc):
+        try:
+            raise exc
+        except Exception as caught:
+            return caught
+
+    bug = raised(ValueError("a bug"))
+    line = ray_compat.group_failure_line(WorkerGroupError("r", {1: bug, 0: bug}))
+    assert line.startswith("the worker group failed: rank 0 raised ValueError: a bug, at ") and line.endswith(
+        "test_ray_compat.py:" + line.rsplit(":", 1)[1]
+    ), line  # where, in the user's code (this test's file)
+    died = raised(RuntimeError(f"The {ray_compat.WORKER_DIED_TEXT}. Worker exit type: SYSTEM_ERROR"))
+    assert ray_compat.group_failure_line(WorkerGroupError("r", {0: bug, 1: died})) == (
+        "the worker group failed: rank 1's process died (SYSTEM_ERROR)"
+    )
+    assert ray_compat.group_failure_line(RuntimeError("boom")) == "the worker group failed: boom"
+
+    def said(message, **kwargs):
+        return ray_compat.jobs_api_error(RuntimeError(message), **kwargs)
+
+    assert said("Request failed with status code 401: Authentication required")[0] == "auth-required"
+    assert said("Request failed with status code 403: Authentication failed")[0] == "auth-refused"
+    assert said("Job raysubmit_x does not exist", about_a_job=True)[0] == "not-found"
+    assert said("Job raysubmit_x does not exist")[0] == "other"
+    assert said("Request failed with status code 500: it broke.\nTraceback") == ("server-error", "it broke")
+    assert said("Connection refused") == ("other", "Connection refused")
+    assert ray_compat.no_jobs_agent(RuntimeError(f"... {ray_compat.JOBS_NO_AGENT} ..."))
+    assert not ray_compat.no_jobs_agent(RuntimeError("Connection refused"))
+    assert ray_compat.JOBS_SERVER_ERROR.startswith("Request failed") and ray_compat.JOBS_NOT_FOUND
+    for texts in (ray_compat.JOBS_AUTH_REQUIRED, ray_compat.JOBS_AUTH_REFUSED, ray_compat.NODE_DEATH_TEXTS):
+        assert set(texts) <= set(ray_compat.RAY_TEXTS)
+    assert ray_compat.JOBS_NO_AGENT in ray_compat.RAY_TEXTS

@@ -28,7 +28,6 @@ import asyncio
 import collections
 import dataclasses
 import os
-import re
 import secrets
 import time
 import traceback
@@ -37,12 +36,13 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator.errors import describe_traceback_text
 from orchestrator.launch.protocol import GO_ON, NAMESPACE, STOP
 from orchestrator.launch.torch_trainer import ddp_trainer
 from orchestrator.ray_support.ray_compat import (
     contains_error,
+    group_failure_line,
     lost_node_error,
+    message_of,
     node_gone,
     on_the_head,
     preempted_error,
@@ -369,15 +369,10 @@ def _describe(error: BaseException, final: bool) -> str:
     """The failure as the Tune trial raises it. A final error: its message (it says where). Anything else: the
     whole text of Ray Train's error (each failed rank's traceback), then one line saying what happened, which
     the trial's record and progress line show."""
-    if final:
-        for line in str(error).splitlines():
-            if "FinalTrialError" in line:
-                return line.split("FinalTrialError:", 1)[-1].strip()
+    if final and (message := message_of(error, FinalTrialError)) is not None:
+        return message
     text = "".join(traceback.format_exception(error))[-20_000:]
     return f"{text}\n{group_failure_line(error)}"
-
-
-_EXIT = re.compile(r"Worker exit type: (\w+)")
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -392,26 +387,6 @@ async def _answers(node_id: str, timeout_s: float = 10.0) -> bool:
         return await asyncio.wait_for(_here.options(scheduling_strategy=strategy).remote(), timeout_s)
     except Exception:
         return False
-
-
-def group_failure_line(error: BaseException) -> str:
-    """One line for a worker group's failure: the first failed rank and what it raised (and where, in the user's
-    code), or that its process died."""
-    failures = getattr(error, "worker_failures", None) or {}
-    if not failures:
-        return f"the worker group failed: {describe_traceback_text(str(error)) or type(error).__name__}"
-    texts = {rank: "".join(traceback.format_exception(e)) for rank, e in failures.items()}
-    died = {r for r, e in failures.items() if isinstance(e, ray.exceptions.ActorDiedError)} | {
-        r for r, t in texts.items() if "worker process has died" in t
-    }
-    # a rank whose process died is the cause; its peers only see their collectives break
-    rank = min(died or failures)
-    text = texts[rank]
-    if rank in died:
-        exit_type = _EXIT.search(text)
-        how = f" ({exit_type.group(1)})" if exit_type else ""
-        return f"the worker group failed: rank {rank}'s process died{how}"
-    return f"the worker group failed: rank {rank} raised {describe_traceback_text(text)}"
 
 
 # -- the driver's handle ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 from ray.job_submission import JobSubmissionClient
 
 from orchestrator.errors import RunError
+from orchestrator.ray_support.ray_compat import jobs_api_error, no_jobs_agent
 from orchestrator.results.layout import SPEC_FILE, new_run_id, results_uri_for
 from orchestrator.spec import EnsembleSpec, JobSpec
 from orchestrator.stopping import GRACE_ENV, SUBMITTED_ENV, stop_grace_s
@@ -71,17 +72,16 @@ def client(address: str | None, token_file: str | None = None):
 
 def _explain(exc: Exception, url: str, job: str | None = None) -> str:
     """Ray's error, as a sentence that says what happened and what to do."""
-    text = str(exc)
-    if "401" in text or "Authentication required" in text:
+    kind, detail = jobs_api_error(exc, about_a_job=job is not None)
+    if kind == "auth-required":
         return f"the cluster at {url} requires a Ray auth token; set RAY_AUTH_TOKEN or pass --token-file."
-    if "403" in text or "Authentication failed" in text:
+    if kind == "auth-refused":
         return f"the cluster at {url} refused the Ray auth token; check RAY_AUTH_TOKEN or --token-file."
-    if job and ("404" in text or "does not exist" in text or "not found" in text.lower()):
+    if kind == "not-found":
         return f"there is no job {job!r} on the cluster at {url}; `hpo list` shows the jobs there."
-    if "500" in text and "Request failed" in text:
-        first = text.splitlines()[0].removeprefix("Request failed with status code 500: ").rstrip(".")
-        return f"the cluster at {url} could not do it: {first[:300]}."
-    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    if kind == "server-error":
+        return f"the cluster at {url} could not do it: {detail[:300]}."
+    first = detail[:200] or type(exc).__name__
     return f"cannot reach Ray's Jobs API at {url} ({type(exc).__name__}: {first}); is the address right and the head up?"
 
 
@@ -97,7 +97,6 @@ def call(fn, url: str, *args, job: str | None = None, **kwargs):
 AGENT_WAIT_S = (
     60.0  # how long `hpo submit` waits for a Jobs agent that is still starting (a head just started)
 )
-NO_AGENT = "No available agent to submit job"
 
 
 def submit_when_ready(jobs, url: str, progress, *, wait_s: float = AGENT_WAIT_S, **job) -> str:
@@ -109,7 +108,7 @@ def submit_when_ready(jobs, url: str, progress, *, wait_s: float = AGENT_WAIT_S,
         try:
             return jobs.submit_job(**job)
         except Exception as exc:
-            if NO_AGENT not in str(exc) or time.monotonic() >= deadline:
+            if not no_jobs_agent(exc) or time.monotonic() >= deadline:
                 raise RunError(_explain(exc, url)) from None
         if not said:
             progress(f"waiting for the cluster's Jobs agent to start (up to {wait_s:.0f}s)...")

@@ -18,6 +18,7 @@ from orchestrator.ray_support.ray_compat import (
     forget_trial_metrics,
     lost_node_error,
     node_gone,
+    raised_in,
     trial_error_file,
     trial_name,
     was_lost_node,
@@ -29,6 +30,7 @@ from orchestrator.stopping import DISK_FULL, FAILED, INTERRUPTED, StopRequest
 from orchestrator.tracking.progress import BestRow, Progress
 from orchestrator.tracking.recorder import TrialRecorder
 from orchestrator.tracking.watchdog import Watchdog
+from orchestrator.train.exceptions import ReportError, TrialDiskFull
 
 
 class RunTracker(Callback):
@@ -190,10 +192,10 @@ class RunTracker(Callback):
             self.recorder.record(name, trial.config, "cancelled", error=BUDGET_SPENT)
             forget_trial_metrics(trial)
             return
-        if REPORT_ERROR in error:  # every trial would repeat it: stop the job now, not trial by trial
-            self.stop.request(FAILED, message=f"{name}: {_without_class(error)}", grace_s=0.0)
-        elif DISK_FULL_ERROR in error:  # so would every trial: stop the job, resumable once there is space
-            why = _without_class(error, DISK_FULL_ERROR)
+        # a ReportError or a full disk: every trial would repeat it, so the job stops now (a full disk resumably)
+        if (why := raised_in(error, ReportError)) is not None:
+            self.stop.request(FAILED, message=f"{name}: {why}", grace_s=0.0)
+        elif (why := raised_in(error, TrialDiskFull)) is not None:
             self.stop.request(DISK_FULL, message=why, grace_s=0.0)
             # not the trial's failure: it continues from its checkpoint on resume
             self.recorder.record(name, trial.config, INTERRUPTED, error=why)
@@ -301,16 +303,6 @@ class SearchGate:
 
     def __getstate__(self):
         return {"ledger": None, "stop": None}
-
-
-REPORT_ERROR = "ReportError"  # train/exceptions.py's classes, as Ray's error text names them
-DISK_FULL_ERROR = "TrialDiskFull"
-
-
-def _without_class(error: str, name: str = REPORT_ERROR) -> str:
-    """The error line without the exception's dotted class name in front."""
-    head, sep, rest = error.partition(f"{name}: ")
-    return rest if sep else error
 
 
 def _signal_name(signum: int) -> str:

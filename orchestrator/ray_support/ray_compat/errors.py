@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import traceback
 
 import ray
+
+from orchestrator.errors import describe_traceback_text
 
 
 def errors_within(error: BaseException | None):
@@ -63,3 +67,94 @@ def is_refused_token(error: BaseException) -> bool:
 
     cause = error if isinstance(error, AuthenticationError) else error.__cause__
     return isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause)
+
+
+# -- Ray's error text: the only place hpo reads it -----------------------------------------------------------
+def raised_in(text: str, error_class: type[BaseException]) -> str | None:
+    """Ray 2.60 keeps an error raised in a trial as text (Tune's error file, a RayTaskError's message), naming the
+    exception by its class, dotted or not, before its message (`ReportError: ...`). If `text` names
+    `error_class`: what follows `Name: ` (all of `text` where that is not found); else None."""
+    name = error_class.__name__
+    if name not in text:
+        return None
+    _, sep, rest = text.partition(f"{name}: ")
+    return rest if sep else text
+
+
+def message_of(error: BaseException, error_class: type[BaseException]) -> str | None:
+    """The message of the `error_class` error that `error` carries, read off the first line of Ray's text of
+    `error` that names it (a Ray Train WorkerGroupError holds each rank's error as text); None if none does."""
+    name = error_class.__name__
+    for line in str(error).splitlines():
+        if name in line:
+            return line.split(f"{name}:", 1)[-1].strip()
+    return None
+
+
+WORKER_DIED_TEXT = "worker process has died"  # Ray 2.60's text for a rank whose process died
+_EXIT = re.compile(r"Worker exit type: (\w+)")  # ... and how (SYSTEM_ERROR, INTENDED_USER_EXIT, ...)
+
+
+def group_failure_line(error: BaseException) -> str:
+    """One line for a Ray Train worker group's failure (a WorkerGroupError's `worker_failures`, per rank): the
+    first failed rank and what it raised (and where, in the user's code), or that its process died."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if not failures:
+        return f"the worker group failed: {describe_traceback_text(str(error)) or type(error).__name__}"
+    texts = {rank: "".join(traceback.format_exception(e)) for rank, e in failures.items()}
+    died = {r for r, e in failures.items() if isinstance(e, ray.exceptions.ActorDiedError)} | {
+        r for r, t in texts.items() if WORKER_DIED_TEXT in t
+    }
+    # a rank whose process died is the cause; its peers only see their collectives break
+    rank = min(died or failures)
+    text = texts[rank]
+    if rank in died:
+        exit_type = _EXIT.search(text)
+        how = f" ({exit_type.group(1)})" if exit_type else ""
+        return f"the worker group failed: rank {rank}'s process died{how}"
+    return f"the worker group failed: rank {rank} raised {describe_traceback_text(text)}"
+
+
+# Ray 2.60's Jobs API client (JobSubmissionClient) raises with the HTTP status and the server's text in its
+# message; these are the ones hpo tells apart.
+JOBS_AUTH_REQUIRED = ("401", "Authentication required")
+JOBS_AUTH_REFUSED = ("403", "Authentication failed")
+JOBS_NOT_FOUND = ("404", "does not exist", "not found")
+JOBS_SERVER_ERROR = "Request failed with status code 500: "
+JOBS_NO_AGENT = "No available agent to submit job"  # a head just started: no Jobs agent has registered yet
+
+
+def jobs_api_error(error: BaseException, *, about_a_job: bool = False) -> tuple[str, str]:
+    """What Ray's Jobs API client said: (kind, detail). kind: "auth-required", "auth-refused", "not-found" (only
+    for a call `about_a_job`), "server-error" (detail: the server's first line), or "other" (detail: the error's
+    first line)."""
+    text = str(error)
+    first = text.splitlines()[0] if text else ""
+    if any(t in text for t in JOBS_AUTH_REQUIRED):
+        return "auth-required", first
+    if any(t in text for t in JOBS_AUTH_REFUSED):
+        return "auth-refused", first
+    if about_a_job and any(t in text.lower() for t in (t.lower() for t in JOBS_NOT_FOUND)):
+        return "not-found", first
+    if "500" in text and "Request failed" in text:
+        return "server-error", first.removeprefix(JOBS_SERVER_ERROR).rstrip(".")
+    return "other", first
+
+
+def no_jobs_agent(error: BaseException) -> bool:
+    """Whether Ray's Jobs API refused a submission because no Jobs agent has registered yet."""
+    return JOBS_NO_AGENT in str(error)
+
+
+# Every piece of Ray's text read here: tests/test_fence.py fails on any of them (but a bare HTTP status) in a
+# string outside ray_support/
+RAY_TEXTS = (
+    *NODE_DEATH_TEXTS,
+    WORKER_DIED_TEXT,
+    "Worker exit type",
+    "InvalidAuthToken",
+    *JOBS_AUTH_REQUIRED,
+    *JOBS_AUTH_REFUSED,
+    "Request failed",
+    JOBS_NO_AGENT,
+)
