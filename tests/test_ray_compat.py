@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import ray
 import tomllib
-from conftest import ROOT, wait_for
+from conftest import ROOT, spec_dict, spec_file, wait_for
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -107,21 +108,29 @@ def test_tune_reads_the_knobs_we_set():
     assert ray_compat.trial_failed_message("trial_0003") == "Trial task failed for trial trial_0003"
 
 
-def test_tune_propagates_credentials_unless_stopped():
+def test_tune_propagates_credentials_unless_stopped(monkeypatch):
+    """Live: the env_vars Tune's class cache gives a trial actor class. Ray copies the secret by default; under
+    ray_compat.stop_propagating_env it does not (ray_compat.propagated_env says so too); the undo puts Ray's own
+    set back. (The session's own DriverSession may have left it out already: it is put in first, as Ray has it.)"""
     from ray.tune.execution import class_cache
 
     assert '"AWS_SECRET_ACCESS_KEY"' in inspect.getsource(class_cache)  # Ray copies it by default
-    before = set(class_cache.ENV_VARS_TO_PROPAGATE)  # (the session's own DriverSession may have removed it)
-    ray_compat.propagate_env({"AWS_SECRET_ACCESS_KEY"})
-    try:
-        removed = ray_compat.stop_propagating_env(("AWS_SECRET_ACCESS_KEY", "NOT_A_VARIABLE"))
-        assert removed == {"AWS_SECRET_ACCESS_KEY"}
-        assert "AWS_SECRET_ACCESS_KEY" not in class_cache.ENV_VARS_TO_PROPAGATE
-        ray_compat.propagate_env(removed)
-        assert "AWS_SECRET_ACCESS_KEY" in class_cache.ENV_VARS_TO_PROPAGATE
-    finally:
-        class_cache.ENV_VARS_TO_PROPAGATE.clear()
-        class_cache.ENV_VARS_TO_PROPAGATE.update(before)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+
+    def trial_actor_env_vars() -> dict:
+        return class_cache._ActorClassCache().get(_Probe)._default_options["runtime_env"]["env_vars"]
+
+    as_ray_has_it = class_cache.ENV_VARS_TO_PROPAGATE | {"AWS_SECRET_ACCESS_KEY"}
+    with ray_compat.patched(class_cache, ENV_VARS_TO_PROPAGATE=as_ray_has_it):
+        assert trial_actor_env_vars()["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
+        undo = ray_compat.stop_propagating_env(("AWS_SECRET_ACCESS_KEY", "NOT_A_VARIABLE"))
+        try:
+            assert "AWS_SECRET_ACCESS_KEY" not in trial_actor_env_vars()
+            assert "AWS_SECRET_ACCESS_KEY" not in ray_compat.propagated_env()
+        finally:
+            undo()
+        assert class_cache.ENV_VARS_TO_PROPAGATE is as_ray_has_it
+        assert trial_actor_env_vars()["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
 
 
 def _trial(name: str, tag: str) -> Trial:
@@ -471,8 +480,9 @@ def test_the_stop_noise_of_rays_workers_is_dropped_and_nothing_else():
     assert ray_compat.without_stop_noise(STOP_NOISE[:-1]) == STOP_NOISE[:-1]
 
 
-def test_quiet_worker_stops_wraps_the_drivers_relay_and_undoes_it(monkeypatch):
-    """Without a Ray: the handler Ray's worker.connect registers (ray_compat.PRINT_LOGS_HANDLER) stands in."""
+def test_quiet_worker_stops_filters_the_drivers_relay_and_undoes_it(monkeypatch):
+    """Without a Ray: the handler Ray's worker.connect registers (ray_compat.PRINT_LOGS_HANDLER) stands in. The
+    relay gets each batch without the stop noise, other handlers get it whole; the undo leaves Ray's emit."""
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     relayed, other = [], []
@@ -480,22 +490,18 @@ def test_quiet_worker_stops_wraps_the_drivers_relay_and_undoes_it(monkeypatch):
         dispatcher, "handlers", [(ray_compat.PRINT_LOGS_HANDLER, relayed.append), ("x", other.append)]
     )
     undo = ray_compat.quiet_worker_stops()
-    assert ray_compat.quiet_worker_stops() and dispatcher.handlers[1] == (
-        "x",
-        other.append,
-    )  # wraps only once
     dispatcher.emit({"is_err": True, "lines": STOP_NOISE})  # nothing left: not relayed at all
     dispatcher.emit({"is_err": True, "lines": ["epoch 1", *STOP_NOISE], "pid": 7})
-    dispatcher.emit(
-        {"is_err": False, "lines": STOP_NOISE}
-    )  # stdout: not Python's stop noise, relayed as it is
+    dispatcher.emit({"is_err": False, "lines": STOP_NOISE})  # stdout: not Python's stop noise, relayed as is
     assert relayed == [
         {"is_err": True, "lines": ["epoch 1"], "pid": 7},
         {"is_err": False, "lines": STOP_NOISE},
     ]
     assert len(other) == 3  # other handlers see everything
     undo()
-    assert dispatcher.handlers == [(ray_compat.PRINT_LOGS_HANDLER, relayed.append), ("x", other.append)]
+    assert "emit" not in vars(dispatcher)  # Ray's own method again
+    dispatcher.emit({"is_err": True, "lines": STOP_NOISE})
+    assert relayed[-1] == {"is_err": True, "lines": STOP_NOISE}
 
 
 @pytest.mark.slow
@@ -704,18 +710,19 @@ def _raylet_workers() -> list:
     return [p for p in raylet.children() if " ".join(p.cmdline()).strip() not in agents]
 
 
-def _printed_by(code: str, expected: list[str]) -> str:
+def _printed_by(code: str, expected: list[str], lines: int = 0):
     """Run `code` in a Python process of its own (a Ray started there is this test's alone); its first lines of
-    output must be `expected`, and the line after them (a figure to print, not assert) is returned."""
+    output must be `expected`, and the line after them (a figure to print, not assert) is returned, or with
+    `lines`, that many lines after them."""
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT, env=env
     )
-    lines = proc.stdout.splitlines()
-    assert proc.returncode == 0 and lines[: len(expected)] == expected, proc.stdout + proc.stderr[-2000:]
-    return lines[len(expected)]
+    out = proc.stdout.splitlines()
+    assert proc.returncode == 0 and out[: len(expected)] == expected, proc.stdout + proc.stderr[-2000:]
+    return out[len(expected) : len(expected) + lines] if lines else out[len(expected)]
 
 
 def test_one_line_errors_keep_what_failed_and_drop_rays_frames():
@@ -742,8 +749,18 @@ def test_one_line_errors_keep_what_failed_and_drop_rays_frames():
 
 
 def test_patched_puts_every_original_back_however_the_block_ends():
+    """ray_compat.patched (ray_compat.patch_key, ray_compat.counted): the originals back however the block ends,
+    an inherited attribute removed again (not copied onto the subclass), every call into a replaced function
+    counted in ray_compat.CALLS; ray_compat.patches holds blocks open until closed."""
+
     class Owner:
         a, b = 1, 2
+
+        def where(self):
+            return "own"
+
+    class Heir(Owner):
+        pass
 
     with pytest.raises(RuntimeError), ray_compat.patched(Owner, a=10, b=20):
         assert (Owner.a, Owner.b) == (10, 20)
@@ -751,6 +768,18 @@ def test_patched_puts_every_original_back_however_the_block_ends():
     assert (Owner.a, Owner.b) == (1, 2)
     with ray_compat.patched(Owner):  # nothing to patch: nothing changes
         assert (Owner.a, Owner.b) == (1, 2)
+    key = ray_compat.patch_key(Heir, "where")
+    assert key.endswith("Heir.where") and ray_compat.patch_key(ray_compat, "x") == f"{ray_compat.__name__}.x"
+    before = ray_compat.CALLS[key]
+    with ray_compat.patched(Heir, where=lambda self: "patched"):
+        assert Heir().where() == "patched" and Heir().where() == "patched" and Owner().where() == "own"
+    assert ray_compat.CALLS[key] == before + 2
+    assert "where" not in vars(Heir) and Heir().where() == "own"
+    assert ray_compat.counted("k", len).__name__ == "len"
+    undo = ray_compat.patches(ray_compat.patched(Owner, a=3), ray_compat.patched(Heir, b=4))
+    assert (Owner.a, Heir.b) == (3, 4)
+    undo.close()
+    assert (Owner.a, Heir.b, "b" in vars(Heir)) == (1, 2, False)
 
 
 def test_rays_error_text_is_read_here_and_says_what_hpo_needs():
@@ -803,3 +832,61 @@ def test_rays_error_text_is_read_here_and_says_what_hpo_needs():
     for texts in (ray_compat.JOBS_AUTH_REQUIRED, ray_compat.JOBS_AUTH_REFUSED, ray_compat.NODE_DEATH_TEXTS):
         assert set(texts) <= set(ray_compat.RAY_TEXTS)
     assert ray_compat.JOBS_NO_AGENT in ray_compat.RAY_TEXTS
+
+
+# Every function hpo patches into Ray (ray_compat.patched counts each call Ray makes into one) and the scheduler
+# method its subclass overrides: a run of `hpo` as a user starts it must have Ray call every one of them.
+PATCHED_BY_A_RUN = (
+    "Node.start_api_server",  # quick_embedded_start, without the dashboard
+    "Node.start_head_processes",  # ... the same
+    "ray._private.services.get_node",  # ... always
+    "ray._private.services.start_ray_process",  # ... with warm trial processes
+    "WorkerStandardStreamDispatcher.emit",  # quiet_worker_stops (the dispatcher's own attribute)
+    "_ActorClassCache.get",  # trial_actors_inherit
+    "TuneController._get_trial_checkpoints",  # lean_experiment_state
+    "Trial.handle_error",  # no_retry_on and lost_nodes_not_counted: two layers, each counted
+    "Trial.should_recover",  # no_retry_on
+    "TrialScheduler.choose_trial_to_run",  # choose_only_when_a_trial_waits (a subclass, counted the same)
+)
+
+
+@pytest.mark.slow
+def test_ray_calls_every_patch_in_a_real_run(tmp_path):
+    """Live, not a stub: `orchestrator.run` of a 3-trial job (its first trial fails once and is retried) in a
+    process of its own, as `hpo run` starts it (an embedded Ray, no dashboard, warm trial processes). Afterwards
+    ray_compat.CALLS must count a call into every patch of PATCHED_BY_A_RUN: a pinned Ray that stopped calling one
+    fails here, naming it. And each is Ray's own again."""
+    spec = spec_file(
+        tmp_path / "job.yaml",
+        spec_dict(
+            name="patches",
+            workload="tests.workloads_for_tests:fails_once_loudly",
+            storage=str(tmp_path / "results"),
+            search={
+                "metric": "loss",
+                "mode": "min",
+                "space": {"x": {"uniform": [0.0, 1.0]}},
+                "num_samples": 3,
+                "max_concurrent": 1,
+                "fixed": {"fail_marker": str(tmp_path / "failed-once")},
+            },
+            scheduler={"type": "fifo"},
+            train={"max_epochs": 3, "max_retries": 1},
+        ),
+    )
+    code = (
+        "import json, sys, ray; import orchestrator; from orchestrator.spec import load_spec\n"
+        "from orchestrator.ray_support import ray_compat\n"
+        "from ray.tune.experiment import Trial\n"
+        "own = (ray._private.node.Node.start_api_server, Trial.handle_error, Trial.should_recover)\n"
+        f"summary = orchestrator.run(load_spec({str(spec)!r}), progress=lambda line: None)\n"
+        "print(summary.status, summary.statuses)\n"
+        "print(own == (ray._private.node.Node.start_api_server, Trial.handle_error, Trial.should_recover))\n"
+        "print(json.dumps(dict(ray_compat.CALLS)))\n"
+    )
+    status, restored, counts = _printed_by(code, [], lines=3)
+    assert status == "finished {'completed': 3}" and restored == "True", (status, restored)
+    calls = json.loads(counts)
+    never = [key for key in PATCHED_BY_A_RUN if not calls.get(key)]
+    assert not never, f"Ray {ray.__version__} no longer calls these patches: {never} (counted: {calls})"
+    assert calls["Trial.handle_error"] % 2 == 0, calls  # the one failure went through both layers

@@ -419,3 +419,30 @@ def reports_epoch() -> Workload:
         metrics={"loss": "min"},
         hyperparameters={"x": 0.5, "fixed_marker": ""},
     )
+
+
+def _fails_once_loudly_train(ctx) -> None:
+    """Says a line on stderr each epoch (Ray relays it to the driver); trial_0000 raises once, in its second
+    epoch, while the file `fail_marker` does not exist (it creates it), and is retried from its checkpoint."""
+    import os
+    import sys
+
+    start = 0
+    if (state := ctx.get_checkpoint()) is not None:
+        start = state["epoch"] + 1
+    for epoch in range(start, ctx.max_epochs):
+        print(f"{ctx.trial_id}: epoch {epoch}", file=sys.stderr, flush=True)
+        marker = ctx.config["fail_marker"]
+        if epoch == 1 and ctx.trial_id.endswith("_0000") and marker and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("failing once, on purpose")
+        ctx.report({"loss": (ctx.config["x"] - 0.3) ** 2 + 1.0 / (epoch + 1)}, checkpoint={"epoch": epoch})
+
+
+def fails_once_loudly() -> Workload:
+    return Workload(
+        name="fails-once-loudly",
+        train=_fails_once_loudly_train,
+        metrics={"loss": "min"},
+        hyperparameters={"x": 0.5, "fail_marker": ""},
+    )

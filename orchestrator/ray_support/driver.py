@@ -29,7 +29,6 @@ from orchestrator.ray_support.ray_compat import (
     QUIET_TUNE_ENV,
     TUNE_CONTROLLER_LOGGER,
     OneLineErrors,
-    propagate_env,
     quiet_worker_stops,
     refresh_ray_config,
     stop_autoscaler_monitor,
@@ -109,7 +108,7 @@ class DriverSession:
         logging.getLogger(EXPERIMENT_STATE_LOGGER).addFilter(
             OneLineErrors()
         )  # removed with the loggers' state
-        self._not_propagated = stop_propagating_env(CREDENTIALS)
+        self._undo_propagate = stop_propagating_env(CREDENTIALS)
         if self._cwd not in sys.path:  # the driver imports user workloads from here, as its workers do
             sys.path.insert(0, self._cwd)
         return self
@@ -204,7 +203,7 @@ class DriverSession:
             self._undo_quiet()
         if self._undo_start is not None:
             self._undo_start()
-        propagate_env(self._not_propagated)
+        self._undo_propagate()
         for name, state in self._loggers.items():
             _restore_logger(logging.getLogger(name), state)
         if threading.current_thread() is threading.main_thread():

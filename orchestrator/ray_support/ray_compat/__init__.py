@@ -78,7 +78,11 @@ from orchestrator.ray_support.ray_compat.node_start import (
     stop_autoscaler_monitor,
 )
 from orchestrator.ray_support.ray_compat.patching import (
+    CALLS,
+    counted,
+    patch_key,
     patched,
+    patches,
 )
 from orchestrator.ray_support.ray_compat.train import (
     TRAIN_CONTROLLER_CLASS,
@@ -99,7 +103,6 @@ from orchestrator.ray_support.ray_compat.tune import (
     lost_nodes_not_counted,
     no_retry_on,
     pin_hyperopt_suggestion,
-    propagate_env,
     propagated_env,
     stop_propagating_env,
     tell_scheduler,
@@ -117,6 +120,7 @@ CHECKED_WITH = "2.60.0"
 __all__ = [
     "CHECKED_WITH",
     "ACCELERATOR_SLIVER",
+    "CALLS",
     "EXPERIMENT_STATE_LOGGER",
     "FAST_CONNECT",
     "HEAD_SLIVER",
@@ -143,6 +147,7 @@ __all__ = [
     "autoscaler_node_types",
     "choose_only_when_a_trial_waits",
     "contains_error",
+    "counted",
     "creation_counter",
     "dashboard_url",
     "embedded_system_config",
@@ -171,11 +176,12 @@ __all__ = [
     "node_draining",
     "node_gone",
     "on_the_head",
+    "patch_key",
     "patched",
+    "patches",
     "pin_hyperopt_suggestion",
     "placement_group",
     "preempted_error",
-    "propagate_env",
     "propagated_env",
     "quick_embedded_start",
     "quiet_train_worker",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from orchestrator.ray_support.ray_compat.patching import patched, patches
+
 # Ray 2.60 stops a worker it no longer needs (its job ended, its trial's placement group removed) with SIGTERM,
 # whose handler (`sigterm_handler` in worker.py's main_loop) raises SystemExit. Arriving while the worker runs
 # a weakref or garbage-collector callback, that SystemExit cannot be raised there: Python prints "Exception
@@ -33,39 +35,37 @@ def without_stop_noise(lines: list[str]) -> list[str]:
     return kept
 
 
-class _QuietStops:
-    """The driver's relay handler, given each batch of a worker's stderr without_stop_noise."""
-
-    def __init__(self, relay):
-        self.relay = relay
-
-    def __call__(self, data: dict) -> None:
-        lines = data.get("lines")
-        if data.get("is_err") and lines:
-            kept = without_stop_noise(lines)
-            if not kept:
-                return
-            if len(kept) < len(lines):
-                data = {**data, "lines": kept}
-        self.relay(data)
+def _without_stop_noise(data: dict) -> dict | None:
+    """A batch of a worker's output as the driver's relay should print it: stderr without_stop_noise, None when
+    nothing is left of it."""
+    lines = data.get("lines")
+    if data.get("is_err") and lines:
+        kept = without_stop_noise(lines)
+        if not kept:
+            return None
+        if len(kept) < len(lines):
+            return {**data, "lines": kept}
+    return data
 
 
 def quiet_worker_stops():
-    """Ray 2.60: wrap the driver's handler of relayed worker output (`ray_logging
-    .global_worker_stdstream_dispatcher`, its handler named PRINT_LOGS_HANDLER) so it drops the stop noise
-    above. Returns the undo (a no-op once ray.shutdown has removed the handler)."""
+    """Ray 2.60: the driver's dispatcher of relayed worker output (`ray_logging
+    .global_worker_stdstream_dispatcher`, whose `emit` the driver's log thread calls with each batch) hands its
+    relay to the terminal (the handler named PRINT_LOGS_HANDLER) each batch without the stop noise above; every
+    other handler gets the batch as it is. Returns the undo."""
     from ray._private.ray_logging import (
         global_worker_stdstream_dispatcher as dispatcher,
     )  # here, not at the top: a move breaks only this
 
-    def swap(wrap):
+    def emit_quietly(data):  # Ray's WorkerStandardStreamDispatcher.emit, and the filter
         with dispatcher._lock:
-            dispatcher.handlers = [(name, wrap(name, handle)) for name, handle in dispatcher.handlers]
+            for name, handle in dispatcher.handlers:
+                if name != PRINT_LOGS_HANDLER:
+                    handle(data)
+                elif (kept := _without_stop_noise(data)) is not None:
+                    handle(kept)
 
-    swap(
-        lambda name, h: _QuietStops(h) if name == PRINT_LOGS_HANDLER and not isinstance(h, _QuietStops) else h
-    )
-    return lambda: swap(lambda name, h: h.relay if isinstance(h, _QuietStops) else h)
+    return patches(patched(dispatcher, emit=emit_quietly)).close
 
 
 class OneLineErrors(logging.Filter):

@@ -8,6 +8,8 @@ import os
 
 import ray
 
+from orchestrator.ray_support.ray_compat.patching import patched
+
 
 def quiet_train_worker() -> None:
     """Ray Train 2.60 names the logger of its per-report INFO lines by file path, so LoggingConfig(log_level)
@@ -33,17 +35,16 @@ def train_knows_its_cluster():
     address; with two Ray instances on one host that lookup fails ("Found multiple active Ray instances") or,
     through ray_current_cluster, asks the other cluster, and the worker group never starts or is removed. So
     RAY_ADDRESS is set to this process's cluster and added to what Ray Train copies into its controller
-    (`ENV_VARS_TO_PROPAGATE`), whose child actors inherit it. Both are put back on the way out."""
+    (`ENV_VARS_TO_PROPAGATE`, a set of our own meanwhile), whose child actors inherit it. Both are put
+    back on the way out."""
     from ray.train.v2._internal import constants  # here, not at the top: a move breaks only this
 
-    before, listed = os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS" in constants.ENV_VARS_TO_PROPAGATE
+    before = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
     try:
-        yield
+        with patched(constants, ENV_VARS_TO_PROPAGATE=constants.ENV_VARS_TO_PROPAGATE | {"RAY_ADDRESS"}):
+            yield
     finally:
-        if not listed:
-            constants.ENV_VARS_TO_PROPAGATE.discard("RAY_ADDRESS")
         if before is None:
             os.environ.pop("RAY_ADDRESS", None)
         else:

@@ -9,18 +9,18 @@ import ray
 from ray.tune.schedulers import TrialScheduler
 
 from orchestrator.ray_support.ray_compat.errors import contains_error
-from orchestrator.ray_support.ray_compat.patching import patched
+from orchestrator.ray_support.ray_compat.patching import CALLS, patch_key, patched, patches
 
 
-def stop_propagating_env(names: tuple[str, ...]) -> set[str]:
+def stop_propagating_env(names: tuple[str, ...]):
     """Ray Tune 2.60 copies the variables named in `class_cache.ENV_VARS_TO_PROPAGATE` (the AWS credentials among
     them) from the driver's environment into every trial actor's runtime_env, which Ray records as job metadata
-    and logs. Remove `names` from it; returns the ones removed (to put back with `propagate_env`)."""
+    and logs. Leave `names` out of it (its module attribute is a set of our own meanwhile: Ray's is untouched)
+    until the returned undo is called."""
     from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
 
-    removed = set(names) & class_cache.ENV_VARS_TO_PROPAGATE
-    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(removed)
-    return removed
+    kept = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(names)
+    return patches(patched(class_cache, ENV_VARS_TO_PROPAGATE=kept)).close
 
 
 def trial_actor_env() -> dict[str, str]:
@@ -53,18 +53,7 @@ def trial_actors_inherit(environ: dict[str, str]):
             return plain[trainable_cls]
         return actor_cls
 
-    class_cache._ActorClassCache.get = get_inheriting
-
-    def undo() -> None:
-        class_cache._ActorClassCache.get = get
-
-    return undo
-
-
-def propagate_env(names: set[str]) -> None:
-    from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
-
-    class_cache.ENV_VARS_TO_PROPAGATE.update(names)
+    return patches(patched(class_cache._ActorClassCache, get=get_inheriting)).close
 
 
 def propagated_env() -> set[str]:
@@ -222,6 +211,8 @@ class _ChoosesOnlyWhenATrialWaits:
     """See choose_only_when_a_trial_waits."""
 
     def choose_trial_to_run(self, tune_controller, **kwargs):
+        # a subclass of Tune's scheduler, not a patch of it: its calls are counted the same
+        CALLS[patch_key(TrialScheduler, "choose_trial_to_run")] += 1
         controller = getattr(tune_controller, "_tune_controller", tune_controller)  # TrialRunnerWrapper's
         if not (controller._pending_trials or controller._paused_trials):
             return None  # what the scan below would find, without reading every trial of the job
