@@ -20,9 +20,9 @@ import ray
 from ray import tune
 
 from orchestrator.errors import RunError
+from orchestrator.launch.pool import relay, start_pool
 from orchestrator.launch.protocol import trial_start
 from orchestrator.launch.torch_trainer import ddp_trainer
-from orchestrator.launch.worker_pool import relay, start_pool
 from orchestrator.ray_support.ray_compat import (
     ACCELERATOR_SLIVER,
     accelerator_resource,
@@ -59,7 +59,7 @@ def run_in_process(config: dict[str, Any], plan: TrialPlan) -> None:
 
 def run_ddp(config: dict[str, Any], plan: TrialPlan) -> None:
     """Tune function trainable of a multi-worker trial: the job's pool of warm worker groups trains it
-    (worker_pool.py); this process only relays its reports to Tune and Tune's answers back (no torch)."""
+    (pool/); this process only relays its reports to Tune and Tune's answers back (no torch)."""
     name, hp, seed, attempt = trial_start(config, plan)
     relay(plan.pool, name, hp, seed, attempt, tune.report)
 
@@ -158,7 +158,7 @@ class InProcessLauncher(Launcher):
 
 class DdpLauncher(Launcher):
     """Several workers: a pool of warm Ray Train worker groups, one per concurrency slot, trains the trials one
-    after another (worker_pool.py); a Tune trial only relays, on the head, taking a sliver of the head's own
+    after another (pool/); a Tune trial only relays, on the head, taking a sliver of the head's own
     resource and no CPU (Tune refuses an empty request), and its actor is reused like an in-process trial's."""
 
     trainable = staticmethod(run_ddp)

@@ -1,9 +1,10 @@
-"""What the driver's side of a launch (launcher.py, worker_pool.py) and the trial's side (trial_process.py) both
+"""What the driver's side of a launch (launcher.py, pool/) and the trial's side (trial_process.py) both
 name: how a Tune trial learns who it is, and the warm pool's namespace and verbs. Both sides import this module;
 neither imports the other at its top (the trial's side imports torch, which the driver never does)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ray import tune
@@ -16,6 +17,15 @@ from orchestrator.train.seeds import trial_seed
 
 NAMESPACE = "hpo-pools"  # the Ray namespace of the warm pools' named actors
 GO_ON, STOP = "continue", "stop"  # the coordinator's answer to a rank 0 report
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupFailure:
+    """How a warm worker group's trial failed, as its group host reports it and the relay raises it."""
+
+    final: bool  # a FinalTrialError: not to be retried (the same code would fail again)
+    message: str  # what the Tune trial raises: the error's text, then one line that says what happened
+    lost: bool  # a node was lost (preempted, drained, dead): retried without counting against max_retries
 
 
 def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:

@@ -1,4 +1,4 @@
-"""The Ray Train TorchTrainer of multi-worker trials: the resident groups of worker_pool.py and hpo reproduce's
+"""The Ray Train TorchTrainer of multi-worker trials: the resident groups of pool/ and hpo reproduce's
 fresh one are both built here, so both train with the same backend, resources and settings."""
 
 from __future__ import annotations

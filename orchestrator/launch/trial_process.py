@@ -130,7 +130,7 @@ def reproduce_worker(config: dict) -> None:
         _tidy(plan)
 
 
-# -- the workers of a warm worker group (launch/worker_pool.py) ---------------------------------------------
+# -- the workers of a warm worker group (launch/pool/) ---------------------------------------------
 class PoolReporter:
     """A resident worker's reporter: rank 0 relays each report and waits for Tune's answer; every rank learns
     it (a broadcast), and all stop at the same report when it is STOP."""

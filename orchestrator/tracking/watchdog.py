@@ -53,7 +53,7 @@ class Watchdog:
 
     def check(self) -> list[tuple[str, str]]:
         """Stop every running trial silent for longer than the timeout; returns (trial, why) for each stopped now.
-        Its actor is killed (its Train workers or its warm worker group go with it: see worker_pool.py), and
+        Its actor is killed (its Train workers or its warm worker group go with it: see launch/pool/), and
         Tune treats the trial as failed."""
         now, stopped = time.monotonic(), []
         if self.timeout_s == float("inf") or now - self._checked < self.check_every_s:

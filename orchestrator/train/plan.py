@@ -32,7 +32,7 @@ class TrialPlan:
     )  # custom Ray resources
     accelerator_type: str | None = None  # Ray's accelerator_type (A100, ...), GPU workers only
     resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from
-    pool: str = ""  # multi-worker trials: the run's pool of warm worker groups (launch/worker_pool.py)
+    pool: str = ""  # multi-worker trials: the run's pool of warm worker groups (launch/pool/)
 
 
 # Test-only: set on the fake GPU nodes of cluster/local-fake.yaml, whose "GPUs" are Ray resources without a
