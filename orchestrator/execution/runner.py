@@ -15,6 +15,7 @@ spooling Store, so a storage outage delays uploads instead of failing trials.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -77,8 +78,10 @@ def drain_timeout_s() -> float:
     return float(os.environ.get("HPO_DRAIN_TIMEOUT_S", "60"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
+    """What a run of a spec will do, decided once by plan() (the launch adds the name of what trials share)."""
+
     spec: JobSpec  # resolved: workload and scheduler defaults filled in
     results_uri: str
     staging: str  # local directory where Ray writes its own state
@@ -187,127 +190,173 @@ def execute(
     before_search: BeforeSearch | None = None,
     continue_run: ContinueRun | None = None,
 ) -> RunSummary:
-    """Run `spec` with its results at `results_uri`; see run."""
+    """Run `spec` with its results at `results_uri`; see run. The run's phases, in order: its plan (pure, and
+    decided there once); the checks, which write nothing (`_check`); the launch, which starts what trials share
+    (`_launch`); the run opened, from which it writes (`_open`); the search and, however it ends, the run's last
+    writes (`_search`, `_end_run`); and the summary, built once from what they returned."""
     began = time.monotonic()
     with DriverSession() as session, contextlib.ExitStack() as held:
         the_plan = plan(spec, results_uri)
-        launcher = the_plan.launcher
-        check_address(
-            address
-        )  # an unreachable cluster fails now, not after sanity checks wrote their results
-        inner = open_store(results_uri, spec.storage_options.s3())
-        if warning := inner.preflight():  # a missing bucket fails here, not later
-            progress(f"storage: {warning}")
-        if before_search:
-            before_search(spec, inner, results_uri, progress)
-        session.start_ray(
-            address,
-            num_cpus,
-            extra_cpus=launcher.extra_cpus,
-            dashboard=launcher.needs_dashboard,
-            warm=launcher.warm_trials(min(spec.search.max_concurrent, the_plan.spec.search.num_trials())),
-        )
-        # before anything is written
-        at_once = check_resources(
-            launcher.worker_bundle(),
-            spec.train.workers,
-            launcher.driver_cpus,
-            embedded=not address,
-            progress=progress,
-        )
-        if 0 < at_once < spec.search.max_concurrent:
-            progress(
-                f"resources: {at_once} of search.max_concurrent {spec.search.max_concurrent} trials fit at once "
-                f"on {'this machine' if not address else 'the cluster'}; the others wait their turn"
-            )
-        launcher.check_cluster()
-        check_prices(spec.budget, embedded=not address)
-        the_plan.trial_plan = launcher.before_job(
-            the_plan.trial_plan, max_concurrent=spec.search.max_concurrent, run_id=run_id_of(results_uri)
-        )
-        # Every check passed: the run writes from here. One driver per run: a second one (a resume while this runs)
-        # is refused before it writes anything (`hpo resume` asks before it starts Ray: resume.py).
-        stop = StopRequest()
-        held.enter_context(
-            RunLease(
-                inner,
-                on_lost=lambda why: stop.request(FAILED, message=why, grace_s=0.0),
-                progress=progress,
-                reachable=warning is None,
-            )
-        )
-        # room for the run's last writes, should it fill the disk of its folder or its spool
-        reserve = held.enter_context(
-            DiskReserve([run_spool_dir(results_uri)] + ([] if inner.remote else [Path(inner.uri)]))
-        )
-        store = SpoolingStore(inner, run_spool_dir(results_uri) / DRIVER, write_behind=inner.remote)
-        store.write_text(SPEC_FILE, the_plan.spec.to_yaml())
-        _write_run_file(store, the_plan, "running")
-        if on_start:
-            on_start(results_uri)
-        writer = ResultsWriter(store, the_plan.schema)
-        tracker = RunTracker(
-            writer,
-            the_plan.schema,
-            fixed=the_plan.spec.search.fixed,
-            max_epochs=spec.train.max_epochs,
-            num_trials=the_plan.spec.search.num_trials(),
-            progress=progress,
-            results_uri=results_uri,
-            max_retries=spec.train.max_retries,
-            trial_timeout_s=spec.train.trial_timeout_s,
-            on_trial_end=launcher.trial_ended,
-            ledger=Ledger(
-                cpus=launcher.trial_cpus(),
-                gpus=launcher.trial_gpus(),
-                limits=spec.budget.limits(),
-                prices=spec.budget.prices,
-            ),
-            stop_running=spec.budget.stop_running,
-            stop=stop,
-        )
+        store_reachable = _check(session, the_plan, address, num_cpus, progress, before_search, spec)
+        the_plan = _launch(the_plan)
+        opened = _open(held, the_plan, store_reachable, progress, on_start)
         if continue_run:
-            the_plan = continue_run(the_plan, writer, tracker, progress)
-        launched: dict = {}
-        crash: BaseException | None = None
-        # a signal from here on winds the run down (stopping.py); a second one, also while it winds down, ends it
-        with session.catch_stops(tracker.stop, results_uri):
-            try:
-                # stdout stays for the results line and the summary; a final error is not retried
-                with (
-                    contextlib.redirect_stdout(sys.stderr),
-                    session.private_cwd(),
-                    no_retry_on(FinalTrialError),
-                    lost_nodes_not_counted(tracker.is_lost_node),
-                    lean_experiment_state(),
-                ):
-                    _tuner(the_plan, tracker).fit()
-            except BaseException as exc:
-                crash = exc
-                # a full disk ends the run as a stop does: a summary, exit 3
-                if not isinstance(exc, DiskFull):
-                    raise
-            finally:
-                launched = launcher.after_job(progress, joined=bool(address))
-                reserve.release()  # its room is for what follows
-                status, totals, pending = _end_run(
-                    store, the_plan, tracker, writer, crash, launched, progress
-                )
-    summary = summarize_run(
+            the_plan = continue_run(the_plan, opened.writer, opened.tracker, progress)
+        outcome = _search(session, the_plan, opened, joined=bool(address), progress=progress)
+    tracker = opened.tracker
+    return summarize_run(
         results_uri,
         the_plan.schema,
         tracker.best.row,
         list(tracker.records.values()),
         wall_time_s=time.monotonic() - began,
+        budget_exhausted=tracker.ledger.exhausted,
+        stop_signal=tracker.stop.signal,
+        reason=tracker.stop.message,
+        **outcome,
     )
-    summary.upload_pending = pending
-    summary.status = status
-    summary.ledger = totals
-    summary.budget_exhausted = tracker.ledger.exhausted
-    summary.spool_dir = str(run_spool_dir(results_uri)) if pending else None
-    summary.stop_signal = tracker.stop.signal
-    summary.reason = tracker.stop.message
-    return summary
+
+
+def _check(session: DriverSession, the_plan: Plan, address, num_cpus, progress, before_search, asked) -> bool:
+    """Everything that can refuse the run, before it writes anything: the cluster's address, the store (a missing
+    bucket), the caller's check (the sanity gate), Ray (started or joined here), the trials' resources, the
+    cluster's shape and the budget's prices. `asked`: the spec as given (the caller's check sees it as it was
+    given, not resolved). Returns whether the store answered its preflight."""
+    spec, launcher, results_uri = the_plan.spec, the_plan.launcher, the_plan.results_uri
+    check_address(address)  # an unreachable cluster fails now, not after sanity checks wrote their results
+    inner = open_store(results_uri, spec.storage_options.s3())
+    if warning := inner.preflight():  # a missing bucket fails here, not later
+        progress(f"storage: {warning}")
+    if before_search:
+        before_search(asked, inner, results_uri, progress)
+    session.start_ray(
+        address,
+        num_cpus,
+        extra_cpus=launcher.extra_cpus,
+        dashboard=launcher.needs_dashboard,
+        warm=launcher.warm_trials(min(spec.search.max_concurrent, spec.search.num_trials())),
+    )
+    at_once = check_resources(
+        launcher.worker_bundle(),
+        spec.train.workers,
+        launcher.driver_cpus,
+        embedded=not address,
+        progress=progress,
+    )
+    if 0 < at_once < spec.search.max_concurrent:
+        progress(
+            f"resources: {at_once} of search.max_concurrent {spec.search.max_concurrent} trials fit at once "
+            f"on {'this machine' if not address else 'the cluster'}; the others wait their turn"
+        )
+    launcher.check_cluster()
+    check_prices(spec.budget, embedded=not address)
+    return warning is None
+
+
+def _launch(the_plan: Plan) -> Plan:
+    """What the job's trials share, started before the first (a DDP job's pool of warm worker groups): the plan
+    with the trial plan that names it."""
+    spec = the_plan.spec
+    trial_plan = the_plan.launcher.before_job(
+        the_plan.trial_plan, max_concurrent=spec.search.max_concurrent, run_id=run_id_of(the_plan.results_uri)
+    )
+    return dataclasses.replace(the_plan, trial_plan=trial_plan)
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """A run that writes: its store (spooling), results writer, tracker (Tune's callback) and disk reserve."""
+
+    store: SpoolingStore
+    writer: ResultsWriter
+    tracker: RunTracker
+    reserve: DiskReserve
+
+
+def _open(held: contextlib.ExitStack, the_plan: Plan, reachable: bool, progress, on_start) -> OpenRun:
+    """Every check passed: the run writes from here. It takes the run's lease (one driver per run: a second one,
+    a resume while this runs, is refused before it writes anything; `hpo resume` asks before it starts Ray:
+    resume.py), keeps room for its last writes, and writes spec.yaml and run.json ("running")."""
+    spec, results_uri = the_plan.spec, the_plan.results_uri
+    inner = open_store(results_uri, spec.storage_options.s3())
+    stop = StopRequest()
+    held.enter_context(
+        RunLease(
+            inner,
+            on_lost=lambda why: stop.request(FAILED, message=why, grace_s=0.0),
+            progress=progress,
+            reachable=reachable,
+        )
+    )
+    # room for the run's last writes, should it fill the disk of its folder or its spool
+    reserve = held.enter_context(
+        DiskReserve([run_spool_dir(results_uri)] + ([] if inner.remote else [Path(inner.uri)]))
+    )
+    store = SpoolingStore(inner, run_spool_dir(results_uri) / DRIVER, write_behind=inner.remote)
+    store.write_text(SPEC_FILE, spec.to_yaml())
+    _write_run_file(store, the_plan, "running")
+    if on_start:
+        on_start(results_uri)
+    writer = ResultsWriter(store, the_plan.schema)
+    launcher = the_plan.launcher
+    tracker = RunTracker(
+        writer,
+        the_plan.schema,
+        fixed=spec.search.fixed,
+        max_epochs=spec.train.max_epochs,
+        num_trials=spec.search.num_trials(),
+        progress=progress,
+        results_uri=results_uri,
+        max_retries=spec.train.max_retries,
+        trial_timeout_s=spec.train.trial_timeout_s,
+        on_trial_end=launcher.trial_ended,
+        ledger=Ledger(
+            cpus=launcher.trial_cpus(),
+            gpus=launcher.trial_gpus(),
+            limits=spec.budget.limits(),
+            prices=spec.budget.prices,
+        ),
+        stop_running=spec.budget.stop_running,
+        stop=stop,
+    )
+    return OpenRun(store, writer, tracker, reserve)
+
+
+def _search(session: DriverSession, the_plan: Plan, opened: OpenRun, *, joined: bool, progress) -> dict:
+    """Tune's search, then the run's end however the search ended (_end_run). Returns what the summary says of
+    the end: status, ledger totals, uploads pending and the spool that holds them."""
+    tracker = opened.tracker
+    launched: dict = {}
+    crash: BaseException | None = None
+    # a signal from here on winds the run down (stopping.py); a second one, also while it winds down, ends it
+    with session.catch_stops(tracker.stop, the_plan.results_uri):
+        try:
+            # stdout stays for the results line and the summary; a final error is not retried
+            with (
+                contextlib.redirect_stdout(sys.stderr),
+                session.private_cwd(),
+                no_retry_on(FinalTrialError),
+                lost_nodes_not_counted(tracker.is_lost_node),
+                lean_experiment_state(),
+            ):
+                _tuner(the_plan, tracker).fit()
+        except BaseException as exc:
+            crash = exc
+            # a full disk ends the run as a stop does: a summary, exit 3
+            if not isinstance(exc, DiskFull):
+                raise
+        finally:
+            launched = the_plan.launcher.after_job(progress, joined=joined)
+            opened.reserve.release()  # its room is for what follows
+            status, totals, pending = _end_run(
+                opened.store, the_plan, tracker, opened.writer, crash, launched, progress
+            )
+    return {
+        "status": status,
+        "ledger": totals,
+        "upload_pending": pending,
+        "spool_dir": str(run_spool_dir(the_plan.results_uri)) if pending else None,
+    }
 
 
 def _end_run(store, the_plan: Plan, tracker: RunTracker, writer, crash, launched: dict, progress):

@@ -10,7 +10,7 @@ from orchestrator.errors import ResultsNotFound
 from orchestrator.results.reader import best_row, config_of, load_results, load_trials, search_metric
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSummary:
     results_uri: str
     num_trials: int
@@ -65,7 +65,9 @@ def format_config(config: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
-def _summary(results_uri, best_row_: dict | None, trials: pa.Table, wall_time_s: float) -> RunSummary:
+def _summary(
+    results_uri, best_row_: dict | None, trials: pa.Table, wall_time_s: float, **outcome
+) -> RunSummary:
     metric, mode = search_metric(trials)
     statuses: dict[str, int] = {}
     for status in trials.column("status").to_pylist():
@@ -78,7 +80,9 @@ def _summary(results_uri, best_row_: dict | None, trials: pa.Table, wall_time_s:
             "metric": best_row_[metric],
             "config": config_of(best_row_),
         }
-    return RunSummary(results_uri, trials.num_rows, best, metric, mode, statuses, round(wall_time_s, 2))
+    return RunSummary(
+        results_uri, trials.num_rows, best, metric, mode, statuses, round(wall_time_s, 2), **outcome
+    )
 
 
 def summarize(results_uri: str, wall_time_s: float = 0.0, options=None) -> RunSummary:
@@ -92,9 +96,10 @@ def summarize(results_uri: str, wall_time_s: float = 0.0, options=None) -> RunSu
 
 
 def summarize_run(
-    results_uri: str, schema, best: dict | None, records: list[dict], wall_time_s: float = 0.0
+    results_uri: str, schema, best: dict | None, records: list[dict], wall_time_s: float = 0.0, **outcome
 ) -> RunSummary:
     """The summary of a run just written, from its best row as it was reported (tracking/progress.py's BestRow,
-    the same row `summarize` finds in the stored table) and its trial records (the store may be unreachable)."""
+    the same row `summarize` finds in the stored table) and its trial records (the store may be unreachable);
+    `outcome`: how it ended (RunSummary's status, ledger, uploads pending, ...)."""
     trials = pa.Table.from_pylist(sorted(records, key=lambda r: r["trial_id"]), schema=schema.trials_schema())
-    return _summary(results_uri, best, trials, wall_time_s)
+    return _summary(results_uri, best, trials, wall_time_s, **outcome)
