@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from orchestrator.ray_support.ray_compat import fast_connect_env
+from ray_internals import fast_connect_env
 
 RAY = str(Path(sys.executable).parent / "ray")
 GCS_PORT, DASHBOARD_PORT = 6379, 8265

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from orchestrator.ray_support.ray_compat import fast_connect_env
+from ray_internals import fast_connect_env
 
 
 def free_port() -> int:

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import ray_internals
 import yaml
 from conftest import HPO, ROOT, paced_spec, run_hpo, spec_dict, wait_for
 from rayhead import RayHead
 
-from orchestrator.ray_support import ray_compat
 from orchestrator.results import load_results, load_trials, summarize
 from orchestrator.train.plan import FAKE_GPU_ENV
 
@@ -22,7 +22,9 @@ from orchestrator.train.plan import FAKE_GPU_ENV
 def test_shipped_fake_config_passes_rays_schema():
 
     config = yaml.safe_load((ROOT / "cluster" / "local-fake.yaml").read_text())
-    ray_compat.validate_cluster_config(config, prepare=False)  # prepare needs an example.yaml the wheel lacks
+    ray_internals.validate_cluster_config(
+        config, prepare=False
+    )  # prepare needs an example.yaml the wheel lacks
     gpu = config["available_node_types"]["gpu-node"]
     assert gpu["min_workers"] == 0 and gpu["resources"]["GPU"] == 1
     assert not config["available_node_types"][config["head_node_type"]]["resources"].get("GPU")
@@ -124,7 +126,7 @@ def _fake_cluster(tmp_path, node_types: dict) -> RayHead:
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             FAKE_GPU_ENV: "1",
             # the fake provider knows the head by this id (its workers are ...00001, ...)
-            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": ray_compat.fake_head_node_id(),
+            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": ray_internals.fake_head_node_id(),
             "PYTHONPATH": str(ROOT),  # the fake nodes' workers import tests.workloads_for_tests
         },
     )

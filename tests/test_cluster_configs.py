@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import ray_internals
 import yaml
 from conftest import ROOT
 
@@ -15,10 +16,9 @@ LAUNCHER = sorted((ROOT / "cluster").glob("*.yaml"))
     "path", [p for p in LAUNCHER if p.name in ("aws.yaml", "gcp.yaml")], ids=lambda p: p.name
 )
 def test_launcher_config_passes_rays_validator(path):
-    from orchestrator.ray_support import ray_compat
 
     config = yaml.safe_load(path.read_text())
-    prepared = ray_compat.validate_cluster_config(copy.deepcopy(config))
+    prepared = ray_internals.validate_cluster_config(copy.deepcopy(config))
     types = prepared["available_node_types"]
     head = types[prepared["head_node_type"]]
     assert head["resources"].get("CPU") == 0 and not head["resources"].get("GPU")  # the head runs no trials

@@ -7,8 +7,7 @@ import re
 import tomllib
 from conftest import ROOT
 from dockerfile_parse import DockerfileParser
-
-from orchestrator.ray_support.ray_compat import fast_connect_env
+from ray_internals import fast_connect_env
 
 
 def _parsed():

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import ray_internals
 import torch
 from conftest import spec_dict
 
@@ -24,7 +25,7 @@ def _state() -> dict:
         "environ": dict(os.environ),
         "sys.path": list(sys.path),
         "cwd": os.getcwd(),
-        "propagated": ray_compat.propagated_env(),
+        "propagated": ray_internals.propagated_env(),
         "loggers": {
             name: (logging.getLogger(name).level, list(logging.getLogger(name).filters))
             for name in ("ray", "ray.tune", ray_compat.TUNE_CONTROLLER_LOGGER, *ray_compat.QUIET_LOGGERS)
@@ -86,7 +87,7 @@ def test_a_session_restores_what_is_changed_inside_it(tmp_path):
             assert os.getcwd() != str(tmp_path)
         assert os.getcwd() == str(tmp_path)
         assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
-        assert "AWS_SECRET_ACCESS_KEY" not in ray_compat.propagated_env()
+        assert "AWS_SECRET_ACCESS_KEY" not in ray_internals.propagated_env()
         torch.set_num_threads(1)
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = True

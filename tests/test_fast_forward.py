@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ray_internals
 from conftest import spec_dict
 
-from orchestrator.ray_support import ray_compat
 from orchestrator.spec import parse_spec
 from orchestrator.tuning.tpe import PinnableHyperOpt
 from orchestrator.tuning.tune_search import build_search
@@ -30,7 +30,7 @@ def _tpe(pinned=None) -> PinnableHyperOpt:
 
 
 def _vals(searcher, index: int) -> dict:
-    return ray_compat.hyperopt_record(searcher, index)[0]
+    return ray_internals.hyperopt_record(searcher, index)[0]
 
 
 def test_a_pinned_proposal_is_the_recorded_config_and_tpe_learns_it_there():
@@ -43,7 +43,7 @@ def test_a_pinned_proposal_is_the_recorded_config_and_tpe_learns_it_there():
     assert _vals(pinned, 1) == {"lr": 0.0123, "hidden": [16, 32].index(recorded["hidden"])}  # choice: index
     assert got[0] == proposed[0] and got[2] == proposed[2]  # the random stream is consumed as without pinning
     pinned.on_trial_complete("t1", {"val_loss": 0.5})
-    assert ray_compat.hyperopt_record(pinned, 1)[1] == {"loss": 0.5, "status": "ok"}
+    assert ray_internals.hyperopt_record(pinned, 1)[1] == {"loss": 0.5, "status": "ok"}
 
 
 def test_pinning_an_unchanged_proposal_changes_nothing():

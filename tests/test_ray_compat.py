@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import ray_internals
 import tomllib
 from conftest import ROOT, spec_dict, spec_file, wait_for
 from ray.tune.experiment import Trial
@@ -81,7 +82,7 @@ def test_the_raylet_has_the_fast_connect_settings():
     # the same total wait as Ray's defaults (1,000 ms x 10 attempts): faster retries, not a shorter patience
     waits = ray_compat.FAST_CONNECT.values()
     assert math.prod(waits) == 1000 * 10
-    assert ray_compat.fast_connect_env() == {
+    assert ray_internals.fast_connect_env() == {
         "RAY_raylet_client_connect_timeout_milliseconds": "20",
         "RAY_raylet_client_num_connect_attempts": "500",
     }
@@ -110,7 +111,7 @@ def test_tune_reads_the_knobs_we_set():
 
 def test_tune_propagates_credentials_unless_stopped(monkeypatch):
     """Live: the env_vars Tune's class cache gives a trial actor class. Ray copies the secret by default; under
-    ray_compat.stop_propagating_env it does not (ray_compat.propagated_env says so too); the undo puts Ray's own
+    ray_compat.stop_propagating_env it does not (ray_internals.propagated_env says so too); the undo puts Ray's own
     set back. (The session's own DriverSession may have left it out already: it is put in first, as Ray has it.)"""
     from ray.tune.execution import class_cache
 
@@ -126,7 +127,7 @@ def test_tune_propagates_credentials_unless_stopped(monkeypatch):
         undo = ray_compat.stop_propagating_env(("AWS_SECRET_ACCESS_KEY", "NOT_A_VARIABLE"))
         try:
             assert "AWS_SECRET_ACCESS_KEY" not in trial_actor_env_vars()
-            assert "AWS_SECRET_ACCESS_KEY" not in ray_compat.propagated_env()
+            assert "AWS_SECRET_ACCESS_KEY" not in ray_internals.propagated_env()
         finally:
             undo()
         assert class_cache.ENV_VARS_TO_PROPAGATE is as_ray_has_it
@@ -266,7 +267,7 @@ def _chooses_as_tune_does(scheduler) -> None:
 
 
 def test_hyperopt_pinning():
-    """ray_compat.pin_hyperopt_suggestion and ray_compat.hyperopt_record: exercised on a real TPE in
+    """ray_compat.pin_hyperopt_suggestion and ray_internals.hyperopt_record: exercised on a real TPE in
     test_fast_forward.py."""
     import test_fast_forward
 
@@ -304,15 +305,15 @@ def test_auth_errors():
 
 
 def test_tune_propagated_env_is_readable():
-    assert isinstance(ray_compat.propagated_env(), set)
+    assert isinstance(ray_internals.propagated_env(), set)
 
 
 def test_cluster_config_validation_and_fake_provider():
-    """ray_compat.validate_cluster_config and ray_compat.fake_head_node_id: the shipped configs' tests
+    """ray_internals.validate_cluster_config and ray_internals.fake_head_node_id: the shipped configs' tests
     (test_cluster_configs.py, test_autoscaling.py) use them; here, that they exist and reject nonsense."""
-    assert ray_compat.fake_head_node_id()
+    assert ray_internals.fake_head_node_id()
     with pytest.raises(Exception):  # noqa: B017  (Ray raises jsonschema's or its own)
-        ray_compat.validate_cluster_config(
+        ray_internals.validate_cluster_config(
             {"cluster_name": "x", "provider": {"type": "nonsense"}}, prepare=False
         )
 

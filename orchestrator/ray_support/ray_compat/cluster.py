@@ -10,30 +10,6 @@ import ray
 from orchestrator.ray_support.ray_compat.core import session_dir
 from orchestrator.results.summary import UNTYPED_NODE as _UNTYPED_NODE
 
-
-def validate_cluster_config(config: dict, *, prepare: bool = True) -> dict:
-    """Ray 2.60's autoscaler validator (`ray.autoscaler._private.util`); `prepare` fills the provider's
-    defaults first (it needs an example config that only some providers ship). Returns the checked config."""
-    from ray.autoscaler._private.util import (
-        prepare_config,
-        validate_config,
-    )  # here, not at the top: a move breaks only this
-
-    if prepare:
-        config = prepare_config(config)
-    validate_config(config)
-    return config
-
-
-def fake_head_node_id() -> str:
-    """Ray 2.60's fake multi-node provider knows the head by this node id."""
-    from ray.autoscaler._private.fake_multi_node.node_provider import (
-        FAKE_HEAD_NODE_ID,
-    )  # here, not at the top: a move breaks only this
-
-    return FAKE_HEAD_NODE_ID
-
-
 ACCELERATOR_SLIVER = 0.001  # what Ray Train asks of a node's accelerator_type:<T> resource per worker
 
 

@@ -33,11 +33,6 @@ from orchestrator.ray_support.ray_compat.patching import patched
 FAST_CONNECT = {"raylet_client_connect_timeout_milliseconds": 20, "raylet_client_num_connect_attempts": 500}
 
 
-def fast_connect_env() -> dict[str, str]:
-    """FAST_CONNECT as the environment of a `ray start` (Ray's C++ processes read RAY_<setting>)."""
-    return {f"RAY_{name}": str(value) for name, value in FAST_CONNECT.items()}
-
-
 def embedded_system_config(preload: tuple[str, ...] = ()) -> dict:
     """`ray.init(_system_config=...)` for an embedded head: workers started with the raylet, with `preload`
     imported, if `preload` names modules, else none; local connects retried every 20 ms (FAST_CONNECT). A new

@@ -56,13 +56,6 @@ def trial_actors_inherit(environ: dict[str, str]):
     return patches(patched(class_cache._ActorClassCache, get=get_inheriting)).close
 
 
-def propagated_env() -> set[str]:
-    """Ray Tune 2.60: the variables it copies into trial actors now (a copy)."""
-    from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
-
-    return set(class_cache.ENV_VARS_TO_PROPAGATE)
-
-
 # Tune 2.60's knobs for a run whose results go to our Parquet: no json/csv loggers (TUNE_DISABLE_AUTO_CALLBACK_
 # LOGGERS), the legacy reporter (RAY_AIR_NEW_OUTPUT=0), which prints nothing at verbose=0, and no warning about
 # slow experiment-state syncs (our staging is local). Tune's experiment state (for Tuner.restore, which hpo does
@@ -249,10 +242,3 @@ def pin_hyperopt_suggestion(searcher, trial_id: str, config: dict) -> None:
         if label in vals:
             doc["misc"]["vals"][label] = [vals[label]]
     searcher._hpopt_trials.refresh()
-
-
-def hyperopt_record(searcher, index: int) -> tuple[dict, dict]:
-    """Ray 2.60's HyperOptSearch: what TPE recorded for its index-th proposal (`_hpopt_trials`): the values it
-    learns from (a choice by its index) and the result."""
-    trial = searcher._hpopt_trials.trials[index]
-    return {k: v[0] for k, v in trial["misc"]["vals"].items()}, trial["result"]
