@@ -5,7 +5,7 @@
 Each job runs twice with `hpo run`: once from a git worktree of REV, once from this tree (same virtualenv, same
 machine). Their results tables, and their trial tables, must be equal but for what a rerun varies by design
 (timings, attempts, nodes, the ledger's figures: results/schema.py's RUN_VARYING_COLUMNS and
-TRIAL_VARYING_COLUMNS). The jobs: `demo`, the README's demo job (jobs/digits-asha.yaml) one trial at a time (its
+TRIAL_VARYING_COLUMNS; paths into the run are compared relative to it). The jobs: `demo`, the README's demo job (jobs/digits-asha.yaml) one trial at a time (its
 ASHA decisions then depend on nothing but the seed) and 8 trials; `ddp`, 2-worker DDP trials of the same workload
 (3 trials of 3 epochs, FIFO). Prints one line per job and table, and exits 1 on a difference.
 """
@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.results import load_results, load_trials  # noqa: E402
-from orchestrator.results.layout import ITERATION_KEY  # noqa: E402
 from orchestrator.results.schema import RUN_VARYING_COLUMNS, TRIAL_VARYING_COLUMNS  # noqa: E402
 
 
@@ -62,9 +61,12 @@ def run(tree: Path, spec: dict, storage: Path) -> str:
     return proc.stdout.strip().splitlines()[0].split()[-1]
 
 
-def comparable(table, drop: tuple[str, ...], keys: list[str]):
+def comparable(table, uri: str, drop: tuple[str, ...], keys: list[str]) -> list[dict]:
+    """The rows of `table` sorted by `keys`, without the columns `drop`, each path into the run `uri` made
+    relative to it (checkpoint links)."""
     table = table.drop_columns([c for c in drop if c in table.column_names])
-    return table.sort_by([(k, "ascending") for k in keys]).to_pylist()
+    rows = table.sort_by([(k, "ascending") for k in keys]).to_pylist()
+    return [{k: v.replace(uri, "<run>") if isinstance(v, str) else v for k, v in row.items()} for row in rows]
 
 
 def main() -> None:
@@ -87,17 +89,22 @@ def main() -> None:
                     for tree, label in ((base, "base"), (ROOT, "head"))
                 ]
                 rows = [
-                    comparable(load_results(u), RUN_VARYING_COLUMNS, ["trial_id", ITERATION_KEY])
+                    comparable(load_results(u), u, RUN_VARYING_COLUMNS, ["trial_id", "iteration"])
                     for u in uris
                 ]
                 trials = [
-                    comparable(load_trials(u), TRIAL_VARYING_COLUMNS + RUN_VARYING_COLUMNS, ["trial_id"])
+                    comparable(load_trials(u), u, TRIAL_VARYING_COLUMNS + RUN_VARYING_COLUMNS, ["trial_id"])
                     for u in uris
                 ]
                 for what, (a, b) in (("rows", rows), ("trials", trials)):
                     same = a == b
                     differ |= not same
                     print(f"  {what}: {len(a)} and {len(b)}, {'equal' if same else 'DIFFERENT'}", flush=True)
+                    for x, y in zip(a, b, strict=False):
+                        if x != y:
+                            keys = sorted(k for k in x.keys() | y.keys() if x.get(k) != y.get(k))
+                            print(f"    first difference: {[(k, x.get(k), y.get(k)) for k in keys]}")
+                            break
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
     sys.exit(1 if differ else 0)
