@@ -1,8 +1,10 @@
 """A TCP proxy on 127.0.0.1 in front of a real server, which a test can turn hostile while a client uses it.
 
-Modes: "forward" (a plain proxy), "silent" (new connections are accepted and never answered; bytes already
-flowing stop flowing both ways), "trickle" (each new connection's request is answered with HTTP headers and then
-a body one byte every `trickle_s` seconds, forever; bytes already flowing stop, as when silent). Only the client side is hostile: the server behind it is real.
+Modes: "forward" (a plain proxy); "silent" (new connections are accepted and never answered; bytes already
+flowing stop flowing both ways, and once the mode changes back the connection is closed, what it held dropped);
+"trickle" (each new connection's request is answered with HTTP headers and then a body one byte every
+`trickle_s` seconds, forever; bytes already flowing stop, as when silent). Only the client side is hostile: the
+server behind it is real.
 """
 
 from __future__ import annotations
@@ -50,10 +52,15 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                stalled = False
                 while self.mode != "forward" and not self._closed.wait(
                     0.05
                 ):  # stall the flow, keep the socket
-                    pass
+                    stalled = True
+                if stalled:
+                    # what was cut off is never delivered: replaying a request its client gave up on long ago
+                    # (an old trials.parquet after `hpo results sync` wrote the new one) is no endpoint's habit
+                    break
                 dst.sendall(data)
         except OSError:
             pass
