@@ -197,9 +197,9 @@ def execute(
     began = time.monotonic()
     with DriverSession() as session, contextlib.ExitStack() as held:
         the_plan = plan(spec, results_uri)
-        store_reachable = _check(session, the_plan, address, num_cpus, progress, before_search, spec)
+        inner, reachable = _check(session, the_plan, address, num_cpus, progress, before_search, spec)
         the_plan = _launch(the_plan)
-        opened = _open(held, the_plan, store_reachable, progress, on_start)
+        opened = _open(held, the_plan, inner, reachable, progress, on_start)
         if continue_run:
             the_plan = continue_run(the_plan, opened.writer, opened.tracker, progress)
         outcome = _search(session, the_plan, opened, joined=bool(address), progress=progress)
@@ -217,11 +217,13 @@ def execute(
     )
 
 
-def _check(session: DriverSession, the_plan: Plan, address, num_cpus, progress, before_search, asked) -> bool:
+def _check(
+    session: DriverSession, the_plan: Plan, address, num_cpus, progress, before_search, asked
+) -> tuple[Store, bool]:
     """Everything that can refuse the run, before it writes anything: the cluster's address, the store (a missing
     bucket), the caller's check (the sanity gate), Ray (started or joined here), the trials' resources, the
     cluster's shape and the budget's prices. `asked`: the spec as given (the caller's check sees it as it was
-    given, not resolved). Returns whether the store answered its preflight."""
+    given, not resolved). Returns the run's store and whether it answered its preflight."""
     spec, launcher, results_uri = the_plan.spec, the_plan.launcher, the_plan.results_uri
     check_address(address)  # an unreachable cluster fails now, not after sanity checks wrote their results
     inner = open_store(results_uri, spec.storage_options.s3())
@@ -250,7 +252,7 @@ def _check(session: DriverSession, the_plan: Plan, address, num_cpus, progress, 
         )
     launcher.check_cluster()
     check_prices(spec.budget, embedded=not address)
-    return warning is None
+    return inner, warning is None
 
 
 def _launch(the_plan: Plan) -> Plan:
@@ -273,12 +275,13 @@ class OpenRun:
     reserve: DiskReserve
 
 
-def _open(held: contextlib.ExitStack, the_plan: Plan, reachable: bool, progress, on_start) -> OpenRun:
+def _open(
+    held: contextlib.ExitStack, the_plan: Plan, inner: Store, reachable: bool, progress, on_start
+) -> OpenRun:
     """Every check passed: the run writes from here. It takes the run's lease (one driver per run: a second one,
     a resume while this runs, is refused before it writes anything; `hpo resume` asks before it starts Ray:
     resume.py), keeps room for its last writes, and writes spec.yaml and run.json ("running")."""
     spec, results_uri = the_plan.spec, the_plan.results_uri
-    inner = open_store(results_uri, spec.storage_options.s3())
     stop = StopRequest()
     held.enter_context(
         RunLease(
