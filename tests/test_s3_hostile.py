@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 
 import pytest
@@ -63,6 +64,25 @@ def test_every_store_call_ends_in_bounded_time_with_one_line(proxy, mode):
         assert "not answering" in store.preflight()  # only a warning: a run spools through it
     proxy.mode = "forward"
     assert store.read_bytes("a.bin") == b"x" * 1000  # a fresh client after the stuck ones
+
+
+def test_a_request_given_up_on_is_never_sent_again_once_the_endpoint_answers(proxy):
+    """A write given up on while the endpoint is silent must not land later: botocore retries a request whose
+    socket timed out (10 s here), on a new connection, and by then the endpoint may answer; that late write would
+    put an old object over a newer one (an old manifest over the new). The given-up client refuses it."""
+    store = _store(proxy)
+    proxy.mode = "silent"
+    with pytest.raises(StoreError, match="did not answer"):
+        store.write_bytes("late.bin", b"old")
+    proxy.mode = "forward"  # from here botocore's retry would reach the server
+
+    def requests_left() -> list:
+        return [t for t in threading.enumerate() if t.name == "hpo-s3-request" and t.is_alive()]
+
+    wait_for(lambda: not requests_left(), "the given-up request's thread to end (its retry refused)", 60)
+    assert not open_store(store.uri, S3Options(proxy.endpoint)).exists("late.bin")
+    store.write_bytes("late.bin", b"new")  # the store itself goes on, with a fresh client
+    assert store.read_bytes("late.bin") == b"new"
 
 
 def test_a_deadline_cuts_a_trickling_upload_short(proxy):

@@ -35,6 +35,19 @@ def error_code(exc: BaseException) -> str:
 _NOT_FOUND = ("NoSuchKey", "404", "NotFound")
 
 
+class GivenUp(Exception):
+    """A request of an S3 client that hpo gave up on (see S3Store.client): refused before botocore sends it."""
+
+
+def _refuse_when(given_up: threading.Event):
+    def before_send(**_):
+        if given_up.is_set():
+            raise GivenUp("hpo gave up on this request; not sent again")
+        return None
+
+    return before_send
+
+
 @dataclass(frozen=True)
 class S3Options:
     endpoint_url: str | None = None
@@ -100,10 +113,11 @@ class S3Store(Store):
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.options = options or S3Options()
         self._client = None
+        self._given_up: threading.Event | None = None  # set once _call gives up on a request of _client
 
     def __getstate__(self):  # a boto3 client neither pickles nor should travel with its credentials
         state = dict(self.__dict__)
-        state["_client"] = None
+        state["_client"] = state["_given_up"] = None
         return state
 
     @property
@@ -119,12 +133,18 @@ class S3Store(Store):
                 read_timeout=10,
             )
             # A session per store: boto3's default session caches the credentials it resolved first.
-            self._client = boto3.session.Session().client(
+            client = boto3.session.Session().client(
                 "s3",
                 endpoint_url=self.options.resolved_endpoint(),
                 region_name=self.options.resolved_region(),
                 config=config,
             )
+            # Once _call gives up on a request of this client, botocore must not send it again: its retry,
+            # once the endpoint answers, would land a write or delete after newer ones (an old manifest over
+            # the new). Every attempt of a given-up client is refused before it is sent.
+            given_up = threading.Event()
+            client.meta.events.register("before-send.s3", _refuse_when(given_up))
+            self._client, self._given_up = client, given_up
         return self._client
 
     def _key(self, rel: str) -> str:
@@ -150,7 +170,7 @@ class S3Store(Store):
         limit = time_left(request_timeout_s())
         if limit <= 0:
             raise StoreError(f"cannot {action} {self.path(rel)}: the time allowed for storage ran out")
-        client = self.client
+        client, given_up = self.client, self._given_up
         box: dict = {}
 
         def run() -> None:
@@ -163,7 +183,9 @@ class S3Store(Store):
         worker.start()
         worker.join(limit)
         if worker.is_alive():
-            self._client = None
+            given_up.set()  # its retries, and any other request still on this client, are never sent
+            if self._client is client:
+                self._client = None
             raise StoreError(
                 f"cannot {action} {self.path(rel)}: {self._endpoint()} did not answer within {limit:.0f}s"
             )
