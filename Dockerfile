@@ -17,7 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/home/ray/.local/bin:$PATH
 
 # Every Ray node of this image retries its local connects every 20 ms instead of every second (the same 10 s in
-# all): orchestrator/ray_support/ray_compat.py, FAST_CONNECT, says why (a raylet that stalls 1 s at its start).
+# all): orchestrator/ray_support/ray_compat/node_start.py, FAST_CONNECT, says why (a raylet that stalls 1 s at
+# its start).
 ENV RAY_raylet_client_connect_timeout_milliseconds=20 \
     RAY_raylet_client_num_connect_attempts=500
 
