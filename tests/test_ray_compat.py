@@ -754,7 +754,7 @@ def test_one_line_errors_keep_what_failed_and_drop_rays_frames():
 def test_patched_puts_every_original_back_however_the_block_ends():
     """ray_compat.patched (ray_compat.patch_key, ray_compat.counted): the originals back however the block ends,
     an inherited attribute removed again (not copied onto the subclass), every call into a replaced function
-    counted in ray_compat.CALLS; ray_compat.patches holds blocks open until closed."""
+    counted in ray_compat.CALLS; ray_compat.until_undone holds a block open until undone."""
 
     class Owner:
         a, b = 1, 2
@@ -779,17 +779,17 @@ def test_patched_puts_every_original_back_however_the_block_ends():
     assert ray_compat.CALLS[key] == before + 2
     assert "where" not in vars(Heir) and Heir().where() == "own"
     assert ray_compat.counted("k", len).__name__ == "len"
-    undo = ray_compat.patches(ray_compat.patched(Owner, a=3), ray_compat.patched(Heir, b=4))
-    assert (Owner.a, Heir.b) == (3, 4)
-    undo.close()
-    assert (Owner.a, Heir.b, "b" in vars(Heir)) == (1, 2, False)
+    undo = ray_compat.until_undone(ray_compat.patched(Heir, b=4))
+    assert (Owner.b, Heir.b) == (2, 4)
+    undo()
+    assert (Heir.b, "b" in vars(Heir)) == (2, False)
 
 
 def test_rays_error_text_is_read_here_and_says_what_hpo_needs():
     """ray_compat.raised_in, ray_compat.message_of, ray_compat.group_failure_line (ray_compat.WORKER_DIED_TEXT),
     ray_compat.jobs_api_error and ray_compat.no_jobs_agent on the errors Ray 2.60 makes; ray_compat.RAY_TEXTS
     lists ray_compat.JOBS_AUTH_REQUIRED, ray_compat.JOBS_AUTH_REFUSED, ray_compat.JOBS_NOT_FOUND,
-    ray_compat.JOBS_SERVER_ERROR and ray_compat.JOBS_NO_AGENT's texts (tests/test_fence.py reads it)."""
+    ray_compat.JOBS_SERVER_ERROR (ray_compat.JOBS_REQUEST_FAILED) and ray_compat.JOBS_NO_AGENT's texts (tests/test_fence.py reads it)."""
     from ray.exceptions import RayTaskError
     from ray.train.v2.api.exceptions import WorkerGroupError
 

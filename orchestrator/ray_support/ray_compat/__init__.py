@@ -45,6 +45,7 @@ from orchestrator.ray_support.ray_compat.errors import (
     JOBS_AUTH_REQUIRED,
     JOBS_NO_AGENT,
     JOBS_NOT_FOUND,
+    JOBS_REQUEST_FAILED,
     JOBS_SERVER_ERROR,
     NODE_DEATH_TEXTS,
     RAY_TEXTS,
@@ -79,7 +80,7 @@ from orchestrator.ray_support.ray_compat.patching import (
     counted,
     patch_key,
     patched,
-    patches,
+    until_undone,
 )
 from orchestrator.ray_support.ray_compat.train import (
     TRAIN_CONTROLLER_CLASS,
@@ -123,6 +124,7 @@ __all__ = [
     "JOBS_AUTH_REQUIRED",
     "JOBS_NOT_FOUND",
     "JOBS_NO_AGENT",
+    "JOBS_REQUEST_FAILED",
     "JOBS_SERVER_ERROR",
     "LOCAL_NODE_TYPE",
     "MONITOR_PROCESS",
@@ -170,7 +172,6 @@ __all__ = [
     "on_the_head",
     "patch_key",
     "patched",
-    "patches",
     "pin_hyperopt_suggestion",
     "placement_group",
     "preempted_error",
@@ -191,6 +192,7 @@ __all__ = [
     "trial_error_file",
     "trial_failed_message",
     "trial_name",
+    "until_undone",
     "was_lost_node",
     "without_stop_noise",
 ]

@@ -120,7 +120,8 @@ def group_failure_line(error: BaseException) -> str:
 JOBS_AUTH_REQUIRED = ("401", "Authentication required")
 JOBS_AUTH_REFUSED = ("403", "Authentication failed")
 JOBS_NOT_FOUND = ("404", "does not exist", "not found")
-JOBS_SERVER_ERROR = "Request failed with status code 500: "
+JOBS_REQUEST_FAILED = "Request failed"  # its HTTP errors start so
+JOBS_SERVER_ERROR = f"{JOBS_REQUEST_FAILED} with status code 500: "
 JOBS_NO_AGENT = "No available agent to submit job"  # a head just started: no Jobs agent has registered yet
 
 
@@ -134,9 +135,9 @@ def jobs_api_error(error: BaseException, *, about_a_job: bool = False) -> tuple[
         return "auth-required", first
     if any(t in text for t in JOBS_AUTH_REFUSED):
         return "auth-refused", first
-    if about_a_job and any(t in text.lower() for t in (t.lower() for t in JOBS_NOT_FOUND)):
+    if about_a_job and any(t.lower() in text.lower() for t in JOBS_NOT_FOUND):
         return "not-found", first
-    if "500" in text and "Request failed" in text:
+    if "500" in text and JOBS_REQUEST_FAILED in text:
         return "server-error", first.removeprefix(JOBS_SERVER_ERROR).rstrip(".")
     return "other", first
 
@@ -155,6 +156,6 @@ RAY_TEXTS = (
     "InvalidAuthToken",
     *JOBS_AUTH_REQUIRED,
     *JOBS_AUTH_REFUSED,
-    "Request failed",
+    JOBS_REQUEST_FAILED,
     JOBS_NO_AGENT,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from orchestrator.ray_support.ray_compat.patching import patched, patches
+from orchestrator.ray_support.ray_compat.patching import patched, until_undone
 
 # Ray 2.60 stops a worker it no longer needs (its job ended, its trial's placement group removed) with SIGTERM,
 # whose handler (`sigterm_handler` in worker.py's main_loop) raises SystemExit. Arriving while the worker runs
@@ -65,7 +65,7 @@ def quiet_worker_stops():
                 elif (kept := _without_stop_noise(data)) is not None:
                     handle(kept)
 
-    return patches(patched(dispatcher, emit=emit_quietly)).close
+    return until_undone(patched(dispatcher, emit=emit_quietly))
 
 
 class OneLineErrors(logging.Filter):

@@ -56,14 +56,9 @@ def patched(owner, **replacements):
                 setattr(owner, name, value)
 
 
-def patches(*blocks) -> contextlib.ExitStack:
-    """`patched` blocks entered now and left together when the returned stack is closed (`.close()`): for a patch
-    that lives from one call (a session's start) to another (its end) rather than around one block."""
+def until_undone(block):
+    """Enter the `patched` block now; returns its undo (leaving it): for a patch that lives from one call (a
+    session's start) to another (its end) rather than around one block."""
     stack = contextlib.ExitStack()
-    try:
-        for block in blocks:
-            stack.enter_context(block)
-    except BaseException:
-        stack.close()
-        raise
-    return stack
+    stack.enter_context(block)
+    return stack.close

@@ -9,7 +9,7 @@ import ray
 from ray.tune.schedulers import TrialScheduler
 
 from orchestrator.ray_support.ray_compat.errors import contains_error
-from orchestrator.ray_support.ray_compat.patching import CALLS, patch_key, patched, patches
+from orchestrator.ray_support.ray_compat.patching import CALLS, patch_key, patched, until_undone
 
 
 def stop_propagating_env(names: tuple[str, ...]):
@@ -20,7 +20,7 @@ def stop_propagating_env(names: tuple[str, ...]):
     from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
 
     kept = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(names)
-    return patches(patched(class_cache, ENV_VARS_TO_PROPAGATE=kept)).close
+    return until_undone(patched(class_cache, ENV_VARS_TO_PROPAGATE=kept))
 
 
 def trial_actor_env() -> dict[str, str]:
@@ -53,7 +53,7 @@ def trial_actors_inherit(environ: dict[str, str]):
             return plain[trainable_cls]
         return actor_cls
 
-    return patches(patched(class_cache._ActorClassCache, get=get_inheriting)).close
+    return until_undone(patched(class_cache._ActorClassCache, get=get_inheriting))
 
 
 # Tune 2.60's knobs for a run whose results go to our Parquet: no json/csv loggers (TUNE_DISABLE_AUTO_CALLBACK_
@@ -200,12 +200,14 @@ def tell_scheduler(scheduler, trial, results: list[dict]) -> list[dict]:
     return passed
 
 
+_CHOOSE_KEY = patch_key(TrialScheduler, "choose_trial_to_run")  # its CALLS key, made once: a hot path
+
+
 class _ChoosesOnlyWhenATrialWaits:
     """See choose_only_when_a_trial_waits."""
 
     def choose_trial_to_run(self, tune_controller, **kwargs):
-        # a subclass of Tune's scheduler, not a patch of it: its calls are counted the same
-        CALLS[patch_key(TrialScheduler, "choose_trial_to_run")] += 1
+        CALLS[_CHOOSE_KEY] += 1  # a subclass of Tune's scheduler, not a patch of it: counted the same
         controller = getattr(tune_controller, "_tune_controller", tune_controller)  # TrialRunnerWrapper's
         if not (controller._pending_trials or controller._paused_trials):
             return None  # what the scan below would find, without reading every trial of the job
