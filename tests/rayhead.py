@@ -73,23 +73,33 @@ class RayHead:
             *self.extra_args,
         ]
         self.log = open(self.root.parent / "ray-head.log", "ab")
-        self.proc = subprocess.Popen(
-            args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
         deadline = time.monotonic() + timeout_s
-        while not self._ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
+        # Ray 2.60's `ray start` gives its raylet a fixed 30 s to register with the GCS ("The current node timed
+        # out during startup"), which a 2-core machine running the other pytest worker's cluster can exceed: the
+        # head then exits after its Jobs API has answered. Ready means the head node is alive, and a head that
+        # exited while starting is started once more.
+        for attempt in (1, 2):
+            self.proc = subprocess.Popen(
+                args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            while not self._ready():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    break
+                time.sleep(1)
+            else:
+                return
+            if time.monotonic() > deadline or attempt == 2:
                 raise RuntimeError(f"Ray head did not start; see {self.root.parent / 'ray-head.log'}")
-            time.sleep(1)
 
     def _ready(self) -> bool:
-        request = urllib.request.Request(
-            f"{self.url}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"}
-        )
+        """The Jobs API answers and the head node is alive in the GCS (the dashboard answers before the raylet
+        has registered, and a raylet that never registers takes the head down with it)."""
         try:
-            with urllib.request.urlopen(request, timeout=3) as response:
-                return response.status == 200
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            nodes = self.get("/api/v0/nodes")["data"]["result"]["result"]
+            return any(node.get("state") == "ALIVE" for node in nodes) and self.get("/api/jobs/") is not None
         except Exception:
             return False
 
