@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.results.layout import trial_index
@@ -21,7 +20,16 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
     resolved = stored_spec(uri)
     assert resolved.name == spec.name and resolved.seed == spec.seed
     rows, trials = load_results(uri), load_trials(uri)
-    metric, mode = spec.search.metric, spec.search.mode
+    metric, mode = spec.search.primary.metric, spec.search.primary.mode
+    bounds = spec.search.bounds
+
+    def feasible(row) -> bool:  # every constraint, written out here rather than taken from the product
+        return all(
+            row[b.metric] is not None
+            and math.isfinite(row[b.metric])
+            and (row[b.metric] <= b.bound if b.op == "<=" else row[b.metric] >= b.bound)
+            for b in bounds
+        )
 
     # One row per (trial, iteration), iterations 1..n without gaps.
     keys = list(zip(rows["trial_id"].to_pylist(), rows["iteration"].to_pylist(), strict=True))
@@ -55,7 +63,10 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
     for t in trials.to_pylist():
         trial_rows = by_trial[t["trial_id"]]
         assert t["iterations"] == len(trial_rows)
-        assert t[f"best_{metric}"] == pick(r[metric] for r in trial_rows)
+        allowed = [r[metric] for r in trial_rows if feasible(r)]
+        assert t[f"best_{metric}"] == (pick(allowed) if allowed else None)
+        if bounds:
+            assert t["feasible"] == feasible(trial_rows[-1]), t
         assert t["stopped_early"] == (len(trial_rows) < spec.train.max_epochs)
         assert t["status"] == ("stopped_early" if t["stopped_early"] else "completed")
         assert t["trial_seed"] == trial_rows[0]["trial_seed"]
@@ -64,15 +75,49 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
             assert rel.startswith(f"checkpoints/{t['trial_id']}/epoch-") and store.exists(rel), t[key]
         assert t["error"] is None
 
-    # best = the best metric value over all (trial, iteration) rows.
-    best_value = pc.min(rows[metric]).as_py() if mode == "min" else pc.max(rows[metric]).as_py()
+    # best = the best metric value over all (trial, iteration) rows that satisfy the constraints.
+    allowed = [r for r in rows.to_pylist() if feasible(r)]
+    best_value = pick(r[metric] for r in allowed)
     assert summary.best["metric"] == best_value
-    best_rows = [r for r in rows.to_pylist() if r[metric] == best_value]
+    best_rows = [r for r in allowed if r[metric] == best_value]
     assert (summary.best["trial_id"], summary.best["iteration"]) == (
         best_rows[0]["trial_id"],
         best_rows[0]["iteration"],
     )
     assert summary.best["config"]["lr"] == best_rows[0][CONFIG_PREFIX + "lr"]
+
+    # Several objectives: the front is every finished, feasible trial whose last report no other such trial's
+    # beats in one objective without losing in another; ranks peel fronts off one by one.
+    objectives = spec.search.objectives
+    if len(objectives) > 1:
+        sign = {o.metric: (1 if o.mode == "min" else -1) for o in objectives}
+        points = {
+            t["trial_id"]: tuple(sign[o.metric] * by_trial[t["trial_id"]][-1][o.metric] for o in objectives)
+            for t in trials.to_pylist()
+            if t["status"] in ("completed", "stopped_early") and (not bounds or t["feasible"])
+        }
+
+        def beaten(p, others):
+            return any(all(x <= y for x, y in zip(q, p, strict=True)) and q != p for q in others)
+
+        rank, left = 0, dict(points)
+        expected = {}
+        while left:
+            front = [k for k, p in left.items() if not beaten(p, left.values())]
+            expected.update(dict.fromkeys(front, rank))
+            left = {k: p for k, p in left.items() if k not in front}
+            rank += 1
+        for t in trials.to_pylist():
+            assert t["pareto_rank"] == expected.get(t["trial_id"]), (
+                t["trial_id"],
+                t["pareto_rank"],
+                expected,
+            )
+            assert t["on_front"] == (expected.get(t["trial_id"]) == 0)
+        on_front = sorted(k for k, r in expected.items() if r == 0)
+        assert sorted(p["trial_id"] for p in summary.front) == on_front and on_front
+    else:
+        assert summary.front is None
     return rows, trials
 
 

@@ -47,7 +47,7 @@ def test_every_spec_in_the_readme_validates():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["digits-cnn.yaml", "charlm.yaml"])
+@pytest.mark.parametrize("name", ["digits-cnn.yaml", "charlm.yaml", "digits-accuracy-vs-size.yaml"])
 def test_shipped_custom_loop_jobs_run_briefly(name, ray_cluster, tmp_path):
     """The shipped jobs whose workloads bring their own loop, cut to 2 trials x 2 epochs: they run and obey the
     results contract (their full-length figures are in docs/benchmarks.md)."""

@@ -148,6 +148,11 @@ def _print_summary(summary) -> None:
             f"({summary.mode})"
         )
         print(f"      {config}")
+    if summary.front is not None:
+        print(f"Pareto front: {len(summary.front)} trial(s)")
+        for point in summary.front:
+            values = " ".join(f"{m}={v:.4g}" for m, v in point["values"].items())
+            print(f"  {point['trial_id']}: {values}  ({format_config(point['config'])})")
     ledger = summary.ledger or {}
     if ledger:
         cost = f", cost {ledger['cost']:.4g}" if ledger.get("cost") is not None else ""

@@ -85,6 +85,7 @@ def _results(commands) -> None:
     p = sub.add_parser("show", help="print the top trials of a run")
     p.add_argument("uri", help="a run's results_uri (printed by hpo run)")
     p.add_argument("--top", type=int, default=10, help="how many trials (default 10)")
+    _output(p, "the top trials and, with several objectives, the Pareto front, as one JSON object")
     _endpoint(p)
     p.set_defaults(handler="results_cmds:show")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from orchestrator.cli.common import EXIT_UNSYNCED
 from orchestrator.cli.output import print_table
 from orchestrator.errors import ResultsNotFound
@@ -9,7 +11,13 @@ from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.results.ops import list_runs
 from orchestrator.results.ops import pull as pull_run
 from orchestrator.results.ops import sync as sync_run
-from orchestrator.results.reader import best_per_trial, search_metric
+from orchestrator.results.reader import (
+    best_per_trial,
+    constraints_of,
+    objectives_of,
+    pareto_front,
+    search_metric,
+)
 from orchestrator.results.summary import ledger_totals
 from orchestrator.storage import S3Options
 from orchestrator.storage.spool import waiting_runs
@@ -36,9 +44,34 @@ def show(args) -> int:
     )
     shown = (scored + [r for r in rows if r[f"best_{metric}"] is None])[: max(0, args.top)]
     columns = ["trial_id", "status", "iterations", f"best_{metric}", "best_iteration"]
-    columns += [c for c in trials.column_names if c.startswith(CONFIG_PREFIX)]
+    columns += ["feasible"] if "feasible" in trials.column_names else []
+    config_columns = [c for c in trials.column_names if c.startswith(CONFIG_PREFIX)]
+    front = pareto_front(trials)
+    if args.output == "json":
+        print(
+            json.dumps(
+                {
+                    "trials": len(rows),
+                    "metric": metric,
+                    "mode": mode,
+                    "top": [{c: r.get(c) for c in columns + config_columns} for r in shown],
+                    "objectives": [[o.metric, o.mode] for o in objectives_of(trials)],
+                    "constraints": [str(c) for c in constraints_of(trials)],
+                    "front": front,
+                },
+                default=str,
+            )
+        )
+        return 0
     print(f"{len(rows)} trials, ranked by best {metric} ({mode}); top {len(shown)}:")
-    print_table(columns, [{c: r.get(c) for c in columns} for r in shown])
+    print_table(columns + config_columns, [{c: r.get(c) for c in columns + config_columns} for r in shown])
+    if front is not None:
+        objectives = objectives_of(trials)
+        named = ", ".join(f"{o.metric} ({o.mode})" for o in objectives)
+        print(f"Pareto front: {len(front)} trial(s) no other finished, feasible trial beats on {named}:")
+        front_columns = ["trial_id", *(f"last_{o.metric}" for o in objectives), *config_columns]
+        by_id = {r["trial_id"]: r for r in rows}
+        print_table(front_columns, [{c: by_id[t["trial_id"]].get(c) for c in front_columns} for t in front])
     if line := ledger_line(rows):
         print(line)
     return 0

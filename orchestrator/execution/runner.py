@@ -117,8 +117,8 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
         use_gpu=train.use_gpu,
         cpus_per_worker=train.cpus_per_worker,
         checkpoints_to_keep=train.checkpoints_to_keep,
-        metric=spec.search.metric,
-        mode=spec.search.mode,
+        metric=spec.search.primary.metric,
+        mode=spec.search.primary.mode,
         results_uri=results_uri,
         storage_options=spec.storage_options.s3(),
         train_storage=join_uri(staging, TRAIN_DIR),
@@ -467,8 +467,8 @@ def _tuner(the_plan: Plan, tracker: RunTracker) -> tune.Tuner:
         tune.with_parameters(launcher.trainable, plan=the_plan.trial_plan), launcher.trial_resources()
     )
     tune_config = tune.TuneConfig(
-        metric=spec.search.metric,
-        mode=spec.search.mode,
+        metric=spec.search.primary.metric,
+        mode=spec.search.primary.mode,
         search_alg=the_plan.search_alg,
         scheduler=the_plan.scheduler,
         num_samples=the_plan.num_samples,

@@ -47,7 +47,7 @@ def _better(mode: str):
 
 def isolation(trials: list[dict], spec, name: str) -> dict[tuple, dict]:
     """{other scientific values: {bucket of `name`: best metric}}, the best taken over nuisance hyperparameters."""
-    metric, pick = f"best_{spec.search.metric}", _better(spec.search.mode)
+    metric, pick = f"best_{spec.search.primary.metric}", _better(spec.search.primary.mode)
     dist = spec.search.space[name]
     others = [n for n in spec.search.space if n != name and spec.search.role(n) == "scientific"]
     series: dict[tuple, dict] = {}
@@ -62,7 +62,7 @@ def isolation(trials: list[dict], spec, name: str) -> dict[tuple, dict]:
 
 
 def _boundary_warnings(trials: list[dict], spec) -> list[str]:
-    metric, mode = f"best_{spec.search.metric}", spec.search.mode
+    metric, mode = f"best_{spec.search.primary.metric}", spec.search.primary.mode
     scored = sorted(
         (t for t in trials if t[metric] is not None), key=lambda t: t[metric], reverse=mode == "max"
     )
@@ -86,7 +86,7 @@ def _boundary_warnings(trials: list[dict], spec) -> list[str]:
 
 
 def _seed_warning(trials: list[dict], spec) -> list[str]:
-    metric, mode = f"best_{spec.search.metric}", spec.search.mode
+    metric, mode = f"best_{spec.search.primary.metric}", spec.search.primary.mode
     groups: dict[tuple, list[float]] = {}
     for t in trials:
         if t[metric] is not None:
@@ -101,7 +101,7 @@ def _seed_warning(trials: list[dict], spec) -> list[str]:
     bests = sorted((_better(mode)(v) for v in groups.values()), reverse=mode == "max")
     if len(bests) > 1 and spread > abs(bests[0] - bests[1]):
         return [
-            f"seed noise: the same config's best {spec.search.metric} varies by {spread:.4g} across seeds, "
+            f"seed noise: the same config's best {spec.search.primary.metric} varies by {spread:.4g} across seeds, "
             f"more than the gap {abs(bests[0] - bests[1]):.4g} between the two best configs; the ranking of "
             "the top configs is not trustworthy"
         ]
@@ -116,10 +116,10 @@ def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
     out.mkdir(parents=True, exist_ok=True)
     report = AnalysisReport()
     report.plots.append(plot_learning_curves(rows, trials, spec, out / "learning_curves.png"))
-    metric = spec.search.metric
+    metric = spec.search.primary.metric
     scored = [t for t in trials if t[f"best_{metric}"] is not None]
     if scored:
-        best = _better(spec.search.mode)(scored, key=lambda t: t[f"best_{metric}"])
+        best = _better(spec.search.primary.mode)(scored, key=lambda t: t[f"best_{metric}"])
         report.lines.append(
             f"{len(trials)} trials; best {best['trial_id']} {metric}={best[f'best_{metric}']:.4g}"
         )

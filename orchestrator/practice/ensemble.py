@@ -140,7 +140,7 @@ def _predict_all(spec, results_uri: str, trial_ids: list[str], address: str | No
         session.start_ray(address)
         task = ray.remote(num_cpus=1)(_predict)
         refs = [
-            task.remote(results_uri, spec.storage_options.s3(), spec.workload, t, spec.search.mode)
+            task.remote(results_uri, spec.storage_options.s3(), spec.workload, t, spec.search.primary.mode)
             for t in trial_ids
         ]
         try:
@@ -205,7 +205,7 @@ def build_ensemble(
     if (missing := resolve_workload(spec.workload).missing_for("ensemble")) is not None:
         raise RunError(missing)
     store = open_store(results_uri, options or spec.storage_options.s3())
-    metric, mode = spec.search.metric, spec.search.mode
+    metric, mode = spec.search.primary.metric, spec.search.primary.mode
     finished = [
         t for t in load_trials(store).to_pylist() if t["best_checkpoint"] and t[f"best_{metric}"] is not None
     ]

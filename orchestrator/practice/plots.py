@@ -18,7 +18,7 @@ STYLE = {
 
 
 def plot_learning_curves(rows: list[dict], trials: list[dict], spec, path: Path) -> str:
-    metric = spec.search.metric
+    metric = spec.search.primary.metric
     status = {t["trial_id"]: t["status"] for t in trials}
     curves: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
@@ -45,7 +45,7 @@ def plot_learning_curves(rows: list[dict], trials: list[dict], spec, path: Path)
 
 
 def plot_isolation(trials: list[dict], spec, name: str, series: dict[tuple, dict], path: Path) -> str:
-    metric = f"best_{spec.search.metric}"
+    metric = f"best_{spec.search.primary.metric}"
     dist = spec.search.space[name]
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()

@@ -99,7 +99,7 @@ def run_progress(uri: str, options=None) -> RunProgress:
         len(trials) - running,
         running,
         spec.search.num_trials(),
-        spec.search.metric,
+        spec.search.primary.metric,
         best,
         ledger["cpu_hours"],
         ledger["gpu_hours"],

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from orchestrator.errors import ResultsDamaged, ResultsNotFound
 from orchestrator.results.layout import MANIFEST, RESULTS_DIR, RUN_FILE, TRIALS_FILE
 from orchestrator.results.schema import CONFIG_PREFIX
+from orchestrator.search.objectives import Constraint, Objective
 from orchestrator.storage import Store, open_store
 
 # What a run's results files and trials.parquet always hold (the schema's columns and its metadata).
@@ -193,10 +194,35 @@ def search_metric(table: pa.Table) -> tuple[str, str]:
     return meta[b"hpo.metric"].decode(), meta[b"hpo.mode"].decode()
 
 
+def objectives_of(table: pa.Table) -> tuple[Objective, ...]:
+    """A run's objectives, from its table's metadata: several, or the one search metric."""
+    meta = table.schema.metadata or {}
+    if b"hpo.objectives" in meta:
+        return tuple(Objective(m, d) for m, d in json.loads(meta[b"hpo.objectives"]))
+    return (Objective(*search_metric(table)),)
+
+
+def constraints_of(table: pa.Table) -> tuple[Constraint, ...]:
+    meta = table.schema.metadata or {}
+    return tuple(Constraint.parse(text) for text in json.loads(meta.get(b"hpo.constraints", b"[]")))
+
+
+def _scored(table: pa.Table, metric: str) -> pa.Table:
+    """The rows that can be the best by `metric`: a finite value (NaN and inf are never the best; null is no
+    value), and every constraint of the run satisfied."""
+    keep = pc.is_finite(table[metric])
+    for bound in constraints_of(table):
+        compare = pc.less_equal if bound.op == "<=" else pc.greater_equal
+        keep = pc.and_kleene(
+            keep, pc.and_kleene(pc.is_finite(table[bound.metric]), compare(table[bound.metric], bound.bound))
+        )
+    return table.filter(pc.fill_null(keep, False))
+
+
 def best_row(table: pa.Table) -> dict:
     """The (trial, iteration) row with the best search-metric value; ties go to the earliest trial/iteration."""
     metric, mode = search_metric(table)
-    scored = table.filter(pc.is_finite(table[metric]))  # NaN and inf are never the best; null is no value
+    scored = _scored(table, metric)
     if scored.num_rows == 0:
         raise ResultsNotFound(f"no row reports {metric}")
     order = "ascending" if mode == "min" else "descending"
@@ -213,7 +239,7 @@ def best_per_trial(table: pa.Table) -> dict[str, tuple[int, float | None, int | 
     found: dict[str, tuple[int, float | None, int | None]] = {
         c["values"]: (c["counts"], None, None) for c in counts
     }
-    scored = table.select(["trial_id", "iteration", metric]).filter(pc.is_finite(table[metric]))
+    scored = _scored(table, metric).select(["trial_id", "iteration", metric])
     order = "ascending" if mode == "min" else "descending"
     scored = scored.sort_by([("trial_id", "ascending"), (metric, order), ("iteration", "ascending")])
     seen: set[str] = set()
@@ -225,6 +251,26 @@ def best_per_trial(table: pa.Table) -> dict[str, tuple[int, float | None, int | 
             seen.add(trial)
             found[trial] = (found[trial][0], value, iteration)
     return found
+
+
+def pareto_front(trials: pa.Table) -> list[dict] | None:
+    """The trials on a run of several objectives' Pareto front (trials.parquet's `on_front`), best first by the
+    primary objective: trial_id, its objectives' values at its last report, and its config. None for a run of
+    one objective."""
+    objectives = objectives_of(trials)
+    if len(objectives) < 2 or "on_front" not in trials.column_names:
+        return None
+    front = [row for row in trials.to_pylist() if row["on_front"]]
+    primary = objectives[0]
+    front.sort(key=lambda r: (primary.as_minimized(r[f"last_{primary.metric}"]), r["trial_id"]))
+    return [
+        {
+            "trial_id": row["trial_id"],
+            "values": {o.metric: row[f"last_{o.metric}"] for o in objectives},
+            "config": config_of(row),
+        }
+        for row in front
+    ]
 
 
 def config_of(row: dict) -> dict:

@@ -7,6 +7,7 @@ a run has the same schema and pandas, polars and duckdb read the dataset without
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.search.distributions import scalar_type
+from orchestrator.search.objectives import Constraint, Objective, feasible, pareto_ranks, point_of
 
 SCHEMA_VERSION = "1"
 CONFIG_PREFIX = "config/"
@@ -65,21 +67,36 @@ def as_column_value(value: Any, dtype: pa.DataType) -> Any:
 class ResultsSchema:
     metrics: tuple[str, ...]  # every metric the workload reports, in order
     config: tuple[tuple[str, pa.DataType], ...]  # (hyperparameter, type), searched then fixed
-    metric: str  # the search metric
+    metric: str  # the search metric: the primary objective, what "best" ranks by
     mode: str
+    objectives: tuple[Objective, ...] = ()  # with several objectives, all of them (the primary first)
+    constraints: tuple[Constraint, ...] = ()
 
     @classmethod
     def for_spec(cls, spec, metrics: tuple[str, ...]) -> ResultsSchema:
         config = [(name, config_type(dist.value_type)) for name, dist in spec.search.space.items()]
         config += [(name, config_type(scalar_type([value]))) for name, value in spec.search.fixed.items()]
-        return cls(tuple(metrics), tuple(config), spec.search.metric, spec.search.mode)
+        search = spec.search
+        several = search.objectives if len(search.objectives) > 1 else ()
+        return cls(
+            tuple(metrics), tuple(config), search.primary.metric, search.primary.mode, several, search.bounds
+        )
 
     def _metadata(self) -> dict[bytes, bytes]:
-        return {
+        meta = {
             b"hpo.schema_version": SCHEMA_VERSION.encode(),
             b"hpo.metric": self.metric.encode(),
             b"hpo.mode": self.mode.encode(),
         }
+        if self.objectives:
+            meta[b"hpo.objectives"] = json.dumps([[o.metric, o.mode] for o in self.objectives]).encode()
+        if self.constraints:
+            meta[b"hpo.constraints"] = json.dumps([str(c) for c in self.constraints]).encode()
+        return meta
+
+    def feasible(self, values: Mapping[str, Any]) -> bool:
+        """Whether a report (or a trial's last one) satisfies every constraint."""
+        return feasible(values, self.constraints)
 
     def _config_fields(self) -> list[pa.Field]:
         return [pa.field(CONFIG_PREFIX + name, dtype) for name, dtype in self.config]
@@ -125,7 +142,31 @@ class ResultsSchema:
             pa.field("gpu_s", pa.float64()),
             pa.field("cost", pa.float64()),  # null without budget.prices
         ]
+        if self.constraints:  # whether the trial's last report satisfies every constraint (null: no report)
+            fields.append(pa.field("feasible", pa.bool_()))
+        if self.objectives:  # non-dominated sorting of the finished, feasible trials' points (with_front)
+            fields += [pa.field("pareto_rank", pa.int64()), pa.field("on_front", pa.bool_())]
         return pa.schema(fields, metadata=self._metadata())
+
+    def with_front(self, trials: pa.Table) -> pa.Table:
+        """trials.parquet with each trial's Pareto rank and whether it is on the front, computed over every
+        finished (completed or stopped early), feasible trial's point: its objectives at its last report. A
+        table of one objective is returned as it is."""
+        if not self.objectives:
+            return trials
+        columns = {o.metric: trials[f"last_{o.metric}"].to_pylist() for o in self.objectives}
+        finished = [status in FINISHED for status in trials["status"].to_pylist()]
+        ok = trials["feasible"].to_pylist() if self.constraints else [True] * trials.num_rows
+        points = [
+            point_of({m: values[i] for m, values in columns.items()}, self.objectives)
+            if finished[i] and ok[i]
+            else None
+            for i in range(trials.num_rows)
+        ]
+        ranks = pareto_ranks(points)
+        at = trials.schema.get_field_index("pareto_rank")
+        trials = trials.set_column(at, "pareto_rank", pa.array(ranks, pa.int64()))
+        return trials.set_column(at + 1, "on_front", pa.array([rank == 0 for rank in ranks], pa.bool_()))
 
     def row(self, trial_id: str, result: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
         """One results row from a reported Tune result and the trial's full config."""
@@ -172,12 +213,14 @@ class ResultsSchema:
         record[f"best_{self.metric}"] = rows.best[0] if rows.best else None
         record["best_iteration"] = rows.best[1] if rows.best else None
         record.update({f"last_{m}": rows.last.get(m) for m in self.metrics})
+        if self.constraints:
+            record["feasible"] = self.feasible(rows.last) if rows.count else None
         record.update({CONFIG_PREFIX + n: as_column_value(config.get(n), t) for n, t in self.config})
         record["trial_seed"] = rows.seed
         return record
 
     def trial_rows(self) -> TrialRows:
-        return TrialRows(self.metric, self.mode, self.metrics)
+        return TrialRows(self.metric, self.mode, self.metrics, self.constraints)
 
 
 class TrialRows:
@@ -186,10 +229,12 @@ class TrialRows:
     the last one's metrics, and the best (value, iteration) by the search metric (the earliest of equals; NaN
     and inf are never the best)."""
 
-    __slots__ = ("metric", "better", "metrics", "count", "iteration", "seed", "last", "best")
+    __slots__ = ("metric", "better", "metrics", "constraints", "count", "iteration", "seed", "last", "best")
 
-    def __init__(self, metric: str, mode: str, metrics: tuple[str, ...]):
-        self.metric, self.metrics = metric, metrics
+    def __init__(
+        self, metric: str, mode: str, metrics: tuple[str, ...], constraints: tuple[Constraint, ...] = ()
+    ):
+        self.metric, self.metrics, self.constraints = metric, metrics, constraints
         self.better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
         self.count, self.iteration, self.seed = 0, 0, None
         self.last: dict[str, Any] = {}
@@ -202,5 +247,7 @@ class TrialRows:
         self.iteration = row["iteration"]
         self.last = {m: row.get(m) for m in self.metrics}
         value = row.get(self.metric)
-        if scoreable(value) and (self.best is None or self.better(value, self.best[0])):
+        if not scoreable(value) or not feasible(row, self.constraints):
+            return
+        if self.best is None or self.better(value, self.best[0]):
             self.best = (value, row["iteration"])

@@ -7,7 +7,14 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from orchestrator.errors import ResultsNotFound
-from orchestrator.results.reader import best_row, config_of, load_results, load_trials, search_metric
+from orchestrator.results.reader import (
+    best_row,
+    config_of,
+    load_results,
+    load_trials,
+    pareto_front,
+    search_metric,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,8 @@ class RunSummary:
         default_factory=dict
     )  # the job's totals: trial/CPU/GPU hours, cost (budget/ledger.py)
     budget_exhausted: str | None = None  # the limit reached, e.g. "cost 0.51 of 0.5"
+    # several objectives: the Pareto front's trials (trial_id, values, config), best first by the primary one
+    front: list[dict] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -81,7 +90,15 @@ def _summary(
             "config": config_of(best_row_),
         }
     return RunSummary(
-        results_uri, trials.num_rows, best, metric, mode, statuses, round(wall_time_s, 2), **outcome
+        results_uri,
+        trials.num_rows,
+        best,
+        metric,
+        mode,
+        statuses,
+        round(wall_time_s, 2),
+        **outcome,
+        front=pareto_front(trials),
     )
 
 
@@ -102,4 +119,5 @@ def summarize_run(
     the same row `summarize` finds in the stored table) and its trial records (the store may be unreachable);
     `outcome`: how it ended (RunSummary's status, ledger, uploads pending, ...)."""
     trials = pa.Table.from_pylist(sorted(records, key=lambda r: r["trial_id"]), schema=schema.trials_schema())
+    trials = schema.with_front(trials)
     return _summary(results_uri, best, trials, wall_time_s, **outcome)

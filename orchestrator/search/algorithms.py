@@ -21,6 +21,7 @@ class Algorithm:
     name: str = ""
     help: str = ""
     adaptive: bool = False  # proposes from results so far: whole-job deterministic only at max_concurrent 1
+    multi_objective: bool = True  # can search several objectives at once (a non-adaptive one ignores them)
 
     def check(self, space: Mapping[str, Distribution]) -> None:
         """Raise ValueError if this algorithm cannot search `space`."""
@@ -75,8 +76,9 @@ class QuasiRandom(Algorithm):
 
 class HyperOpt(Algorithm):
     name = "hyperopt"
-    help = "HyperOpt's TPE (Tree-structured Parzen Estimator), seeded; adaptive"
+    help = "HyperOpt's TPE (Tree-structured Parzen Estimator), seeded; adaptive; one metric"
     adaptive = True
+    multi_objective = False
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (Random(), Grid(), QuasiRandom(), HyperOpt())}

@@ -27,6 +27,7 @@ class Scheduler:
     name: str = ""
     help: str = ""
     options: Mapping[str, Option] = {}
+    multi_objective: bool = True  # can schedule a search of several objectives
 
     def settings(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """This scheduler's options: those given, the defaults for the rest."""
@@ -47,6 +48,7 @@ class Fifo(Scheduler):
 class Asha(Scheduler):
     name = "asha"
     help = "asynchronous successive halving: at each rung, stop all but the best 1/reduction_factor"
+    multi_objective = False
     options = {
         "grace_period": Option(Annotated[StrictInt, Field(gt=0)], 1, "epochs before a trial may be stopped"),
         "reduction_factor": Option(

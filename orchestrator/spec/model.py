@@ -34,6 +34,7 @@ from orchestrator.errors import SpecError, did_you_mean, not_allowed
 from orchestrator.search import ALGORITHMS, SCHEDULERS
 from orchestrator.search.algorithms import Algorithm
 from orchestrator.search.distributions import Float, Scalar
+from orchestrator.search.objectives import MODES, Constraint, Objective
 from orchestrator.search.schedulers import Scheduler as SchedulerKind
 from orchestrator.spec.parts import SearchedHyperparameter, Section
 from orchestrator.spec.workload_ref import check_against_workload
@@ -71,8 +72,19 @@ class Search(Section):
     max_concurrent: Annotated[StrictInt, Field(gt=0, le=10_000)] = Field(
         1, description="trials running at once"
     )
-    metric: StrictStr = Field("val_loss", description="a metric the workload reports")
-    mode: Literal["min", "max"] = "min"
+    metric: StrictStr | list[StrictStr] = Field(
+        "val_loss",
+        description="a metric the workload reports, or a list of them: several objectives, whose answer is a "
+        "Pareto front",
+    )
+    mode: Literal[MODES] | list[Literal[MODES]] = Field(  # type: ignore[valid-type]
+        "min", description="min or max: one for every metric, or one per metric"
+    )
+    constraints: list[StrictStr] = Field(
+        default_factory=list,
+        description="bounds on reported metrics, e.g. 'latency_ms <= 5.0': a report that breaks one is never "
+        "the best, and a trial whose last report breaks one is infeasible (never on the front)",
+    )
     space: dict[StrictStr, SearchedHyperparameter] = Field(
         description="searched hyperparameters, one distribution each"
     )
@@ -90,8 +102,37 @@ class Search(Section):
             raise ValueError("is empty; search at least one hyperparameter")
         return value
 
+    @field_validator("metric")
+    @classmethod
+    def _metrics(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("is an empty list; name at least one metric")
+            repeated = sorted({m for m in value if value.count(m) > 1})
+            if repeated:
+                raise ValueError(f"{repeated[0]!r} is listed twice; each objective once")
+        return value
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        for text in value:
+            Constraint.parse(text)
+        return value
+
     @model_validator(mode="after")
     def _check(self):
+        if isinstance(self.mode, list) and len(self.mode) != len(self.metrics):
+            raise ValueError(
+                f"mode: {len(self.mode)} mode(s) for {len(self.metrics)} metric(s); give one per metric "
+                f"(e.g. [{', '.join(['min'] * len(self.metrics))}]) or one for all"
+            )
+        if len(self.metrics) > 1 and not self.search_algorithm.multi_objective:
+            several = ", ".join(name for name, a in ALGORITHMS.items() if a.multi_objective)
+            raise ValueError(
+                f"algorithm: {self.algorithm} optimizes one metric, and metric lists {len(self.metrics)}; use "
+                f"one of {several}, or one metric"
+            )
         both = sorted(set(self.space) & set(self.fixed))
         if both:
             raise ValueError(f"{both[0]!r} is both searched (space) and fixed; keep it in one")
@@ -113,6 +154,25 @@ class Search(Section):
     @property
     def search_algorithm(self) -> Algorithm:
         return ALGORITHMS[self.algorithm]
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.metric) if isinstance(self.metric, list) else (self.metric,)
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """Each metric with its direction; the first is the primary one (what "best" and ensembles rank by)."""
+        modes = self.mode if isinstance(self.mode, list) else [self.mode] * len(self.metrics)
+        return tuple(Objective(m, d) for m, d in zip(self.metrics, modes, strict=True))
+
+    @property
+    def primary(self) -> Objective:
+        return self.objectives[0]
+
+    @property
+    def bounds(self) -> tuple[Constraint, ...]:
+        """The constraints, parsed."""
+        return tuple(Constraint.parse(text) for text in self.constraints)
 
     def role(self, name: str) -> str:
         return self.roles.get(name, "fixed" if name in self.fixed else "nuisance")
@@ -364,6 +424,12 @@ class JobSpec(Section):
     @model_validator(mode="after")
     def _check(self):
         self.scheduler.kind.check(self.scheduler.settings(), self.train.max_epochs)
+        if len(self.search.metrics) > 1 and not self.scheduler.kind.multi_objective:
+            several = ", ".join(name for name, kind in SCHEDULERS.items() if kind.multi_objective)
+            raise ValueError(
+                f"scheduler.type: {self.scheduler.type} ranks trials by one metric, and search.metric lists "
+                f"{len(self.search.metrics)}; use {several}"
+            )
         return self
 
     def resolved(self, workload) -> JobSpec:

@@ -17,7 +17,8 @@ from orchestrator.workloads import (
 
 
 def check_against_workload(spec) -> Workload:
-    """Checks that need the workload: it resolves, knows every hyperparameter, and reports the metric."""
+    """Checks that need the workload: it resolves, knows every hyperparameter, and reports every objective's
+    and constraint's metric."""
     try:
         workload = resolve_workload(spec.workload)
     except WorkloadError as exc:
@@ -31,11 +32,18 @@ def check_against_workload(spec) -> Workload:
                     f"({did_you_mean(name, known)}known: {', '.join(known)})"
                 )
     names = workload.metric_names
-    if spec.search.metric not in names:
-        raise SpecError(
-            f"search.metric: {spec.search.metric!r} is not reported by workload {workload.name} "
-            f"({did_you_mean(spec.search.metric, names)}it reports: {', '.join(names)})"
-        )
+    for metric in spec.search.metrics:
+        if metric not in names:
+            raise SpecError(
+                f"search.metric: {metric!r} is not reported by workload {workload.name} "
+                f"({did_you_mean(metric, names)}it reports: {', '.join(names)})"
+            )
+    for text, bound in zip(spec.search.constraints, spec.search.bounds, strict=True):
+        if bound.metric not in names:
+            raise SpecError(
+                f"search.constraints: {text!r} bounds {bound.metric!r}, which workload {workload.name} does not "
+                f"report ({did_you_mean(bound.metric, names)}it reports: {', '.join(names)})"
+            )
     if not workload.uses_standard_loop:  # the rest are the standard loop's own hyperparameters
         return workload
     for name, allowed in TRAINING_CHOICES.items():

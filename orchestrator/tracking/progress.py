@@ -14,12 +14,12 @@ class BestRow:
     iteration), whatever order concurrent trials reported in: the row results.reader.best_row finds."""
 
     def __init__(self, schema: ResultsSchema):
-        self.metric, self.mode = schema.metric, schema.mode
+        self.metric, self.mode, self.schema = schema.metric, schema.mode, schema
         self.row: dict | None = None
 
     def consider(self, row: dict) -> None:
         value = row.get(self.metric)
-        if not scoreable(value):
+        if not scoreable(value) or not self.schema.feasible(row):  # a report that breaks a constraint: never
             return
         if self.row is None or self._better(value, self.row[self.metric]):
             self.row = row

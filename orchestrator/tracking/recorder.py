@@ -157,7 +157,7 @@ class TrialRecorder:
                 pc.invert(pc.is_in(self._table["trial_id"], value_set=fresh["trial_id"]))
             )
             fresh = pa.concat_tables([kept, fresh])
-        self._table = fresh.sort_by("trial_id")
+        self._table = self.schema.with_front(fresh.sort_by("trial_id"))  # ranks move as trials finish
         self.writer.write_trials(self._table)
         self._written = time.monotonic()
         self._changed, self._ended, self._cost = set(), False, self._written - began

@@ -88,7 +88,10 @@ def _hyperopt(spec: JobSpec, algorithm: HyperOpt):
 
     space = {name: hyperopt_space(dist, name) for name, dist in spec.search.space.items()}
     searcher = PinnableHyperOpt(
-        space=space, metric=spec.search.metric, mode=spec.search.mode, random_state_seed=spec.seed
+        space=space,
+        metric=spec.search.primary.metric,
+        mode=spec.search.primary.mode,
+        random_state_seed=spec.seed,
     )
     return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
 

@@ -131,6 +131,9 @@ def train(ctx) -> None:
         schedule.load_state_dict(state["schedule"])
         start = state["epoch"] + 1
     x_val, y_val = (t.to(ctx.device) for t in splits.val)
+    size_k = (
+        sum(p.numel() for p in weights.parameters()) / 1000
+    )  # the model's size: an objective to trade off
     for epoch in range(start, ctx.max_epochs):
         model.train()
         seen = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (sum of losses, examples)
@@ -156,6 +159,7 @@ def train(ctx) -> None:
                 "val_f1": macro_f1(logits.argmax(-1).cpu(), y_val.cpu()),
                 "val_loss": float(F.cross_entropy(logits, y_val)),
                 "train_loss": float(seen[0] / seen[1]),
+                "params_k": size_k,
             },
             checkpoint={
                 "model": weights.state_dict(),
@@ -173,7 +177,7 @@ def digits_cnn() -> Workload:
         train=train,
         build_model=build_cnn,
         load_data=load_images,
-        metrics={"val_f1": "max", "val_loss": "min", "train_loss": "min"},
+        metrics={"val_f1": "max", "val_loss": "min", "train_loss": "min", "params_k": "min"},
         hyperparameters={
             "width": 32,
             "dropout": 0.1,

@@ -1,0 +1,240 @@
+"""Several objectives and constraints: the Pareto ranks, the hypervolume, the spec's refusals, and the columns
+a run's tables gain (the end-to-end runs are test_jobs.py's shipped 2-objective job and test_run.py)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pyarrow as pa
+import pytest
+from conftest import spec_dict
+
+from orchestrator.errors import SpecError
+from orchestrator.results import ResultsSchema
+from orchestrator.results.reader import best_row, pareto_front
+from orchestrator.search.objectives import Constraint, dominates, hypervolume, pareto_ranks, point_of
+from orchestrator.spec import parse_spec
+
+
+def _naive_ranks(points):
+    left = {i: p for i, p in enumerate(points) if p is not None}
+    ranks, rank = [None] * len(points), 0
+    while left:
+        front = [i for i, p in left.items() if not any(dominates(q, p) for q in left.values())]
+        for i in front:
+            ranks[i] = rank
+            del left[i]
+        rank += 1
+    return ranks
+
+
+def test_pareto_ranks_match_peeling_fronts_one_by_one():
+    rng = random.Random(3)
+    for n, k in itertools.product((1, 2, 7, 40), (2, 3)):
+        points = [
+            None if rng.random() < 0.1 else tuple(rng.choice((0.0, 0.5, 1.0, rng.random())) for _ in range(k))
+            for _ in range(n)
+        ]
+        assert pareto_ranks(points) == _naive_ranks(points)
+    assert pareto_ranks([(1.0, 1.0), (1.0, 1.0), (2.0, 0.0)]) == [0, 0, 0]  # equal points share a rank
+    assert pareto_ranks([None, None]) == [None, None]
+
+
+def test_hypervolume_is_exact_for_known_shapes():
+    assert hypervolume([(0.0, 0.0)], (1.0, 1.0)) == 1.0
+    assert hypervolume([(0.5, 0.0), (0.0, 0.5)], (1.0, 1.0)) == pytest.approx(0.75)
+    assert hypervolume([(0.5, 0.5), (0.6, 0.6)], (1.0, 1.0)) == pytest.approx(
+        0.25
+    )  # a dominated point adds 0
+    assert hypervolume([(2.0, 0.0)], (1.0, 1.0)) == 0.0  # beyond the reference: nothing
+    assert hypervolume([(0.0, 0.0, 0.0)], (1.0, 2.0, 3.0)) == pytest.approx(6.0)
+    assert hypervolume([(0.5, 0.0, 0.0), (0.0, 0.5, 0.0)], (1.0, 1.0, 1.0)) == pytest.approx(0.75)
+
+
+def test_constraints_parse_hold_and_refuse_what_they_cannot_read():
+    bound = Constraint.parse(" latency_ms<=5 ")
+    assert (bound.metric, bound.op, bound.bound, str(bound)) == ("latency_ms", "<=", 5.0, "latency_ms <= 5")
+    assert (
+        bound.holds(5.0) and not bound.holds(5.1) and not bound.holds(float("nan")) and not bound.holds(None)
+    )
+    assert Constraint.parse("acc >= 0.9").holds(0.95)
+    for bad in ("latency_ms < 5", "latency_ms <= fast", "<= 5", "latency_ms <= inf", 5):
+        with pytest.raises(ValueError, match="is not a constraint; write METRIC <= NUMBER"):
+            Constraint.parse(bad)
+
+
+def test_point_of_minimizes_every_objective():
+    spec = parse_spec(
+        spec_dict(search={"metric": ["val_loss", "val_accuracy"], "mode": ["min", "max"]}),
+        check_workload=False,
+    )
+    assert point_of({"val_loss": 0.5, "val_accuracy": 0.9}, spec.search.objectives) == (0.5, -0.9)
+    assert point_of({"val_loss": 0.5, "val_accuracy": float("nan")}, spec.search.objectives) is None
+
+
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        (
+            {"metric": ["val_loss", "val_accuracy"], "mode": ["min"]},
+            "search: mode: 1 mode(s) for 2 metric(s); give one per metric (e.g. [min, min]) or one for all",
+        ),
+        ({"metric": []}, "search.metric: is an empty list; name at least one metric"),
+        (
+            {"metric": ["val_loss", "val_loss"]},
+            "search.metric: 'val_loss' is listed twice; each objective once",
+        ),
+        (
+            {"metric": ["val_loss", "nope"]},
+            "search.metric: 'nope' is not reported by workload digits-mlp",
+        ),
+        (
+            {"constraints": ["val_los <= 1"]},
+            "search.constraints: 'val_los <= 1' bounds 'val_los', which workload digits-mlp does not report "
+            "(did you mean 'val_loss'?",
+        ),
+        (
+            {"constraints": ["val_loss = 1"]},
+            "search.constraints: 'val_loss = 1' is not a constraint; write METRIC <= NUMBER or METRIC >= NUMBER",
+        ),
+        (
+            {"metric": ["val_loss", "val_accuracy"], "mode": ["min", "max"], "algorithm": "hyperopt"},
+            "search: algorithm: hyperopt optimizes one metric, and metric lists 2; use one of random, grid, "
+            "quasirandom",
+        ),
+    ],
+)
+def test_bad_objectives_and_constraints_are_refused_in_one_line(search, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_dict(search=search))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_several_objectives_need_a_scheduler_that_can_rank_them():
+    with pytest.raises(
+        SpecError, match="scheduler.type: asha ranks trials by one metric, and search.metric lists 2"
+    ):
+        parse_spec(
+            spec_dict(
+                search={"metric": ["val_loss", "val_accuracy"], "mode": ["min", "max"]},
+                scheduler={"type": "asha"},
+            )
+        )
+
+
+def test_one_objective_specs_and_tables_are_as_before():
+    spec = parse_spec(spec_dict())
+    assert spec.search.objectives[0].metric == "val_loss" and len(spec.search.objectives) == 1
+    schema = ResultsSchema.for_spec(spec, ("train_loss", "val_loss", "val_accuracy"))
+    names = schema.trials_schema().names
+    assert "pareto_rank" not in names and "feasible" not in names
+    assert b"hpo.objectives" not in schema.trials_schema().metadata
+
+
+def _trials(schema, records):
+    base = {name: None for name in schema.trials_schema().names}
+    table = pa.Table.from_pylist([{**base, **r} for r in records], schema=schema.trials_schema())
+    return schema.with_front(table)
+
+
+def test_the_front_counts_finished_feasible_trials_by_their_last_report():
+    spec = parse_spec(
+        spec_dict(
+            search={
+                "metric": ["val_loss", "val_accuracy"],
+                "mode": ["min", "max"],
+                "constraints": ["train_loss <= 1.0"],
+            }
+        )
+    )
+    schema = ResultsSchema.for_spec(spec, ("train_loss", "val_loss", "val_accuracy"))
+    table = _trials(
+        schema,
+        [
+            {
+                "trial_id": "trial_0000",
+                "status": "completed",
+                "last_val_loss": 0.3,
+                "last_val_accuracy": 0.9,
+                "feasible": True,
+            },
+            {
+                "trial_id": "trial_0001",
+                "status": "completed",
+                "last_val_loss": 0.2,
+                "last_val_accuracy": 0.8,
+                "feasible": True,
+            },
+            {
+                "trial_id": "trial_0002",
+                "status": "completed",
+                "last_val_loss": 0.4,
+                "last_val_accuracy": 0.7,
+                "feasible": True,
+            },
+            # would dominate everything, but breaks the constraint
+            {
+                "trial_id": "trial_0003",
+                "status": "completed",
+                "last_val_loss": 0.1,
+                "last_val_accuracy": 0.99,
+                "feasible": False,
+            },
+            {
+                "trial_id": "trial_0004",
+                "status": "running",
+                "last_val_loss": 0.0,
+                "last_val_accuracy": 1.0,
+                "feasible": True,
+            },
+            {
+                "trial_id": "trial_0005",
+                "status": "stopped_early",
+                "last_val_loss": 0.5,
+                "last_val_accuracy": 0.95,
+                "feasible": True,
+            },
+        ],
+    )
+    assert table["pareto_rank"].to_pylist() == [0, 0, 1, None, None, 0]
+    assert table["on_front"].to_pylist() == [True, True, False, False, False, True]
+    front = pareto_front(table)
+    assert [p["trial_id"] for p in front] == ["trial_0001", "trial_0000", "trial_0005"]  # by val_loss
+    assert front[0]["values"] == {"val_loss": 0.2, "val_accuracy": 0.8}
+
+
+def test_a_report_that_breaks_a_constraint_is_never_the_best():
+    spec = parse_spec(spec_dict(search={"constraints": ["val_accuracy >= 0.5"]}))
+    schema = ResultsSchema.for_spec(spec, ("train_loss", "val_loss", "val_accuracy"))
+    rows = pa.Table.from_pylist(
+        [
+            {
+                "trial_id": "trial_0000",
+                "iteration": 1,
+                "val_loss": 0.1,
+                "val_accuracy": 0.4,
+                "train_loss": 1.0,
+            },
+            {
+                "trial_id": "trial_0000",
+                "iteration": 2,
+                "val_loss": 0.3,
+                "val_accuracy": 0.6,
+                "train_loss": 1.0,
+            },
+            {
+                "trial_id": "trial_0001",
+                "iteration": 1,
+                "val_loss": 0.2,
+                "val_accuracy": None,
+                "train_loss": 1.0,
+            },
+        ],
+        schema=schema.rows_schema(),
+    )
+    assert (best_row(rows)["trial_id"], best_row(rows)["iteration"]) == ("trial_0000", 2)
+    kept = schema.trial_rows()
+    for row in rows.to_pylist()[:2]:
+        kept.add(row)
+    assert kept.best == (0.3, 2)
