@@ -238,3 +238,59 @@ def test_a_report_that_breaks_a_constraint_is_never_the_best():
     for row in rows.to_pylist()[:2]:
         kept.add(row)
     assert kept.best == (0.3, 2)
+
+
+START = [{"lr": 0.01, "hidden": 32}, {"lr": 0.002, "hidden": 16}]
+
+
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        (
+            {"start_with": [{"lr": 0.01}]},
+            "search: start_with[0]: gives no value for 'hidden'; a start config gives",
+        ),
+        (
+            {"start_with": [{"lr": 0.01, "hiden": 32}]},
+            "search: start_with[0].hiden: is not searched; a start config gives the searched hyperparameters "
+            "(did you mean 'hidden'?",
+        ),
+        (
+            {"start_with": [{"lr": 0.01, "hidden": 32, "batch_size": 64}]},
+            "search: start_with[0].batch_size: is fixed (search.fixed)",
+        ),
+        (
+            {"start_with": [{"lr": 0.5, "hidden": 32}]},
+            "search: start_with[0].lr: 0.5 is not a value of loguniform [0.001, 0.1]; give one it can take",
+        ),
+        (
+            {"start_with": [{"lr": 0.01, "hidden": True}]},
+            "search: start_with[0].hidden: True is not a value of choice [16, 32]; give one it can take",
+        ),
+        (
+            {"start_with": START * 2, "num_samples": 3},
+            "search: start_with: 4 configs, and num_samples is 3; raise num_samples or give fewer",
+        ),
+        (
+            {"start_with": START, "algorithm": "grid", "space": {"hidden": {"choice": [16, 32]}}},
+            "search: start_with: algorithm grid runs every combination already",
+        ),
+    ],
+)
+def test_bad_start_configs_are_refused_in_one_line(search, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_dict(search=search))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_start_configs_are_stated_as_their_distributions_state_them():
+    spec = parse_spec(
+        spec_dict(
+            search={
+                "space": {"lr": {"uniform": [0.5, 2]}, "hidden": {"choice": [16, 32]}},
+                "start_with": [{"lr": 1, "hidden": 16}],
+            }
+        )
+    )
+    assert spec.search.start_points() == [{"lr": 1.0, "hidden": 16}]
+    assert type(spec.search.start_points()[0]["lr"]) is float

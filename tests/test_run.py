@@ -302,3 +302,16 @@ def test_two_worker_ddp_trials_share_a_warm_group_and_a_killed_worker_costs_only
     assert [again.trial_id for again in reruns] == ["trial_0002", "trial_0000"]
     for again in reruns:
         assert again.identical and again.iterations == 4 and again.checkpoint == "identical", again.describe()
+
+
+@pytest.mark.parametrize("algorithm", ["random", "quasirandom", "hyperopt"])
+def test_start_configs_run_first_exactly_as_given(ray_cluster, tmp_path, algorithm):
+    """search.start_with: the first trials run these configs, exactly as written, whatever the searcher; the
+    searcher goes on from there."""
+    start = [{"lr": 0.0123, "hidden": 32}, {"lr": 0.002, "hidden": 16}]
+    search = {"algorithm": algorithm, "num_samples": 4, "max_concurrent": 1, "start_with": start}
+    spec, summary = _run(tmp_path, search=search, train={"max_epochs": 1})
+    rows, _ = check_contract(summary, spec)
+    configs = [dict(zip(["lr", "hidden"], c, strict=True)) for c in _configs(rows, ["lr", "hidden"])]
+    assert configs[:2] == start, configs
+    assert len({tuple(c.values()) for c in configs}) == 4, configs

@@ -107,6 +107,13 @@ class Distribution(BaseModel):
         low, high = self.args[:2]
         return low <= value <= high
 
+    def takes(self, value: Any) -> bool:
+        """Whether a value written in a spec (a start config) is one this distribution can take: a number in
+        range, an integer for an integer distribution (booleans and strings are not numbers here)."""
+        if isinstance(value, bool | str) or (self.value_type is int and not isinstance(value, int)):
+            return False
+        return self.contains(value)
+
     def middle(self) -> Any:
         """A representative value: the middle of the range in the distribution's scale."""
         return self.canonical(self.at_unit(0.5))
@@ -334,6 +341,9 @@ class Choice(Distribution):
 
     def contains(self, value: Any) -> bool:
         return value in self.choice
+
+    def takes(self, value: Any) -> bool:
+        return any(type(v) is type(value) and v == value for v in self.choice)  # 1 is not True here
 
     def middle(self) -> Any:
         return self.choice[len(self.choice) // 2]

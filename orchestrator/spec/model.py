@@ -33,7 +33,7 @@ from pydantic import (
 from orchestrator.errors import SpecError, did_you_mean, not_allowed
 from orchestrator.search import ALGORITHMS, SCHEDULERS
 from orchestrator.search.algorithms import Algorithm
-from orchestrator.search.distributions import Float, Scalar
+from orchestrator.search.distributions import Float, Scalar, as_type
 from orchestrator.search.objectives import MODES, Constraint, Objective
 from orchestrator.search.schedulers import Scheduler as SchedulerKind
 from orchestrator.spec.parts import SearchedHyperparameter, Section
@@ -89,6 +89,11 @@ class Search(Section):
         description="searched hyperparameters, one distribution each"
     )
     fixed: dict[StrictStr, Scalar] = Field(default_factory=dict, description="hyperparameters held fixed")
+    start_with: list[dict[StrictStr, Scalar]] = Field(
+        default_factory=list,
+        description="configs the search evaluates first, exactly as given (each gives every searched "
+        "hyperparameter a value its distribution can take); they count toward num_samples",
+    )
     roles: dict[StrictStr, Literal["scientific", "nuisance", "fixed"]] = Field(
         default_factory=dict,
         description="Tuning Playbook roles for `hpo analyze`: scientific (compared), "
@@ -149,7 +154,52 @@ class Search(Section):
                     f"hyperparameters are scientific or nuisance, those in fixed are fixed"
                 )
         self.search_algorithm.check(self.space)
+        self._check_start_with()
         return self
+
+    def _check_start_with(self) -> None:
+        if not self.start_with:
+            return
+        if not self.search_algorithm.takes_start_points:
+            raise ValueError(
+                f"start_with: algorithm {self.algorithm} runs every combination already; give the configs as "
+                "choices, or use random, quasirandom or hyperopt"
+            )
+        if len(self.start_with) > self.num_samples:
+            raise ValueError(
+                f"start_with: {len(self.start_with)} configs, and num_samples is {self.num_samples}; raise "
+                "num_samples or give fewer"
+            )
+        for i, config in enumerate(self.start_with):
+            for name, value in config.items():
+                if name not in self.space:
+                    where = "is fixed (search.fixed)" if name in self.fixed else "is not searched"
+                    raise ValueError(
+                        f"start_with[{i}].{name}: {where}; a start config gives the searched hyperparameters "
+                        f"({did_you_mean(name, list(self.space))}searched: {', '.join(self.space)})"
+                    )
+                dist = self.space[name]
+                if not dist.takes(value):
+                    raise ValueError(
+                        f"start_with[{i}].{name}: {value!r} is not a value of {dist.describe()}; give one it "
+                        "can take"
+                    )
+            missing = [name for name in self.space if name not in config]
+            if missing:
+                raise ValueError(
+                    f"start_with[{i}]: gives no value for {missing[0]!r}; a start config gives every searched "
+                    f"hyperparameter ({', '.join(self.space)})"
+                )
+
+    def start_points(self) -> list[dict[str, Any]]:
+        """The start_with configs, each value as its distribution states it (1 for a float range is 1.0)."""
+        return [
+            {
+                name: self.space[name].canonical(as_type(value, self.space[name].value_type))
+                for name, value in c.items()
+            }
+            for c in self.start_with
+        ]
 
     @property
     def search_algorithm(self) -> Algorithm:

@@ -63,7 +63,10 @@ class QuasiRandomSearcher(Searcher):
 def _random(spec: JobSpec, algorithm: Random):
     # Configs are drawn in trial-creation order from one seeded generator: concurrency does not change them.
     gen = VariantGenerator(
-        spec.search.space, max_concurrent=spec.search.max_concurrent, random_state=spec.seed
+        spec.search.space,
+        max_concurrent=spec.search.max_concurrent,
+        random_state=spec.seed,
+        points_to_evaluate=spec.search.start_points(),  # the first trials, as given
     )
     return gen, {name: tune_domain(dist) for name, dist in spec.search.space.items()}
 
@@ -78,7 +81,10 @@ def _grid(spec: JobSpec, algorithm: Grid):
 
 
 def _quasirandom(spec: JobSpec, algorithm: QuasiRandom):
-    searcher = QuasiRandomSearcher(algorithm.points(spec.search.space, spec.seed, spec.search.num_samples))
+    # the start configs, then the Sobol sequence from its beginning
+    start = spec.search.start_points()
+    points = algorithm.points(spec.search.space, spec.seed, spec.search.num_samples - len(start))
+    searcher = QuasiRandomSearcher(start + points)
     return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
 
 
@@ -92,6 +98,7 @@ def _hyperopt(spec: JobSpec, algorithm: HyperOpt):
         metric=spec.search.primary.metric,
         mode=spec.search.primary.mode,
         random_state_seed=spec.seed,
+        points_to_evaluate=spec.search.start_points() or None,
     )
     return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
 
