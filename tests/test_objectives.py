@@ -111,16 +111,60 @@ def test_bad_objectives_and_constraints_are_refused_in_one_line(search, message)
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
-def test_several_objectives_need_a_scheduler_that_can_rank_them():
-    with pytest.raises(
-        SpecError, match="scheduler.type: asha ranks trials by one metric, and search.metric lists 2"
-    ):
-        parse_spec(
-            spec_dict(
-                search={"metric": ["val_loss", "val_accuracy"], "mode": ["min", "max"]},
-                scheduler={"type": "asha"},
-            )
+def test_pareto_asha_keeps_the_top_of_each_rung_by_front_and_crowding():
+    """At each rung a trial goes on if it is in the top 1/reduction_factor of the points that reached it, itself
+    included, ordered by Pareto rank, then crowding distance: trade-offs survive, dominated points stop."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from orchestrator.search.objectives import Objective
+    from orchestrator.tuning.pareto_asha import ParetoAsha
+
+    asha = ParetoAsha(
+        objectives=(Objective("loss", "min"), Objective("acc", "max")),
+        time_attr="training_iteration",
+        max_t=8,
+        grace_period=1,
+        reduction_factor=2,
+    )
+    assert [m for m, _ in asha.rungs] == [4, 2, 1]
+
+    def report(name, epoch, loss, acc):
+        return asha.on_trial_result(
+            None, SimpleNamespace(trial_id=name), {"training_iteration": epoch, "loss": loss, "acc": acc}
         )
+
+    go, stop = TrialScheduler.CONTINUE, TrialScheduler.STOP
+    assert report("a", 1, 0.5, 0.8) == go  # the first at a rung always goes on
+    assert report("b", 1, 0.6, 0.7) == stop  # dominated by a; 1 of 2 goes on
+    assert report("c", 1, 0.2, 0.6) == go  # a trade-off: a and c share the front; 2 of 3 go on
+    assert report("d", 1, float("nan"), 0.9) == stop  # no finite point: last
+    assert (
+        report("a", 2, 0.4, 0.85) == go and report("a", 3, 0.4, 0.85) == go
+    )  # between rungs: nothing to judge
+    # a report without the epoch counter (Tune's bookkeeping) is let through
+    assert asha.on_trial_result(None, SimpleNamespace(trial_id="e"), {"loss": 9.0}) == go
+
+
+def test_several_objectives_schedule_with_fifo_or_pareto_asha():
+    from orchestrator.tuning.forms import tune_scheduler
+    from orchestrator.tuning.pareto_asha import ParetoAsha
+
+    spec = parse_spec(
+        spec_dict(
+            search={"metric": ["val_loss", "val_accuracy"], "mode": ["min", "max"]},
+            scheduler={"type": "asha", "grace_period": 1},
+        )
+    )
+    built = tune_scheduler(
+        spec.scheduler.kind,
+        spec.scheduler.settings(),
+        max_epochs=spec.train.max_epochs,
+        time_attr="training_iteration",
+        objectives=spec.search.objectives,
+    )
+    assert isinstance(built, ParetoAsha) and [m for m, _ in built.rungs] == [1]
 
 
 def test_one_objective_specs_and_tables_are_as_before():

@@ -315,3 +315,28 @@ def test_start_configs_run_first_exactly_as_given(ray_cluster, tmp_path, algorit
     configs = [dict(zip(["lr", "hidden"], c, strict=True)) for c in _configs(rows, ["lr", "hidden"])]
     assert configs[:2] == start, configs
     assert len({tuple(c.values()) for c in configs}) == 4, configs
+
+
+def test_two_objectives_with_constraints_under_pareto_asha(ray_cluster, tmp_path):
+    """Several objectives and a constraint on the standard loop: ASHA ranks each rung by Pareto front and crowding
+    and stops the dominated trials; trials.parquet's ranks, front and feasibility agree with the rows (the results
+    contract recomputes them), a stopped trial's point is where it stopped, and the best honours the constraint."""
+    search = {
+        "algorithm": "quasirandom",
+        "num_samples": 8,
+        "max_concurrent": 1,
+        "metric": ["val_loss", "train_loss"],
+        "mode": ["min", "min"],
+        "constraints": ["val_accuracy >= 0.5"],
+    }
+    spec, summary = _run(
+        tmp_path,
+        search=search,
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        train={"max_epochs": 4},
+    )
+    rows, trials = check_contract(summary, spec)
+    statuses = trials["status"].to_pylist()
+    assert "stopped_early" in statuses and "completed" in statuses, statuses
+    assert False in trials["feasible"].to_pylist(), trials["feasible"].to_pylist()  # the slow learners
+    assert summary.best is not None and summary.front

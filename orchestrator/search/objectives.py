@@ -109,6 +109,39 @@ def pareto_ranks(points: Sequence[Sequence[float] | None]) -> list[int | None]:
     return ranks
 
 
+def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance of each point within one front: how far its neighbours lie along each objective
+    (the front's extremes are infinitely far). A larger distance is a lonelier, more valuable point."""
+    n = len(points)
+    distance = [0.0] * n
+    if n <= 2:
+        return [math.inf] * n
+    for k in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: points[i][k])
+        low, high = points[order[0]][k], points[order[-1]][k]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        if high == low:
+            continue
+        for j in range(1, n - 1):
+            distance[order[j]] += (points[order[j + 1]][k] - points[order[j - 1]][k]) / (high - low)
+    return distance
+
+
+def nondominated_order(points: Sequence[Sequence[float] | None]) -> list[int]:
+    """The indices of `points` (minimized), best first: by Pareto rank, then by crowding distance within a rank
+    (larger first), then by index; points that are None (no finite value) last, in index order. NSGA-II's order,
+    and what a multi-objective ASHA ranks a rung by (as Syne Tune's MOASHA does)."""
+    ranks = pareto_ranks(points)
+    crowding: dict[int, float] = {}
+    for rank in {r for r in ranks if r is not None}:
+        members = [i for i, r in enumerate(ranks) if r == rank]
+        crowding.update(zip(members, crowding_distances([points[i] for i in members]), strict=True))
+    return sorted(
+        range(len(points)),
+        key=lambda i: (ranks[i] is None, ranks[i] or 0, -crowding.get(i, 0.0), i),
+    )
+
+
 def point_of(values: Mapping[str, Any], objectives: Sequence[Objective]) -> tuple[float, ...] | None:
     """The minimized point of reported `values`, or None if an objective is missing or not finite."""
     point = []

@@ -47,8 +47,10 @@ class Fifo(Scheduler):
 
 class Asha(Scheduler):
     name = "asha"
-    help = "asynchronous successive halving: at each rung, stop all but the best 1/reduction_factor"
-    multi_objective = False
+    help = (
+        "asynchronous successive halving: at each rung, stop all but the best 1/reduction_factor (with several "
+        "objectives, ranked by Pareto front and crowding, as MOASHA)"
+    )
     options = {
         "grace_period": Option(Annotated[StrictInt, Field(gt=0)], 1, "epochs before a trial may be stopped"),
         "reduction_factor": Option(

@@ -25,7 +25,9 @@ from orchestrator.search.distributions import (
     RandInt,
     Uniform,
 )
+from orchestrator.search.objectives import Objective
 from orchestrator.search.schedulers import Asha, Fifo, Scheduler
+from orchestrator.tuning.pareto_asha import ParetoAsha
 
 # Tune's randint and lograndint exclude their upper bound; search/'s include it.
 TUNE_DOMAINS: dict[type[Distribution], Callable[[Any], Any]] = {
@@ -49,16 +51,33 @@ HYPEROPT_SPACES: dict[type[Distribution], Callable[[Any, str], Any]] = {
     Choice: lambda d, label: hp.choice(label, list(d.choice)),
 }
 
-# settings: the scheduler's options (Scheduler.settings), max_epochs: train.max_epochs, time_attr: the result key
-# that counts epochs.
-TUNE_SCHEDULERS: dict[type[Scheduler], Callable[[Mapping[str, Any], int, str], Any]] = {
-    Fifo: lambda settings, max_epochs, time_attr: FIFOScheduler(),
-    Asha: lambda settings, max_epochs, time_attr: ASHAScheduler(
+
+def _asha(settings: Mapping[str, Any], max_epochs: int, time_attr: str, objectives: tuple[Objective, ...]):
+    if (
+        len(objectives) > 1
+    ):  # Tune's ASHA ranks one number per trial; several objectives rank by Pareto fronts
+        return ParetoAsha(
+            objectives=objectives,
+            time_attr=time_attr,
+            max_t=max_epochs,
+            grace_period=settings["grace_period"],
+            reduction_factor=settings["reduction_factor"],
+        )
+    return ASHAScheduler(
         time_attr=time_attr,
         max_t=max_epochs,
         grace_period=settings["grace_period"],
         reduction_factor=settings["reduction_factor"],
-    ),
+    )
+
+
+# settings: the scheduler's options (Scheduler.settings), max_epochs: train.max_epochs, time_attr: the result key
+# that counts epochs, objectives: the search's (the primary first).
+TUNE_SCHEDULERS: dict[
+    type[Scheduler], Callable[[Mapping[str, Any], int, str, tuple[Objective, ...]], Any]
+] = {
+    Fifo: lambda settings, max_epochs, time_attr, objectives: FIFOScheduler(),
+    Asha: _asha,
 }
 
 
@@ -72,6 +91,13 @@ def hyperopt_space(dist: Distribution, label: str) -> Any:
     return HYPEROPT_SPACES[type(dist)](dist, label)
 
 
-def tune_scheduler(kind: Scheduler, settings: Mapping[str, Any], *, max_epochs: int, time_attr: str) -> Any:
-    """The Ray Tune scheduler of a search scheduler with these settings."""
-    return TUNE_SCHEDULERS[type(kind)](settings, max_epochs, time_attr)
+def tune_scheduler(
+    kind: Scheduler,
+    settings: Mapping[str, Any],
+    *,
+    max_epochs: int,
+    time_attr: str,
+    objectives: tuple[Objective, ...],
+) -> Any:
+    """The Ray Tune scheduler of a search scheduler with these settings, for these objectives."""
+    return TUNE_SCHEDULERS[type(kind)](settings, max_epochs, time_attr, objectives)

@@ -125,5 +125,6 @@ def build_scheduler(spec: JobSpec):
         spec.scheduler.settings(),
         max_epochs=spec.train.max_epochs,
         time_attr=ITERATION_KEY,
+        objectives=spec.search.objectives,
     )
     return choose_only_when_a_trial_waits(scheduler)  # Tune's choice scans every trial at every step
