@@ -26,7 +26,8 @@ ENV RAY_raylet_client_connect_timeout_milliseconds=20 \
 RUN useradd --create-home --uid 1000 --shell /bin/bash ray
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 RUN pip install "ray[default,tune,train]==${RAY_VERSION}" "hyperopt>=0.2.7" "pyarrow>=15" "boto3>=1.34" \
-        "scikit-learn>=1.3" "numpy>=1.26" "scipy>=1.11" "pydantic>=2.6" "PyYAML>=6" "matplotlib>=3.8"
+        "scikit-learn>=1.3" "numpy>=1.26" "scipy>=1.11" "pydantic>=2.6" "PyYAML>=6" "matplotlib>=3.8" \
+        "optuna>=4.4" "cmaes>=0.11"
 
 WORKDIR /opt/hpo
 COPY pyproject.toml README.md ./

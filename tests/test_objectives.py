@@ -101,7 +101,11 @@ def test_point_of_minimizes_every_objective():
         (
             {"metric": ["val_loss", "val_accuracy"], "mode": ["min", "max"], "algorithm": "hyperopt"},
             "search: algorithm: hyperopt optimizes one metric, and metric lists 2; use one of random, grid, "
-            "quasirandom",
+            "quasirandom, tpe, motpe, nsga2",
+        ),
+        (
+            {"metric": ["val_loss", "val_accuracy"], "mode": ["min", "max"], "algorithm": "gp"},
+            "search: algorithm: gp optimizes one metric",
         ),
     ],
 )

@@ -340,3 +340,40 @@ def test_two_objectives_with_constraints_under_pareto_asha(ray_cluster, tmp_path
     assert "stopped_early" in statuses and "completed" in statuses, statuses
     assert False in trials["feasible"].to_pylist(), trials["feasible"].to_pylist()  # the slow learners
     assert summary.best is not None and summary.front
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "motpe", "nsga2", "cmaes", "gp"])
+def test_optunas_samplers_search_from_their_start_configs(ray_cluster, tmp_path, algorithm):
+    """Each Optuna sampler searches (several objectives where it can, its constraints where it takes them),
+    starting from start_with; NSGA-II's search at max_concurrent 1 reruns to the same rows, front and
+    feasibility (the synthetic workload: its trials take milliseconds)."""
+    from conftest import in_trial_order
+    from contract import deterministic_rows
+
+    several = algorithm in ("tpe", "motpe", "nsga2")
+    search = {
+        "algorithm": algorithm,
+        "num_samples": 6,
+        "max_concurrent": 1,
+        "metric": ["train_loss", "val_loss"] if several else "val_loss",
+        "mode": ["min", "min"] if several else "min",
+        "constraints": ["train_loss <= 60"],
+        "space": {"x1": {"uniform": [0.0, 1.0]}, "x2": {"uniform": [0.0, 1.0]}},
+        "fixed": {"function": "branin"},
+        "start_with": [{"x1": 0.25, "x2": 0.75}],
+    }
+    kwargs = dict(workload="synthetic", search=search, train={"max_epochs": 2})
+    spec, summary = _run(tmp_path / "a", **kwargs)
+    rows = in_trial_order(load_results(summary.results_uri))
+    trials = load_trials(summary.results_uri)
+    configs = _configs(rows, ["x1", "x2"])
+    assert configs[0] == (0.25, 0.75) and len(set(configs)) == 6, configs
+    assert summary.statuses == {"completed": 6} and rows.num_rows == 12
+    feasible = [t["last_train_loss"] <= 60 for t in trials.to_pylist()]
+    assert trials["feasible"].to_pylist() == feasible
+    assert (summary.front is not None) == several
+    if algorithm == "nsga2":
+        _, again = _run(tmp_path / "b", **kwargs)
+        rows_b = in_trial_order(load_results(again.results_uri))
+        assert deterministic_rows(rows) == deterministic_rows(rows_b)
+        assert again.front == summary.front and again.best == summary.best

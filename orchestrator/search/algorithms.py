@@ -83,4 +83,55 @@ class HyperOpt(Algorithm):
     multi_objective = False
 
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (Random(), Grid(), QuasiRandom(), HyperOpt())}
+class OptunaSampler(Algorithm):
+    """One of Optuna's samplers, through Ray Tune's OptunaSearch (tuning/optuna_search.py), seeded by the job seed.
+    Adaptive: whole-job deterministic at max_concurrent 1."""
+
+    adaptive = True
+    takes_constraints = False  # Optuna's constraints_func: the sampler steers away from infeasible regions
+
+
+class Tpe(OptunaSampler):
+    name = "tpe"
+    help = "Optuna's TPE sampler (multivariate), seeded; adaptive; one or several metrics; uses constraints"
+    takes_constraints = True
+
+
+class Motpe(OptunaSampler):
+    name = "motpe"
+    help = "Optuna's multi-objective TPE (MOTPE), seeded; adaptive; uses constraints"
+    takes_constraints = True
+
+
+class Nsga2(OptunaSampler):
+    name = "nsga2"
+    help = (
+        "Optuna's NSGA-II genetic algorithm (population of max(4, min(50, num_samples / 4))), seeded; adaptive; "
+        "several metrics; uses constraints"
+    )
+    takes_constraints = True
+
+    def population(self, num_samples: int) -> int:
+        """A population that leaves room for a few generations in a small search (Optuna's default is 50)."""
+        return max(4, min(50, num_samples // 4))
+
+
+class CmaEs(OptunaSampler):
+    name = "cmaes"
+    help = "Optuna's CMA-ES sampler, seeded; adaptive; one metric (a choice is sampled independently)"
+    multi_objective = False
+
+
+class Gp(OptunaSampler):
+    name = "gp"
+    help = (
+        "Optuna's Gaussian-process Bayesian optimization (GPSampler), seeded; adaptive; one metric; uses "
+        "constraints; computes with torch on the driver"
+    )
+    multi_objective = False
+    takes_constraints = True
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a for a in (Random(), Grid(), QuasiRandom(), HyperOpt(), Tpe(), Motpe(), Nsga2(), CmaEs(), Gp())
+}

@@ -71,6 +71,28 @@ def _asha(settings: Mapping[str, Any], max_epochs: int, time_attr: str, objectiv
     )
 
 
+# Optuna's distributions, built lazily: `import optuna` costs ~0.5 s, and only its samplers need it.
+OPTUNA_DISTRIBUTIONS: dict[type[Distribution], Callable[[Any], Any]] = {
+    Uniform: lambda d: _optuna().FloatDistribution(*d.uniform),
+    LogUniform: lambda d: _optuna().FloatDistribution(*d.loguniform, log=True),
+    QUniform: lambda d: _optuna().FloatDistribution(d.quniform[0], d.quniform[1], step=d.quniform[2]),
+    RandInt: lambda d: _optuna().IntDistribution(*d.randint),
+    LogRandInt: lambda d: _optuna().IntDistribution(*d.lograndint, log=True),
+    Choice: lambda d: _optuna().CategoricalDistribution(list(d.choice)),
+}
+
+
+def _optuna():
+    import optuna.distributions
+
+    return optuna.distributions
+
+
+def optuna_distribution(dist: Distribution) -> Any:
+    """The Optuna distribution of a search distribution."""
+    return OPTUNA_DISTRIBUTIONS[type(dist)](dist)
+
+
 # settings: the scheduler's options (Scheduler.settings), max_epochs: train.max_epochs, time_attr: the result key
 # that counts epochs, objectives: the search's (the primary first).
 TUNE_SCHEDULERS: dict[

@@ -9,6 +9,7 @@ max_concurrent_trials silently ignores BasicVariantGenerator instances). Trials 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +18,22 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from orchestrator.ray_support.ray_compat import choose_only_when_a_trial_waits, creation_counter
 from orchestrator.results.layout import ITERATION_KEY, trial_id
-from orchestrator.search.algorithms import Algorithm, Grid, HyperOpt, QuasiRandom, Random
+from orchestrator.search.algorithms import (
+    Algorithm,
+    CmaEs,
+    Gp,
+    Grid,
+    HyperOpt,
+    Motpe,
+    Nsga2,
+    OptunaSampler,
+    QuasiRandom,
+    Random,
+    Tpe,
+)
 from orchestrator.spec import JobSpec
 from orchestrator.tuning.fast_forward import SearcherGenerator, VariantGenerator
-from orchestrator.tuning.forms import hyperopt_space, tune_domain, tune_scheduler
+from orchestrator.tuning.forms import hyperopt_space, optuna_distribution, tune_domain, tune_scheduler
 
 
 class TrialNamer:
@@ -103,12 +116,54 @@ def _hyperopt(spec: JobSpec, algorithm: HyperOpt):
     return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
 
 
+def _optuna_sampler(spec: JobSpec, algorithm: OptunaSampler):
+    import optuna  # heavy: only Optuna's samplers load it
+
+    from orchestrator.tuning.optuna_search import PicklableNSGAIISampler, read_constraints
+
+    seed = spec.seed % 2**32  # numpy's RandomState, under every Optuna sampler, takes a 32-bit seed
+    constraints = spec.search.bounds if algorithm.takes_constraints else ()
+    limits = {"constraints_func": read_constraints} if constraints else {}
+    if isinstance(algorithm, Nsga2):
+        return PicklableNSGAIISampler(
+            population_size=algorithm.population(spec.search.num_samples), seed=seed, **limits
+        )
+    if isinstance(algorithm, CmaEs):
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if isinstance(algorithm, Gp):
+        return optuna.samplers.GPSampler(seed=seed, **limits)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, **limits)  # tpe, motpe
+
+
+def _optuna(spec: JobSpec, algorithm: OptunaSampler):
+    import optuna
+
+    from orchestrator.tuning.optuna_search import PinnableOptuna
+
+    optuna.logging.set_verbosity(
+        optuna.logging.WARNING
+    )  # a line per trial otherwise, and experimental warnings
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    objectives = spec.search.objectives
+    several = len(objectives) > 1
+    searcher = PinnableOptuna(
+        space={name: optuna_distribution(dist) for name, dist in spec.search.space.items()},
+        metric=[o.metric for o in objectives] if several else objectives[0].metric,
+        mode=[o.mode for o in objectives] if several else objectives[0].mode,
+        points_to_evaluate=spec.search.start_points() or None,
+        sampler=_optuna_sampler(spec, algorithm),
+        constraints=spec.search.bounds if algorithm.takes_constraints else (),
+    )
+    return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
+
+
 # search algorithm -> builder(spec, algorithm) -> (Tune search algorithm, Tune param_space)
 BUILDERS: dict[type[Algorithm], Callable[[JobSpec, Any], tuple[Any, dict]]] = {
     Random: _random,
     Grid: _grid,
     QuasiRandom: _quasirandom,
     HyperOpt: _hyperopt,
+    **{kind: _optuna for kind in (Tpe, Motpe, Nsga2, CmaEs, Gp)},
 }
 
 

@@ -1,0 +1,82 @@
+"""Optuna's samplers (TPE, MOTPE, NSGA-II, CMA-ES, GP) as Tune searchers: Ray Tune's OptunaSearch, seeded, with
+the two things a run of ours needs besides.
+
+- Constraints: Optuna's samplers read a trial's constraint values through `constraints_func(frozen_trial)`
+  (a value <= 0 is satisfied). OptunaSearch tells Optuna only the objectives, so the trial's last report's
+  constraint values are set as a user attribute just before it does, and `constraints_func` reads them back.
+- Pinning, for `hpo resume` (tuning/fast_forward.py): trial i's config is pinned to what the dead run gave it,
+  by enqueueing it in the study before Optuna is asked, so a trial continued from its checkpoint keeps the
+  config it was trained with and the sampler learns its result there.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+
+from optuna.samplers import NSGAIISampler
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator.search.objectives import Constraint
+
+CONSTRAINTS_ATTR = "hpo_constraints"
+
+
+def constraint_values(result: dict, constraints: Sequence[Constraint]) -> list[float]:
+    """Optuna's form of a report's constraints: one value each, <= 0 when satisfied (a missing or non-finite
+    metric is infinitely far from it)."""
+    values = []
+    for bound in constraints:
+        value = result.get(bound.metric)
+        if value is None or not math.isfinite(value):
+            values.append(math.inf)
+        else:
+            values.append(value - bound.bound if bound.op == "<=" else bound.bound - value)
+    return values
+
+
+class Picklable:
+    """Mixin for an Optuna sampler that holds a thread lock (NSGA-II's): Tune pickles the search algorithm into
+    its experiment state as the Tuner is made, and a lock cannot be pickled. The lock is left out and remade."""
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if not isinstance(v, type(threading.Lock()))}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for name in ("_thread_lock",):  # the one Optuna 4-5's NSGAIISampler keeps
+            if not hasattr(self, name):
+                setattr(self, name, threading.Lock())
+
+
+class PicklableNSGAIISampler(Picklable, NSGAIISampler):
+    """Optuna's NSGAIISampler, picklable (Picklable)."""
+
+
+def read_constraints(frozen_trial) -> list[float]:
+    """constraints_func for an Optuna sampler: what PinnableOptuna stored for the trial."""
+    return list(frozen_trial.user_attrs.get(CONSTRAINTS_ATTR, [math.inf]))
+
+
+class PinnableOptuna(OptunaSearch):
+    def __init__(self, *args, constraints: Sequence[Constraint] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.constraints = tuple(constraints)
+        self.pinned: dict[int, dict] = {}
+        self._proposed = 0
+        self._starts = len(kwargs.get("points_to_evaluate") or [])  # enqueued already, in order
+
+    def suggest(self, trial_id: str):
+        index, self._proposed = self._proposed, self._proposed + 1
+        pinned = self.pinned.get(index) if index >= self._starts else None
+        if pinned is not None and trial_id not in self._ot_trials:
+            self._ot_study.enqueue_trial(pinned, skip_if_exists=False)
+        return super().suggest(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if self.constraints and result and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(
+                CONSTRAINTS_ATTR, constraint_values(result, self.constraints)
+            )
+        super().on_trial_complete(trial_id, result=result, error=error)
