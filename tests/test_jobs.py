@@ -6,6 +6,7 @@ import pytest
 from conftest import ROOT
 
 from orchestrator.api import plan
+from orchestrator.results import load_trials
 from orchestrator.spec import load_spec
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
@@ -48,7 +49,7 @@ def test_every_spec_in_the_readme_validates():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["digits-cnn.yaml", "charlm.yaml", "digits-accuracy-vs-size.yaml"])
-def test_shipped_custom_loop_jobs_run_briefly(name, ray_cluster, tmp_path):
+def test_shipped_custom_loop_jobs_run_briefly(name, ray_cluster, tmp_path, cli):
     """The shipped jobs whose workloads bring their own loop, cut to 2 trials x 2 epochs: they run and obey the
     results contract (their full-length figures are in docs/benchmarks.md)."""
     from contract import check_contract
@@ -70,3 +71,23 @@ def test_shipped_custom_loop_jobs_run_briefly(name, ray_cluster, tmp_path):
 
         result = build_ensemble(summary.results_uri, top_k=2)
         assert [m["trial_id"] for m in result.members] and 0.5 < result.ensemble["val_accuracy"] <= 1.0
+    if name == "digits-accuracy-vs-size.yaml":  # two objectives: analyze draws the front, ensembles pick one
+        import json
+
+        from orchestrator.practice.analyze import analyze_run
+
+        report = analyze_run(summary.results_uri, tmp_path / "analysis")
+        assert {"pareto_front.png", "hypervolume.png"} <= {p.rsplit("/", 1)[-1] for p in report.plots}
+        assert any(line.startswith("Pareto front on val_f1 (max), params_k (min): ") for line in report.lines)
+        assert any(line.startswith("hypervolume ") for line in report.lines), report.lines
+        proc = cli(
+            "ensemble", summary.results_uri, "--metric", "params_k", "--top-k", "1", "--output", "json"
+        )
+        assert proc.returncode == 0, proc.stderr
+        trials = [t for t in load_trials(summary.results_uri).to_pylist() if t["feasible"]]
+        smallest = min(trials, key=lambda t: (t["last_params_k"], t["trial_id"]))
+        assert [m["trial_id"] for m in json.loads(proc.stdout.splitlines()[-1])["members"]] == [
+            smallest["trial_id"]
+        ]
+        proc = cli("ensemble", summary.results_uri, "--metric", "val_loss")
+        assert proc.returncode == 2 and "--metric 'val_loss': not an objective of this run" in proc.stderr

@@ -127,6 +127,11 @@ def _practice(commands) -> None:
         default=DEFAULT_ENSEMBLE_METHOD,
         help="; ".join(f"{name}: {what}" for name, what in ENSEMBLE_METHODS.items()),
     )
+    p.add_argument(
+        "--metric",
+        help="rank the trials by this objective of a run of several (its value at each trial's last report); "
+        "default: the first objective's best report",
+    )
     _output(p)
     p.set_defaults(handler="practice_cmds:ensemble")
 

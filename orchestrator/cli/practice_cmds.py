@@ -22,6 +22,7 @@ def ensemble(args) -> int:
         top_k=args.top_k,
         method=args.method,
         progress=print_progress,
+        by=args.metric,
     )
     print_ensemble(result, args.output)
     return 0

@@ -15,9 +15,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.practice.plots import plot_isolation, plot_learning_curves
+from orchestrator.practice.plots import plot_front, plot_hypervolume, plot_isolation, plot_learning_curves
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.results.ops import stored_spec
+from orchestrator.results.schema import FINISHED
+from orchestrator.search.objectives import hypervolume, point_of
 
 BINS = 8
 EDGE = 0.10  # "near a boundary": within the outer 10% of the range, in the distribution's scale
@@ -108,6 +110,25 @@ def _seed_warning(trials: list[dict], spec) -> list[str]:
     return []
 
 
+def hypervolume_over_trials(trials: list[dict], objectives) -> tuple[list[tuple], list[float], tuple]:
+    """The finished, feasible trials' points (minimized, in trial order), the hypervolume of the front of the
+    first k of them for each k, and the reference point: the worst value of each objective over all points,
+    plus a tenth of its range (or 1 where there is no range), so every point counts."""
+    points = []
+    for t in trials:
+        if t["status"] in FINISHED and t.get("feasible") is not False:
+            point = point_of({o.metric: t[f"last_{o.metric}"] for o in objectives}, objectives)
+            if point is not None:
+                points.append(point)
+    if not points:
+        return [], [], ()
+    reference = tuple(
+        max(p[k] for p in points) + ((max(p[k] for p in points) - min(p[k] for p in points)) / 10 or 1.0)
+        for k in range(len(objectives))
+    )
+    return points, [hypervolume(points[: k + 1], reference) for k in range(len(points))], reference
+
+
 def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
     """Write the plots and report.txt for the run at `uri` into `out_dir`; return what was written."""
     spec = stored_spec(uri)
@@ -133,6 +154,25 @@ def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
                 for k, line in series.items()
             )
         )
+    objectives = spec.search.objectives
+    if len(objectives) > 1:
+        points, volumes, reference = hypervolume_over_trials(trials, objectives)
+        front = [t for t in trials if t.get("on_front")]
+        report.plots.append(plot_front(trials, objectives, out / "pareto_front.png"))
+        report.plots.append(plot_hypervolume(volumes, objectives, out / "hypervolume.png"))
+        named = ", ".join(f"{o.metric} ({o.mode})" for o in objectives)
+        report.lines.append(
+            f"Pareto front on {named}: {len(front)} of {len(points)} finished, feasible trials: "
+            + ", ".join(t["trial_id"] for t in front)
+        )
+        if volumes:
+            shown = ", ".join(
+                f"{-v if o.mode == 'max' else v:.4g}" for v, o in zip(reference, objectives, strict=True)
+            )
+            report.lines.append(
+                f"hypervolume {volumes[-1]:.4g} (reference point {shown}), after half the trials "
+                f"{volumes[len(volumes) // 2 - 1] if len(volumes) > 1 else volumes[0]:.4g}"
+            )
     report.warnings = _boundary_warnings(trials, spec) + _seed_warning(trials, spec)
     report.lines += [f"warning: {w}" if not w.startswith("note:") else w for w in report.warnings]
     (out / "report.txt").write_text("\n".join(report.lines) + "\n")

@@ -19,11 +19,12 @@ import pyarrow as pa
 import ray
 import torch
 
-from orchestrator.errors import RunError, not_allowed
+from orchestrator.errors import RunError, did_you_mean, not_allowed
 from orchestrator.ray_support.driver import DriverSession
 from orchestrator.results import load_trials
 from orchestrator.results.layout import ENSEMBLE_FILE
 from orchestrator.results.ops import stored_spec
+from orchestrator.results.schema import scoreable
 from orchestrator.results.writer import parquet_bytes
 from orchestrator.spec import DEFAULT_ENSEMBLE_METHOD
 from orchestrator.storage import open_store
@@ -66,14 +67,21 @@ def _scores(task: str, preds: dict[str, np.ndarray], labels: dict[str, np.ndarra
     return out
 
 
-def _predict(results_uri: str, storage_options: dict, workload_name: str, trial_id: str, mode: str):
-    """One member's validation and test predictions (probabilities for classifiers), from its best checkpoint:
-    through the workload's own `predict`, or its `build_model` run on its `load_data` splits."""
+def _predict(
+    results_uri: str,
+    storage_options: dict,
+    workload_name: str,
+    trial_id: str,
+    mode: str,
+    latest: bool = False,
+):
+    """One member's validation and test predictions (probabilities for classifiers), from its best checkpoint
+    (`latest`: its last one, the trial's point when ranked by another objective): through the workload's own
+    `predict`, or its `build_model` run on its `load_data` splits."""
     configure_determinism(use_gpu=False, threads=1)
     workload = resolve_workload(workload_name)
-    state = TrialCheckpoints(
-        open_store(results_uri, storage_options), trial_id, keep=1, mode=mode
-    ).load_best()
+    checkpoints = TrialCheckpoints(open_store(results_uri, storage_options), trial_id, keep=1, mode=mode)
+    state = checkpoints.load_latest() if latest else checkpoints.load_best()
     if state is None:
         raise RunError(f"{trial_id} has no checkpoint under {results_uri}")
     preds, labels = {}, {}
@@ -135,12 +143,14 @@ def _checked(workload, split: str, outputs, targets) -> tuple[np.ndarray, np.nda
     return p, y
 
 
-def _predict_all(spec, results_uri: str, trial_ids: list[str], address: str | None):
+def _predict_all(spec, results_uri: str, trial_ids: list[str], address: str | None, latest: bool = False):
     with DriverSession() as session:
         session.start_ray(address)
         task = ray.remote(num_cpus=1)(_predict)
         refs = [
-            task.remote(results_uri, spec.storage_options.s3(), spec.workload, t, spec.search.primary.mode)
+            task.remote(
+                results_uri, spec.storage_options.s3(), spec.workload, t, spec.search.primary.mode, latest
+            )
             for t in trial_ids
         ]
         try:
@@ -194,9 +204,12 @@ def build_ensemble(
     address: str | None = None,
     options=None,
     progress: Callable[[str], None] = lambda line: None,
+    by: str | None = None,
 ) -> EnsembleResult:
     """Ensemble the best `top_k` trials of the finished run at `results_uri`; writes ensemble.parquet there.
-    Predictions run as Ray tasks on the cluster at `address`, or on an embedded Ray."""
+    Ranked by the primary objective's best report, or with `by` another objective of the run, by its value at
+    each trial's last report (feasible trials only). Predictions run as Ray tasks on the cluster at `address`,
+    or on an embedded Ray."""
     if method not in SELECTIONS:
         raise RunError(not_allowed(method, SELECTIONS, "method "))
     if not 1 <= top_k <= 1000:
@@ -206,18 +219,35 @@ def build_ensemble(
         raise RunError(missing)
     store = open_store(results_uri, options or spec.storage_options.s3())
     metric, mode = spec.search.primary.metric, spec.search.primary.mode
-    finished = [
-        t for t in load_trials(store).to_pylist() if t["best_checkpoint"] and t[f"best_{metric}"] is not None
-    ]
+    latest = by is not None and by != metric
+    if latest:  # another objective: each trial's point (its last report, and its last checkpoint)
+        names = [o.metric for o in spec.search.objectives]
+        if by not in names:
+            raise RunError(
+                f"--metric {by!r}: not an objective of this run ({did_you_mean(by, names)}objectives: "
+                f"{', '.join(names)})"
+            )
+        objective = spec.search.objectives[names.index(by)]
+        finished = [
+            t
+            for t in load_trials(store).to_pylist()
+            if t["checkpoint"] and scoreable(t[f"last_{by}"]) and t.get("feasible") is not False
+        ]
+        key = lambda t: (objective.as_minimized(t[f"last_{by}"]), t["trial_id"])  # noqa: E731
+    else:
+        finished = [
+            t
+            for t in load_trials(store).to_pylist()
+            if t["best_checkpoint"] and t[f"best_{metric}"] is not None
+        ]
+        key = lambda t: (t[f"best_{metric}"] if mode == "min" else -t[f"best_{metric}"], t["trial_id"])  # noqa: E731
     if not finished:
-        raise RunError(f"{results_uri}: no trial has a checkpoint and a {metric} to rank it by")
-    finished.sort(
-        key=lambda t: (t[f"best_{metric}"] if mode == "min" else -t[f"best_{metric}"], t["trial_id"])
-    )
+        raise RunError(f"{results_uri}: no trial has a checkpoint and a {by or metric} to rank it by")
+    finished.sort(key=key)
     selection = SELECTIONS[method]
     pool = [t["trial_id"] for t in finished[: selection.pool(top_k)]]
     progress(f"ensemble: predicting with {len(pool)} trial(s) as Ray tasks")
-    predicted = _predict_all(spec, results_uri, pool, address)
+    predicted = _predict_all(spec, results_uri, pool, address, latest)
     labels, task = predicted[pool[0]][1], predicted[pool[0]][2]
     preds = {t: predicted[t][0] for t in pool}
     weights = selection.weights(pool, preds, labels, task, top_k)

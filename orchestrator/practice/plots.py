@@ -79,3 +79,61 @@ def plot_isolation(trials: list[dict], spec, name: str, series: dict[tuple, dict
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return str(path)
+
+
+def plot_front(trials: list[dict], objectives, path: Path) -> str:
+    """The finished trials' points on the first two objectives, the Pareto front joined up and infeasible
+    trials marked."""
+    a, b = objectives[0], objectives[1]
+    done = [
+        t
+        for t in trials
+        if t["status"] in ("completed", "stopped_early")
+        and t[f"last_{a.metric}"] is not None
+        and t[f"last_{b.metric}"] is not None
+    ]
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
+    groups = {
+        "dominated": [t for t in done if t.get("feasible") is not False and not t.get("on_front")],
+        "infeasible": [t for t in done if t.get("feasible") is False],
+        "Pareto front": sorted((t for t in done if t.get("on_front")), key=lambda t: t[f"last_{a.metric}"]),
+    }
+    looks = {
+        "dominated": ("o", "tab:gray"),
+        "infeasible": ("x", "tab:red"),
+        "Pareto front": ("o", "tab:blue"),
+    }
+    for label, members in groups.items():
+        if members:
+            marker, color = looks[label]
+            xs, ys = [t[f"last_{a.metric}"] for t in members], [t[f"last_{b.metric}"] for t in members]
+            ax.scatter(xs, ys, marker=marker, color=color, label=f"{label} ({len(members)})", zorder=3)
+            if label == "Pareto front":
+                ax.plot(xs, ys, "-", color=color, alpha=0.5)
+    ax.set(
+        xlabel=f"{a.metric} ({a.mode}) at the last report",
+        ylabel=f"{b.metric} ({b.mode}) at the last report",
+        title=f"Pareto front: {len(groups['Pareto front'])} of {len(done)} finished trials",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return str(path)
+
+
+def plot_hypervolume(volumes: list[float], objectives, path: Path) -> str:
+    """The hypervolume of the front of the first k finished trials, for each k: how the search's answer grew."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.plot(range(1, len(volumes) + 1), volumes, "-o", markersize=3)
+    ax.set(
+        xlabel="finished, feasible trials (in trial order)",
+        ylabel="hypervolume",
+        title="hypervolume over trials: " + " vs ".join(o.metric for o in objectives),
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return str(path)
