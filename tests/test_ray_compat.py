@@ -274,6 +274,32 @@ def test_hyperopt_pinning():
     test_fast_forward.test_a_pinned_proposal_is_the_recorded_config_and_tpe_learns_it_there()
 
 
+def test_optuna_trials_and_repinning():
+    """ray_compat.optuna_trial and repin_optuna_trial on a real OptunaSearch: the trial asked for a Tune trial is
+    found, and a repinned one has the pinned params, the proposed one is failed in the study, and the sampler is
+    told the result at the pinned config."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(
+        space={"x": FloatDistribution(0.0, 1.0)},
+        metric="loss",
+        mode="min",
+        sampler=optuna.samplers.TPESampler(seed=0),
+    )
+    assert ray_compat.optuna_trial(searcher, "t0") is None
+    proposed = searcher.suggest("t0")
+    asked = ray_compat.optuna_trial(searcher, "t0")
+    assert asked.params == proposed and proposed["x"] != 0.25
+    ray_compat.repin_optuna_trial(searcher, "t0", {"x": 0.25})
+    assert ray_compat.optuna_trial(searcher, "t0").params == {"x": 0.25}
+    searcher.on_trial_complete("t0", {"loss": 1.0, "training_iteration": 1})
+    trials = ray_compat.optuna_trial(searcher, "t0").study.trials
+    states = [(t.state.name, t.params) for t in trials]
+    assert states == [("FAIL", proposed), ("COMPLETE", {"x": 0.25})], states
+
+
 def test_train_worker_logger_and_placement_group_ids():
     ray_compat.quiet_train_worker()
     from ray.train.v2._internal.execution import context

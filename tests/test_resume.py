@@ -17,7 +17,7 @@ from contract import check_contract, deterministic_rows
 
 from orchestrator.api import run
 from orchestrator.results import RunSummary, load_results
-from orchestrator.spec import load_spec
+from orchestrator.spec import load_spec, parse_spec
 from orchestrator.storage import open_store
 
 pytestmark = pytest.mark.slow
@@ -205,3 +205,50 @@ def test_resume_of_a_run_whose_driver_still_runs_is_refused_naming_it(ray_cluste
     finally:
         kill_family(proc)
     RunLease(store, progress=lambda line: None).check_free()  # a dead driver on this host holds nothing
+
+
+def test_add_trials_grows_a_finished_run_as_if_it_had_asked_for_them_from_the_start(
+    ray_cluster, tmp_path, capsys
+):
+    """`hpo resume URI --add-trials N`: a finished NSGA-II search of 6 trials grows to 10, its sampler told every
+    result the run has (its second generation comes from them); at max_concurrent 1 the grown run's rows equal
+    a 10-trial run's. A grid cannot grow."""
+    search = {
+        "algorithm": "nsga2",
+        "num_samples": 6,
+        "max_concurrent": 1,
+        "metric": ["train_loss", "val_loss"],
+        "mode": ["min", "min"],
+        "space": {"x1": {"uniform": [0.0, 1.0]}, "x2": {"uniform": [0.0, 1.0]}},
+        "fixed": {"function": "branin"},
+    }
+    job = dict(name="grown", workload="synthetic", search=search, train={"max_epochs": 2})
+    spec_path = spec_file(tmp_path / "job.yaml", spec_dict(storage=str(tmp_path / "runs"), **job))
+    grown = run(load_spec(spec_path), progress=lambda line: None)
+    code, out, err = hpo(capsys, "resume", grown.results_uri, "--add-trials", "4", "--output", "json")
+    assert code == 0, err[-3000:]
+    assert "adding 4 trial(s): 10 in all" in err and "6 finished trial(s) are not rerun" in err, err
+    summary = RunSummary(**json.loads(out.strip().splitlines()[-1]))
+    assert summary.num_trials == 10 and summary.statuses == {"completed": 10} and summary.front
+    assert load_spec(f"{grown.results_uri}/spec.yaml").search.num_samples == 10
+    more = {**job, "search": {**search, "num_samples": 10}}
+    fresh = run(parse_spec(spec_dict(storage=str(tmp_path / "fresh"), **more)), progress=lambda line: None)
+    expected = load_results(fresh.results_uri)
+    assert deterministic_rows(in_trial_order(load_results(grown.results_uri))) == deterministic_rows(
+        in_trial_order(expected)
+    )
+    assert summary.front == fresh.front
+
+    grid = {
+        **job,
+        "search": {
+            **search,
+            "algorithm": "grid",
+            "metric": "val_loss",
+            "mode": "min",
+            "space": {"x1": {"choice": [0.1, 0.9]}},
+        },
+    }
+    gridded = run(parse_spec(spec_dict(storage=str(tmp_path / "grid"), **grid)), progress=lambda line: None)
+    code, _, err = hpo(capsys, "resume", gridded.results_uri, "--add-trials", "2")
+    assert code == 2 and "is a grid search, whose num_samples counts passes over the grid" in err, err

@@ -49,6 +49,7 @@ def resume(args) -> int:
             num_cpus=args.num_cpus,
             progress=_progress(args),
             on_start=lambda uri: print(f"results_uri: {uri}", flush=True),
+            add_trials=args.add_trials,
         )
     except AlreadyFinished as exc:
         print(f"hpo: {exc}", file=sys.stderr)

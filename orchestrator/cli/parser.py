@@ -74,6 +74,13 @@ def _jobs(commands) -> None:
     )
     p.add_argument("uri", help="the run's results_uri (printed by hpo run)")
     p.add_argument("--spec", help="refuse to resume unless this spec is the run's (the difference is named)")
+    p.add_argument(
+        "--add-trials",
+        type=int,
+        default=0,
+        metavar="N",
+        help="grow the run (finished or not) by N trials, its searcher continuing from all of its results",
+    )
     _ray_options(p)
     p.set_defaults(handler="job_cmds:resume")
 

@@ -63,17 +63,26 @@ def resume(
     num_cpus: float | None = None,
     progress: Callable[[str], None] = lambda line: None,
     on_start=None,
+    add_trials: int = 0,
 ) -> RunSummary:
-    """Continue the run at `uri`; returns its RunSummary. Raises AlreadyFinished if there is nothing to do."""
+    """Continue the run at `uri`; returns its RunSummary. Raises AlreadyFinished if there is nothing to do.
+    `add_trials`: grow the run by that many trials (finished or not), its searcher continuing from all of the
+    run's results; the run's spec.yaml then says the new num_samples."""
     spec = stored_spec(uri)
     store = open_store(uri, spec.storage_options.s3())
     uri = store.uri  # as the run stated it (a file:// prefix or a trailing slash would key another spool)
     if spec_path:
         check_same_spec(spec_path, spec)
     status = run_info(store).get("status")  # a damaged run.json is named, not guessed at
-    if status == "finished":
-        raise AlreadyFinished(f"{uri} already finished; nothing to resume")
     RunLease(store, progress=progress).check_free()  # a live driver: refused before its spool is touched
+    if add_trials:
+        spec = _grown(spec, add_trials, uri)
+        progress(
+            f"adding {add_trials} trial(s): {spec.search.num_samples} in all, the searcher continuing from "
+            "every result the run has"
+        )
+    elif status == "finished":
+        raise AlreadyFinished(f"{uri} already finished; nothing to resume (--add-trials N grows it)")
     check_result_files_present(store)  # a run with results never restarts from nothing
     left = drain_until(store, writer_dirs(run_spool_dir(uri)), 30.0)
     if left:
@@ -90,6 +99,19 @@ def resume(
         on_start=on_start,
         continue_run=continue_from_storage,
     )
+
+
+def _grown(spec, add_trials: int, uri: str):
+    """The run's spec with `add_trials` more trials, or RunError saying why it cannot grow."""
+    if add_trials < 1:
+        raise RunError(f"--add-trials {add_trials}: give a number of trials, 1 or more")
+    if spec.search.search_algorithm.enumerates:  # grid: num_samples counts passes over the grid
+        raise RunError(
+            f"--add-trials: {uri} is a grid search, whose num_samples counts passes over the grid; start a new "
+            "run to search further"
+        )
+    search = spec.search.model_copy(update={"num_samples": spec.search.num_samples + add_trials})
+    return spec.model_copy(update={"search": search})
 
 
 def continue_from_storage(the_plan: Plan, writer, tracker, progress) -> Plan:

@@ -22,7 +22,7 @@ class Algorithm:
     help: str = ""
     adaptive: bool = False  # proposes from results so far: whole-job deterministic only at max_concurrent 1
     multi_objective: bool = True  # can search several objectives at once (a non-adaptive one ignores them)
-    takes_start_points: bool = True  # can evaluate the spec's start_with configs first
+    enumerates: bool = False  # runs a fixed set of configs (grid): no start configs, no added trials
 
     def check(self, space: Mapping[str, Distribution]) -> None:
         """Raise ValueError if this algorithm cannot search `space`."""
@@ -39,7 +39,7 @@ class Random(Algorithm):
 class Grid(Algorithm):
     name = "grid"
     help = "every combination of the values, num_samples times (distributions with finitely many values)"
-    takes_start_points = False
+    enumerates = True
 
     def check(self, space: Mapping[str, Distribution]) -> None:
         for name, dist in space.items():

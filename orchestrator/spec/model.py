@@ -160,7 +160,7 @@ class Search(Section):
     def _check_start_with(self) -> None:
         if not self.start_with:
             return
-        if not self.search_algorithm.takes_start_points:
+        if self.search_algorithm.enumerates:
             raise ValueError(
                 f"start_with: algorithm {self.algorithm} runs every combination already; give the configs as "
                 "choices, or use random, quasirandom or hyperopt"

@@ -4,9 +4,11 @@ the two things a run of ours needs besides.
 - Constraints: Optuna's samplers read a trial's constraint values through `constraints_func(frozen_trial)`
   (a value <= 0 is satisfied). OptunaSearch tells Optuna only the objectives, so the trial's last report's
   constraint values are set as a user attribute just before it does, and `constraints_func` reads them back.
-- Pinning, for `hpo resume` (tuning/fast_forward.py): trial i's config is pinned to what the dead run gave it,
-  by enqueueing it in the study before Optuna is asked, so a trial continued from its checkpoint keeps the
-  config it was trained with and the sampler learns its result there.
+- Pinning, for `hpo resume` (tuning/fast_forward.py): trial i's config is pinned to what the dead run gave it.
+  The sampler proposes first, as it would have, so its random state moves exactly as in an unpinned search;
+  where the proposal differs (at max_concurrent > 1, trials may finish in another order), the proposed trial is
+  failed and one with the pinned config put in its place (ray_compat.repin_optuna_trial): a trial continued
+  from its checkpoint keeps the config it was trained with, and the sampler learns its result there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from optuna.samplers import NSGAIISampler
 from ray.tune.search.optuna import OptunaSearch
 
+from orchestrator.ray_support.ray_compat import optuna_trial, repin_optuna_trial
 from orchestrator.search.objectives import Constraint
 
 CONSTRAINTS_ATTR = "hpo_constraints"
@@ -65,18 +68,21 @@ class PinnableOptuna(OptunaSearch):
         self.constraints = tuple(constraints)
         self.pinned: dict[int, dict] = {}
         self._proposed = 0
-        self._starts = len(kwargs.get("points_to_evaluate") or [])  # enqueued already, in order
 
     def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
         index, self._proposed = self._proposed, self._proposed + 1
-        pinned = self.pinned.get(index) if index >= self._starts else None
-        if pinned is not None and trial_id not in self._ot_trials:
-            self._ot_study.enqueue_trial(pinned, skip_if_exists=False)
-        return super().suggest(trial_id)
+        pinned = self.pinned.get(index)
+        if (
+            not isinstance(config, dict)
+            or pinned is None
+            or all(config.get(k) == v for k, v in pinned.items())
+        ):
+            return config
+        repin_optuna_trial(self, trial_id, pinned)
+        return {**config, **pinned}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if self.constraints and result and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(
-                CONSTRAINTS_ATTR, constraint_values(result, self.constraints)
-            )
+        if self.constraints and result and (trial := optuna_trial(self, trial_id)) is not None:
+            trial.set_user_attr(CONSTRAINTS_ATTR, constraint_values(result, self.constraints))
         super().on_trial_complete(trial_id, result=result, error=error)

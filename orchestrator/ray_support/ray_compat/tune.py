@@ -244,3 +244,20 @@ def pin_hyperopt_suggestion(searcher, trial_id: str, config: dict) -> None:
         if label in vals:
             doc["misc"]["vals"][label] = [vals[label]]
     searcher._hpopt_trials.refresh()
+
+
+def optuna_trial(searcher, trial_id: str):
+    """Ray 2.60's OptunaSearch: the Optuna trial it asked for Tune's `trial_id` (None before it did)."""
+    return searcher._ot_trials.get(trial_id)
+
+
+def repin_optuna_trial(searcher, trial_id: str, config: dict) -> None:
+    """Ray 2.60's OptunaSearch: replace the Optuna trial it just asked for `trial_id` by one whose params are
+    `config`, so the sampler is told the result at the config that actually ran. The proposed trial is told
+    failed (Optuna cannot change a trial's params), `config` is enqueued, and the study asked again."""
+    from optuna.trial import TrialState
+
+    study = searcher._ot_study
+    study.tell(searcher._ot_trials[trial_id], state=TrialState.FAIL)
+    study.enqueue_trial(config, skip_if_exists=False)
+    searcher._ot_trials[trial_id] = study.ask(fixed_distributions=searcher._space)
