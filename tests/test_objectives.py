@@ -323,6 +323,15 @@ START = [{"lr": 0.01, "hidden": 32}, {"lr": 0.002, "hidden": 16}]
             {"start_with": START, "algorithm": "grid", "space": {"hidden": {"choice": [16, 32]}}},
             "search: start_with: algorithm grid runs every combination already",
         ),
+        (
+            {"warm_start": ["./results/t-job/20261201-000000-ab12"]},
+            "search: warm_start: algorithm random does not take earlier results as history; use one of tpe, "
+            "motpe, nsga2, cmaes, gp",
+        ),
+        (
+            {"warm_start": ["ftp://host/run"], "algorithm": "tpe"},
+            "search.warm_start: scheme 'ftp://' is not supported",
+        ),
     ],
 )
 def test_bad_start_configs_are_refused_in_one_line(search, message):

@@ -275,7 +275,7 @@ def test_hyperopt_pinning():
 
 
 def test_optuna_trials_and_repinning():
-    """ray_compat.optuna_trial and repin_optuna_trial on a real OptunaSearch: the trial asked for a Tune trial is
+    """ray_compat.optuna_trial, repin_optuna_trial and add_optuna_history on a real OptunaSearch: the trial asked for a Tune trial is
     found, and a repinned one has the pinned params, the proposed one is failed in the study, and the sampler is
     told the result at the pinned config."""
     import optuna
@@ -298,6 +298,15 @@ def test_optuna_trials_and_repinning():
     trials = ray_compat.optuna_trial(searcher, "t0").study.trials
     states = [(t.state.name, t.params) for t in trials]
     assert states == [("FAIL", proposed), ("COMPLETE", {"x": 0.25})], states
+    # add_optuna_history: trials that ran elsewhere join the study, complete, with their values and attributes
+    ray_compat.add_optuna_history(searcher, [({"x": 0.5}, [0.3], {"note": 1})])
+    added = ray_compat.optuna_trial(searcher, "t0").study.trials[-1]
+    assert (added.state.name, added.params, added.values, added.user_attrs) == (
+        "COMPLETE",
+        {"x": 0.5},
+        [0.3],
+        {"note": 1},
+    )
 
 
 def test_train_worker_logger_and_placement_group_ids():

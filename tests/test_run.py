@@ -377,3 +377,58 @@ def test_optunas_samplers_search_from_their_start_configs(ray_cluster, tmp_path,
         rows_b = in_trial_order(load_results(again.results_uri))
         assert deterministic_rows(rows) == deterministic_rows(rows_b)
         assert again.front == summary.front and again.best == summary.best
+
+
+def test_warm_start_feeds_earlier_trials_to_the_sampler_without_rerunning_them(ray_cluster, tmp_path, cli):
+    """search.warm_start: an earlier run's 12 finished trials are TPE's history (past its 10 start-up trials, so
+    the new run's first trial is already TPE's proposal); they are not rerun nor copied; run.json and the
+    progress output say so; the same seed and history propose the same trials. A URI that is not a run, or one
+    over another space, is refused in one line and nothing is written."""
+    import json
+    import shutil
+
+    from conftest import spec_file
+
+    search = {
+        "algorithm": "tpe",
+        "num_samples": 12,
+        "max_concurrent": 1,
+        "metric": "val_loss",
+        "mode": "min",
+        "space": {"x1": {"uniform": [0.0, 1.0]}, "x2": {"uniform": [0.0, 1.0]}},
+        "fixed": {"function": "branin"},
+    }
+    job = dict(workload="synthetic", train={"max_epochs": 1})
+    _, earlier = _run(tmp_path / "earlier", search=search, **job)
+    warm = {**search, "num_samples": 3, "warm_start": [earlier.results_uri]}
+    lines: list[str] = []
+    _, first = _run(tmp_path / "warm", lines, search=warm, **job)
+    assert (
+        "warm start: 12 finished trial(s) of 1 earlier run(s) are the searcher's history, not rerun" in lines
+    )
+    info = json.loads((Path(first.results_uri) / "run.json").read_text())
+    assert info["warm_start"] == {"runs": [earlier.results_uri], "trials": 12}
+    assert load_trials(first.results_uri).num_rows == 3
+    _, again = _run(tmp_path / "again", search=warm, **job)
+    _, cold = _run(tmp_path / "cold", search={**search, "num_samples": 3}, **job)
+    rows = {
+        name: load_results(s.results_uri) for name, s in (("first", first), ("again", again), ("cold", cold))
+    }
+    assert _configs(rows["first"], ["x1", "x2"]) == _configs(rows["again"], ["x1", "x2"])
+    assert _configs(rows["first"], ["x1", "x2"]) != _configs(
+        rows["cold"], ["x1", "x2"]
+    )  # cold: random start-up
+
+    for bad, message in [
+        (str(tmp_path / "nothing"), "is not a run hpo can read"),
+        (earlier.results_uri, "searched 'x2' as uniform [0.0, 1.0], this spec as uniform [0.0, 0.5]"),
+    ]:
+        other = {**warm, "warm_start": [bad], "space": {**search["space"], "x2": {"uniform": [0.0, 0.5]}}}
+        storage = tmp_path / "refused"
+        shutil.rmtree(storage, ignore_errors=True)
+        path = spec_file(tmp_path / "bad.yaml", spec_dict(storage=str(storage), search=other, **job))
+        proc = cli("run", str(path))
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1, (
+            proc.stderr
+        )
+        assert not storage.exists()

@@ -33,6 +33,7 @@ from orchestrator.budget.capacity import check_prices, check_resources
 from orchestrator.budget.ledger import Ledger
 from orchestrator.errors import RunError
 from orchestrator.execution.lease import RunLease
+from orchestrator.execution.warm import WarmStart, load_warm_start
 from orchestrator.launch.launcher import Launcher, launcher_for
 from orchestrator.ray_support.driver import DriverSession
 from orchestrator.ray_support.ray_compat import (
@@ -93,6 +94,7 @@ class Plan:
     namer: TrialNamer
     num_samples: int
     scheduler: Any
+    warm_start: WarmStart = WarmStart()  # earlier runs' finished trials, the searcher's history (not rerun)
 
 
 # A check before the search (the results store, the results URI, progress) and the continuation of a stored run.
@@ -104,7 +106,8 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
     """Everything Tune needs for `spec`, built without starting Ray or writing anything."""
     workload = check_against_workload(spec)
     spec = spec.resolved(workload)
-    search_alg, param_space, namer = build_search(spec)
+    warm = load_warm_start(spec) if spec.search.warm_start else WarmStart()
+    search_alg, param_space, namer = build_search(spec, warm.trials)
     train = spec.train
     store = open_store(results_uri, spec.storage_options.s3())
     staging = str(run_spool_dir(results_uri) / STAGING) if store.remote else store.uri
@@ -138,6 +141,7 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
         namer,
         spec.search.num_samples,
         build_scheduler(spec),
+        warm,
     )
 
 
@@ -197,6 +201,11 @@ def execute(
     began = time.monotonic()
     with DriverSession() as session, contextlib.ExitStack() as held:
         the_plan = plan(spec, results_uri)
+        if the_plan.warm_start.runs:
+            progress(
+                f"warm start: {len(the_plan.warm_start.trials)} finished trial(s) of "
+                f"{len(the_plan.warm_start.runs)} earlier run(s) are the searcher's history, not rerun"
+            )
         inner, reachable = _check(session, the_plan, address, num_cpus, progress, before_search, spec)
         the_plan = _launch(the_plan)
         opened = _open(held, the_plan, inner, reachable, progress, on_start)
@@ -424,6 +433,7 @@ def _write_run_file(store, the_plan: Plan, status: str, **extra) -> None:
         "run_id": run_id_of(the_plan.results_uri),
         "status": status,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"warm_start": the_plan.warm_start.describe()} if the_plan.warm_start.runs else {}),
         **extra,
     }
     store.write_text(RUN_FILE, json.dumps(info))

@@ -22,6 +22,7 @@ class Algorithm:
     help: str = ""
     adaptive: bool = False  # proposes from results so far: whole-job deterministic only at max_concurrent 1
     multi_objective: bool = True  # can search several objectives at once (a non-adaptive one ignores them)
+    learns_from_history: bool = False  # takes earlier runs' finished trials as history (search.warm_start)
     enumerates: bool = False  # runs a fixed set of configs (grid): no start configs, no added trials
 
     def check(self, space: Mapping[str, Distribution]) -> None:
@@ -88,6 +89,7 @@ class OptunaSampler(Algorithm):
     Adaptive: whole-job deterministic at max_concurrent 1."""
 
     adaptive = True
+    learns_from_history = True
     takes_constraints = False  # Optuna's constraints_func: the sampler steers away from infeasible regions
 
 

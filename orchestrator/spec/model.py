@@ -89,6 +89,11 @@ class Search(Section):
         description="searched hyperparameters, one distribution each"
     )
     fixed: dict[StrictStr, Scalar] = Field(default_factory=dict, description="hyperparameters held fixed")
+    warm_start: list[StrictStr] = Field(
+        default_factory=list,
+        description="earlier runs (results URIs, local or s3://) whose finished trials are the searcher's "
+        "history, not rerun; same space; for Optuna's samplers",
+    )
     start_with: list[dict[StrictStr, Scalar]] = Field(
         default_factory=list,
         description="configs the search evaluates first, exactly as given (each gives every searched "
@@ -116,6 +121,13 @@ class Search(Section):
             repeated = sorted({m for m in value if value.count(m) > 1})
             if repeated:
                 raise ValueError(f"{repeated[0]!r} is listed twice; each objective once")
+        return value
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start(cls, value: list[str]) -> list[str]:
+        for uri in value:
+            check_storage_uri(uri)
         return value
 
     @field_validator("constraints")
@@ -154,6 +166,12 @@ class Search(Section):
                     f"hyperparameters are scientific or nuisance, those in fixed are fixed"
                 )
         self.search_algorithm.check(self.space)
+        if self.warm_start and not self.search_algorithm.learns_from_history:
+            learners = ", ".join(name for name, a in ALGORITHMS.items() if a.learns_from_history)
+            raise ValueError(
+                f"warm_start: algorithm {self.algorithm} does not take earlier results as history; use one of "
+                f"{learners}"
+            )
         self._check_start_with()
         return self
 

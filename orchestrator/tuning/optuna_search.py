@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from optuna.samplers import NSGAIISampler
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.ray_support.ray_compat import optuna_trial, repin_optuna_trial
+from orchestrator.ray_support.ray_compat import add_optuna_history, optuna_trial, repin_optuna_trial
 from orchestrator.search.objectives import Constraint
 
 CONSTRAINTS_ATTR = "hpo_constraints"
@@ -81,6 +81,24 @@ class PinnableOptuna(OptunaSearch):
             return config
         repin_optuna_trial(self, trial_id, pinned)
         return {**config, **pinned}
+
+    def add_history(self, history) -> None:
+        """Tell the sampler of trials that ran elsewhere (search.warm_start): each as a completed Optuna trial
+        with its config, its objectives' values and its constraint values, as if it had run here first."""
+        objectives = self.metric if isinstance(self.metric, list) else [self.metric]
+        add_optuna_history(
+            self,
+            [
+                (
+                    earlier.config,
+                    [earlier.metrics[m] for m in objectives],
+                    {CONSTRAINTS_ATTR: constraint_values(earlier.metrics, self.constraints)}
+                    if self.constraints
+                    else {},
+                )
+                for earlier in history
+            ],
+        )
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if self.constraints and result and (trial := optuna_trial(self, trial_id)) is not None:

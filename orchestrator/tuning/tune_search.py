@@ -73,7 +73,7 @@ class QuasiRandomSearcher(Searcher):
             self._next = json.load(fh)["next"]
 
 
-def _random(spec: JobSpec, algorithm: Random):
+def _random(spec: JobSpec, algorithm: Random, history=()):
     # Configs are drawn in trial-creation order from one seeded generator: concurrency does not change them.
     gen = VariantGenerator(
         spec.search.space,
@@ -84,7 +84,7 @@ def _random(spec: JobSpec, algorithm: Random):
     return gen, {name: tune_domain(dist) for name, dist in spec.search.space.items()}
 
 
-def _grid(spec: JobSpec, algorithm: Grid):
+def _grid(spec: JobSpec, algorithm: Grid, history=()):
     gen = VariantGenerator(
         spec.search.space, max_concurrent=spec.search.max_concurrent, random_state=spec.seed
     )
@@ -93,7 +93,7 @@ def _grid(spec: JobSpec, algorithm: Grid):
     }
 
 
-def _quasirandom(spec: JobSpec, algorithm: QuasiRandom):
+def _quasirandom(spec: JobSpec, algorithm: QuasiRandom, history=()):
     # the start configs, then the Sobol sequence from its beginning
     start = spec.search.start_points()
     points = algorithm.points(spec.search.space, spec.seed, spec.search.num_samples - len(start))
@@ -101,7 +101,7 @@ def _quasirandom(spec: JobSpec, algorithm: QuasiRandom):
     return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
 
 
-def _hyperopt(spec: JobSpec, algorithm: HyperOpt):
+def _hyperopt(spec: JobSpec, algorithm: HyperOpt, history=()):
     # heavy: hyperopt and scipy.stats (0.6 s measured); only TPE searches load them
     from orchestrator.tuning.tpe import PinnableHyperOpt
 
@@ -135,7 +135,7 @@ def _optuna_sampler(spec: JobSpec, algorithm: OptunaSampler):
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, **limits)  # tpe, motpe
 
 
-def _optuna(spec: JobSpec, algorithm: OptunaSampler):
+def _optuna(spec: JobSpec, algorithm: OptunaSampler, history=()):
     import optuna
 
     from orchestrator.tuning.optuna_search import PinnableOptuna
@@ -154,11 +154,14 @@ def _optuna(spec: JobSpec, algorithm: OptunaSampler):
         sampler=_optuna_sampler(spec, algorithm),
         constraints=spec.search.bounds if algorithm.takes_constraints else (),
     )
+    if history:  # earlier runs' finished trials (search.warm_start): told to the sampler, never run
+        searcher.add_history(history)
     return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
 
 
-# search algorithm -> builder(spec, algorithm) -> (Tune search algorithm, Tune param_space)
-BUILDERS: dict[type[Algorithm], Callable[[JobSpec, Any], tuple[Any, dict]]] = {
+# search algorithm -> builder(spec, algorithm, history) -> (Tune search algorithm, Tune param_space); history:
+# the earlier trials of search.warm_start (execution/warm.py), which only the learners of history take
+BUILDERS: dict[type[Algorithm], Callable[..., tuple[Any, dict]]] = {
     Random: _random,
     Grid: _grid,
     QuasiRandom: _quasirandom,
@@ -167,10 +170,11 @@ BUILDERS: dict[type[Algorithm], Callable[[JobSpec, Any], tuple[Any, dict]]] = {
 }
 
 
-def build_search(spec: JobSpec) -> tuple[Any, dict, TrialNamer]:
-    """(Tune search algorithm, param_space, trial namer) for the spec's search."""
+def build_search(spec: JobSpec, history=()) -> tuple[Any, dict, TrialNamer]:
+    """(Tune search algorithm, param_space, trial namer) for the spec's search; `history`: earlier runs' finished
+    trials (config and metrics each) for a searcher that learns from them."""
     algorithm = spec.search.search_algorithm
-    search_alg, param_space = BUILDERS[type(algorithm)](spec, algorithm)
+    search_alg, param_space = BUILDERS[type(algorithm)](spec, algorithm, history)
     return search_alg, param_space, TrialNamer(first=0 if isinstance(search_alg, VariantGenerator) else 1)
 
 

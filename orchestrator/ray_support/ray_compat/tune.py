@@ -261,3 +261,21 @@ def repin_optuna_trial(searcher, trial_id: str, config: dict) -> None:
     study.tell(searcher._ot_trials[trial_id], state=TrialState.FAIL)
     study.enqueue_trial(config, skip_if_exists=False)
     searcher._ot_trials[trial_id] = study.ask(fixed_distributions=searcher._space)
+
+
+def add_optuna_history(searcher, trials: list[tuple[dict, list[float], dict]]) -> None:
+    """Ray 2.60's OptunaSearch: add completed trials (params, objective values, user attributes) to its study,
+    over its space, so its sampler counts them as history."""
+    from optuna.trial import TrialState, create_trial
+
+    study = searcher._ot_study
+    for params, values, attrs in trials:
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                params=params,
+                distributions=searcher._space,
+                values=values,
+                user_attrs=attrs,
+            )
+        )
