@@ -93,8 +93,11 @@ def test_analyze_writes_curves_isolation_plots_and_a_boundary_warning(ray_cluste
     code, _, err = hpo(capsys, "analyze", summary.results_uri, "--out", str(out))
     assert code == 0, err[-2000:]
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["isolation_hidden.png", "isolation_lr.png", "learning_curves.png"]
+    assert pngs == ["importance.png", "isolation_hidden.png", "isolation_lr.png", "learning_curves.png"]
     assert all((out / p).read_bytes().startswith(PNG) and (out / p).stat().st_size > 5000 for p in pngs)
     report = (out / "report.txt").read_text()
     assert "isolation hidden (scientific)" in report and "isolation lr (nuisance)" in report
     assert "warning: lr: the best trial" in report and "sit in the upper 10% of the range" in report, report
+    # lr spans 2.5 decades against 2 widths: fANOVA puts most of val_loss's variance on lr
+    importance = next(line for line in report.splitlines() if line.startswith("importance for val_loss"))
+    assert importance.startswith("importance for val_loss (fANOVA over 16 trials): lr "), importance

@@ -351,3 +351,38 @@ def test_start_configs_are_stated_as_their_distributions_state_them():
     )
     assert spec.search.start_points() == [{"lr": 1.0, "hidden": 16}]
     assert type(spec.search.start_points()[0]["lr"]) is float
+
+
+def test_importance_is_per_objective():
+    """hpo analyze's fANOVA importances, one set per objective, fit to the finished feasible trials' points: an
+    objective that depends on x alone puts x first; one that depends on y alone, y."""
+    from orchestrator.practice.analyze import importances
+
+    spec = parse_spec(
+        spec_dict(
+            search={
+                "metric": ["val_loss", "val_accuracy"],
+                "mode": ["min", "max"],
+                "space": {"lr": {"uniform": [0.01, 1.0]}, "hidden": {"choice": [16, 32, 64]}},
+            }
+        )
+    )
+    rng = random.Random(0)
+    trials = []
+    for i in range(30):
+        lr, hidden = rng.uniform(0.01, 1.0), rng.choice([16, 32, 64])
+        trials.append(
+            {
+                "trial_id": f"trial_{i:04d}",
+                "status": "completed",
+                "config/lr": lr,
+                "config/hidden": hidden,
+                "last_val_loss": lr**2,
+                "last_val_accuracy": hidden / 64 + rng.uniform(0, 0.01),
+            }
+        )
+    found, fitted = importances(trials, spec)
+    assert fitted == 30
+    assert next(iter(found["val_loss"])) == "lr" and found["val_loss"]["lr"] > 0.8, found
+    assert next(iter(found["val_accuracy"])) == "hidden" and found["val_accuracy"]["hidden"] > 0.8, found
+    assert importances(trials[:2], spec) == ({}, 2)

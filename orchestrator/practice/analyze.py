@@ -15,7 +15,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.practice.plots import plot_front, plot_hypervolume, plot_isolation, plot_learning_curves
+from orchestrator.practice.plots import (
+    plot_front,
+    plot_hypervolume,
+    plot_importance,
+    plot_isolation,
+    plot_learning_curves,
+)
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.results.ops import stored_spec
 from orchestrator.results.schema import FINISHED
@@ -129,6 +135,48 @@ def hypervolume_over_trials(trials: list[dict], objectives) -> tuple[list[tuple]
     return points, [hypervolume(points[: k + 1], reference) for k in range(len(points))], reference
 
 
+def importances(trials: list[dict], spec) -> tuple[dict[str, dict[str, float]], int]:
+    """Each objective's parameter importances (Optuna's fANOVA: a random forest fit to the finished, feasible
+    trials, its variance split by hyperparameter), and the trials it was fit to. One objective: each trial's
+    best; several: each trial's point (its last report). Empty when fewer than 3 trials or nothing varies."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+    from optuna.trial import create_trial
+
+    from orchestrator.tuning.forms import optuna_distribution
+
+    objectives = spec.search.objectives
+    several = len(objectives) > 1
+    column = {o.metric: (f"last_{o.metric}" if several else f"best_{o.metric}") for o in objectives}
+    space = {name: optuna_distribution(dist) for name, dist in spec.search.space.items()}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        directions=["minimize" if o.mode == "min" else "maximize" for o in objectives]
+    )
+    for t in trials:
+        values = [t[column[o.metric]] for o in objectives]
+        if (
+            t["status"] not in FINISHED
+            or t.get("feasible") is False
+            or point_of(dict(zip(column, values, strict=True)), objectives) is None
+        ):
+            continue
+        params = {name: spec.search.space[name].from_column(t[CONFIG_PREFIX + name]) for name in space}
+        study.add_trial(create_trial(params=params, distributions=space, values=values))
+    fitted = len(study.trials)
+    if fitted < 3:
+        return {}, fitted
+    found = {}
+    for i, objective in enumerate(objectives):
+        try:
+            found[objective.metric] = get_param_importances(
+                study, evaluator=FanovaImportanceEvaluator(seed=0), target=lambda t, i=i: t.values[i]
+            )
+        except (RuntimeError, ValueError):  # every trial had the same value: nothing to split
+            continue
+    return found, fitted
+
+
 def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
     """Write the plots and report.txt for the run at `uri` into `out_dir`; return what was written."""
     spec = stored_spec(uri)
@@ -172,6 +220,14 @@ def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
             report.lines.append(
                 f"hypervolume {volumes[-1]:.4g} (reference point {shown}), after half the trials "
                 f"{volumes[len(volumes) // 2 - 1] if len(volumes) > 1 else volumes[0]:.4g}"
+            )
+    found, fitted = importances(trials, spec)
+    if found:
+        report.plots.append(plot_importance(found, fitted, out / "importance.png"))
+        for metric, weights in found.items():
+            report.lines.append(
+                f"importance for {metric} (fANOVA over {fitted} trials): "
+                + ", ".join(f"{name} {weight:.2f}" for name, weight in weights.items())
             )
     report.warnings = _boundary_warnings(trials, spec) + _seed_warning(trials, spec)
     report.lines += [f"warning: {w}" if not w.startswith("note:") else w for w in report.warnings]

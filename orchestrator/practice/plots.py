@@ -137,3 +137,21 @@ def plot_hypervolume(volumes: list[float], objectives, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return str(path)
+
+
+def plot_importance(found: dict[str, dict[str, float]], fitted: int, path: Path) -> str:
+    """One bar chart per objective: the share of its variance each hyperparameter explains (fANOVA)."""
+    fig = Figure(figsize=(6 * len(found), 4))
+    axes = fig.subplots(1, len(found), squeeze=False)[0]
+    for ax, (metric, weights) in zip(axes, found.items(), strict=True):
+        names = list(weights)[::-1]  # the most important on top
+        ax.barh(names, [weights[n] for n in names], color="tab:blue")
+        ax.set(
+            xlabel="importance (share of variance)",
+            title=f"{metric}: fANOVA over {fitted} trials",
+            xlim=(0, 1),
+        )
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return str(path)
