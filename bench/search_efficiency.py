@@ -7,8 +7,13 @@
    its full budget with.
 2. TPE (hyperopt) and quasi-random vs random on the synthetic functions with known optima (Branin, Hartmann6):
    median regret (best found - global optimum) over 5 seeds at a fixed trial budget. Goal: lower than random.
+3. Several objectives, on the synthetic ZDT1 (two objectives, known front): median hypervolume over 5 seeds
+   at a fixed trial budget, NSGA-II and MOTPE against random (higher is better); then MO-ASHA against FIFO on
+   the same random configs (27 trials x 9 epochs): the hypervolume each reaches and the epochs it spends.
+4. Warm starts: Optuna's TPE on Branin warm-started from an earlier run of 20 trials (another seed) against a
+   cold TPE: median regret after the budget, over 5 seeds.
 
-    python bench/search_efficiency.py [--seeds 5] [--budget 40] [--asha-seeds 3]
+    python bench/search_efficiency.py [--seeds 5] [--budget 40] [--asha-seeds 3] [--only PART]
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.api import run  # noqa: E402
 from orchestrator.ray_support.driver import DriverSession  # noqa: E402
-from orchestrator.results import load_results  # noqa: E402
+from orchestrator.results import load_results, load_trials  # noqa: E402
+from orchestrator.search.objectives import hypervolume  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.workloads.synthetic import OPTIMA  # noqa: E402
 
@@ -109,7 +115,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--asha-seeds", type=int, default=3)
-    parser.add_argument("--only", choices=("asha", "regret"), help="run one of the two parts")
+    parser.add_argument(
+        "--only", choices=("asha", "regret", "objectives", "warm"), help="run one of the parts"
+    )
     args = parser.parse_args()
     # the settings hpo runs under, for every path measured; Ray stopped after
     with DriverSession() as session:
@@ -120,10 +128,14 @@ def main() -> None:
 def _measure(args) -> None:
     root = tempfile.mkdtemp(prefix="hpo-bench-search-")
 
-    if args.only != "regret":
+    if args.only in (None, "asha"):
         compare_schedulers(root, args.asha_seeds)
-    if args.only != "asha":
+    if args.only in (None, "regret"):
         compare_searchers(root, args.seeds, args.budget)
+    if args.only in (None, "objectives"):
+        compare_multi_objective(root, args.seeds, args.budget)
+    if args.only in (None, "warm"):
+        compare_warm_starts(root, args.seeds, args.budget // 2)
 
 
 def compare_schedulers(root: str, seeds: int) -> None:
@@ -186,6 +198,108 @@ def compare_searchers(root: str, seeds: int, budget: int) -> None:
             )
         for algorithm in ("quasirandom", "hyperopt"):
             print(f"  {function:9s} {algorithm} / random = {medians[algorithm] / medians['random']:.2f}")
+
+
+ZDT1_REFERENCE = (1.1, 22.0)  # f1 <= 1; val_loss after 1 epoch is 2 x f2 <= 2 x 10
+
+
+def zdt1_hypervolume(root: str, algorithm: str, seed: int, budget: int, *, epochs=1, scheduler=None) -> tuple:
+    """(hypervolume of the finished trials' front, epochs spent) of a ZDT1 search."""
+    summary = run(
+        parse_spec(
+            {
+                "name": "bench",
+                "storage": root,
+                "workload": "synthetic",
+                "seed": seed,
+                "train": {"max_epochs": epochs},
+                "scheduler": scheduler or {"type": "fifo"},
+                "search": {
+                    "algorithm": algorithm,
+                    "num_samples": budget,
+                    "max_concurrent": 1,
+                    "metric": ["train_loss", "val_loss"],
+                    "mode": ["min", "min"],
+                    "space": {f"x{i}": UNIT for i in range(1, 7)},
+                    "fixed": {"function": "zdt1"},
+                },
+            }
+        ),
+        progress=lambda line: None,
+    )
+    trials = load_trials(summary.results_uri).to_pylist()
+    points = [
+        (t["last_train_loss"], t["last_val_loss"])
+        for t in trials
+        if t["status"] in ("completed", "stopped_early") and t["last_val_loss"] is not None
+    ]
+    return hypervolume(points, ZDT1_REFERENCE), sum(t["iterations"] for t in trials)
+
+
+def compare_multi_objective(root: str, seeds: int, budget: int) -> None:
+    print(
+        f"3. several objectives (ZDT1): median hypervolume over {seeds} seeds at {budget} trials (higher is better)"
+    )
+    medians = {}
+    for algorithm in ("random", "nsga2", "motpe"):
+        values = [zdt1_hypervolume(root, algorithm, seed, budget)[0] for seed in range(seeds)]
+        medians[algorithm] = statistics.median(values)
+        print(
+            f"  {algorithm:7s} median hypervolume {medians[algorithm]:.3f}  "
+            f"(seeds: {', '.join(f'{v:.3f}' for v in values)})"
+        )
+    for algorithm in ("nsga2", "motpe"):
+        print(f"  {algorithm} / random = {medians[algorithm] / medians['random']:.3f}")
+    asha = {"type": "asha", "grace_period": 1, "reduction_factor": 3}
+    fifo_runs = [zdt1_hypervolume(root, "random", seed, 27, epochs=9) for seed in range(seeds)]
+    asha_runs = [
+        zdt1_hypervolume(root, "random", seed, 27, epochs=9, scheduler=asha) for seed in range(seeds)
+    ]
+    for label, runs in (("FIFO", fifo_runs), ("MO-ASHA", asha_runs)):
+        print(
+            f"  random 27 x 9 epochs, {label:7s}: median hypervolume {statistics.median(r[0] for r in runs):.3f}, "
+            f"median epochs {statistics.median(r[1] for r in runs):.0f}"
+        )
+
+
+def compare_warm_starts(root: str, seeds: int, budget: int) -> None:
+    print(f"4. warm starts (Optuna TPE, Branin): median regret over {seeds} seeds after {budget} trials")
+
+    def tpe(seed: int, warm: list[str]):
+        summary = run(
+            parse_spec(
+                {
+                    "name": "bench",
+                    "storage": root,
+                    "workload": "synthetic",
+                    "seed": seed,
+                    "train": {"max_epochs": 1},
+                    "search": {
+                        "algorithm": "tpe",
+                        "num_samples": budget,
+                        "max_concurrent": 1,
+                        "metric": "train_loss",
+                        "mode": "min",
+                        "space": {"x1": UNIT, "x2": UNIT},
+                        "fixed": {"function": "branin"},
+                        "warm_start": warm,
+                    },
+                }
+            ),
+            progress=lambda line: None,
+        )
+        return summary.results_uri, summary.best["metric"] - OPTIMA["branin"]
+
+    cold, warm = [], []
+    for seed in range(seeds):
+        earlier, _ = tpe(1000 + seed, [])
+        cold.append(tpe(seed, [])[1])
+        warm.append(tpe(seed, [earlier])[1])
+    for label, values in (("cold", cold), ("warm", warm)):
+        print(
+            f"  {label}: median regret {statistics.median(values):.4f}  (seeds: {', '.join(f'{v:.4f}' for v in values)})"
+        )
+    print(f"  warm / cold = {statistics.median(warm) / statistics.median(cold):.2f}")
 
 
 if __name__ == "__main__":

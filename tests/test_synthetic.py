@@ -59,3 +59,12 @@ def test_synthetic_specs_validate_and_sanity_refuses_them():
         match="synthetic: sanity needs build_model and load_data .*; it gives no build_model or load_data",
     ):
         sanity_checks(spec)
+
+
+def test_zdt1_is_two_objectives_whose_front_is_known():
+    # on the front (x2..x6 = 0): f2 = 1 - sqrt(f1); val_loss converges to f2 as epochs grow
+    config = _config("zdt1", [0.25, 0, 0, 0, 0, 0])
+    assert objective(config, 1) == pytest.approx({"train_loss": 0.25, "val_loss": 2 * 0.5})
+    assert objective(config, 1000)["val_loss"] == pytest.approx(0.5, rel=1e-2)
+    off = objective(_config("zdt1", [0.25, 1, 1, 1, 1, 1]), 1000)  # g = 10: far from the front
+    assert off["val_loss"] > 5

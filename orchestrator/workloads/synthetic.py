@@ -6,6 +6,10 @@ Hyperparameters x1..x6 in [0, 1] are mapped onto the function's domain: `functio
 a learning curve, f(x) + gap(x) / e: every trial converges to f(x), and trials that end better tend to, but
 do not always, look better early (gap grows with the distance from the domain's centre), so early stopping
 has something to get right and something to get wrong.
+
+`function: zdt1` is two objectives over x1..x6 (Zitzler, Deb and Thiele's ZDT1): `train_loss` is f1 = x1 and
+`val_loss` at epoch e is f2 x (1 + 1 / e), where f2 = g (1 - sqrt(x1 / g)) and g = 1 + 9 mean(x2..x6). Its
+Pareto front is f2 = 1 - sqrt(f1) (x2..x6 = 0); search [train_loss, val_loss] to measure hypervolume.
 """
 
 from __future__ import annotations
@@ -65,7 +69,13 @@ def value(function: str, u: np.ndarray) -> float:
         return branin(u[0], u[1])
     if function == "hartmann6":
         return hartmann6(u)
-    raise ValueError(f"function {function!r}: use branin or hartmann6")
+    raise ValueError(f"function {function!r}: use branin, hartmann6 or zdt1")
+
+
+def zdt1(u: np.ndarray) -> tuple[float, float]:
+    f1 = float(u[0])
+    g = 1.0 + 9.0 * float(u[1:].mean())
+    return f1, g * (1.0 - math.sqrt(f1 / g))
 
 
 def objective(config: Mapping[str, Any], epoch: int) -> dict[str, float]:
@@ -73,6 +83,9 @@ def objective(config: Mapping[str, Any], epoch: int) -> dict[str, float]:
     import numpy as np  # late, as above
 
     u = np.array([float(config[f"x{i}"]) for i in range(1, 7)])
+    if config["function"] == "zdt1":
+        f1, f2 = zdt1(u)
+        return {"train_loss": f1, "val_loss": f2 * (1.0 + 1.0 / epoch)}
     f = value(config["function"], u)
     gap = 1.0 + 4.0 * float(np.abs(u - 0.5).mean())
     return {"train_loss": f, "val_loss": f + gap / epoch}
