@@ -63,15 +63,17 @@ def assert_not_rerun(finished: set[str], resumed_stderr: str) -> None:
 # A user's own loop (tests/workloads_for_tests.py:custom_train: augmentation, AdamW with a per-batch schedule, its
 # own checkpoint dict): resume must continue it exactly as it continues the standard loop. In the main process:
 # DataLoader workers forked every epoch of every trial cost this test more than its training did, and how a
-# continuation with loader workers stays bit-identical is test_custom_training.py's.
+# continuation with loader workers stays bit-identical is test_custom_training.py's. Two objectives and a
+# constraint: the resumed run's front, ranks and feasibility are the uninterrupted run's (check_contract).
 KILLED = dict(
     name="killed",
     workload="tests.workloads_for_tests:custom_loop",
     search={
         "num_samples": 6,
         "max_concurrent": 2,
-        "metric": "val_f1",
-        "mode": "max",
+        "metric": ["val_f1", "val_loss"],
+        "mode": ["max", "min"],
+        "constraints": ["val_f1 >= 0.3"],
         "space": {"lr": {"loguniform": [1.0e-3, 1.0e-2]}, "width": {"choice": [4, 8]}},
         "fixed": {"batch_size": 64, "loader_workers": 0},
     },
@@ -127,10 +129,11 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
     )
     clean, clean_rows = uninterrupted
     assert deterministic_rows(in_trial_order(rows)) == deterministic_rows(in_trial_order(clean_rows))
-    assert (summary.best, summary.statuses, summary.num_trials) == (
+    assert (summary.best, summary.statuses, summary.num_trials, summary.front) == (
         clean.best,
         clean.statuses,
         clean.num_trials,
+        clean.front,
     )
 
     # Resuming a finished run says so and changes nothing.
