@@ -275,6 +275,8 @@ def _custom_spec(
     scheduler=None,
     concurrency=None,
     fixed=None,
+    metric="val_f1",
+    mode="max",
     **train,
 ):
     extra = {"scheduler": scheduler} if scheduler else {}
@@ -287,8 +289,8 @@ def _custom_spec(
                 "algorithm": algorithm,
                 "num_samples": samples,
                 "max_concurrent": concurrency or samples,
-                "metric": "val_f1",
-                "mode": "max",
+                "metric": metric,
+                "mode": mode,
                 "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "width": {"choice": [4, 8]}},
                 "fixed": {"batch_size": 64, **(fixed or {})},
             },
@@ -343,20 +345,33 @@ def test_a_custom_loop_that_raises_in_epoch_3_is_retried_by_tune_from_its_epoch_
 def test_two_worker_ddp_custom_loop_trials_run_on_one_warm_group_and_rerun_bit_identically(
     ray_cluster, tmp_path
 ):
-    """2-worker DDP on CPU (gloo), each rank with 2 loader workers, ASHA stopping trials at a report: every trial
-    runs on the one warm worker group, a stopped trial leaves it whole for the next, and `hpo reproduce` reruns
-    a trial that ran after a stopped one on a fresh group from scratch: every declared metric of every epoch
-    and rank 0's last checkpoint are equal, bit for bit."""
+    """2-worker DDP on CPU (gloo), each rank with 2 loader workers, two objectives with ASHA ranking its rungs by
+    Pareto front and stopping trials at a report: every trial runs on the one warm worker group, a stopped trial
+    leaves it whole for the next, and `hpo reproduce` reruns a trial that ran after a stopped one on a fresh
+    group from scratch: every declared metric of every epoch and rank 0's last checkpoint are equal, bit for
+    bit. The run's front is what the rows say (check_contract)."""
     import json
     from pathlib import Path
+
+    from contract import check_contract
 
     from orchestrator.api import run
     from orchestrator.execution.reproduce import reproduce
     from orchestrator.results import load_trials
 
     asha = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
-    spec = _custom_spec(tmp_path, samples=4, concurrency=1, scheduler=asha, workers=2, cpus_per_worker=0.5)
+    spec = _custom_spec(
+        tmp_path,
+        samples=4,
+        concurrency=1,
+        scheduler=asha,
+        workers=2,
+        cpus_per_worker=0.5,
+        metric=["val_f1", "val_loss"],
+        mode=["max", "min"],
+    )
     summary = run(spec)
+    check_contract(summary, spec)
     statuses = [t["status"] for t in load_trials(summary.results_uri).to_pylist()]
     assert "stopped_early" in statuses[:-1], statuses
     groups = json.loads((Path(summary.results_uri) / "run.json").read_text())["worker_groups"]
