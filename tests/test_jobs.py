@@ -90,4 +90,10 @@ def test_shipped_custom_loop_jobs_run_briefly(name, ray_cluster, tmp_path, cli):
             smallest["trial_id"]
         ]
         proc = cli("ensemble", summary.results_uri, "--metric", "val_loss")
-        assert proc.returncode == 2 and "--metric 'val_loss': not an objective of this run" in proc.stderr
+        assert proc.returncode == 2 and "metric 'val_loss': not an objective of this run" in proc.stderr
+        ensemble = tmp_path / "ensemble.yaml"  # the same, as a kind: ensemble spec
+        ensemble.write_text(
+            f"kind: ensemble\nname: e\nrun: {summary.results_uri}\ntop_k: 1\nmetric: val_loss\n"
+        )
+        proc = cli("run", str(ensemble))
+        assert proc.returncode == 2 and "metric 'val_loss': not an objective of this run" in proc.stderr

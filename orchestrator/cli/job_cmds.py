@@ -128,6 +128,7 @@ def _run_ensemble(spec: EnsembleSpec, args) -> int:
         address=args.address,
         options=spec.storage_options.s3(),
         progress=_progress(args),
+        by=spec.metric,
     )
     print_ensemble(result, args.output)
     return 0

@@ -224,7 +224,7 @@ def build_ensemble(
         names = [o.metric for o in spec.search.objectives]
         if by not in names:
             raise RunError(
-                f"--metric {by!r}: not an objective of this run ({did_you_mean(by, names)}objectives: "
+                f"metric {by!r}: not an objective of this run ({did_you_mean(by, names)}objectives: "
                 f"{', '.join(names)})"
             )
         objective = spec.search.objectives[names.index(by)]

@@ -540,6 +540,11 @@ class EnsembleSpec(Section):
             f"{name} ({help})" for name, help in ENSEMBLE_METHODS.items()
         ),
     )
+    metric: StrictStr | None = Field(
+        None,
+        description="rank by this objective of a run of several (its value at each trial's last report); default: "
+        "the first objective's best report",
+    )
     storage_options: StorageOptions = Field(default_factory=StorageOptions, description="for s3:// runs")
 
     _name = field_validator("name")(_check_name)
