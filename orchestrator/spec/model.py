@@ -179,9 +179,10 @@ class Search(Section):
         if not self.start_with:
             return
         if self.search_algorithm.enumerates:
+            others = ", ".join(name for name, a in ALGORITHMS.items() if not a.enumerates)
             raise ValueError(
                 f"start_with: algorithm {self.algorithm} runs every combination already; give the configs as "
-                "choices, or use random, quasirandom or hyperopt"
+                f"choices, or use one of {others}"
             )
         if len(self.start_with) > self.num_samples:
             raise ValueError(

@@ -4,11 +4,9 @@ the two things a run of ours needs besides.
 - Constraints: Optuna's samplers read a trial's constraint values through `constraints_func(frozen_trial)`
   (a value <= 0 is satisfied). OptunaSearch tells Optuna only the objectives, so the trial's last report's
   constraint values are set as a user attribute just before it does, and `constraints_func` reads them back.
-- Pinning, for `hpo resume` (tuning/fast_forward.py): trial i's config is pinned to what the dead run gave it.
-  The sampler proposes first, as it would have, so its random state moves exactly as in an unpinned search;
-  where the proposal differs (at max_concurrent > 1, trials may finish in another order), the proposed trial is
-  failed and one with the pinned config put in its place (ray_compat.repin_optuna_trial): a trial continued
-  from its checkpoint keeps the config it was trained with, and the sampler learns its result there.
+- Pinning, for `hpo resume` (tuning/pinning.py): where a proposal differs from the config the dead run gave
+  the trial, the proposed Optuna trial is failed and one with the pinned config put in its place
+  (ray_compat.repin_optuna_trial): Optuna cannot change a trial's params once asked.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.ray_support.ray_compat import add_optuna_history, optuna_trial, repin_optuna_trial
 from orchestrator.search.objectives import Constraint
+from orchestrator.tuning.pinning import Pinnable
 
 CONSTRAINTS_ATTR = "hpo_constraints"
 
@@ -57,30 +56,22 @@ class PicklableNSGAIISampler(Picklable, NSGAIISampler):
     """Optuna's NSGAIISampler, picklable (Picklable)."""
 
 
-def read_constraints(frozen_trial) -> list[float]:
-    """constraints_func for an Optuna sampler: what PinnableOptuna stored for the trial."""
-    return list(frozen_trial.user_attrs.get(CONSTRAINTS_ATTR, [math.inf]))
+def read_constraints(frozen_trial, count: int) -> list[float]:
+    """constraints_func for an Optuna sampler (bound to `count`, the number of constraints, with
+    functools.partial, which pickles): what PinnableOptuna stored for the trial; a trial told without them (a
+    failed one) breaks every constraint."""
+    return list(frozen_trial.user_attrs.get(CONSTRAINTS_ATTR, [math.inf] * count))
 
 
-class PinnableOptuna(OptunaSearch):
+class PinnableOptuna(Pinnable, OptunaSearch):
+    """OptunaSearch with constraints, history, and proposals a resumed run can pin (tuning/pinning.py)."""
+
     def __init__(self, *args, constraints: Sequence[Constraint] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.constraints = tuple(constraints)
-        self.pinned: dict[int, dict] = {}
-        self._proposed = 0
 
-    def suggest(self, trial_id: str):
-        config = super().suggest(trial_id)
-        index, self._proposed = self._proposed, self._proposed + 1
-        pinned = self.pinned.get(index)
-        if (
-            not isinstance(config, dict)
-            or pinned is None
-            or all(config.get(k) == v for k, v in pinned.items())
-        ):
-            return config
-        repin_optuna_trial(self, trial_id, pinned)
-        return {**config, **pinned}
+    def repin(self, trial_id: str, config: dict) -> None:
+        repin_optuna_trial(self, trial_id, config)
 
     def add_history(self, history) -> None:
         """Tell the sampler of trials that ran elsewhere (search.warm_start): each as a completed Optuna trial

@@ -8,6 +8,7 @@ max_concurrent_trials silently ignores BasicVariantGenerator instances). Trials 
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Callable
@@ -123,7 +124,11 @@ def _optuna_sampler(spec: JobSpec, algorithm: OptunaSampler):
 
     seed = spec.seed % 2**32  # numpy's RandomState, under every Optuna sampler, takes a 32-bit seed
     constraints = spec.search.bounds if algorithm.takes_constraints else ()
-    limits = {"constraints_func": read_constraints} if constraints else {}
+    limits = (
+        {"constraints_func": functools.partial(read_constraints, count=len(constraints))}
+        if constraints
+        else {}
+    )
     if isinstance(algorithm, Nsga2):
         return PicklableNSGAIISampler(
             population_size=algorithm.population(spec.search.num_samples), seed=seed, **limits
