@@ -84,11 +84,27 @@ def test_every_algorithm_has_a_tune_builder_and_every_method_a_selection():
 
 
 def test_every_distribution_and_scheduler_has_its_tune_forms():
-    """search/ says what to try; tuning/forms.py's tables say it to Tune and HyperOpt: one entry per class."""
+    """search/ says what to try; tuning/forms.py's tables say it to Tune, HyperOpt and Optuna: one entry per
+    class, and each Optuna form takes the distribution's own middle value."""
     from orchestrator.search import DISTRIBUTIONS, SCHEDULERS
-    from orchestrator.tuning.forms import HYPEROPT_SPACES, TUNE_DOMAINS, TUNE_SCHEDULERS
+    from orchestrator.tuning.forms import (
+        HYPEROPT_SPACES,
+        OPTUNA_DISTRIBUTIONS,
+        TUNE_DOMAINS,
+        TUNE_SCHEDULERS,
+        optuna_distribution,
+    )
 
-    assert set(TUNE_DOMAINS) == set(HYPEROPT_SPACES) == set(DISTRIBUTIONS.values())
+    assert (
+        set(TUNE_DOMAINS) == set(HYPEROPT_SPACES) == set(OPTUNA_DISTRIBUTIONS) == set(DISTRIBUTIONS.values())
+    )
+    from optuna.trial import create_trial
+    from test_distributions import EXAMPLES
+
+    for name, args in EXAMPLES.items():
+        dist = DISTRIBUTIONS[name].model_validate({name: args})
+        for value in (dist.middle(), *dist.extremes()):  # Optuna refuses a value outside the distribution
+            create_trial(params={"x": value}, distributions={"x": optuna_distribution(dist)}, value=0.0)
     assert set(TUNE_SCHEDULERS) == {type(s) for s in SCHEDULERS.values()}
     assert list(SELECTIONS) == list(ENSEMBLE_METHODS)
 
