@@ -143,23 +143,40 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
     assert open_store(uri).read_bytes("results/_manifest.json") == before
 
 
-def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(ray_cluster, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "objectives",
+    [
+        {"algorithm": "hyperopt"},
+        # NSGA-II over two objectives with ASHA ranking its rungs by Pareto front: generations of 6 from trial 6
+        {
+            "algorithm": "nsga2",
+            "metric": ["train_loss", "val_loss"],
+            "mode": ["min", "min"],
+            "num_samples": 24,
+        },
+    ],
+    ids=["tpe", "nsga2-two-objectives"],
+)
+def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(
+    ray_cluster, tmp_path, capsys, objectives
+):
     """TPE proposes from the results it has seen and ASHA stops trials against its rungs: both must be told
     what the finished trials reported, or the resumed run's later trials differ from an uninterrupted run's.
     At max_concurrent 1 both are whole-job deterministic; the kill comes after TPE's 20 random start-up
-    trials, so the trials after it are TPE's own proposals. The synthetic workload's trials take milliseconds, so
-    from trial 22 on they wait for a file the test creates after the kill (tests/workloads_for_tests.py)."""
+    trials, so the trials after it are TPE's own proposals (and NSGA-II's later generations, with MO-ASHA). The
+    synthetic workload's trials take milliseconds, so from trial 22 on they wait for a file the test creates
+    after the kill (tests/workloads_for_tests.py)."""
     go = tmp_path / "go"
     spec = spec_dict(
         name="adaptive",
         workload="tests.workloads_for_tests:held_synthetic",
         storage=str(tmp_path / "runs"),
         search={
-            "algorithm": "hyperopt",
             "num_samples": 26,
             "max_concurrent": 1,
             "space": {"x1": {"uniform": [0, 1]}, "x2": {"uniform": [0, 1]}},
             "fixed": {"function": "branin", "hold_marker": str(go), "hold_from": 22},
+            **objectives,
         },
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
         train={"max_epochs": 9},
@@ -177,6 +194,7 @@ def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(ra
     expected = load_results(uninterrupted.results_uri)
     assert deterministic_rows(in_trial_order(rows)) == deterministic_rows(in_trial_order(expected))
     assert summary.statuses == uninterrupted.statuses and "stopped_early" in summary.statuses
+    assert summary.front == uninterrupted.front
 
 
 def test_resume_of_a_run_whose_driver_still_runs_is_refused_naming_it(ray_cluster, tmp_path, capsys):
