@@ -29,15 +29,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from orchestrator.api import run  # noqa: E402
 from orchestrator.ray_support.driver import DriverSession  # noqa: E402
 from orchestrator.results import load_results, load_trials  # noqa: E402
-from orchestrator.search.objectives import hypervolume  # noqa: E402
+from orchestrator.results.schema import trial_point  # noqa: E402
+from orchestrator.search.objectives import Objective, hypervolume  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.workloads.synthetic import OPTIMA  # noqa: E402
 
 UNIT = {"uniform": [0.0, 1.0]}
 
 
+def _summary(root: str, **spec):
+    """A run of the bench job `spec` under `root`, quietly; its summary."""
+    return run(parse_spec({"name": "bench", "storage": root, **spec}), progress=lambda line: None)
+
+
 def _run(root: str, **spec) -> list[dict]:
-    summary = run(parse_spec({"name": "bench", "storage": root, **spec}), progress=lambda line: None)
+    summary = _summary(root, **spec)
     return sorted(load_results(summary.results_uri).to_pylist(), key=lambda r: r["timestamp"])
 
 
@@ -205,34 +211,25 @@ ZDT1_REFERENCE = (1.1, 22.0)  # f1 <= 1; val_loss after 1 epoch is 2 x f2 <= 2 x
 
 def zdt1_hypervolume(root: str, algorithm: str, seed: int, budget: int, *, epochs=1, scheduler=None) -> tuple:
     """(hypervolume of the finished trials' front, epochs spent) of a ZDT1 search."""
-    summary = run(
-        parse_spec(
-            {
-                "name": "bench",
-                "storage": root,
-                "workload": "synthetic",
-                "seed": seed,
-                "train": {"max_epochs": epochs},
-                "scheduler": scheduler or {"type": "fifo"},
-                "search": {
-                    "algorithm": algorithm,
-                    "num_samples": budget,
-                    "max_concurrent": 1,
-                    "metric": ["train_loss", "val_loss"],
-                    "mode": ["min", "min"],
-                    "space": {f"x{i}": UNIT for i in range(1, 7)},
-                    "fixed": {"function": "zdt1"},
-                },
-            }
-        ),
-        progress=lambda line: None,
+    summary = _summary(
+        root,
+        workload="synthetic",
+        seed=seed,
+        train={"max_epochs": epochs},
+        scheduler=scheduler or {"type": "fifo"},
+        search={
+            "algorithm": algorithm,
+            "num_samples": budget,
+            "max_concurrent": 1,
+            "metric": ["train_loss", "val_loss"],
+            "mode": ["min", "min"],
+            "space": {f"x{i}": UNIT for i in range(1, 7)},
+            "fixed": {"function": "zdt1"},
+        },
     )
     trials = load_trials(summary.results_uri).to_pylist()
-    points = [
-        (t["last_train_loss"], t["last_val_loss"])
-        for t in trials
-        if t["status"] in ("completed", "stopped_early") and t["last_val_loss"] is not None
-    ]
+    objectives = (Objective("train_loss", "min"), Objective("val_loss", "min"))
+    points = [point for t in trials if (point := trial_point(t, objectives)) is not None]
     return hypervolume(points, ZDT1_REFERENCE), sum(t["iterations"] for t in trials)
 
 
@@ -266,27 +263,21 @@ def compare_warm_starts(root: str, seeds: int, budget: int) -> None:
     print(f"4. warm starts (Optuna TPE, Branin): median regret over {seeds} seeds after {budget} trials")
 
     def tpe(seed: int, warm: list[str]):
-        summary = run(
-            parse_spec(
-                {
-                    "name": "bench",
-                    "storage": root,
-                    "workload": "synthetic",
-                    "seed": seed,
-                    "train": {"max_epochs": 1},
-                    "search": {
-                        "algorithm": "tpe",
-                        "num_samples": budget,
-                        "max_concurrent": 1,
-                        "metric": "train_loss",
-                        "mode": "min",
-                        "space": {"x1": UNIT, "x2": UNIT},
-                        "fixed": {"function": "branin"},
-                        "warm_start": warm,
-                    },
-                }
-            ),
-            progress=lambda line: None,
+        summary = _summary(
+            root,
+            workload="synthetic",
+            seed=seed,
+            train={"max_epochs": 1},
+            search={
+                "algorithm": "tpe",
+                "num_samples": budget,
+                "max_concurrent": 1,
+                "metric": "train_loss",
+                "mode": "min",
+                "space": {"x1": UNIT, "x2": UNIT},
+                "fixed": {"function": "branin"},
+                "warm_start": warm,
+            },
         )
         return summary.results_uri, summary.best["metric"] - OPTIMA["branin"]
 

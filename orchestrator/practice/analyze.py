@@ -24,7 +24,7 @@ from orchestrator.practice.plots import (
 )
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.results.ops import stored_spec
-from orchestrator.results.schema import FINISHED
+from orchestrator.results.schema import FINISHED, trial_point
 from orchestrator.search.objectives import hypervolume, point_of
 
 BINS = 8
@@ -120,12 +120,7 @@ def hypervolume_over_trials(trials: list[dict], objectives) -> tuple[list[tuple]
     """The finished, feasible trials' points (minimized, in trial order), the hypervolume of the front of the
     first k of them for each k, and the reference point: the worst value of each objective over all points,
     plus a tenth of its range (or 1 where there is no range), so every point counts."""
-    points = []
-    for t in trials:
-        if t["status"] in FINISHED and t.get("feasible") is not False:
-            point = point_of({o.metric: t[f"last_{o.metric}"] for o in objectives}, objectives)
-            if point is not None:
-                points.append(point)
+    points = [point for t in trials if (point := trial_point(t, objectives)) is not None]
     if not points:
         return [], [], ()
     reference = tuple(

@@ -8,6 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from orchestrator.results import CONFIG_PREFIX
+from orchestrator.results.schema import FINISHED
 
 STYLE = {
     "completed": ("tab:blue", "-"),
@@ -88,9 +89,7 @@ def plot_front(trials: list[dict], objectives, path: Path) -> str:
     done = [
         t
         for t in trials
-        if t["status"] in ("completed", "stopped_early")
-        and t[f"last_{a.metric}"] is not None
-        and t[f"last_{b.metric}"] is not None
+        if t["status"] in FINISHED and t[f"last_{a.metric}"] is not None and t[f"last_{b.metric}"] is not None
     ]
     fig = Figure(figsize=(7, 5))
     ax = fig.subplots()

@@ -37,6 +37,14 @@ FINISHED = (
 )  # of a trial's statuses: running, completed, stopped_early, error, cancelled
 
 
+def trial_point(record: Mapping[str, Any], objectives) -> tuple[float, ...] | None:
+    """A trial record's point (its objectives at its last report, minimized) if it counts for the front: it
+    finished (completed or stopped early), is not infeasible, and reported every objective finitely; else None."""
+    if record["status"] not in FINISHED or record.get("feasible") is False:
+        return None
+    return point_of({o.metric: record.get(f"last_{o.metric}") for o in objectives}, objectives)
+
+
 def scoreable(value) -> bool:
     """A metric value that can be the best: a finite number (NaN and inf are recorded, never the best)."""
     return value is not None and math.isfinite(value)
@@ -154,15 +162,9 @@ class ResultsSchema:
         table of one objective is returned as it is."""
         if not self.objectives:
             return trials
-        columns = {o.metric: trials[f"last_{o.metric}"].to_pylist() for o in self.objectives}
-        finished = [status in FINISHED for status in trials["status"].to_pylist()]
-        ok = trials["feasible"].to_pylist() if self.constraints else [True] * trials.num_rows
-        points = [
-            point_of({m: values[i] for m, values in columns.items()}, self.objectives)
-            if finished[i] and ok[i]
-            else None
-            for i in range(trials.num_rows)
-        ]
+        needed = ["status", *(f"last_{o.metric}" for o in self.objectives)]
+        needed += ["feasible"] if self.constraints else []
+        points = [trial_point(record, self.objectives) for record in trials.select(needed).to_pylist()]
         ranks = pareto_ranks(points)
         at = trials.schema.get_field_index("pareto_rank")
         trials = trials.set_column(at, "pareto_rank", pa.array(ranks, pa.int64()))
