@@ -15,6 +15,7 @@ from orchestrator.budget.ledger import Ledger
 from orchestrator.errors import RunError
 from orchestrator.ray_support.ray_env import WarmTrials, embedded_cpus
 from orchestrator.search.distributions import Uniform
+from orchestrator.search.space import Space
 from orchestrator.spec import SpecError, parse_spec
 from orchestrator.tuning.fast_forward import VariantGenerator
 
@@ -168,7 +169,7 @@ def test_budget_and_resources_in_the_spec_are_checked_in_one_line():
 
 def test_a_spent_budget_closes_the_search():
     spent = {"now": False}
-    gen = VariantGenerator({"x": Uniform(uniform=[0.0, 1.0])}, max_concurrent=2, random_state=0)
+    gen = VariantGenerator(Space({"x": Uniform(uniform=[0.0, 1.0])}), max_concurrent=2, random_state=0)
     gen.closed = lambda: spent["now"]
     assert not gen.is_finished()
     spent["now"] = True

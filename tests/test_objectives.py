@@ -382,7 +382,7 @@ def test_importance_is_per_objective():
             }
         )
     found, fitted = importances(trials, spec)
-    assert fitted == 30
+    assert fitted == {"val_loss": 30, "val_accuracy": 30}
     assert next(iter(found["val_loss"])) == "lr" and found["val_loss"]["lr"] > 0.8, found
     assert next(iter(found["val_accuracy"])) == "hidden" and found["val_accuracy"]["hidden"] > 0.8, found
-    assert importances(trials[:2], spec) == ({}, 2)
+    assert importances(trials[:2], spec) == ({}, {})

@@ -299,7 +299,9 @@ def test_optuna_trials_and_repinning():
     states = [(t.state.name, t.params) for t in trials]
     assert states == [("FAIL", proposed), ("COMPLETE", {"x": 0.25})], states
     # add_optuna_history: trials that ran elsewhere join the study, complete, with their values and attributes
-    ray_compat.add_optuna_history(searcher, [({"x": 0.5}, [0.3], {"note": 1})])
+    ray_compat.add_optuna_history(
+        searcher, [({"x": 0.5}, {"x": FloatDistribution(0.0, 1.0)}, [0.3], {"note": 1})]
+    )
     added = ray_compat.optuna_trial(searcher, "t0").study.trials[-1]
     assert (added.state.name, added.params, added.values, added.user_attrs) == (
         "COMPLETE",
@@ -307,6 +309,28 @@ def test_optuna_trials_and_repinning():
         [0.3],
         {"note": 1},
     )
+
+
+def test_repinning_a_define_by_run_optuna_trial():
+    """ray_compat.repin_optuna_trial on an OptunaSearch whose space is a define-by-run function (a conditional
+    space): the new trial takes the pinned branch and only its parameters, through the function."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    def space(trial):
+        if trial.suggest_categorical("opt", ["adam", "sgd"]) == "sgd":
+            trial.suggest_float("momentum|opt=sgd", 0.5, 0.99)
+
+    searcher = OptunaSearch(
+        space=space, metric="loss", mode="min", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    proposed = searcher.suggest("t0")
+    pinned = {"opt": "sgd", "momentum|opt=sgd": 0.75} if proposed["opt"] == "adam" else {"opt": "adam"}
+    ray_compat.repin_optuna_trial(searcher, "t0", pinned)
+    assert ray_compat.optuna_trial(searcher, "t0").params == pinned
+    searcher.on_trial_complete("t0", {"loss": 1.0, "training_iteration": 1})
+    trials = ray_compat.optuna_trial(searcher, "t0").study.trials
+    assert [(t.state.name, t.params) for t in trials] == [("FAIL", proposed), ("COMPLETE", pinned)]
 
 
 def test_train_worker_logger_and_placement_group_ids():

@@ -147,15 +147,25 @@ def test_sigkill_then_resume_ends_with_every_row_once_and_the_uninterrupted_summ
     "objectives",
     [
         {"algorithm": "hyperopt"},
-        # NSGA-II over two objectives with ASHA ranking its rungs by Pareto front: generations of 6 from trial 6
+        # NSGA-II over two objectives with ASHA ranking its rungs by Pareto front: generations of 6 from trial 6;
+        # over a conditional space, whose function's branches search x2 and x3 (x3 under hartmann6 only)
         {
             "algorithm": "nsga2",
             "metric": ["train_loss", "val_loss"],
             "mode": ["min", "min"],
             "num_samples": 24,
+            "space": {
+                "x1": {"uniform": [0, 1]},
+                "function": {
+                    "choice": {
+                        "branin": {"x2": {"uniform": [0, 1]}},
+                        "hartmann6": {"x2": {"uniform": [0, 1]}, "x3": {"uniform": [0, 1]}},
+                    }
+                },
+            },
         },
     ],
-    ids=["tpe", "nsga2-two-objectives"],
+    ids=["tpe", "nsga2-two-objectives-conditional"],
 )
 def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(
     ray_cluster, tmp_path, capsys, objectives
@@ -181,6 +191,8 @@ def test_resume_of_an_adaptive_search_gives_tpe_and_asha_the_history_they_had(
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
         train={"max_epochs": 9},
     )
+    if "function" in spec["search"]["space"]:  # searched: no longer fixed
+        del spec["search"]["fixed"]["function"]
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     uri, finished = run_and_kill(spec_path, trials_done=22)

@@ -446,3 +446,24 @@ def fails_once_loudly() -> Workload:
         metrics={"loss": "min"},
         hyperparameters={"x": 0.5, "fail_marker": ""},
     )
+
+
+def _branch_probe_train(ctx) -> None:
+    """Reports whether `momentum` reached the loop (a conditional space gives it only to sgd trials), and a loss
+    that depends on lr, and on momentum under sgd."""
+    import math
+
+    cfg = ctx.config
+    given = "momentum" in cfg
+    base = abs(math.log10(cfg["lr"]) + 2.5) + (abs(cfg["momentum"] - 0.9) if given else 0.3)
+    for epoch in range(1, ctx.max_epochs + 1):
+        ctx.report({"loss": base + 1.0 / epoch, "momentum_given": float(given)})
+
+
+def branch_probe() -> Workload:
+    return Workload(
+        name="branch-probe",
+        train=_branch_probe_train,
+        metrics={"loss": "min", "momentum_given": "max"},
+        hyperparameters={"optimizer": "adam", "lr": 1e-3, "momentum": 0.9},
+    )

@@ -17,7 +17,10 @@ def validate(args) -> int:
         check_model_builds(spec, resolve_workload(spec.workload))
     except SpecError as error:
         raise CliError(f"Invalid job spec {args.spec}: {error}") from None
-    space = ", ".join(f"{name}~{dist.name}" for name, dist in spec.search.space.items())
+    space = ", ".join(
+        f"{leaf.key}~{leaf.dist.name}" + ("(branches)" if leaf.branches else "")
+        for leaf in spec.search.hyperparameters.leaves
+    )
     print(
         f"ok: {spec.name}: {spec.search.algorithm} search over {space}; {spec.scheduler.type} scheduler; "
         f"workload {spec.workload}"

@@ -156,10 +156,10 @@ def continue_from_storage(the_plan: Plan, writer, tracker, progress) -> Plan:
 
 
 def _searched_config(record: dict, search) -> dict:
-    """The searched hyperparameters of a stored trial record, as the searcher proposed them (a choice's stored
-    value may be its string form: each distribution gives back its own value)."""
-    stored = config_of(record)
-    return {name: dist.from_column(stored.get(name)) for name, dist in search.space.items()}
+    """The searched hyperparameters of a stored trial record, keyed as the searcher proposed them (a choice's
+    stored value may be its string form: each distribution gives back its own value)."""
+    space = search.hyperparameters
+    return space.keyed(space.from_row(config_of(record)))
 
 
 def _as_result(row: dict, metrics: tuple[str, ...]) -> dict:

@@ -71,7 +71,7 @@ from orchestrator.storage.spool import (
 from orchestrator.tracking.tracker import RunStopper, RunTracker, SearchGate
 from orchestrator.train.exceptions import FinalTrialError
 from orchestrator.train.plan import TrialPlan
-from orchestrator.tuning.tune_search import TrialNamer, build_scheduler, build_search
+from orchestrator.tuning.tune_search import TrialNamer, build_scheduler, build_search, tune_num_samples
 
 
 def drain_timeout_s() -> float:
@@ -139,7 +139,7 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
         search_alg,
         param_space,
         namer,
-        spec.search.num_samples,
+        tune_num_samples(spec, search_alg),
         build_scheduler(spec),
         warm,
     )

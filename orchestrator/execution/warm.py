@@ -21,7 +21,8 @@ from orchestrator.search.objectives import point_of
 
 @dataclass(frozen=True)
 class Earlier:
-    """One finished trial of an earlier run: its searched config and its last report's metrics."""
+    """One finished trial of an earlier run: its searched config (keyed as a searcher proposes it:
+    search/space.py) and its last report's metrics."""
 
     config: dict
     metrics: dict
@@ -75,8 +76,6 @@ def load_warm_start(spec) -> WarmStart:
         for t in trials:
             metrics = {m: t[f"last_{m}"] for m in names}
             if t["status"] in FINISHED and point_of(metrics, search.objectives) is not None:
-                config = config_of(t)
-                found.append(
-                    Earlier({n: d.from_column(config.get(n)) for n, d in search.space.items()}, metrics)
-                )
+                space = search.hyperparameters
+                found.append(Earlier(space.keyed(space.from_row(config_of(t))), metrics))
     return WarmStart(tuple(search.warm_start), tuple(found))

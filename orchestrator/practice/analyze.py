@@ -22,7 +22,7 @@ from orchestrator.practice.plots import (
     plot_isolation,
     plot_learning_curves,
 )
-from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
+from orchestrator.results import CONFIG_PREFIX, config_of, load_results, load_trials
 from orchestrator.results.ops import stored_spec
 from orchestrator.results.schema import FINISHED, trial_point
 from orchestrator.search.objectives import hypervolume, point_of
@@ -56,11 +56,12 @@ def _better(mode: str):
 def isolation(trials: list[dict], spec, name: str) -> dict[tuple, dict]:
     """{other scientific values: {bucket of `name`: best metric}}, the best taken over nuisance hyperparameters."""
     metric, pick = f"best_{spec.search.primary.metric}", _better(spec.search.primary.mode)
-    dist = spec.search.space[name]
-    others = [n for n in spec.search.space if n != name and spec.search.role(n) == "scientific"]
+    space = spec.search.hyperparameters
+    dist = space.distribution(name)
+    others = [n for n in space.names if n != name and spec.search.role(n) == "scientific"]
     series: dict[tuple, dict] = {}
     for t in trials:
-        if t[metric] is None:
+        if t[metric] is None or t[CONFIG_PREFIX + name] is None:  # no value: inactive (a branch not taken)
             continue
         key = tuple(t[CONFIG_PREFIX + o] for o in others)
         bucket = _bucket(dist, t[CONFIG_PREFIX + name])
@@ -76,18 +77,21 @@ def _boundary_warnings(trials: list[dict], spec) -> list[str]:
     )
     top = scored[: max(1, math.ceil(TOP_FRACTION * len(scored)))]
     warnings = []
-    for name in spec.search.space:
-        dist = spec.search.space[name]
-        if not dist.ordered or not top:
+    space = spec.search.hyperparameters
+    for name in space.names:
+        dist = space.distribution(name)
+        active = [t for t in top if t[CONFIG_PREFIX + name] is not None]  # a branch not taken has none
+        if not dist.ordered or not active:
             continue
-        positions = [dist.unit(t[CONFIG_PREFIX + name]) for t in top]  # top[0] is the best trial
+        positions = [dist.unit(t[CONFIG_PREFIX + name]) for t in active]  # active[0]: the best with a value
         for side, near in (("lower", lambda p: p <= EDGE), ("upper", lambda p: p >= 1 - EDGE)):
             if near(positions[0]):
                 scale = " (log scale)" if dist.log_scale else ""
+                who = "the best trial" if active[0] is top[0] else "the best trial that has it"
                 warnings.append(
-                    f"{name}: the best trial ({top[0]['trial_id']}, {name}="
-                    f"{top[0][CONFIG_PREFIX + name]:.4g}) and {sum(map(near, positions)) - 1} of the "
-                    f"next {len(top) - 1} sit in the {side} {EDGE:.0%} of the range {dist.args[:2]}{scale}; the "
+                    f"{name}: {who} ({active[0]['trial_id']}, {name}="
+                    f"{active[0][CONFIG_PREFIX + name]:.4g}) and {sum(map(near, positions)) - 1} of the "
+                    f"next {len(active) - 1} sit in the {side} {EDGE:.0%} of the range {dist.args[:2]}{scale}; the "
                     "optimum may lie outside it: widen the range"
                 )
     return warnings
@@ -98,7 +102,9 @@ def _seed_warning(trials: list[dict], spec) -> list[str]:
     groups: dict[tuple, list[float]] = {}
     for t in trials:
         if t[metric] is not None:
-            groups.setdefault(tuple(t[CONFIG_PREFIX + n] for n in spec.search.space), []).append(t[metric])
+            groups.setdefault(
+                tuple(t[CONFIG_PREFIX + n] for n in spec.search.hyperparameters.names), []
+            ).append(t[metric])
     repeated = [v for v in groups.values() if len(v) > 1]
     if not repeated:
         return [
@@ -130,10 +136,12 @@ def hypervolume_over_trials(trials: list[dict], objectives) -> tuple[list[tuple]
     return points, [hypervolume(points[: k + 1], reference) for k in range(len(points))], reference
 
 
-def importances(trials: list[dict], spec) -> tuple[dict[str, dict[str, float]], int]:
+def importances(trials: list[dict], spec) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """Each objective's parameter importances (Optuna's fANOVA: a random forest fit to the finished, feasible
-    trials, its variance split by hyperparameter), and the trials it was fit to. One objective: each trial's
-    best; several: each trial's point (its last report). Empty when fewer than 3 trials or nothing varies."""
+    trials, its variance split by hyperparameter), and the trials each was fit to, by the same label. One
+    objective: each trial's best; several: each trial's point (its last report). A conditional space adds, for
+    each branch of a top-level choice, the importances within it ("val_loss where optimizer=sgd"): over all
+    trials, only the hyperparameters every trial has count. Empty when fewer than 3 trials or nothing varies."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
     from optuna.trial import create_trial
@@ -143,32 +151,49 @@ def importances(trials: list[dict], spec) -> tuple[dict[str, dict[str, float]], 
     objectives = spec.search.objectives
     several = len(objectives) > 1
     column = {o.metric: (f"last_{o.metric}" if several else f"best_{o.metric}") for o in objectives}
-    space = {name: optuna_distribution(dist) for name, dist in spec.search.space.items()}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        directions=["minimize" if o.mode == "min" else "maximize" for o in objectives]
-    )
+    space = spec.search.hyperparameters
+    distributions = {name: optuna_distribution(space.distribution(name)) for name in space.names}
+    eligible = []
     for t in trials:
         values = [t[column[o.metric]] for o in objectives]
         if (
-            t["status"] not in FINISHED
-            or t.get("feasible") is False
-            or point_of(dict(zip(column, values, strict=True)), objectives) is None
+            t["status"] in FINISHED
+            and t.get("feasible") is not False
+            and point_of(dict(zip(column, values, strict=True)), objectives) is not None
         ):
+            eligible.append((space.from_row(config_of(t)), values))
+    groups: list[tuple[str, list, list[str] | None]] = [("", eligible, None)]
+    for leaf in space.roots:
+        for branch in leaf.branches:
+            within = [(c, v) for c, v in eligible if c[leaf.name] == branch]
+            names = [n for n in space.names if n != leaf.name and all(n in c for c, _ in within)]
+            groups.append((f" where {leaf.name}={branch}", within, names))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    found: dict[str, dict[str, float]] = {}
+    fitted: dict[str, int] = {}
+    for label, group, names in groups:
+        if len(group) < 3 or names == []:
             continue
-        params = {name: spec.search.space[name].from_column(t[CONFIG_PREFIX + name]) for name in space}
-        study.add_trial(create_trial(params=params, distributions=space, values=values))
-    fitted = len(study.trials)
-    if fitted < 3:
-        return {}, fitted
-    found = {}
-    for i, objective in enumerate(objectives):
-        try:
-            found[objective.metric] = get_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=0), target=lambda t, i=i: t.values[i]
+        study = optuna.create_study(
+            directions=["minimize" if o.mode == "min" else "maximize" for o in objectives]
+        )
+        for params, values in group:
+            study.add_trial(
+                create_trial(
+                    params=params, distributions={n: distributions[n] for n in params}, values=values
+                )
             )
-        except (RuntimeError, ValueError):  # every trial had the same value: nothing to split
-            continue
+        for i, objective in enumerate(objectives):
+            try:
+                found[objective.metric + label] = get_param_importances(
+                    study,
+                    evaluator=FanovaImportanceEvaluator(seed=0),
+                    params=names,
+                    target=lambda t, i=i: t.values[i],
+                )
+            except (RuntimeError, ValueError):  # every trial had the same value: nothing to split
+                continue
+            fitted[objective.metric + label] = len(group)
     return found, fitted
 
 
@@ -187,7 +212,7 @@ def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
         report.lines.append(
             f"{len(trials)} trials; best {best['trial_id']} {metric}={best[f'best_{metric}']:.4g}"
         )
-    for name in spec.search.space:
+    for name in spec.search.hyperparameters.names:
         series = isolation(trials, spec, name)
         report.plots.append(plot_isolation(trials, spec, name, series, out / f"isolation_{name}.png"))
         report.lines.append(
@@ -221,7 +246,7 @@ def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
         report.plots.append(plot_importance(found, fitted, out / "importance.png"))
         for metric, weights in found.items():
             report.lines.append(
-                f"importance for {metric} (fANOVA over {fitted} trials): "
+                f"importance for {metric} (fANOVA over {fitted[metric]} trials): "
                 + ", ".join(f"{name} {weight:.2f}" for name, weight in weights.items())
             )
     report.warnings = _boundary_warnings(trials, spec) + _seed_warning(trials, spec)

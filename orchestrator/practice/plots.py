@@ -47,10 +47,14 @@ def plot_learning_curves(rows: list[dict], trials: list[dict], spec, path: Path)
 
 def plot_isolation(trials: list[dict], spec, name: str, series: dict[tuple, dict], path: Path) -> str:
     metric = f"best_{spec.search.primary.metric}"
-    dist = spec.search.space[name]
+    dist = spec.search.hyperparameters.distribution(name)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    points = [(t[CONFIG_PREFIX + name], t[metric]) for t in trials if t[metric] is not None]
+    points = [
+        (t[CONFIG_PREFIX + name], t[metric])
+        for t in trials
+        if t[metric] is not None and t[CONFIG_PREFIX + name] is not None  # none: a branch not taken
+    ]
     categorical = not dist.ordered and not all(isinstance(v, (int, float)) for v, _ in points)
     position = {v: i for i, v in enumerate(sorted({v for v, _ in points}, key=str))} if categorical else None
     x = (lambda v: position[v]) if categorical else (lambda v: v)
@@ -138,8 +142,9 @@ def plot_hypervolume(volumes: list[float], objectives, path: Path) -> str:
     return str(path)
 
 
-def plot_importance(found: dict[str, dict[str, float]], fitted: int, path: Path) -> str:
-    """One bar chart per objective: the share of its variance each hyperparameter explains (fANOVA)."""
+def plot_importance(found: dict[str, dict[str, float]], fitted: dict[str, int], path: Path) -> str:
+    """One bar chart per objective (and per branch of a conditional space): the share of its variance each
+    hyperparameter explains (fANOVA); `fitted`: the trials each was fit to."""
     fig = Figure(figsize=(6 * len(found), 4))
     axes = fig.subplots(1, len(found), squeeze=False)[0]
     for ax, (metric, weights) in zip(axes, found.items(), strict=True):
@@ -147,7 +152,7 @@ def plot_importance(found: dict[str, dict[str, float]], fitted: int, path: Path)
         ax.barh(names, [weights[n] for n in names], color="tab:blue")
         ax.set(
             xlabel="importance (share of variance)",
-            title=f"{metric}: fANOVA over {fitted} trials",
+            title=f"{metric}: fANOVA over {fitted[metric]} trials",
             xlim=(0, 1),
         )
         ax.grid(alpha=0.3, axis="x")

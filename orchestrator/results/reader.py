@@ -274,4 +274,10 @@ def pareto_front(trials: pa.Table) -> list[dict] | None:
 
 
 def config_of(row: dict) -> dict:
-    return {k.removeprefix(CONFIG_PREFIX): v for k, v in row.items() if k.startswith(CONFIG_PREFIX)}
+    """A stored row's config: its config columns by name, without the nulls of a conditional space's inactive
+    hyperparameters (a config value is never null otherwise)."""
+    return {
+        k.removeprefix(CONFIG_PREFIX): v
+        for k, v in row.items()
+        if k.startswith(CONFIG_PREFIX) and v is not None
+    }

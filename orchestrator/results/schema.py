@@ -82,7 +82,8 @@ class ResultsSchema:
 
     @classmethod
     def for_spec(cls, spec, metrics: tuple[str, ...]) -> ResultsSchema:
-        config = [(name, config_type(dist.value_type)) for name, dist in spec.search.space.items()]
+        space = spec.search.hyperparameters  # a conditional space's names once each (null where inactive)
+        config = [(name, config_type(space.value_type(name))) for name in space.names]
         config += [(name, config_type(scalar_type([value]))) for name, value in spec.search.fixed.items()]
         search = spec.search
         several = search.objectives if len(search.objectives) > 1 else ()

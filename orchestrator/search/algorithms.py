@@ -7,12 +7,11 @@ never imports Ray at module level, so `hpo validate` stays fast and a plan can b
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.search.distributions import GRID_LIMIT, Distribution, finite_kinds
+from orchestrator.search.distributions import GRID_LIMIT, finite_kinds
+from orchestrator.search.space import Space
 
 
 class Algorithm:
@@ -25,10 +24,10 @@ class Algorithm:
     learns_from_history: bool = False  # takes earlier runs' finished trials as history (search.warm_start)
     enumerates: bool = False  # runs a fixed set of configs (grid): no start configs, no added trials
 
-    def check(self, space: Mapping[str, Distribution]) -> None:
+    def check(self, space: Space) -> None:
         """Raise ValueError if this algorithm cannot search `space`."""
 
-    def num_trials(self, space: Mapping[str, Distribution], num_samples: int) -> int:
+    def num_trials(self, space: Space, num_samples: int) -> int:
         return num_samples
 
 
@@ -42,37 +41,45 @@ class Grid(Algorithm):
     help = "every combination of the values, num_samples times (distributions with finitely many values)"
     enumerates = True
 
-    def check(self, space: Mapping[str, Distribution]) -> None:
-        for name, dist in space.items():
-            if dist.finite_values() is None:
-                raise ValueError(
-                    f"grid search needs every hyperparameter to be a choice or to take at most {GRID_LIMIT} values "
-                    f"({', '.join(finite_kinds())}); space.{name} is {dist.describe()} (use algorithm: random or "
-                    "quasirandom)"
-                )
+    def check(self, space: Space) -> None:
+        leaf = space.finite()
+        if leaf is not None:
+            where = "" if not leaf.when else f" ({leaf.where()})"
+            raise ValueError(
+                f"grid search needs every hyperparameter to be a choice or to take at most {GRID_LIMIT} values "
+                f"({', '.join(finite_kinds())}); space.{leaf.name}{where} is {leaf.dist.describe()} (use "
+                "algorithm: random or quasirandom)"
+            )
 
-    def num_trials(self, space: Mapping[str, Distribution], num_samples: int) -> int:
-        return math.prod(len(dist.finite_values()) for dist in space.values()) * num_samples
+    def num_trials(self, space: Space, num_samples: int) -> int:
+        return space.count() * num_samples
 
-    def values(self, space: Mapping[str, Distribution]) -> dict[str, list]:
-        return {name: dist.finite_values() for name, dist in space.items()}
+    def values(self, space: Space) -> dict[str, list]:
+        """Each hyperparameter's values, for Tune's grid_search (a flat space; a conditional one: `points`)."""
+        return {leaf.key: leaf.dist.finite_values() for leaf in space.leaves}
+
+    def points(self, space: Space, num_samples: int) -> list[dict[str, Any]]:
+        """Every config of a conditional space, keyed, num_samples times over (a choice of branches counts each
+        branch's own combinations, not every leaf's)."""
+        return space.grid() * num_samples
 
 
 class QuasiRandom(Algorithm):
     name = "quasirandom"
     help = "scrambled Sobol points seeded by the job seed (the Tuning Playbook's default for exploring)"
 
-    def points(self, space: Mapping[str, Distribution], seed: int, n: int) -> list[dict[str, Any]]:
-        """The first n configs, drawn up front from the seed: trial i's config depends only on (space, seed, i),
-        never on concurrency or completion order. Low-discrepancy points cover the space more evenly than random
-        ones for the same budget, which makes the Playbook's isolation plots easier to read."""
+    def points(self, space: Space, seed: int, n: int) -> list[dict[str, Any]]:
+        """The first n configs, keyed (search/space.py), drawn up front from the seed: trial i's config depends
+        only on (space, seed, i), never on concurrency or completion order. Low-discrepancy points cover the
+        space more evenly than random ones for the same budget, which makes the Playbook's isolation plots
+        easier to read. A conditional space takes one dimension per leaf; a config keeps the active ones."""
         from scipy.stats import qmc  # heavy: SciPy's stats takes ~1 s to import
 
         with warnings.catch_warnings():  # scipy warns when n is not a power of 2; balance is not our goal
             warnings.simplefilter("ignore")
-            points = qmc.Sobol(d=len(space), scramble=True, seed=seed).random(n)
+            points = qmc.Sobol(d=len(space.leaves), scramble=True, seed=seed).random(n)
         return [
-            {name: dist.from_unit(float(u)) for (name, dist), u in zip(space.items(), point, strict=True)}
+            {leaf.key: leaf.dist.from_unit(float(u)) for leaf, u in zip(space.leaves, point, strict=True)}
             for point in points
         ]
 

@@ -10,6 +10,7 @@ schemes, workloads) come from their registries in search/, storage/ and workload
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -33,9 +34,10 @@ from pydantic import (
 from orchestrator.errors import SpecError, did_you_mean, not_allowed
 from orchestrator.search import ALGORITHMS, SCHEDULERS
 from orchestrator.search.algorithms import Algorithm
-from orchestrator.search.distributions import Float, Scalar, as_type
+from orchestrator.search.distributions import Float, Scalar
 from orchestrator.search.objectives import MODES, Constraint, Objective
 from orchestrator.search.schedulers import Scheduler as SchedulerKind
+from orchestrator.search.space import BRANCHES_TAG, Space, SpaceError
 from orchestrator.spec.parts import SearchedHyperparameter, Section
 from orchestrator.spec.workload_ref import check_against_workload
 from orchestrator.spec.yaml_load import MAX_BYTES, YamlError, load_yaml_text
@@ -86,7 +88,8 @@ class Search(Section):
         "the best, and a trial whose last report breaks one is infeasible (never on the front)",
     )
     space: dict[StrictStr, SearchedHyperparameter] = Field(
-        description="searched hyperparameters, one distribution each"
+        description="searched hyperparameters, one distribution each; a choice may map each of its values to "
+        "hyperparameters of their own (a conditional space: only the branch taken is searched)"
     )
     fixed: dict[StrictStr, Scalar] = Field(default_factory=dict, description="hyperparameters held fixed")
     warm_start: list[StrictStr] = Field(
@@ -150,14 +153,18 @@ class Search(Section):
                 f"algorithm: {self.algorithm} optimizes one metric, and metric lists {len(self.metrics)}; use "
                 f"one of {several}, or one metric"
             )
-        both = sorted(set(self.space) & set(self.fixed))
+        try:
+            space = self.hyperparameters
+        except SpaceError as error:
+            raise ValueError(f"space: {error}") from None
+        both = sorted(set(space.names) & set(self.fixed))
         if both:
             raise ValueError(f"{both[0]!r} is both searched (space) and fixed; keep it in one")
         for name, role in self.roles.items():
-            if name not in self.space and name not in self.fixed:
+            if name not in space.names and name not in self.fixed:
                 raise ValueError(
-                    f"roles.{name}: not a searched or fixed hyperparameter ({did_you_mean(name, [*self.space, *self.fixed])}"
-                    f"searched: {', '.join(self.space)})"
+                    f"roles.{name}: not a searched or fixed hyperparameter ({did_you_mean(name, [*space.names, *self.fixed])}"
+                    f"searched: {', '.join(space.names)})"
                 )
             if (role == "fixed") != (name in self.fixed):
                 where = "fixed" if name in self.fixed else "space"
@@ -165,7 +172,7 @@ class Search(Section):
                     f"roles.{name}: {role!r} does not match where it is ({where}); searched "
                     f"hyperparameters are scientific or nuisance, those in fixed are fixed"
                 )
-        self.search_algorithm.check(self.space)
+        self.search_algorithm.check(space)
         if self.warm_start and not self.search_algorithm.learns_from_history:
             learners = ", ".join(name for name, a in ALGORITHMS.items() if a.learns_from_history)
             raise ValueError(
@@ -189,36 +196,30 @@ class Search(Section):
                 f"start_with: {len(self.start_with)} configs, and num_samples is {self.num_samples}; raise "
                 "num_samples or give fewer"
             )
+        space = self.hyperparameters
         for i, config in enumerate(self.start_with):
-            for name, value in config.items():
-                if name not in self.space:
+            for name in config:
+                if name not in space.names:
                     where = "is fixed (search.fixed)" if name in self.fixed else "is not searched"
                     raise ValueError(
                         f"start_with[{i}].{name}: {where}; a start config gives the searched hyperparameters "
-                        f"({did_you_mean(name, list(self.space))}searched: {', '.join(self.space)})"
+                        f"({did_you_mean(name, list(space.names))}searched: {', '.join(space.names)})"
                     )
-                dist = self.space[name]
-                if not dist.takes(value):
-                    raise ValueError(
-                        f"start_with[{i}].{name}: {value!r} is not a value of {dist.describe()}; give one it "
-                        "can take"
-                    )
-            missing = [name for name in self.space if name not in config]
-            if missing:
-                raise ValueError(
-                    f"start_with[{i}]: gives no value for {missing[0]!r}; a start config gives every searched "
-                    f"hyperparameter ({', '.join(self.space)})"
-                )
+            problem = space.check_config(config)
+            if problem is not None:
+                sep = "." if not problem.startswith("gives") else ": "
+                raise ValueError(f"start_with[{i}]{sep}{problem}")
 
-    def start_points(self) -> list[dict[str, Any]]:
-        """The start_with configs, each value as its distribution states it (1 for a float range is 1.0)."""
-        return [
-            {
-                name: self.space[name].canonical(as_type(value, self.space[name].value_type))
-                for name, value in c.items()
-            }
-            for c in self.start_with
-        ]
+    def start_points(self, fill: bool = False) -> list[dict[str, Any]]:
+        """The start_with configs as searcher proposals (keyed: search/space.py), each value as its distribution
+        states it (1 for a float range is 1.0); with `fill`, inactive keys at their middles."""
+        space = self.hyperparameters
+        return [space.keyed(space.canonical(c), fill=fill) for c in self.start_with]
+
+    @functools.cached_property
+    def hyperparameters(self) -> Space:
+        """The searched space as searchers read it (flat or conditional)."""
+        return Space(self.space)
 
     @property
     def search_algorithm(self) -> Algorithm:
@@ -247,7 +248,7 @@ class Search(Section):
         return self.roles.get(name, "fixed" if name in self.fixed else "nuisance")
 
     def num_trials(self) -> int:
-        return self.search_algorithm.num_trials(self.space, self.num_samples)
+        return self.search_algorithm.num_trials(self.hyperparameters, self.num_samples)
 
 
 class _SchedulerSection(Section):
@@ -504,7 +505,8 @@ class JobSpec(Section):
     def resolved(self, workload) -> JobSpec:
         """This spec with the workload's defaults written into `search.fixed` for everything not searched, and
         the scheduler's defaults into `scheduler`."""
-        fixed = {k: v for k, v in workload.defaults().items() if k not in self.search.space}
+        searched = self.search.hyperparameters.names
+        fixed = {k: v for k, v in workload.defaults().items() if k not in searched}
         fixed.update(self.search.fixed)
         return self.model_copy(
             update={
@@ -517,7 +519,7 @@ class JobSpec(Section):
         """A config to try things with: fixed values and defaults, plus the middle of each searched
         distribution."""
         config = dict(self.resolved(workload).search.fixed)
-        config.update({name: dist.middle() for name, dist in self.search.space.items()})
+        config.update(self.search.hyperparameters.middle())
         return config
 
     def to_yaml(self) -> str:
@@ -558,7 +560,11 @@ KINDS = {"tune": JobSpec, "ensemble": EnsembleSpec}
 def _format_error(err: dict) -> str:
     # Tags from the tagged union ("loguniform") repeat the key the user wrote; drop the duplicate.
     # a key that is not a plain name (a newline, a space, a dot) is shown quoted: the message stays one line
-    parts = [str(p) if re.fullmatch(r"[\w-]+", str(p)) else repr(str(p)) for p in err["loc"]]
+    # a choice of branches is tagged "branches" in the union; the spec wrote "choice"
+    parts = [
+        "choice" if p == BRANCHES_TAG else str(p) if re.fullmatch(r"[\w-]+", str(p)) else repr(str(p))
+        for p in err["loc"]
+    ]
     dedup = [p for i, p in enumerate(parts) if not (i and parts[i - 1] == p)]
     loc = ".".join(dedup)
     msg = err["msg"].removeprefix("Value error, ").replace(" after validation", "")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.search import ALGORITHMS, DISTRIBUTIONS, SCHEDULERS
+from orchestrator.search.space import Branches
 from orchestrator.storage import SCHEMES
 from orchestrator.workloads import BUILTIN_WORKLOADS, describe_builtin
 
@@ -35,6 +36,7 @@ def names_table() -> str:
         )
     for name, dist in DISTRIBUTIONS.items():
         rows.append(("`search.space.<name>`", f"`{{{name}: {dist.example}}}`", _doc(dist)))
+    rows.append(("`search.space.<name>`", f"`{{choice: {Branches.example}}}`", _doc(Branches)))
     for scheme, store in SCHEMES.items():
         rows.append(("`storage`", f"`{scheme}://`", _doc(store).split(". ")[0].rstrip(".")))
     rows += [("`workload`", f"`{name}`", describe_builtin(name)) for name in BUILTIN_WORKLOADS]

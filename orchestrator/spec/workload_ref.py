@@ -24,8 +24,9 @@ def check_against_workload(spec) -> Workload:
     except WorkloadError as exc:
         raise SpecError(f"workload: {exc}") from None
     known = list(workload.defaults())
-    for section in ("space", "fixed"):
-        for name in getattr(spec.search, section):
+    space = spec.search.hyperparameters
+    for section, names in (("space", space.names), ("fixed", spec.search.fixed)):
+        for name in names:
             if name not in known:
                 raise SpecError(
                     f"search.{section}.{name}: workload {workload.name} has no such hyperparameter "
@@ -49,14 +50,13 @@ def check_against_workload(spec) -> Workload:
     for name, allowed in TRAINING_CHOICES.items():
         if name in spec.search.fixed and spec.search.fixed[name] not in allowed:
             raise SpecError(not_allowed(spec.search.fixed[name], allowed, f"search.fixed.{name}: "))
-        if name in spec.search.space:
-            dist = spec.search.space[name]
-            values = dist.finite_values()
-            bad = [dist.name] if values is None else [v for v in values if v not in allowed]
+        for leaf in space.leaves_of(name):
+            values = leaf.dist.finite_values()
+            bad = [leaf.dist.name] if values is None else [v for v in values if v not in allowed]
             if bad:
                 raise SpecError(not_allowed(bad[0], allowed, f"search.space.{name}: "))
     batch = spec.search.fixed.get("batch_size", workload.defaults()["batch_size"])
-    if "batch_size" not in spec.search.space and (not isinstance(batch, int) or batch < spec.train.workers):
+    if "batch_size" not in space.names and (not isinstance(batch, int) or batch < spec.train.workers):
         raise SpecError(
             f"search.fixed.batch_size: {batch!r} must be an integer of at least train.workers "
             f"({spec.train.workers}); it is the global batch, split across workers"
@@ -66,15 +66,16 @@ def check_against_workload(spec) -> Workload:
 
 
 def _check_training_ranges(spec) -> None:
+    space = spec.search.hyperparameters
     for name, (low, low_ok, high) in TRAINING_RANGES.items():
         if name in spec.search.fixed:
-            where, values = f"search.fixed.{name}", [spec.search.fixed[name]]
-        elif name in spec.search.space:
-            dist = spec.search.space[name]
-            where, values = f"search.space.{name}.{dist.name}", dist.extremes()
+            places = [(f"search.fixed.{name}", [spec.search.fixed[name]])]
         else:
-            continue
-        for value in values:
+            places = [
+                (f"search.space.{name}.{leaf.dist.name}", leaf.dist.extremes())
+                for leaf in space.leaves_of(name)
+            ]
+        for where, value in ((where, value) for where, values in places for value in values):
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if (
                 not number

@@ -9,20 +9,22 @@ for the price of a few function calls instead of a Tune trial each (measured: ~0
 made a kill of a long job cost ~14 s more than Ray's start-up).
 
 Every search algorithm tuning/tune_search.py builds is one of the two classes below; `fast_forward` arms it for a
-resume. Unarmed, they behave exactly as Tune's own, except that a sampled value is stated as its distribution
-states it (`Distribution.canonical`: a quantized float 0.30000000000000004 is 0.3).
+resume. Unarmed, they behave exactly as Tune's own, except that a trial's config is its searcher's proposal
+read through the space (search/space.py's `config_of`): each value as its distribution states it (a quantized
+float 0.30000000000000004 is 0.3), and of a conditional space only the hyperparameters of the branches taken,
+by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune.search import BasicVariantGenerator, SearchGenerator
 
 from orchestrator.ray_support.ray_compat import tell_scheduler, trial_name
-from orchestrator.search.distributions import Distribution
+from orchestrator.search.space import Space
 
 
 @dataclass
@@ -38,7 +40,7 @@ class _Trials:
     """Mixin for a Tune SearchAlgorithm: canonical configs; next_trial never returns a trial in `finished`."""
 
     finished: FinishedTrials | None = None
-    space: Mapping[str, Distribution] = {}
+    space: Space | None = None
     closed: Callable[[], bool] | None = (
         None  # the budget: once it says so, no new trial (and the search is over)
     )
@@ -47,9 +49,9 @@ class _Trials:
         if self.closed is not None and self.closed():
             return None
         while (trial := super().next_trial()) is not None:
-            for name, dist in self.space.items():
-                if name in trial.config:
-                    trial.config[name] = dist.canonical(trial.config[name])
+            config = self.space.config_of(trial.config)
+            trial.config.clear()
+            trial.config.update(config)
             results = self.finished.results.get(trial_name(trial)) if self.finished else None
             if not results:
                 return trial
@@ -77,17 +79,17 @@ class _Trials:
 class VariantGenerator(_Trials, BasicVariantGenerator):
     """Tune's BasicVariantGenerator (random and grid search)."""
 
-    def __init__(self, space: Mapping[str, Distribution], **kwargs):
+    def __init__(self, space: Space, **kwargs):
         super().__init__(**kwargs)
-        self.space = dict(space)
+        self.space = space
 
 
 class SearcherGenerator(_Trials, SearchGenerator):
     """Tune's SearchGenerator, which Tune would wrap a Searcher in anyway (quasi-random, TPE)."""
 
-    def __init__(self, space: Mapping[str, Distribution], searcher):
+    def __init__(self, space: Space, searcher):
         super().__init__(searcher)
-        self.space = dict(space)
+        self.space = space
 
 
 def fast_forward(
@@ -95,7 +97,7 @@ def fast_forward(
 ) -> FinishedTrials:
     """Arm `search_alg` to pass over the trials in `results` (telling `scheduler` and itself what they
     reported), and pin an adaptive searcher's proposals to `configs` (trial index -> the searched
-    hyperparameters that trial had); returns the record it passes over."""
+    hyperparameters that trial had, keyed as its searcher proposed them); returns the record it passes over."""
     if not isinstance(search_alg, _Trials):
         raise TypeError(
             f"{type(search_alg).__name__} cannot pass over finished trials; build it in tune_search.py"

@@ -7,19 +7,24 @@ the two things a run of ours needs besides.
 - Pinning, for `hpo resume` (tuning/pinning.py): where a proposal differs from the config the dead run gave
   the trial, the proposed Optuna trial is failed and one with the pinned config put in its place
   (ray_compat.repin_optuna_trial): Optuna cannot change a trial's params once asked.
+- Conditional spaces (search/space.py) are asked define-by-run (OptunaSpace): the branch's name first, then
+  only that branch's parameters, each by its key, so Optuna's samplers see which parameters a trial had.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.samplers import NSGAIISampler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.ray_support.ray_compat import add_optuna_history, optuna_trial, repin_optuna_trial
 from orchestrator.search.objectives import Constraint
+from orchestrator.search.space import Space
 from orchestrator.tuning.pinning import Pinnable
 
 CONSTRAINTS_ATTR = "hpo_constraints"
@@ -63,12 +68,42 @@ def read_constraints(frozen_trial, count: int) -> list[float]:
     return list(frozen_trial.user_attrs.get(CONSTRAINTS_ATTR, [math.inf] * count))
 
 
-class PinnableOptuna(Pinnable, OptunaSearch):
-    """OptunaSearch with constraints, history, and proposals a resumed run can pin (tuning/pinning.py)."""
+def suggest(trial, key: str, dist) -> Any:
+    """Ask an Optuna trial (or Ray's captor of one) for the parameter `key` of Optuna distribution `dist`."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(key, list(dist.choices))
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
 
-    def __init__(self, *args, constraints: Sequence[Constraint] = (), **kwargs):
+
+class OptunaSpace:
+    """A conditional space as Optuna's define-by-run function: each active leaf's parameter, top down, so a
+    branch's parameters are asked only when its name was drawn. Picklable (Tune pickles the searcher)."""
+
+    def __init__(self, space: Space, distributions: Mapping[str, Any]):
+        self.space, self.distributions = space, dict(distributions)
+
+    def __call__(self, trial) -> None:
+        values: dict[str, Any] = {}
+        for leaf in self.space.active(lambda leaf: values.get(leaf.key)):
+            values[leaf.key] = suggest(trial, leaf.key, self.distributions[leaf.key])
+
+
+class PinnableOptuna(Pinnable, OptunaSearch):
+    """OptunaSearch with constraints, history, and proposals a resumed run can pin (tuning/pinning.py);
+    `distributions`: every leaf's Optuna distribution by key (a trial of history has those of its own keys)."""
+
+    def __init__(
+        self,
+        *args,
+        distributions: Mapping[str, Any],
+        constraints: Sequence[Constraint] = (),
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.constraints = tuple(constraints)
+        self.distributions = dict(distributions)
 
     def repin(self, trial_id: str, config: dict) -> None:
         repin_optuna_trial(self, trial_id, config)
@@ -82,6 +117,7 @@ class PinnableOptuna(Pinnable, OptunaSearch):
             [
                 (
                     earlier.config,
+                    {key: self.distributions[key] for key in earlier.config},
                     [earlier.metrics[m] for m in objectives],
                     {CONSTRAINTS_ATTR: constraint_values(earlier.metrics, self.constraints)}
                     if self.constraints

@@ -48,8 +48,9 @@ class TrialNamer:
         return trial_id(creation_counter(trial) - self.first)
 
 
-class QuasiRandomSearcher(Searcher):
-    """Proposes search/algorithms.py's quasi-random points, one per trial in creation order."""
+class PointsSearcher(Searcher):
+    """Proposes a list of configs drawn up front, one per trial in creation order: search/algorithms.py's
+    quasi-random points, or a conditional space's grid."""
 
     def __init__(self, points: list[dict[str, Any]]):
         super().__init__()
@@ -74,47 +75,55 @@ class QuasiRandomSearcher(Searcher):
             self._next = json.load(fh)["next"]
 
 
+def _limited(spec: JobSpec, searcher: Searcher) -> SearcherGenerator:
+    return SearcherGenerator(
+        spec.search.hyperparameters, ConcurrencyLimiter(searcher, spec.search.max_concurrent)
+    )
+
+
 def _random(spec: JobSpec, algorithm: Random, history=()):
     # Configs are drawn in trial-creation order from one seeded generator: concurrency does not change them.
+    # Every leaf of a conditional space is drawn; the trial's config keeps the active ones (search/space.py).
+    space = spec.search.hyperparameters
     gen = VariantGenerator(
-        spec.search.space,
+        space,
         max_concurrent=spec.search.max_concurrent,
         random_state=spec.seed,
-        points_to_evaluate=spec.search.start_points(),  # the first trials, as given
+        points_to_evaluate=spec.search.start_points(fill=True),  # the first trials, as given
     )
-    return gen, {name: tune_domain(dist) for name, dist in spec.search.space.items()}
+    return gen, {leaf.key: tune_domain(leaf.dist) for leaf in space.leaves}
 
 
 def _grid(spec: JobSpec, algorithm: Grid, history=()):
-    gen = VariantGenerator(
-        spec.search.space, max_concurrent=spec.search.max_concurrent, random_state=spec.seed
-    )
-    return gen, {
-        name: tune.grid_search(values) for name, values in algorithm.values(spec.search.space).items()
-    }
+    space = spec.search.hyperparameters
+    if space.conditional:  # Tune's grid is a product over keys; a branch's leaves count only under it
+        return _limited(spec, PointsSearcher(algorithm.points(space, spec.search.num_samples))), {}
+    gen = VariantGenerator(space, max_concurrent=spec.search.max_concurrent, random_state=spec.seed)
+    return gen, {key: tune.grid_search(values) for key, values in algorithm.values(space).items()}
 
 
 def _quasirandom(spec: JobSpec, algorithm: QuasiRandom, history=()):
     # the start configs, then the Sobol sequence from its beginning
     start = spec.search.start_points()
-    points = algorithm.points(spec.search.space, spec.seed, spec.search.num_samples - len(start))
-    searcher = QuasiRandomSearcher(start + points)
-    return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
+    points = algorithm.points(spec.search.hyperparameters, spec.seed, spec.search.num_samples - len(start))
+    return _limited(spec, PointsSearcher(start + points)), {}
 
 
 def _hyperopt(spec: JobSpec, algorithm: HyperOpt, history=()):
     # heavy: hyperopt and scipy.stats (0.6 s measured); only TPE searches load them
     from orchestrator.tuning.tpe import PinnableHyperOpt
 
-    space = {name: hyperopt_space(dist, name) for name, dist in spec.search.space.items()}
+    # HyperOpt samples every leaf of a conditional space (one label each); the trial's config keeps the active
+    # ones. Its TPE models each label on its own, as it does in a flat space.
+    space = {leaf.key: hyperopt_space(leaf.dist, leaf.key) for leaf in spec.search.hyperparameters.leaves}
     searcher = PinnableHyperOpt(
         space=space,
         metric=spec.search.primary.metric,
         mode=spec.search.primary.mode,
         random_state_seed=spec.seed,
-        points_to_evaluate=spec.search.start_points() or None,
+        points_to_evaluate=spec.search.start_points(fill=True) or None,
     )
-    return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
+    return _limited(spec, searcher), {}
 
 
 def _optuna_sampler(spec: JobSpec, algorithm: OptunaSampler):
@@ -137,22 +146,31 @@ def _optuna_sampler(spec: JobSpec, algorithm: OptunaSampler):
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if isinstance(algorithm, Gp):
         return optuna.samplers.GPSampler(seed=seed, **limits)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, **limits)  # tpe, motpe
+    # tpe, motpe; a conditional space's parameters are grouped by the branches they appear in (Optuna's group)
+    group = spec.search.hyperparameters.conditional
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=group, **limits)
 
 
 def _optuna(spec: JobSpec, algorithm: OptunaSampler, history=()):
     import optuna
 
-    from orchestrator.tuning.optuna_search import PinnableOptuna
+    from orchestrator.tuning.optuna_search import OptunaSpace, PinnableOptuna
 
     optuna.logging.set_verbosity(
         optuna.logging.WARNING
     )  # a line per trial otherwise, and experimental warnings
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # a conditional space is asked define-by-run, and Ray warns when asking takes over a second: a model-based
+    # sampler's own work (GP's fit) happens there, not training
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument")
     objectives = spec.search.objectives
     several = len(objectives) > 1
+    space = spec.search.hyperparameters
+    distributions = {leaf.key: optuna_distribution(leaf.dist) for leaf in space.leaves}
     searcher = PinnableOptuna(
-        space={name: optuna_distribution(dist) for name, dist in spec.search.space.items()},
+        # a conditional space is asked define-by-run: only the branches taken are suggested
+        space=OptunaSpace(space, distributions) if space.conditional else distributions,
+        distributions=distributions,
         metric=[o.metric for o in objectives] if several else objectives[0].metric,
         mode=[o.mode for o in objectives] if several else objectives[0].mode,
         points_to_evaluate=spec.search.start_points() or None,
@@ -161,7 +179,7 @@ def _optuna(spec: JobSpec, algorithm: OptunaSampler, history=()):
     )
     if history:  # earlier runs' finished trials (search.warm_start): told to the sampler, never run
         searcher.add_history(history)
-    return SearcherGenerator(spec.search.space, ConcurrencyLimiter(searcher, spec.search.max_concurrent)), {}
+    return _limited(spec, searcher), {}
 
 
 # search algorithm -> builder(spec, algorithm, history) -> (Tune search algorithm, Tune param_space); history:
@@ -181,6 +199,12 @@ def build_search(spec: JobSpec, history=()) -> tuple[Any, dict, TrialNamer]:
     algorithm = spec.search.search_algorithm
     search_alg, param_space = BUILDERS[type(algorithm)](spec, algorithm, history)
     return search_alg, param_space, TrialNamer(first=0 if isinstance(search_alg, VariantGenerator) else 1)
+
+
+def tune_num_samples(spec: JobSpec, search_alg) -> int:
+    """Tune's num_samples for `search_alg`: Tune's own generator counts passes over a grid (the spec's
+    num_samples); a searcher, trials (a conditional grid's searcher proposes every pass's configs)."""
+    return spec.search.num_samples if isinstance(search_alg, VariantGenerator) else spec.search.num_trials()
 
 
 def build_scheduler(spec: JobSpec):

@@ -82,7 +82,8 @@ def objective(config: Mapping[str, Any], epoch: int) -> dict[str, float]:
     """The metrics of `epoch` (1-based) for this config."""
     import numpy as np  # late, as above
 
-    u = np.array([float(config[f"x{i}"]) for i in range(1, 7)])
+    # an x the config lacks (not in a conditional space's branch taken) sits at the middle, as its default does
+    u = np.array([float(config.get(f"x{i}", 0.5)) for i in range(1, 7)])
     if config["function"] == "zdt1":
         f1, f2 = zdt1(u)
         return {"train_loss": f1, "val_loss": f2 * (1.0 + 1.0 / epoch)}

@@ -254,27 +254,34 @@ def optuna_trial(searcher, trial_id: str):
 def repin_optuna_trial(searcher, trial_id: str, config: dict) -> None:
     """Ray 2.60's OptunaSearch: replace the Optuna trial it just asked for `trial_id` by one whose params are
     `config`, so the sampler is told the result at the config that actually ran. The proposed trial is told
-    failed (Optuna cannot change a trial's params), `config` is enqueued, and the study asked again."""
+    failed (Optuna cannot change a trial's params), `config` is enqueued, and the study asked again (over its
+    fixed distributions, or through its define-by-run function, which takes the enqueued values)."""
     from optuna.trial import TrialState
 
     study = searcher._ot_study
     study.tell(searcher._ot_trials[trial_id], state=TrialState.FAIL)
     study.enqueue_trial(config, skip_if_exists=False)
-    searcher._ot_trials[trial_id] = study.ask(fixed_distributions=searcher._space)
+    space = searcher._space
+    if callable(space):
+        trial = study.ask()
+        space(trial)
+    else:
+        trial = study.ask(fixed_distributions=space)
+    searcher._ot_trials[trial_id] = trial
 
 
-def add_optuna_history(searcher, trials: list[tuple[dict, list[float], dict]]) -> None:
-    """Ray 2.60's OptunaSearch: add completed trials (params, objective values, user attributes) to its study,
-    over its space, so its sampler counts them as history."""
+def add_optuna_history(searcher, trials: list[tuple[dict, dict, list[float], dict]]) -> None:
+    """Ray 2.60's OptunaSearch: add completed trials (params, their distributions, objective values, user
+    attributes) to its study, so its sampler counts them as history."""
     from optuna.trial import TrialState, create_trial
 
     study = searcher._ot_study
-    for params, values, attrs in trials:
+    for params, distributions, values, attrs in trials:
         study.add_trial(
             create_trial(
                 state=TrialState.COMPLETE,
                 params=params,
-                distributions=searcher._space,
+                distributions=distributions,
                 values=values,
                 user_attrs=attrs,
             )
