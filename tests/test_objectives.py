@@ -152,7 +152,7 @@ def test_pareto_asha_keeps_the_top_of_each_rung_by_front_and_crowding():
 
 
 def test_several_objectives_schedule_with_fifo_or_pareto_asha():
-    from orchestrator.tuning.forms import tune_scheduler
+    from orchestrator.tuning.forms import ScheduledJob, tune_scheduler
     from orchestrator.tuning.pareto_asha import ParetoAsha
 
     spec = parse_spec(
@@ -164,9 +164,7 @@ def test_several_objectives_schedule_with_fifo_or_pareto_asha():
     built = tune_scheduler(
         spec.scheduler.kind,
         spec.scheduler.settings(),
-        max_epochs=spec.train.max_epochs,
-        time_attr="training_iteration",
-        objectives=spec.search.objectives,
+        ScheduledJob(spec.train.max_epochs, "training_iteration", spec.search.objectives),
     )
     assert isinstance(built, ParetoAsha) and [m for m, _ in built.rungs] == [1]
 

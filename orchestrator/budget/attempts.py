@@ -9,6 +9,8 @@ from its checkpoint only when it is a retry. Attempt 0 is the first run.
 
 from __future__ import annotations
 
+import json
+
 from orchestrator.ray_support.ray_compat import kv_del, kv_get, kv_put, kv_ready
 
 _NAMESPACE = "hpo-attempts"
@@ -33,6 +35,28 @@ def forget(results_uri: str, trials: list[str]) -> None:
     """Drop a finished run's keys (a long-lived cluster should not collect them)."""
     for trial in trials:
         kv_del(_key(results_uri, trial), namespace=_NAMESPACE)
+        kv_del(_key(results_uri, trial), namespace=_CONTINUE_NAMESPACE)
+
+
+# PBT (tuning/pbt.py) pauses every trial at each step and starts it again: the driver records here, before it
+# does, the epoch the trial continues from and whose checkpoint that is (its own, or a donor's it exploits).
+_CONTINUE_NAMESPACE = "hpo-continue"
+
+
+def record_continuation(results_uri: str, trial: str, epoch: int, donor: str | None) -> None:
+    value = json.dumps({"epoch": epoch, "donor": donor}).encode()
+    kv_put(_key(results_uri, trial), value, namespace=_CONTINUE_NAMESPACE)
+
+
+def continuation(results_uri: str, trial: str) -> tuple[int, str | None] | None:
+    """(epoch, donor or None) if this start of `trial` continues a PBT step, else None."""
+    if not kv_ready():
+        return None
+    value = kv_get(_key(results_uri, trial), namespace=_CONTINUE_NAMESPACE)
+    if not value:
+        return None
+    data = json.loads(value)
+    return int(data["epoch"]), data["donor"]
 
 
 # The budget (budget/ledger.py): once it is spent the driver says so here, and a trial Tune had already created

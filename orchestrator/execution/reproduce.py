@@ -90,6 +90,12 @@ def reproduce_trials(uri: str, trial_ids: list[str], options=None) -> list[Repro
         if not rows:
             raise RunError(f"{trial_id} reported no epoch: nothing to compare")
         rows.sort(key=lambda r: r["iteration"])
+        if exploit := next((r for r in rows if r.get("parent_trial")), None):
+            raise RunError(
+                f"{trial_id} continued from {exploit['parent_trial']}'s checkpoint at epoch "
+                f"{exploit['exploited_at']} (PBT); reproducing a trial through its lineage is not built yet: "
+                "rerun the run's spec, which gives the same rows"
+            )
     reruns = [
         Rerun(t, config_of(trials[t]), int(trials[t]["trial_seed"]), recorded[t][-1]["iteration"])
         for t in trial_ids

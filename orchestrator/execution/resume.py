@@ -69,6 +69,11 @@ def resume(
     `add_trials`: grow the run by that many trials (finished or not), its searcher continuing from all of the
     run's results; the run's spec.yaml then says the new num_samples."""
     spec = stored_spec(uri)
+    if spec.scheduler.kind.adapts_configs:
+        raise RunError(
+            f"{uri} is a {spec.scheduler.type} run; resuming one (restoring its population's steps) is not built "
+            "yet: rerun its spec, which gives the same trials"
+        )
     store = open_store(uri, spec.storage_options.s3())
     uri = store.uri  # as the run stated it (a file:// prefix or a trailing slash would key another spool)
     if spec_path:

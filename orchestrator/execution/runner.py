@@ -33,6 +33,7 @@ from orchestrator.budget.capacity import check_prices, check_resources
 from orchestrator.budget.ledger import Ledger
 from orchestrator.errors import RunError
 from orchestrator.execution.lease import RunLease
+from orchestrator.execution.pbt import wire_pbt
 from orchestrator.execution.warm import WarmStart, load_warm_start
 from orchestrator.launch.launcher import Launcher, launcher_for
 from orchestrator.ray_support.driver import DriverSession
@@ -351,6 +352,7 @@ def _search(session: DriverSession, the_plan: Plan, opened: OpenRun, *, joined: 
                 lost_nodes_not_counted(tracker.is_lost_node),
                 lean_experiment_state(),
             ):
+                wire_pbt(the_plan.scheduler, opened.store.inner, the_plan.results_uri, tracker)
                 _tuner(the_plan, tracker).fit()
         except BaseException as exc:
             crash = exc

@@ -16,6 +16,7 @@ import ray
 import ray.train
 from ray import tune
 
+from orchestrator.budget.attempts import continuation
 from orchestrator.launch.protocol import NAMESPACE, STOP, trial_start
 from orchestrator.ray_support.ray_compat import node_draining, preempted_error, quiet_train_worker
 from orchestrator.results.layout import ITERATION_KEY
@@ -69,7 +70,8 @@ class Collect:
 def train_in_process(config: dict[str, Any], plan: TrialPlan) -> None:
     """A 1-worker trial, in its Tune trial's process. `config` holds the searched hyperparameters."""
     name, hp, seed, attempt = trial_start(config, plan)
-    train_trial(plan, name, hp, seed, _TuneReporter(attempt), attempt=attempt)
+    continues = continuation(plan.results_uri, name)  # a PBT step's (tuning/pbt.py)
+    train_trial(plan, name, hp, seed, _TuneReporter(attempt), attempt=attempt, continues=continues)
 
 
 def reproduce_in_process(hp: dict, seed: int, plan: TrialPlan, trial_id: str, scratch: str, iterations: int):

@@ -71,3 +71,9 @@ def checkpoint_file(trial: str, epoch: int) -> str:
 
 def checkpoint_index(trial: str) -> str:
     return f"{checkpoint_dir(trial)}/{CHECKPOINT_INDEX}"
+
+
+def adopted_checkpoint_file(trial: str, epoch: int) -> str:
+    """Where PBT's exploit puts the donor's checkpoint of `epoch` for `trial` to continue from (copied by the
+    driver while every trial waits; the trial makes it its own at its next start)."""
+    return f"{checkpoint_dir(trial)}/adopted-{epoch:04d}.pt"

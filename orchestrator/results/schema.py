@@ -79,6 +79,9 @@ class ResultsSchema:
     mode: str
     objectives: tuple[Objective, ...] = ()  # with several objectives, all of them (the primary first)
     constraints: tuple[Constraint, ...] = ()
+    lineage: bool = (
+        False  # PBT: each row says which trial's checkpoint its training continues (LINEAGE_COLUMNS)
+    )
 
     @classmethod
     def for_spec(cls, spec, metrics: tuple[str, ...]) -> ResultsSchema:
@@ -88,7 +91,13 @@ class ResultsSchema:
         search = spec.search
         several = search.objectives if len(search.objectives) > 1 else ()
         return cls(
-            tuple(metrics), tuple(config), search.primary.metric, search.primary.mode, several, search.bounds
+            tuple(metrics),
+            tuple(config),
+            search.primary.metric,
+            search.primary.mode,
+            several,
+            search.bounds,
+            lineage=spec.scheduler.kind.adapts_configs,
         )
 
     def _metadata(self) -> dict[bytes, bytes]:
@@ -121,6 +130,8 @@ class ResultsSchema:
             pa.field("time_total_s", pa.float64()),
             pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
         ]
+        if self.lineage:
+            fields += [pa.field("parent_trial", pa.string()), pa.field("exploited_at", pa.int64())]
         return pa.schema(fields, metadata=self._metadata())
 
     def trials_schema(self) -> pa.Schema:
@@ -171,8 +182,15 @@ class ResultsSchema:
         trials = trials.set_column(at, "pareto_rank", pa.array(ranks, pa.int64()))
         return trials.set_column(at + 1, "on_front", pa.array([rank == 0 for rank in ranks], pa.bool_()))
 
-    def row(self, trial_id: str, result: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
-        """One results row from a reported Tune result and the trial's full config."""
+    def row(
+        self,
+        trial_id: str,
+        result: Mapping[str, Any],
+        config: Mapping[str, Any],
+        parent: tuple[str, int] | None = None,
+    ) -> dict[str, Any]:
+        """One results row from a reported Tune result and the trial's full config (the config in force when
+        it trained this iteration); under PBT, `parent`: (trial, epoch) of the last exploit before it."""
         row: dict[str, Any] = {"trial_id": trial_id, "iteration": int(result[ITERATION_KEY])}
         row.update({m: as_column_value(result.get(m), pa.float64()) for m in self.metrics})
         row.update({CONFIG_PREFIX + n: as_column_value(config.get(n), t) for n, t in self.config})
@@ -182,6 +200,8 @@ class ResultsSchema:
         row["time_total_s"] = float(result.get("time_total_s", 0.0))
         # when the trial reported (TrainContext's clock, to the ms; Tune's own `timestamp` is whole seconds)
         row["timestamp"] = int(float(result.get(REPORTED_AT, result.get("timestamp", 0))) * 1000)
+        if self.lineage:
+            row["parent_trial"], row["exploited_at"] = parent if parent else (None, None)
         return row
 
     def trial_record(

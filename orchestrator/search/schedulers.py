@@ -28,6 +28,7 @@ class Scheduler:
     help: str = ""
     options: Mapping[str, Option] = {}
     multi_objective: bool = True  # can schedule a search of several objectives
+    adapts_configs: bool = False  # changes a trial's hyperparameters while it trains (PBT)
 
     def settings(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """This scheduler's options: those given, the defaults for the rest."""
@@ -66,4 +67,38 @@ class Asha(Scheduler):
             )
 
 
-SCHEDULERS: dict[str, Scheduler] = {s.name: s for s in (Fifo(), Asha())}
+class Pbt(Scheduler):
+    name = "pbt"
+    help = (
+        "population based training, synchronous: every perturbation_interval epochs the bottom quantile of the "
+        "trials continue from a top trial's latest checkpoint with its hyperparameters perturbed (x0.8 or x1.2, "
+        "a choice's neighbour) or, with resample_probability, drawn again; one metric; seeded, so a rerun "
+        "repeats it"
+    )
+    multi_objective = False
+    adapts_configs = True  # changes a trial's hyperparameters while it trains
+    options = {
+        "perturbation_interval": Option(
+            Annotated[StrictInt, Field(gt=0)], 2, "epochs between exploit/explore steps"
+        ),
+        "quantile": Option(
+            Annotated[Float, Field(gt=0, le=0.5)],
+            0.25,
+            "the share of trials that copy a top trial (and the share they copy from)",
+        ),
+        "resample_probability": Option(
+            Annotated[Float, Field(ge=0, le=1)],
+            0.25,
+            "chance that a hyperparameter is drawn again from its distribution instead of perturbed",
+        ),
+    }
+
+    def check(self, settings: Mapping[str, Any], max_epochs: int) -> None:
+        if settings["perturbation_interval"] >= max_epochs:
+            raise ValueError(
+                f"scheduler.perturbation_interval {settings['perturbation_interval']} is not below "
+                f"train.max_epochs {max_epochs}; PBT would never exploit"
+            )
+
+
+SCHEDULERS: dict[str, Scheduler] = {s.name: s for s in (Fifo(), Asha(), Pbt())}

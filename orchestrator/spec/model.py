@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -268,6 +269,12 @@ class _SchedulerSection(Section):
             raise ValueError(f"{' and '.join(foreign)} {verb} only to type: {', '.join(owners)}")
         return self
 
+    @model_serializer(mode="wrap")
+    def _own_options_only(self, handler):
+        """Dumped (spec.yaml), only its type and that type's options: another type's unset options say nothing."""
+        data = handler(self)
+        return {k: v for k, v in data.items() if k == "type" or k in self.kind.options or v is not None}
+
     @property
     def kind(self) -> SchedulerKind:
         return SCHEDULERS[self.type]
@@ -494,6 +501,8 @@ class JobSpec(Section):
     @model_validator(mode="after")
     def _check(self):
         self.scheduler.kind.check(self.scheduler.settings(), self.train.max_epochs)
+        if self.scheduler.kind.adapts_configs:
+            self._check_population()
         if len(self.search.metrics) > 1 and not self.scheduler.kind.multi_objective:
             several = ", ".join(name for name, kind in SCHEDULERS.items() if kind.multi_objective)
             raise ValueError(
@@ -501,6 +510,30 @@ class JobSpec(Section):
                 f"{len(self.search.metrics)}; use {several}"
             )
         return self
+
+    def _check_population(self) -> None:
+        """What PBT (a scheduler that changes a trial's hyperparameters while it trains) needs of the search."""
+        kind, search = self.scheduler.type, self.search
+        if search.search_algorithm.adaptive:
+            plain = ", ".join(name for name, a in ALGORITHMS.items() if not a.adaptive)
+            raise ValueError(
+                f"scheduler.type: {kind} draws each trial's next hyperparameters itself, and algorithm "
+                f"{search.algorithm} proposes from results; use {plain} for its first population"
+            )
+        population = search.num_trials()
+        if population < 2:
+            raise ValueError(
+                f"scheduler.type: {kind} needs a population of at least 2 trials (num_samples is {search.num_samples})"
+            )
+        if search.max_concurrent > population:
+            raise ValueError(
+                f"search.max_concurrent {search.max_concurrent} is above the population of {population} trials; "
+                f"{kind} runs at most its population at once: lower max_concurrent or raise num_samples"
+            )
+        if self.train.workers > 1:
+            raise ValueError(
+                f"train.workers: {kind} runs 1-worker trials; PBT over DDP trials is not built yet (use workers: 1)"
+            )
 
     def resolved(self, workload) -> JobSpec:
         """This spec with the workload's defaults written into `search.fixed` for everything not searched, and

@@ -45,6 +45,10 @@ class TrialRecorder:
         self.nodes: dict[str, str] = {}  # trial -> Ray node id that reported its results
         self.retries: dict[str, int] = {}  # trial -> retries so far
         self.preemptions: dict[str, int] = {}  # trial -> lost nodes so far (retried, not counted as retries)
+        self.lineage: dict[str, tuple[str, int]] = {}  # PBT: trial -> (donor, epoch) of its last exploit
+        # PBT: trial -> (epoch, config, lineage) in force up to that epoch: a step can change a trial's config
+        # before the tracker sees the report that reached the step (Tune tells its scheduler first)
+        self.until: dict[str, tuple[int, Mapping, tuple[str, int] | None]] = {}
         self.ledger = ledger  # budget/ledger.py's: what each trial held; None: no ledger columns
         self._written, self._cost = float("-inf"), 0.0
         self._changed: set[str] = set()  # records changed since trials.parquet was last written
@@ -77,6 +81,12 @@ class TrialRecorder:
         """How many rows trial `name` has (stored before a resume, or reported since)."""
         return self.rows[name].count if name in self.rows else 0
 
+    def exploited(self, name: str, donor: str, epoch: int, config_before: Mapping) -> None:
+        """PBT: `name` continues from `donor`'s checkpoint of `epoch`; its reports up to that epoch keep the
+        config and parent they were trained with."""
+        self.until[name] = (epoch, dict(config_before), self.lineage.get(name))
+        self.lineage[name] = (donor, epoch)
+
     def add(self, name: str, config: Mapping, result: Mapping) -> dict | None:
         """The row of a reported result, or None for a repeat (a restored trial re-reports its epochs)."""
         if result.get("node_id"):
@@ -90,7 +100,14 @@ class TrialRecorder:
         kept = self._rows(name)
         if kept.iteration >= int(result[ITERATION_KEY]):
             return None
-        row = self.schema.row(name, result, {**self.fixed, **config})
+        parent = self.lineage.get(name)
+        if name in self.until:
+            epoch, before, parent_before = self.until[name]
+            if int(result[ITERATION_KEY]) <= epoch:
+                config, parent = before, parent_before
+            else:
+                del self.until[name]
+        row = self.schema.row(name, result, {**self.fixed, **config}, parent)
         kept.add(row)
         self.writer.add(row)
         return row

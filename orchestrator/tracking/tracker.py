@@ -26,6 +26,7 @@ from orchestrator.ray_support.ray_compat import (
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import ITERATION_KEY, TUNE_DIR
 from orchestrator.results.schema import CHECKPOINT_FALLBACK
+from orchestrator.results.summary import format_config
 from orchestrator.stopping import DISK_FULL, FAILED, INTERRUPTED, StopRequest
 from orchestrator.tracking.progress import BestRow, Progress
 from orchestrator.tracking.recorder import TrialRecorder
@@ -67,6 +68,7 @@ class RunTracker(Callback):
         )
         self.watchdog = Watchdog(trial_timeout_s)
         self.checkpoint_fallbacks = 0  # restores that passed over a damaged checkpoint (run.json counts them)
+        self.paused: set[str] = set()  # PBT: trials waiting for the step, to start again
 
     def __getstate__(self):
         # Tune pickles its whole config, callbacks included, into tuner.pkl for Tuner.restore, which hpo never
@@ -125,7 +127,30 @@ class RunTracker(Callback):
         if self.ledger is not None:
             self.ledger.started(name)
         self.recorder.record(name, trial.config, "running")
-        self.progress.trial_started(name, trial.config)
+        if name in self.paused:  # a PBT step's: it continues from its checkpoint (or a donor's)
+            self.paused.discard(name)
+            self.progress.line(f"{name} continues  {format_config(trial.config)}")
+        else:
+            self.progress.trial_started(name, trial.config)
+
+    # -- PBT (tuning/pbt.py): trials pause at each step and start again -------------------------------------
+    def trial_paused(self, name: str) -> None:
+        """A trial waits for the PBT step in no process: nothing it holds is spent, no report is due."""
+        self.paused.add(name)
+        self.watchdog.ended(name)
+        self._ledger_ended(name)
+
+    def pbt_step(self, number: int, epoch: int, moves: dict[str, tuple[str, dict]]) -> None:
+        """Rows after a step carry each recipient's donor and the step's epoch; said in one line each."""
+        for recipient, (donor, _) in sorted(moves.items()):
+            self.recorder.exploited(recipient, donor, epoch, self.configs[recipient])
+        said = "; ".join(
+            f"{recipient} <- {donor} ({format_config(config)})"
+            for recipient, (donor, config) in sorted(moves.items())
+        )
+        self.progress.line(
+            f"PBT step {number + 1} at epoch {epoch}: " + (said or "no trial exploits another")
+        )
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if ITERATION_KEY not in result:  # Tune's bookkeeping results carry no metrics
@@ -230,7 +255,9 @@ class RunTracker(Callback):
             self._ledger_ended(name)  # what it held ends here: the totals stop growing
             self.recorder.record(name, self.configs[name], status, error=why)
         self.recorder.sync(force=True)
-        if self.recorder.retries or self.recorder.preemptions:
+        if self.recorder.schema.lineage:  # PBT: every trial has a continuation key
+            forget(self.results_uri, list(self.configs))
+        elif self.recorder.retries or self.recorder.preemptions:
             forget(self.results_uri, list({**self.recorder.retries, **self.recorder.preemptions}))
         if self.ledger is not None and self.ledger.exhausted:
             forget_budget(self.results_uri)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import re
 import time
@@ -17,7 +18,7 @@ from collections import OrderedDict
 
 import torch
 
-from orchestrator.results.layout import checkpoint_file, checkpoint_index
+from orchestrator.results.layout import adopted_checkpoint_file, checkpoint_file, checkpoint_index
 from orchestrator.storage import Store, StoreError
 from orchestrator.train.exceptions import ReportError, UnsafeCheckpoint
 
@@ -103,6 +104,22 @@ class TrialCheckpoints:
     def load_best(self, map_location="cpu") -> dict | None:
         """The checkpoint with the best search metric (the earliest of equals), or None."""
         return self._load(self.index()["best"], map_location)
+
+    def adopt(self, epoch: int, *, config: dict, seed: int, metric: str) -> bool:
+        """PBT's exploit, on this trial's side: make the donor's checkpoint of `epoch`, which the driver put at
+        adopted_checkpoint_file, this trial's own checkpoint of that epoch: the donor's weights, optimizer and
+        RNG state, under this trial's new config and seed and with this trial's own history of reports (what
+        it re-reports after a restore). False if there is nothing to adopt (adopted already: a retry)."""
+        source = adopted_checkpoint_file(self.trial_id, epoch)
+        if not self.store.exists(source):
+            return False
+        state = load_as_data(self.store.read_bytes(source), self.store.path(source))
+        score = state["history"][-1].get(metric)  # the donor's, at that epoch: what the weights score
+        own = self._load(self.index()["latest"], "cpu")
+        state.update(config=dict(config), seed=seed, history=own["history"] if own else state["history"])
+        self.save(epoch, state, score if isinstance(score, float) and math.isfinite(score) else None)
+        self.store.delete(source)
+        return True
 
     def _load(self, epoch: int | None, map_location) -> dict | None:
         if epoch is None:

@@ -69,6 +69,21 @@ def _factor(schedule: str, warmup_frac: float, total: int, step: int) -> float: 
     return lr_factor(schedule, warmup_frac, step, total)
 
 
+def retune(hp: Mapping[str, Any], optimizer, schedule) -> None:
+    """After a restore, the optimizer's hyperparameters as `hp` says, where they differ from the restored state:
+    a PBT step continues a donor's optimizer under new values (loading a state dict brings back the donor's).
+    The schedule keeps its step and scales the new learning rate by its factor there."""
+    lr, wd = float(hp["lr"]), float(hp["weight_decay"])
+    momentum = float(hp["momentum"]) if hp["optimizer"] == "sgd" else None
+    for i, group in enumerate(optimizer.param_groups):
+        if schedule.base_lrs[i] != lr:
+            schedule.base_lrs[i] = group["initial_lr"] = lr
+            group["lr"] = lr * schedule.lr_lambdas[i](schedule.last_epoch)
+        group["weight_decay"] = wd
+        if momentum is not None:
+            group["momentum"] = momentum
+
+
 def task_loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out.squeeze(-1), y)
 
@@ -129,6 +144,7 @@ def standard_loop(workload: Workload, ctx: TrainContext) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        retune(hp, optimizer, schedule)
     for _ in range(ctx.iteration + 1, ctx.max_epochs + 1):
         train_loss = train_epoch(
             ctx, net, optimizer, schedule, workload.task, batches, float(hp["grad_clip"])

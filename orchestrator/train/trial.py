@@ -44,19 +44,24 @@ def train_trial(
     reporter: Reporter,
     *,
     attempt: int,
+    continues: tuple[int, str | None] | None = None,
     rank: int = 0,
     world: int = 1,
     local_rank: int = 0,
 ) -> None:
-    """One rank of one attempt of trial `name`. A retry (attempt > 0) or a resumed run continues from the
-    trial's latest checkpoint; a first attempt starts fresh without reading the store."""
+    """One rank of one attempt of trial `name`. A retry (attempt > 0), a resumed run or a PBT step
+    (`continues`: the epoch and the donor, if it exploits one) continues from the trial's latest checkpoint
+    (after making the donor's its own); a first attempt starts fresh without reading the store."""
+    checkpoints = trial_checkpoints(plan, name)
+    if continues is not None and continues[1] is not None and rank == 0:
+        checkpoints.adopt(continues[0], config=hp, seed=seed, metric=plan.metric)
     run_training(
         hp,
         seed,
         plan,
         reporter,
-        trial_checkpoints(plan, name),
-        restore=attempt > 0 or plan.resume,
+        checkpoints,
+        restore=attempt > 0 or plan.resume or continues is not None,
         rank=rank,
         world=world,
         local_rank=local_rank,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from hyperopt import hp
@@ -26,8 +27,10 @@ from orchestrator.search.distributions import (
     Uniform,
 )
 from orchestrator.search.objectives import Objective
-from orchestrator.search.schedulers import Asha, Fifo, Scheduler
+from orchestrator.search.schedulers import Asha, Fifo, Pbt, Scheduler
+from orchestrator.search.space import Space
 from orchestrator.tuning.pareto_asha import ParetoAsha
+from orchestrator.tuning.pbt import SyncPbt
 
 # Tune's randint and lograndint exclude their upper bound; search/'s include it.
 TUNE_DOMAINS: dict[type[Distribution], Callable[[Any], Any]] = {
@@ -52,22 +55,46 @@ HYPEROPT_SPACES: dict[type[Distribution], Callable[[Any, str], Any]] = {
 }
 
 
-def _asha(settings: Mapping[str, Any], max_epochs: int, time_attr: str, objectives: tuple[Objective, ...]):
-    if (
-        len(objectives) > 1
-    ):  # Tune's ASHA ranks one number per trial; several objectives rank by Pareto fronts
+@dataclass(frozen=True)
+class ScheduledJob:
+    """What a scheduler's Tune form needs of the job besides its own settings."""
+
+    max_epochs: int  # train.max_epochs
+    time_attr: str  # the result key that counts epochs
+    objectives: tuple[Objective, ...]  # the search's, the primary first
+    space: Space | None = None  # the searched space (PBT explores it)
+    seed: int = 0  # the job seed (PBT's draws)
+    population: int = 1  # the trials of the search (PBT's population)
+    max_concurrent: int = 1  # trials running at once
+
+
+def _asha(settings: Mapping[str, Any], job: ScheduledJob):
+    if len(job.objectives) > 1:  # Tune's ASHA ranks one number per trial; several objectives rank by fronts
         return ParetoAsha(
-            objectives=objectives,
-            time_attr=time_attr,
-            max_t=max_epochs,
+            objectives=job.objectives,
+            time_attr=job.time_attr,
+            max_t=job.max_epochs,
             grace_period=settings["grace_period"],
             reduction_factor=settings["reduction_factor"],
         )
     return ASHAScheduler(
-        time_attr=time_attr,
-        max_t=max_epochs,
+        time_attr=job.time_attr,
+        max_t=job.max_epochs,
         grace_period=settings["grace_period"],
         reduction_factor=settings["reduction_factor"],
+    )
+
+
+def _pbt(settings: Mapping[str, Any], job: ScheduledJob):
+    return SyncPbt(
+        objective=job.objectives[0],
+        space=job.space,
+        seed=job.seed,
+        population=job.population,
+        max_concurrent=job.max_concurrent,
+        max_epochs=job.max_epochs,
+        time_attr=job.time_attr,
+        settings=settings,
     )
 
 
@@ -93,13 +120,11 @@ def optuna_distribution(dist: Distribution) -> Any:
     return OPTUNA_DISTRIBUTIONS[type(dist)](dist)
 
 
-# settings: the scheduler's options (Scheduler.settings), max_epochs: train.max_epochs, time_attr: the result key
-# that counts epochs, objectives: the search's (the primary first).
-TUNE_SCHEDULERS: dict[
-    type[Scheduler], Callable[[Mapping[str, Any], int, str, tuple[Objective, ...]], Any]
-] = {
-    Fifo: lambda settings, max_epochs, time_attr, objectives: FIFOScheduler(),
+# settings: the scheduler's options (Scheduler.settings); job: what else of the job it needs
+TUNE_SCHEDULERS: dict[type[Scheduler], Callable[[Mapping[str, Any], ScheduledJob], Any]] = {
+    Fifo: lambda settings, job: FIFOScheduler(),
     Asha: _asha,
+    Pbt: _pbt,
 }
 
 
@@ -113,13 +138,6 @@ def hyperopt_space(dist: Distribution, label: str) -> Any:
     return HYPEROPT_SPACES[type(dist)](dist, label)
 
 
-def tune_scheduler(
-    kind: Scheduler,
-    settings: Mapping[str, Any],
-    *,
-    max_epochs: int,
-    time_attr: str,
-    objectives: tuple[Objective, ...],
-) -> Any:
-    """The Ray Tune scheduler of a search scheduler with these settings, for these objectives."""
-    return TUNE_SCHEDULERS[type(kind)](settings, max_epochs, time_attr, objectives)
+def tune_scheduler(kind: Scheduler, settings: Mapping[str, Any], job: ScheduledJob) -> Any:
+    """The Ray Tune scheduler of a search scheduler with these settings, for this job."""
+    return TUNE_SCHEDULERS[type(kind)](settings, job)

@@ -34,7 +34,13 @@ from orchestrator.search.algorithms import (
 )
 from orchestrator.spec import JobSpec
 from orchestrator.tuning.fast_forward import SearcherGenerator, VariantGenerator
-from orchestrator.tuning.forms import hyperopt_space, optuna_distribution, tune_domain, tune_scheduler
+from orchestrator.tuning.forms import (
+    ScheduledJob,
+    hyperopt_space,
+    optuna_distribution,
+    tune_domain,
+    tune_scheduler,
+)
 
 
 class TrialNamer:
@@ -75,10 +81,14 @@ class PointsSearcher(Searcher):
             self._next = json.load(fh)["next"]
 
 
+def _live(spec: JobSpec) -> int:
+    """How many trials the searcher keeps live (created, not ended): max_concurrent; under PBT the whole
+    population, which its scheduler runs max_concurrent at a time (a paused trial stays live)."""
+    return spec.search.num_trials() if spec.scheduler.kind.adapts_configs else spec.search.max_concurrent
+
+
 def _limited(spec: JobSpec, searcher: Searcher) -> SearcherGenerator:
-    return SearcherGenerator(
-        spec.search.hyperparameters, ConcurrencyLimiter(searcher, spec.search.max_concurrent)
-    )
+    return SearcherGenerator(spec.search.hyperparameters, ConcurrencyLimiter(searcher, _live(spec)))
 
 
 def _random(spec: JobSpec, algorithm: Random, history=()):
@@ -87,7 +97,7 @@ def _random(spec: JobSpec, algorithm: Random, history=()):
     space = spec.search.hyperparameters
     gen = VariantGenerator(
         space,
-        max_concurrent=spec.search.max_concurrent,
+        max_concurrent=_live(spec),
         random_state=spec.seed,
         points_to_evaluate=spec.search.start_points(fill=True),  # the first trials, as given
     )
@@ -98,7 +108,7 @@ def _grid(spec: JobSpec, algorithm: Grid, history=()):
     space = spec.search.hyperparameters
     if space.conditional:  # Tune's grid is a product over keys; a branch's leaves count only under it
         return _limited(spec, PointsSearcher(algorithm.points(space, spec.search.num_samples))), {}
-    gen = VariantGenerator(space, max_concurrent=spec.search.max_concurrent, random_state=spec.seed)
+    gen = VariantGenerator(space, max_concurrent=_live(spec), random_state=spec.seed)
     return gen, {key: tune.grid_search(values) for key, values in algorithm.values(space).items()}
 
 
@@ -208,11 +218,14 @@ def tune_num_samples(spec: JobSpec, search_alg) -> int:
 
 
 def build_scheduler(spec: JobSpec):
-    scheduler = tune_scheduler(
-        spec.scheduler.kind,
-        spec.scheduler.settings(),
+    job = ScheduledJob(
         max_epochs=spec.train.max_epochs,
         time_attr=ITERATION_KEY,
         objectives=spec.search.objectives,
+        space=spec.search.hyperparameters,
+        seed=spec.seed,
+        population=spec.search.num_trials(),
+        max_concurrent=spec.search.max_concurrent,
     )
+    scheduler = tune_scheduler(spec.scheduler.kind, spec.scheduler.settings(), job)
     return choose_only_when_a_trial_waits(scheduler)  # Tune's choice scans every trial at every step
