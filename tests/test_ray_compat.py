@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -272,6 +273,43 @@ def test_hyperopt_pinning():
     import test_fast_forward
 
     test_fast_forward.test_a_pinned_proposal_is_the_recorded_config_and_tpe_learns_it_there()
+
+
+@pytest.mark.slow
+def test_a_held_trial_starts_only_when_its_scheduler_chooses_it(ray_cluster, tmp_path):
+    """ray_compat.hold_trial: Tune starts every PENDING trial it has CPUs for; held (PAUSED) trials start only
+    when chosen, so a scheduler that chooses one at a time runs 3 one-CPU trials one after another on 2 CPUs."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    def timed_trial(config):  # local: pickled by value for the trial's process
+        start = time.monotonic()
+        time.sleep(0.5)
+        with open(config["log"], "a") as fh:
+            fh.write(json.dumps([start, time.monotonic()]) + "\n")
+
+    class OneAtATime(FIFOScheduler):
+        def on_trial_add(self, tune_controller, trial):
+            ray_compat.hold_trial(trial)
+
+        def choose_trial_to_run(self, tune_controller):
+            trials = tune_controller.get_trials()
+            if any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials):
+                return None
+            return next((t for t in trials if t.status == Trial.PAUSED), None)
+
+    log = tmp_path / "ran.jsonl"
+    tune.Tuner(
+        tune.with_resources(timed_trial, {"cpu": 1}),
+        param_space={"log": str(log), "x": tune.grid_search([1, 2, 3])},
+        tune_config=tune.TuneConfig(scheduler=OneAtATime(), reuse_actors=False),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    ).fit()
+    spans = sorted(json.loads(line) for line in log.read_text().splitlines())
+    assert len(spans) == 3
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans)), (
+        spans
+    )  # never two at once
 
 
 def test_optuna_trials_and_repinning():

@@ -24,7 +24,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from orchestrator.ray_support.ray_compat import trial_name
+from orchestrator.ray_support.ray_compat import hold_trial, trial_name
 from orchestrator.search.objectives import Objective
 from orchestrator.search.pbt import exploits, explore, step_rng
 from orchestrator.search.space import Space
@@ -120,11 +120,14 @@ class SyncPbt(FIFOScheduler):
             self._left(tune_controller, trial)
 
     # -- which trial runs next ---------------------------------------------------------------------------
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        hold_trial(trial)  # it starts when chosen below, not whenever a CPU is free
+
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         """A trial that has not reached the boundary yet, in creation order, while fewer than max_concurrent
-        run (a paused trial at the boundary waits for the step)."""
+        run or are starting (a paused trial at the boundary waits for the step)."""
         trials = tune_controller.get_trials()
-        if sum(1 for t in trials if t.status == Trial.RUNNING) >= self.max_concurrent:
+        if sum(1 for t in trials if t.status in (Trial.RUNNING, Trial.PENDING)) >= self.max_concurrent:
             return None
         for trial in trials:
             if trial.status in (Trial.PENDING, Trial.PAUSED) and trial_name(trial) not in self.scores:

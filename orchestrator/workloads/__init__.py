@@ -15,6 +15,7 @@ import types
 from collections.abc import Callable
 
 from orchestrator.errors import did_you_mean, working_directory
+from orchestrator.workloads.anneal import anneal
 from orchestrator.workloads.base import (
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -51,6 +52,7 @@ BUILTIN_WORKLOADS: dict[str, Callable[[], Workload]] = {
     "digits-cnn": digits_cnn,
     "charlm": charlm,
     "synthetic": synthetic,
+    "anneal": anneal,
 }
 
 

@@ -233,6 +233,15 @@ def choose_only_when_a_trial_waits(scheduler):
     return scheduler
 
 
+def hold_trial(trial) -> None:
+    """Ray 2.60's TuneController starts every PENDING trial it has resources for, whatever its scheduler's
+    choose_trial_to_run says (that choice only orders them, and picks among PAUSED ones). A scheduler that
+    decides how many trials run (PBT, which creates its whole population up front) holds each new trial as
+    PAUSED from its on_trial_add, which the controller calls before it files the trial by its status
+    (`add_trial`); the trial then starts when the scheduler chooses it."""
+    trial.set_status(type(trial).PAUSED)
+
+
 def pin_hyperopt_suggestion(searcher, trial_id: str, config: dict) -> None:
     """Ray 2.60's HyperOptSearch: make the suggestion it just made for `trial_id` be `config` in its own record
     (`_live_trial_mapping`, `_hpopt_trials`), so TPE learns the result at the config that actually ran. HyperOpt

@@ -1,0 +1,167 @@
+"""Population based training: its pure decisions (search/pbt.py), its refusals, and real runs: a PBT search at
+max_concurrent 2 reruns to the same rows and lineage; a recipient's custom loop continues from its donor's
+checkpoint (ctx.get_checkpoint), under its new hyperparameters; the standard loop trains under PBT."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import ROOT, in_trial_order, spec_dict, spec_file
+from contract import deterministic_rows
+
+from orchestrator.api import run
+from orchestrator.results import load_results, load_trials
+from orchestrator.search.distributions import Choice, LogUniform, RandInt, Uniform
+from orchestrator.search.pbt import exploits, explore, perturb, quantile_size, step_rng
+from orchestrator.spec import SpecError, parse_spec
+from orchestrator.workloads.anneal import advance
+
+SPACE = {"lr": {"loguniform": [1.0e-3, 0.5]}}
+PBT = {"type": "pbt", "perturbation_interval": 2, "quantile": 0.25, "resample_probability": 0.25}
+
+
+def _pbt_spec(tmp_path, **search) -> dict:
+    return spec_dict(
+        name="pbt",
+        workload="anneal",
+        storage=str(tmp_path),
+        search={
+            "algorithm": "random",
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "metric": "loss",
+            "mode": "min",
+            "space": SPACE,
+            "fixed": {"noise": 0.5},
+            **search,
+        },
+        scheduler=PBT,
+        train={"max_epochs": 6},
+    )
+
+
+def test_the_bottom_quantile_copies_the_top_and_ties_break_by_name():
+    scores = {"t3": 0.5, "t1": 0.1, "t0": 0.9, "t2": 0.1, "t4": None, "t5": float("nan")}
+    assert quantile_size(6, 0.25) == 2 and quantile_size(3, 0.5) == 1 and quantile_size(1, 0.5) == 0
+    moves = exploits(scores, 0.25, step_rng(0, 0))
+    assert set(moves) == {"t4", "t5"} and set(moves.values()) <= {"t1", "t2"}  # no score ranks last
+    assert moves == exploits(dict(reversed(scores.items())), 0.25, step_rng(0, 0))  # order does not matter
+    many = [exploits({f"t{i}": float(i) for i in range(8)}, 0.25, step_rng(s, 1)) for s in range(20)]
+    assert {frozenset(m) for m in many} == {frozenset({"t6", "t7"})}
+    assert {d for m in many for d in m.values()} == {"t0", "t1"}  # drawn from the whole top quantile
+
+
+def test_explore_perturbs_within_range_keeps_the_branch_and_repeats_with_its_seed():
+    rng = random.Random(0)
+    assert perturb(Uniform(uniform=[0.0, 1.0]), 0.5, rng) in (0.4, 0.6)
+    assert perturb(LogUniform(loguniform=[0.1, 1.0]), 1.0, random.Random(1)) in (0.8, 1.0)  # clipped at high
+    assert perturb(RandInt(randint=[1, 10]), 5, rng) in (4, 6)
+    assert perturb(Choice(choice=[16, 32, 64]), 32, rng) in (16, 64)
+    spec = parse_spec(
+        spec_dict(
+            search={
+                "space": {
+                    "optimizer": {
+                        "choice": {
+                            "adam": {"lr": {"loguniform": [1e-4, 1e-2]}},
+                            "sgd": {"lr": {"loguniform": [1e-3, 1e-1]}, "momentum": {"uniform": [0.8, 0.99]}},
+                        }
+                    }
+                }
+            }
+        )
+    )
+    space = spec.search.hyperparameters
+    donor = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9}
+    for seed in range(30):
+        new = explore(donor, space, step_rng(seed, 0), resample_probability=0.5)
+        assert new["optimizer"] == "sgd" and set(new) == set(donor)  # the checkpoint's optimizer stays
+        assert 1e-3 <= new["lr"] <= 1e-1 and 0.8 <= new["momentum"] <= 0.99
+        assert new == explore(donor, space, step_rng(seed, 0), resample_probability=0.5)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"search": {"algorithm": "tpe"}},
+            "scheduler.type: pbt draws each trial's next hyperparameters itself, and algorithm tpe proposes "
+            "from results; use random, grid, quasirandom for its first population",
+        ),
+        (
+            {"search": {"max_concurrent": 5}},
+            "search.max_concurrent 5 is above the population of 4 trials; pbt runs at most its population",
+        ),
+        ({"search": {"num_samples": 1, "max_concurrent": 1}}, "pbt needs a population of at least 2 trials"),
+        (
+            {"train": {"workers": 2}},
+            "train.workers: pbt runs 1-worker trials; PBT over DDP trials is not built",
+        ),
+        (
+            {"search": {"metric": ["loss", "x"], "mode": ["min", "max"], "algorithm": "random"}},
+            "scheduler.type: pbt ranks trials by one metric, and search.metric lists 2",
+        ),
+        (
+            {"scheduler": {**PBT, "perturbation_interval": 6}},
+            "scheduler.perturbation_interval 6 is not below train.max_epochs 6; PBT would never exploit",
+        ),
+        ({"scheduler": {**PBT, "quantile": 0.75}}, "scheduler.quantile"),
+        ({"scheduler": {"type": "asha", "quantile": 0.2}}, "quantile applies only to type: pbt"),
+    ],
+)
+def test_bad_pbt_specs_are_refused_in_one_line(tmp_path, changes, message):
+    data = _pbt_spec(tmp_path)
+    for section, values in changes.items():
+        data[section] = {**data[section], **values} if section != "scheduler" else values
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.slow
+def test_a_pbt_search_reruns_bit_identically_and_recipients_continue_their_donors(ray_cluster, tmp_path, cli):
+    """Population 4 at max_concurrent 2 (two trials train at a time, every two epochs all wait for the step):
+    two runs give the same rows, lineage and configs. A recipient's custom loop gets its donor's checkpoint
+    from ctx.get_checkpoint(): its first x after the step is the donor's x advanced one epoch under the
+    recipient's new lr and its own seed. Resume and reproduce of PBT say in one line that they are not built."""
+    spec = parse_spec(_pbt_spec(tmp_path / "a"))
+    lines: list[str] = []
+    first = run(spec, progress=lines.append)
+    again = run(parse_spec(_pbt_spec(tmp_path / "b")), progress=lambda line: None)
+    rows = in_trial_order(load_results(first.results_uri))
+    assert deterministic_rows(rows) == deterministic_rows(in_trial_order(load_results(again.results_uri)))
+    assert first.statuses == {"completed": 4} and rows.num_rows == 24
+    assert any("] PBT step 1 at epoch 2: " in line for line in lines), lines
+    by = {(r["trial_id"], r["iteration"]): r for r in rows.to_pylist()}
+    moves = [r for r in rows.to_pylist() if r["parent_trial"] and r["iteration"] == r["exploited_at"] + 1]
+    assert moves, "no trial exploited another"
+    for row in moves:
+        donor = by[(row["parent_trial"], row["exploited_at"])]
+        before = by[(row["trial_id"], row["exploited_at"])]
+        assert before["parent_trial"] != row["parent_trial"] or before["exploited_at"] != row["exploited_at"]
+        expected = advance(donor["x"], row["config/lr"], 0.5, row["trial_seed"], row["iteration"])
+        assert row["x"] == expected, (row, donor)
+    trials = load_trials(first.results_uri).to_pylist()
+    assert {t["trial_id"]: t["config/lr"] for t in trials} == {
+        r["trial_id"]: r["config/lr"] for r in rows.to_pylist() if r["iteration"] == 6
+    }  # a trial's record holds the config it ended with
+
+    proc = cli("resume", first.results_uri)
+    assert (
+        proc.returncode == 2 and "resuming one (restoring its population's steps) is not built" in proc.stderr
+    )
+    proc = cli("reproduce", first.results_uri, moves[0]["trial_id"])
+    assert proc.returncode == 2 and "through its lineage is not built yet" in proc.stderr, proc.stderr
+
+    shipped = json.loads(
+        json.dumps(__import__("yaml").safe_load((ROOT / "jobs" / "digits-pbt.yaml").read_text()))
+    )
+    shipped["search"].update(num_samples=4, max_concurrent=2)
+    shipped.update(storage=str(tmp_path / "shipped"), train={**shipped["train"], "max_epochs": 4})
+    proc = cli("run", str(spec_file(tmp_path / "shipped.yaml", shipped)), "--output", "json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PBT step 1 at epoch 3: " in proc.stderr, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["statuses"] == {"completed": 4}
