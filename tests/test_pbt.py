@@ -82,6 +82,39 @@ def test_explore_perturbs_within_range_keeps_the_branch_and_repeats_with_its_see
         assert new == explore(donor, space, step_rng(seed, 0), resample_probability=0.5)
 
 
+def test_the_learned_schedule_follows_the_lineage_through_each_exploit():
+    """hpo analyze's PBT schedule of a trial: its donor's epochs before its exploit (recursively), then its own."""
+    from orchestrator.practice.analyze import lineage
+
+    def rows(trial, lrs, parent=None, at=None):
+        return [
+            {
+                "trial_id": trial,
+                "iteration": e,
+                "config/lr": lr,
+                "parent_trial": parent if at is not None and e > at else None,
+                "exploited_at": at if at is not None and e > at else None,
+            }
+            for e, lr in enumerate(lrs, start=1)
+        ]
+
+    by_trial = {
+        "a": rows("a", [0.4, 0.4, 0.4, 0.4, 0.4, 0.4]),
+        "b": rows("b", [0.1, 0.1, 0.32, 0.32, 0.32, 0.32], parent="a", at=2),
+        "c": rows("c", [0.01, 0.01, 0.01, 0.01, 0.26, 0.26], parent="b", at=4),
+    }
+    learned = lineage(by_trial, "c")
+    assert [(r["trial_id"], r["iteration"], r["config/lr"]) for r in learned] == [
+        ("a", 1, 0.4),
+        ("a", 2, 0.4),
+        ("b", 3, 0.32),
+        ("b", 4, 0.32),
+        ("c", 5, 0.26),
+        ("c", 6, 0.26),
+    ]
+    assert lineage(by_trial, "a") == by_trial["a"]
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -147,6 +180,12 @@ def test_a_pbt_search_reruns_bit_identically_and_recipients_continue_their_donor
     assert {t["trial_id"]: t["config/lr"] for t in trials} == {
         r["trial_id"]: r["config/lr"] for r in rows.to_pylist() if r["iteration"] == 6
     }  # a trial's record holds the config it ended with
+
+    proc = cli("analyze", first.results_uri, "--out", str(tmp_path / "analysis"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "analysis" / "report.txt").read_text()
+    assert "PBT schedule learned by the best trial" in report, report
+    assert (tmp_path / "analysis" / "pbt_schedules.png").stat().st_size > 0
 
     proc = cli("resume", first.results_uri)
     assert (

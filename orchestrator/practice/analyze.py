@@ -21,6 +21,7 @@ from orchestrator.practice.plots import (
     plot_importance,
     plot_isolation,
     plot_learning_curves,
+    plot_pbt_schedules,
 )
 from orchestrator.results import CONFIG_PREFIX, config_of, load_results, load_trials
 from orchestrator.results.ops import stored_spec
@@ -241,6 +242,8 @@ def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
                 f"hypervolume {volumes[-1]:.4g} (reference point {shown}), after half the trials "
                 f"{volumes[len(volumes) // 2 - 1] if len(volumes) > 1 else volumes[0]:.4g}"
             )
+    if spec.scheduler.kind.adapts_configs:
+        report.lines += _pbt_report(rows, trials, spec, out, report)
     found, fitted = importances(trials, spec)
     if found:
         report.plots.append(plot_importance(found, fitted, out / "importance.png"))
@@ -253,6 +256,62 @@ def analyze_run(uri: str, out_dir: str | Path) -> AnalysisReport:
     report.lines += [f"warning: {w}" if not w.startswith("note:") else w for w in report.warnings]
     (out / "report.txt").write_text("\n".join(report.lines) + "\n")
     return report
+
+
+def pbt_schedules(rows: list[dict], spec) -> dict[str, dict[str, list]]:
+    """trial -> searched hyperparameter -> its value at each epoch (the rows' config in force), for a PBT run."""
+    names = spec.search.hyperparameters.names
+    schedules: dict[str, dict[str, list]] = {}
+    for r in sorted(rows, key=lambda r: (r["trial_id"], r["iteration"])):
+        trial = schedules.setdefault(r["trial_id"], {n: [] for n in names})
+        for n in names:
+            trial[n].append(r[CONFIG_PREFIX + n])
+    return schedules
+
+
+def lineage(by_trial: dict[str, list[dict]], trial: str, upto: int | None = None) -> list[dict]:
+    """The rows that trained the weights `trial` ends with (up to epoch `upto`): its own since its last exploit,
+    and before that, its donor's lineage up to the exploit's epoch. Their configs are the schedule PBT
+    learned for that model."""
+    rows = [r for r in by_trial[trial] if upto is None or r["iteration"] <= upto]
+    exploits = [(r["exploited_at"], r["parent_trial"]) for r in rows if r.get("parent_trial")]
+    if not exploits:
+        return rows
+    epoch, parent = max(exploits)
+    return lineage(by_trial, parent, epoch) + [r for r in rows if r["iteration"] > epoch]
+
+
+def _pbt_report(rows: list[dict], trials: list[dict], spec, out: Path, report: AnalysisReport) -> list[str]:
+    """PBT's schedules: drawn (pbt_schedules.png), and the best trial's lineage in words."""
+    space = spec.search.hyperparameters
+    names = [n for n in space.names if space.distribution(n).ordered] or list(space.names)
+    metric, pick = f"best_{spec.search.primary.metric}", _better(spec.search.primary.mode)
+    scored = [t for t in trials if t[metric] is not None]
+    best = pick(scored, key=lambda t: t[metric])["trial_id"] if scored else None
+    by_trial: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["iteration"]):
+        by_trial.setdefault(r["trial_id"], []).append(r)
+    learned = lineage(by_trial, best) if best is not None else []
+    report.plots.append(
+        plot_pbt_schedules(pbt_schedules(rows, spec), names, best, learned, out / "pbt_schedules.png")
+    )
+    exploits = {(r["trial_id"], r["exploited_at"]) for r in rows if r.get("parent_trial")}
+    lines = [f"PBT: {len(exploits)} exploit(s) across {len(by_trial)} trials"]
+    segments: list[str] = []
+    start = 1
+    for i, r in enumerate(learned):  # a segment: the epochs one trial trained under one config
+        nxt = learned[i + 1] if i + 1 < len(learned) else None
+        if (
+            nxt is None
+            or nxt["trial_id"] != r["trial_id"]
+            or any(nxt[CONFIG_PREFIX + n] != r[CONFIG_PREFIX + n] for n in names)
+        ):
+            config = ", ".join(f"{n}={_fmt(r[CONFIG_PREFIX + n])}" for n in names)
+            segments.append(f"epochs {start}-{r['iteration']} ({r['trial_id']}): {config}")
+            start = r["iteration"] + 1
+    if best is not None:
+        lines.append(f"PBT schedule learned by the best trial {best} (its lineage): " + "; ".join(segments))
+    return lines
 
 
 def _fmt(value) -> str:

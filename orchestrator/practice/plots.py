@@ -159,3 +159,38 @@ def plot_importance(found: dict[str, dict[str, float]], fitted: dict[str, int], 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return str(path)
+
+
+def plot_pbt_schedules(
+    schedules: dict[str, dict[str, list]], names: list[str], best: str | None, learned: list[dict], path: Path
+) -> str:
+    """PBT's schedules: one panel per searched hyperparameter, its value in force at each epoch of every trial
+    (`schedules`: trial -> name -> value per epoch; thin, grey), and bold the schedule that trained the best
+    trial's weights (`learned`: its lineage's rows, through each exploit to the donor's earlier epochs)."""
+    fig = Figure(figsize=(8, 3.2 * len(names)))
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names, strict=True):
+        values = [v for s in schedules.values() for v in s[name] if v is not None]
+        for _, trial in sorted(schedules.items()):
+            ax.stairs(*_steps(trial[name]), color="tab:gray", alpha=0.45, linewidth=1.0, baseline=None)
+        if learned:
+            ax.stairs(
+                *_steps([r[CONFIG_PREFIX + name] for r in learned]),
+                color="tab:red",
+                linewidth=2.2,
+                baseline=None,
+                label=f"what trained the best trial ({best})",
+            )
+            ax.legend()
+        if values and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
+            ax.set_yscale("log")
+        ax.set(xlabel="epoch", ylabel=name, title=f"{name} in force at each epoch (PBT)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return str(path)
+
+
+def _steps(values: list) -> tuple[list, list]:
+    """(values, edges) for Axes.stairs: epoch e spans [e - 1, e]; an epoch without a value is a gap."""
+    return [v if v is not None else float("nan") for v in values], list(range(len(values) + 1))
