@@ -12,6 +12,9 @@
    the same random configs (27 trials x 9 epochs): the hypervolume each reaches and the epochs it spends.
 4. Warm starts: Optuna's TPE on Branin warm-started from an earlier run of 20 trials (another seed) against a
    cold TPE: median regret after the budget, over 5 seeds.
+5. PBT against ASHA and random (FIFO) on the anneal workload, whose best step size falls during training:
+   the loss the best trial ends with (its last epoch), median over 5 seeds. Random and PBT train 8 trials x 12
+   epochs (96 epochs); ASHA draws 24 trials and spends what it spends (printed).
 
     python bench/search_efficiency.py [--seeds 5] [--budget 40] [--asha-seeds 3] [--only PART]
 """
@@ -122,7 +125,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--asha-seeds", type=int, default=3)
     parser.add_argument(
-        "--only", choices=("asha", "regret", "objectives", "warm"), help="run one of the parts"
+        "--only", choices=("asha", "regret", "objectives", "warm", "pbt"), help="run one of the parts"
     )
     args = parser.parse_args()
     # the settings hpo runs under, for every path measured; Ray stopped after
@@ -142,6 +145,8 @@ def _measure(args) -> None:
         compare_multi_objective(root, args.seeds, args.budget)
     if args.only in (None, "warm"):
         compare_warm_starts(root, args.seeds, args.budget // 2)
+    if args.only in (None, "pbt"):
+        compare_pbt(root, args.seeds)
 
 
 def compare_schedulers(root: str, seeds: int) -> None:
@@ -291,6 +296,55 @@ def compare_warm_starts(root: str, seeds: int, budget: int) -> None:
             f"  {label}: median regret {statistics.median(values):.4f}  (seeds: {', '.join(f'{v:.4f}' for v in values)})"
         )
     print(f"  warm / cold = {statistics.median(warm) / statistics.median(cold):.2f}")
+
+
+def final_loss(root: str, seed: int, scheduler: dict, num_samples: int) -> tuple[float, int]:
+    """The loss the best trial ends with at train.max_epochs (trials ASHA stopped never end there), and the
+    epochs the search spent."""
+    summary = _summary(
+        root,
+        workload="anneal",
+        seed=seed,
+        train={"max_epochs": 12},
+        scheduler=scheduler,
+        search={
+            "algorithm": "random",
+            "num_samples": num_samples,
+            "max_concurrent": 2,
+            "metric": "loss",
+            "mode": "min",
+            "space": {"lr": {"loguniform": [1.0e-3, 0.5]}},
+            "fixed": {"noise": 0.5},
+        },
+    )
+    rows = load_results(summary.results_uri).to_pylist()
+    return min(r["loss"] for r in rows if r["iteration"] == 12), len(rows)
+
+
+def compare_pbt(root: str, seeds: int) -> None:
+    print(f"5. PBT vs ASHA vs random on anneal: the best trial's final loss, median over {seeds} seeds")
+    methods = {
+        "random": ({"type": "fifo"}, 8),
+        "asha": ({"type": "asha", "grace_period": 1, "reduction_factor": 3}, 24),
+        "pbt": (
+            {"type": "pbt", "perturbation_interval": 3, "quantile": 0.25, "resample_probability": 0.25},
+            8,
+        ),
+    }
+    results = {
+        name: [final_loss(root, seed, sched, n) for seed in range(seeds)]
+        for name, (sched, n) in methods.items()
+    }
+    for name, values in results.items():
+        losses = [v[0] for v in values]
+        print(
+            f"  {name}: median final loss {statistics.median(losses):.5f}, epochs {statistics.median(v[1] for v in values):.0f}"
+            f"  (seeds: {', '.join(f'{v:.5f}' for v in losses)})"
+        )
+    for name in ("random", "asha"):
+        pbt, other = (statistics.median(v[0] for v in results[n]) for n in ("pbt", name))
+        wins = sum(p[0] < o[0] for p, o in zip(results["pbt"], results[name], strict=True))
+        print(f"  pbt / {name} = {pbt / other:.2f} (pbt lower on {wins}/{seeds} seeds)")
 
 
 if __name__ == "__main__":

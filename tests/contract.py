@@ -11,6 +11,7 @@ from orchestrator.results.layout import trial_index
 from orchestrator.results.ops import stored_spec
 from orchestrator.storage import open_store
 from orchestrator.train.determinism import trial_seed
+from orchestrator.workloads import resolve_workload
 
 
 def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
@@ -21,6 +22,7 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
     assert resolved.name == spec.name and resolved.seed == spec.seed
     rows, trials = load_results(uri), load_trials(uri)
     metric, mode = spec.search.primary.metric, spec.search.primary.mode
+    metrics = resolve_workload(spec.workload).metric_names
     bounds = spec.search.bounds
 
     def feasible(row) -> bool:  # every constraint, written out here rather than taken from the product
@@ -42,16 +44,19 @@ def check_contract(summary, spec) -> tuple[pa.Table, pa.Table]:
         assert len(trial_rows) <= spec.train.max_epochs
         assert {r["trial_seed"] for r in trial_rows} == {trial_seed(spec.seed, trial_index(trial_id))}
         for r in trial_rows:
-            for m in ("train_loss", "val_loss"):
-                assert math.isfinite(r[m])
+            for m in metrics:
+                assert math.isfinite(r[m]), (m, r)
 
-    # A config column for every searched and fixed hyperparameter, holding the trial's values.
-    for name in list(spec.search.space) + list(resolved.search.fixed):
+    # A config column for every searched and fixed hyperparameter, holding the trial's values (a conditional
+    # space's: null where the branch taken does not have it).
+    space = spec.search.hyperparameters
+    for name in list(space.names) + list(resolved.search.fixed):
         assert CONFIG_PREFIX + name in rows.column_names, name
     for name, value in spec.search.fixed.items():
         assert set(rows[CONFIG_PREFIX + name].to_pylist()) == {value}
-    for name, dist in spec.search.space.items():
-        values = rows[CONFIG_PREFIX + name].to_pylist()
+    for name in space.names:
+        dist = space.distribution(name)
+        values = [v for v in rows[CONFIG_PREFIX + name].to_pylist() if v is not None or not space.conditional]
         assert all(dist.contains(v) for v in values), (name, dist.describe(), values)
     for column in ("epoch_time_s", "time_total_s", "timestamp"):
         assert column in rows.column_names

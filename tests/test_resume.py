@@ -26,10 +26,10 @@ pytestmark = pytest.mark.slow
 FINISHED_LINE = re.compile(r"\] (trial_\d+) (?:completed|stopped by ASHA) after ")
 
 
-def run_and_kill(spec_path, trials_done: int) -> tuple[str, set[str]]:
+def run_and_kill(spec_path, trials_done: int = 0, at_line: str | None = None) -> tuple[str, set[str]]:
     """Start `hpo run`, SIGKILL it and every process it started once it reports `trials_done` finished trials
-    (counted on its progress output, so storage lag cannot let the job finish first); return its URI and the
-    trials it reported finished."""
+    (counted on its progress output, so storage lag cannot let the job finish first), or once a progress line
+    contains `at_line`; return its URI and the trials it reported finished."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
         [*HPO, "run", str(spec_path)],
@@ -45,7 +45,9 @@ def run_and_kill(spec_path, trials_done: int) -> tuple[str, set[str]]:
         for line in proc.stderr:
             if found := FINISHED_LINE.search(line):
                 finished.add(found.group(1))
-            if len(finished) >= trials_done:
+            if (at_line is None and len(finished) >= trials_done) or (
+                at_line is not None and at_line in line
+            ):
                 break
     finally:
         kill_family(proc)
@@ -285,3 +287,40 @@ def test_add_trials_grows_a_finished_run_as_if_it_had_asked_for_them_from_the_st
     gridded = run(parse_spec(spec_dict(storage=str(tmp_path / "grid"), **grid)), progress=lambda line: None)
     code, _, err = hpo(capsys, "resume", gridded.results_uri, "--add-trials", "2")
     assert code == 2 and "is a grid search, whose num_samples counts passes over the grid" in err, err
+
+
+def test_a_pbt_run_on_s3_killed_at_a_step_resumes_to_the_uninterrupted_rows(
+    ray_cluster, s3, tmp_path, capsys
+):
+    """PBT (population 4, max_concurrent 2, a step every 2 of 8 epochs) on SeaweedFS, SIGKILLed as its second step
+    is announced: the resume takes the steps the dead run took again from the stored rows, carries out the
+    exploits its trials had not, and ends with the uninterrupted run's rows (configs, lineage, metrics), each
+    row once."""
+    job = dict(
+        name="pbt-killed",
+        workload="anneal",
+        search={
+            "algorithm": "random",
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "metric": "loss",
+            "mode": "min",
+            "space": {"lr": {"loguniform": [1.0e-3, 0.5]}},
+            "fixed": {"noise": 0.5},
+        },
+        scheduler={"type": "pbt", "perturbation_interval": 2, "quantile": 0.25, "resample_probability": 0.25},
+        train={"max_epochs": 8},
+    )
+    storage = f"s3://{s3server.BUCKET}/pbt-{tmp_path.name[-12:]}"
+    spec_path = spec_file(tmp_path / "job.yaml", spec_dict(storage=storage, **job))
+    uri, _ = run_and_kill(spec_path, at_line="] PBT step 2 at epoch 4: ")
+    code, out, err = hpo(capsys, "resume", uri, "--output", "json")
+    assert code == 0, err[-3000:]
+    assert "PBT: 1 step(s) taken again from the stored rows" in err or "PBT: 2 step(s)" in err, err[-3000:]
+    summary = RunSummary(**json.loads(out.strip().splitlines()[-1]))
+    rows, _ = check_contract(summary, load_spec(spec_path))  # every (trial, iteration) exactly once
+    clean = run(load_spec(spec_path), storage=str(tmp_path / "clean"), progress=lambda line: None)
+    expected = load_results(clean.results_uri)
+    assert deterministic_rows(in_trial_order(rows)) == deterministic_rows(in_trial_order(expected))
+    assert summary.statuses == clean.statuses == {"completed": 4}
+    assert any(r["parent_trial"] for r in rows.to_pylist())

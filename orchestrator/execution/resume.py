@@ -19,6 +19,7 @@ from collections.abc import Callable
 from orchestrator.errors import ResultsNotFound, RunError
 from orchestrator.execution.differences import first_difference, value_at
 from orchestrator.execution.lease import RunLease
+from orchestrator.execution.pbt import restore_pbt
 from orchestrator.execution.runner import Plan, execute
 from orchestrator.results import config_of, load_trials
 from orchestrator.results.layout import ITERATION_KEY, new_run_id, trial_index
@@ -69,11 +70,6 @@ def resume(
     `add_trials`: grow the run by that many trials (finished or not), its searcher continuing from all of the
     run's results; the run's spec.yaml then says the new num_samples."""
     spec = stored_spec(uri)
-    if spec.scheduler.kind.adapts_configs:
-        raise RunError(
-            f"{uri} is a {spec.scheduler.type} run; resuming one (restoring its population's steps) is not built "
-            "yet: rerun its spec, which gives the same trials"
-        )
     store = open_store(uri, spec.storage_options.s3())
     uri = store.uri  # as the run stated it (a file:// prefix or a trailing slash would key another spool)
     if spec_path:
@@ -147,6 +143,7 @@ def continue_from_storage(the_plan: Plan, writer, tracker, progress) -> Plan:
         {trial: [_as_result(row, metrics) for row in by_trial[trial]] for trial in done},
         {trial_index(r["trial_id"]): _searched_config(r, the_plan.spec.search) for r in records},
     )
+    restore_pbt(the_plan.scheduler, by_trial, records, tracker, progress)
     progress(
         f"resuming: {len(rows)} row(s) kept; {len(done)} finished trial(s) are not rerun, the others "
         "continue from their checkpoints"

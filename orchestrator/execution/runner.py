@@ -129,6 +129,9 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
         precision=train.precision,
         resources_per_worker=dict(train.resources_per_worker),
         accelerator_type=train.accelerator_type,
+        stored_every=spec.scheduler.settings().get("perturbation_interval", 0)
+        if spec.scheduler.kind.adapts_configs
+        else 0,
     )
     return Plan(
         spec,
@@ -352,7 +355,7 @@ def _search(session: DriverSession, the_plan: Plan, opened: OpenRun, *, joined: 
                 lost_nodes_not_counted(tracker.is_lost_node),
                 lean_experiment_state(),
             ):
-                wire_pbt(the_plan.scheduler, opened.store.inner, the_plan.results_uri, tracker)
+                wire_pbt(the_plan.scheduler, opened.store, the_plan.results_uri, tracker)
                 _tuner(the_plan, tracker).fit()
         except BaseException as exc:
             crash = exc

@@ -81,10 +81,11 @@ class TrialRecorder:
         """How many rows trial `name` has (stored before a resume, or reported since)."""
         return self.rows[name].count if name in self.rows else 0
 
-    def exploited(self, name: str, donor: str, epoch: int, config_before: Mapping) -> None:
+    def exploited(self, name: str, donor: str, epoch: int, config_before: Mapping | None) -> None:
         """PBT: `name` continues from `donor`'s checkpoint of `epoch`; its reports up to that epoch keep the
-        config and parent they were trained with."""
-        self.until[name] = (epoch, dict(config_before), self.lineage.get(name))
+        config and parent they were trained with (None: a resumed run's trial whose rows are stored already)."""
+        if config_before is not None:
+            self.until[name] = (epoch, dict(config_before), self.lineage.get(name))
         self.lineage[name] = (donor, epoch)
 
     def add(self, name: str, config: Mapping, result: Mapping) -> dict | None:

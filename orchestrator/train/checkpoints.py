@@ -105,7 +105,7 @@ class TrialCheckpoints:
         """The checkpoint with the best search metric (the earliest of equals), or None."""
         return self._load(self.index()["best"], map_location)
 
-    def adopt(self, epoch: int, *, config: dict, seed: int, metric: str) -> bool:
+    def adopt(self, epoch: int, *, donor: str, config: dict, seed: int, metric: str) -> bool:
         """PBT's exploit, on this trial's side: make the donor's checkpoint of `epoch`, which the driver put at
         adopted_checkpoint_file, this trial's own checkpoint of that epoch: the donor's weights, optimizer and
         RNG state, under this trial's new config and seed and with this trial's own history of reports (what
@@ -117,7 +117,9 @@ class TrialCheckpoints:
         score = state["history"][-1].get(metric)  # the donor's, at that epoch: what the weights score
         own = self._load(self.index()["latest"], "cpu")
         state.update(config=dict(config), seed=seed, history=own["history"] if own else state["history"])
-        self.save(epoch, state, score if isinstance(score, float) and math.isfinite(score) else None)
+        index = self.save(epoch, state, score if isinstance(score, float) and math.isfinite(score) else None)
+        index["adopted"] = {"epoch": epoch, "donor": donor}  # a resumed driver must not copy it again
+        self.store.write_bytes(checkpoint_index(self.trial_id), json.dumps(index).encode())
         self.store.delete(source)
         return True
 

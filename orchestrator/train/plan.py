@@ -33,6 +33,9 @@ class TrialPlan:
     accelerator_type: str | None = None  # Ray's accelerator_type (A100, ...), GPU workers only
     resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from
     pool: str = ""  # multi-worker trials: the run's pool of warm worker groups (launch/pool/)
+    # PBT's perturbation_interval: the report of every such epoch leaves only once its checkpoint is in the
+    # store (a remote store's writes are uploaded behind training), for the driver copies it at the step
+    stored_every: int = 0
 
 
 # Test-only: set on the fake GPU nodes of cluster/local-fake.yaml, whose "GPUs" are Ray resources without a

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.storage import open_store
 from orchestrator.storage.spool import SpoolingStore, run_spool_dir
 from orchestrator.train.checkpoints import TrialCheckpoints
@@ -36,6 +37,23 @@ def trial_checkpoints(plan: TrialPlan, name: str) -> TrialCheckpoints:
     return TrialCheckpoints(store, name, keep=plan.checkpoints_to_keep, mode=plan.mode)
 
 
+class StoredFirst:
+    """A reporter that sends the report of every `every`-th epoch only once the store holds what the trial wrote
+    (its checkpoint): PBT's driver copies that checkpoint as soon as the step comes, and a remote store's
+    writes are uploaded behind training. A store that does not take them in time delays nothing further: the
+    driver then finds no checkpoint and says so."""
+
+    WAIT_S = 60.0
+
+    def __init__(self, inner, store, every: int):
+        self.inner, self.store, self.every = inner, store, every
+
+    def report(self, row: dict) -> None:
+        if row.get(ITERATION_KEY, 0) % self.every == 0 and hasattr(self.store, "drain"):
+            self.store.drain(self.WAIT_S)
+        self.inner.report(row)
+
+
 def train_trial(
     plan: TrialPlan,
     name: str,
@@ -54,7 +72,9 @@ def train_trial(
     (after making the donor's its own); a first attempt starts fresh without reading the store."""
     checkpoints = trial_checkpoints(plan, name)
     if continues is not None and continues[1] is not None and rank == 0:
-        checkpoints.adopt(continues[0], config=hp, seed=seed, metric=plan.metric)
+        checkpoints.adopt(continues[0], donor=continues[1], config=hp, seed=seed, metric=plan.metric)
+    if plan.stored_every:
+        reporter = StoredFirst(reporter, checkpoints.store, plan.stored_every)
     run_training(
         hp,
         seed,

@@ -25,6 +25,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator.ray_support.ray_compat import hold_trial, trial_name
+from orchestrator.results.schema import CONFIG_PREFIX
 from orchestrator.search.objectives import Objective
 from orchestrator.search.pbt import exploits, explore, step_rng
 from orchestrator.search.space import Space
@@ -68,14 +69,24 @@ class SyncPbt(FIFOScheduler):
         # the driver's (execution/pbt.py): it carries out a step and returns the moves that happen
         self.on_step: Callable[[Step], dict[str, tuple[str, dict]]] | None = None
         self.on_pause: Callable[[str], None] | None = None  # the driver's: a trial waits for the step
+        self.on_arrival: Callable[[Trial, dict], None] | None = None  # the driver's: records the report
+        self.resumed_configs: dict[str, dict] = {}  # hpo resume: trial -> config for its next epoch
+        self.lineage: dict[
+            str, tuple[str, int]
+        ] = {}  # hpo resume: trial -> (donor, epoch) of its last exploit
+        self.step_due = False
 
     # -- results ----------------------------------------------------------------------------------------
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        if tune_controller is None:  # hpo resume passing over a finished trial (restore() took its steps)
+            return TrialScheduler.CONTINUE
         epoch = result.get(self.time_attr)
         if epoch is None or epoch < self.next_epoch or epoch >= self.max_epochs:  # the last epoch just ends
             return TrialScheduler.CONTINUE
         value = result.get(self.objective.metric)
         self.scores[trial_name(trial)] = None if value is None else self.objective.as_minimized(value)
+        if self.on_arrival is not None:  # Tune tells its scheduler before its callbacks: the row first
+            self.on_arrival(trial, result)
         self._maybe_step(tune_controller)
         tune_controller.pause_trial(trial, should_checkpoint=False)  # our store holds the checkpoint
         if self.on_pause is not None:
@@ -107,7 +118,8 @@ class SyncPbt(FIFOScheduler):
         name = trial_name(trial)
         self.ended.add(name)
         self.scores.pop(name, None)
-        self._maybe_step(tune_controller)
+        if tune_controller is not None:  # (None: hpo resume passing over a finished trial)
+            self._maybe_step(tune_controller)
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
         self._left(tune_controller, trial)
@@ -119,13 +131,69 @@ class SyncPbt(FIFOScheduler):
         if trial_name(trial) not in self.ended:
             self._left(tune_controller, trial)
 
+    # -- hpo resume -----------------------------------------------------------------------------------------
+    def restore(self, rows: Mapping[str, list[dict]], ended: set[str]) -> dict[str, tuple[int, str]]:
+        """Take the state a killed run had reached, from its stored rows (trial -> rows in epoch order; `ended`:
+        the trials that finished or failed for good): every step whose epoch some trial trained past is taken
+        again from the rows' scores (the same decisions: search/pbt.py is seeded), each trial gets the config
+        in force for its next epoch, and the trials that reached the current boundary wait for its step.
+        Returns the exploits a trial has not carried out yet (it stopped at the step's epoch): trial -> (epoch,
+        donor). Raises ValueError where a step taken now differs from what the rows say the run did."""
+        epochs = {t: {r["iteration"]: r for r in trial_rows} for t, trial_rows in rows.items() if trial_rows}
+        last = {t: max(e) for t, e in epochs.items()}
+        self.ended = set(ended)
+        configs = {t: self._config(e[min(e)]) for t, e in epochs.items()}
+        pending: dict[str, tuple[int, str]] = {}
+        lineage: dict[str, tuple[str, int]] = {}
+        while self.next_epoch < self.max_epochs:
+            b = self.next_epoch
+            at_b = {t: e[b] for t, e in epochs.items() if b in e and t not in self.ended}
+            self.scores = {t: self._score(row) for t, row in at_b.items()}
+            if not any(n > b for n in last.values()):  # nobody trained past b: its step is still to come
+                break
+            rng = step_rng(self.seed, self.steps)
+            for recipient, donor in exploits(self.scores, self.quantile, rng).items():
+                new = explore(self._config(at_b[donor]), self.space, rng, self.resample_probability)
+                after = epochs[recipient].get(b + 1)
+                if after is not None and (self._config(after), after.get("parent_trial")) != (new, donor):
+                    raise ValueError(
+                        f"step {self.steps + 1} at epoch {b}: {recipient} continued from {after.get('parent_trial')} "
+                        f"with {self._config(after)}; taken again, it continues from {donor} with {new}"
+                    )
+                configs[recipient], lineage[recipient] = new, (donor, b)
+                if last[recipient] == b:
+                    pending[recipient] = (b, donor)
+            self.steps += 1
+            self.next_epoch += self.interval
+            self.scores = {}
+        self.resumed_configs, self.lineage = configs, lineage
+        self.step_due = bool(self.scores) and len(self.scores) + len(self.ended) >= self.population
+        return pending
+
+    def _config(self, row: dict) -> dict:
+        return self.space.from_row(
+            {k.removeprefix(CONFIG_PREFIX): v for k, v in row.items() if k.startswith(CONFIG_PREFIX)}
+        )
+
+    def _score(self, row: dict) -> float | None:
+        value = row.get(self.objective.metric)
+        return None if value is None else self.objective.as_minimized(value)
+
     # -- which trial runs next ---------------------------------------------------------------------------
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         hold_trial(trial)  # it starts when chosen below, not whenever a CPU is free
+        config = self.resumed_configs.get(trial_name(trial))
+        if config is not None:  # a resumed run's: the config in force for its next epoch
+            trial.set_config(
+                {**{k: v for k, v in trial.config.items() if k not in self.space.names}, **config}
+            )
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         """A trial that has not reached the boundary yet, in creation order, while fewer than max_concurrent
         run or are starting (a paused trial at the boundary waits for the step)."""
+        if self.step_due:  # a resumed run whose whole population had reached the boundary
+            self.step_due = False
+            self._maybe_step(tune_controller)
         trials = tune_controller.get_trials()
         if sum(1 for t in trials if t.status in (Trial.RUNNING, Trial.PENDING)) >= self.max_concurrent:
             return None
