@@ -115,6 +115,47 @@ def test_the_learned_schedule_follows_the_lineage_through_each_exploit():
     assert lineage(by_trial, "a") == by_trial["a"]
 
 
+def test_a_reproduction_runs_through_the_lineage_of_each_exploit():
+    """hpo reproduce's plan for a PBT trial: its own segments, each after an exploit preceded by its donor's
+    lineage up to that epoch (the donor's own earlier exploit included); only its own reports are compared."""
+    from orchestrator.execution.reproduce import lineage_segments
+
+    def rows(trial, seed, lrs, exploits=()):
+        out = []
+        for e, lr in enumerate(lrs, start=1):
+            at = max((k for k, _ in exploits if k < e), default=None)
+            parent = dict(exploits).get(at)
+            out.append(
+                {
+                    "trial_id": trial,
+                    "iteration": e,
+                    "trial_seed": seed,
+                    "config/lr": lr,
+                    "parent_trial": parent,
+                    "exploited_at": at,
+                }
+            )
+        return out
+
+    stored = {
+        "a": rows("a", 1, [0.4] * 6),
+        "b": rows("b", 2, [0.1, 0.1, 0.32, 0.32, 0.32, 0.32], exploits=[(2, "a")]),
+        "c": rows("c", 3, [0.01, 0.01, 0.01, 0.01, 0.26, 0.26], exploits=[(4, "b")]),
+    }
+    plan = [(s.trial_id, s.first, s.last, s.hp["lr"], s.seed, s.keep) for s in lineage_segments(stored, "c")]
+    assert plan == [
+        ("c", 1, 4, 0.01, 3, True),  # its own first epochs, from scratch
+        ("a", 1, 2, 0.4, 1, False),  # b's donor up to b's exploit
+        ("b", 3, 4, 0.32, 2, False),  # b from a's state, up to c's exploit
+        ("c", 5, 6, 0.26, 3, True),  # c from b's state
+    ]
+    segments = lineage_segments(stored, "c")
+    assert (
+        segments[2].start_from == segments[1].scratch_id and segments[3].start_from == segments[2].scratch_id
+    )
+    assert segments[-1].scratch_id == "c"  # where its last checkpoint is compared with the stored one
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -188,8 +229,13 @@ def test_a_pbt_search_reruns_bit_identically_and_recipients_continue_their_donor
     assert "PBT schedule learned by the best trial" in report, report
     assert (tmp_path / "analysis" / "pbt_schedules.png").stat().st_size > 0
 
-    proc = cli("reproduce", first.results_uri, moves[0]["trial_id"])
-    assert proc.returncode == 2 and "through its lineage is not built yet" in proc.stderr, proc.stderr
+    # hpo reproduce of trials that exploited others: rerun through their lineages, bit for bit
+    exploited = sorted({r["trial_id"] for r in moves})
+    proc = cli("reproduce", first.results_uri, *exploited, "--output", "json")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for line in proc.stdout.strip().splitlines():
+        result = json.loads(line)
+        assert result["identical"] is True and result["checkpoint"] == "identical", result
 
     shipped = json.loads(
         json.dumps(__import__("yaml").safe_load((ROOT / "jobs" / "digits-pbt.yaml").read_text()))
@@ -201,3 +247,11 @@ def test_a_pbt_search_reruns_bit_identically_and_recipients_continue_their_donor
     assert "PBT step 1 at epoch 3: " in proc.stderr, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["statuses"] == {"completed": 4}
+    # the standard loop sets the new hyperparameters on the donor's optimizer; its reproduction does the same
+    recipients = sorted(
+        {r["trial_id"] for r in load_results(summary["results_uri"]).to_pylist() if r["parent_trial"]}
+    )
+    assert recipients, "the shipped job's first step exploited nothing"
+    proc = cli("reproduce", summary["results_uri"], recipients[0], "--output", "json")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and result["identical"] and result["checkpoint"] == "identical", result

@@ -10,6 +10,7 @@ train/determinism.py), so a difference across machines is information, not neces
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from orchestrator.errors import RunError, SpecError, WorkloadCodeFailed
 from orchestrator.execution.differences import first_difference
 from orchestrator.execution.runner import plan
-from orchestrator.launch.launcher import Rerun
+from orchestrator.launch.launcher import Rerun, Segment
 from orchestrator.ray_support.driver import DriverSession
 from orchestrator.results import config_of, load_results, load_trials
 from orchestrator.results.layout import ITERATION_KEY
@@ -90,14 +91,21 @@ def reproduce_trials(uri: str, trial_ids: list[str], options=None) -> list[Repro
         if not rows:
             raise RunError(f"{trial_id} reported no epoch: nothing to compare")
         rows.sort(key=lambda r: r["iteration"])
-        if exploit := next((r for r in rows if r.get("parent_trial")), None):
-            raise RunError(
-                f"{trial_id} continued from {exploit['parent_trial']}'s checkpoint at epoch "
-                f"{exploit['exploited_at']} (PBT); reproducing a trial through its lineage is not built yet: "
-                "rerun the run's spec, which gives the same rows"
-            )
+    recorded_all: dict[str, list[dict]] = {}
+    exploiting = [t for t in trial_ids if any(r.get("parent_trial") for r in recorded[t])]
+    if exploiting:  # PBT: the rows of every trial a lineage runs through
+        for row in load_results(uri, options=options).to_pylist():
+            recorded_all.setdefault(row["trial_id"], []).append(row)
+        for rows in recorded_all.values():
+            rows.sort(key=lambda r: r["iteration"])
     reruns = [
-        Rerun(t, config_of(trials[t]), int(trials[t]["trial_seed"]), recorded[t][-1]["iteration"])
+        Rerun(
+            t,
+            config_of(trials[t]),
+            int(trials[t]["trial_seed"]),
+            recorded[t][-1]["iteration"],
+            tuple(lineage_segments(recorded_all, t)) if t in exploiting else (),
+        )
         for t in trial_ids
     ]
     results = []
@@ -123,6 +131,39 @@ def reproduce_trials(uri: str, trial_ids: list[str], options=None) -> list[Repro
                 )
                 results.append(_compare(trial_id, rows, reproduced.get(trial_id, []), metrics, checkpoint))
     return results
+
+
+def lineage_segments(rows: dict[str, list[dict]], trial: str) -> list[Segment]:
+    """The segments that rerun `trial`'s rows of a PBT run: each of its own (from scratch, or after each
+    exploit from the state its donor had then), the donor's lineage up to the exploit before each (recursively;
+    their reports are not compared)."""
+    counter = itertools.count()
+
+    def config_at(name: str, epoch: int) -> dict:
+        return config_of(next(r for r in rows[name] if r["iteration"] == epoch))
+
+    def segments(name: str, upto: int, keep: bool) -> list[Segment]:
+        mine = [r for r in rows[name] if r["iteration"] <= upto]
+        exploits = sorted({(r["exploited_at"], r["parent_trial"]) for r in mine if r.get("parent_trial")})
+        starts = [(0, None), *exploits] if keep else (exploits[-1:] or [(0, None)])
+        found: list[Segment] = []
+        for i, (epoch, donor) in enumerate(starts):
+            end = starts[i + 1][0] if i + 1 < len(starts) else upto
+            source = None
+            if donor is not None:
+                found += segments(donor, epoch, keep=False)
+                source = found[-1].scratch_id
+            last_own = (
+                keep and i == len(starts) - 1
+            )  # written where the stored checkpoint is compared with it
+            scratch_id = name if last_own else f"{name}~{epoch + 1}-{end}~{next(counter)}"
+            seed = int(mine[0]["trial_seed"])
+            found.append(
+                Segment(name, scratch_id, config_at(name, epoch + 1), seed, epoch + 1, end, source, keep)
+            )
+        return found
+
+    return segments(trial, rows[trial][-1]["iteration"], keep=True)
 
 
 def _compare(trial_id: str, rows: list[dict], reproduced: list[dict], metrics: list[str], checkpoint: str):

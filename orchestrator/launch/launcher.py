@@ -35,14 +35,32 @@ from orchestrator.train.plan import TrialPlan
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+    """Epochs `first`..`last` of a PBT lineage, trained under one config: by trial `trial_id` (its seed and its
+    config then), from scratch or from the state the segment `start_from` ended with (an exploit). `keep`:
+    its reports are the reproduced trial's own, compared with its rows."""
+
+    trial_id: str
+    scratch_id: str  # where its checkpoints go in the reproduction's scratch store
+    hp: dict
+    seed: int
+    first: int
+    last: int
+    start_from: str | None
+    keep: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Rerun:
     """One trial for `hpo reproduce` to rerun from scratch: its recorded config and seed, and how many reports
-    it made (the rerun stops there, as the scheduler stopped the trial)."""
+    it made (the rerun stops there, as the scheduler stopped the trial). A PBT trial that exploited others is
+    rerun through its lineage (`segments`, in order: its donors' epochs before each of its own)."""
 
     trial_id: str
     hp: dict
     seed: int
     iterations: int
+    segments: tuple[Segment, ...] = ()
 
 
 IN_PROCESS_TRIAL_MODULE = "orchestrator.launch.trial_process"  # what run_in_process imports
@@ -147,11 +165,16 @@ class InProcessLauncher(Launcher):
         return WarmTrials(IN_PROCESS_TRIAL_MODULE, trial_cpus=self.trial_cpus(), at_once=at_once)
 
     def reproduce(self, session, reruns: list[Rerun], plan: TrialPlan, scratch: str) -> dict[str, list[dict]]:
-        from orchestrator.launch.trial_process import reproduce_in_process  # late: it trains here (torch)
+        from orchestrator.launch.trial_process import (
+            reproduce_in_process,  # late: it trains here (torch)
+            reproduce_lineage_in_process,
+        )
 
         # in this process: no Ray
         return {
-            r.trial_id: reproduce_in_process(r.hp, r.seed, plan, r.trial_id, scratch, r.iterations)
+            r.trial_id: reproduce_lineage_in_process(r.segments, plan, scratch)
+            if r.segments
+            else reproduce_in_process(r.hp, r.seed, plan, r.trial_id, scratch, r.iterations)
             for r in reruns
         }
 

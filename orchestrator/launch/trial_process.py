@@ -19,7 +19,7 @@ from ray import tune
 from orchestrator.budget.attempts import continuation
 from orchestrator.launch.protocol import NAMESPACE, STOP, trial_start
 from orchestrator.ray_support.ray_compat import node_draining, preempted_error, quiet_train_worker
-from orchestrator.results.layout import ITERATION_KEY
+from orchestrator.results.layout import ITERATION_KEY, adopted_checkpoint_file, checkpoint_file
 from orchestrator.storage import LocalStore
 from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.context import TrialStopped
@@ -88,6 +88,54 @@ def reproduce_in_process(hp: dict, seed: int, plan: TrialPlan, trial_id: str, sc
             device=device_for(plan, 0),
         )
     return reporter.metrics
+
+
+class _Window(Collect):
+    """A lineage segment's reports: those of epochs `first`..`last` (a continued segment first re-reports the
+    epochs its checkpoint holds); it stops the training at `last`."""
+
+    def __init__(self, first: int, last: int):
+        super().__init__()
+        self.first, self.last = first, last
+
+    def report(self, metrics: dict) -> None:
+        epoch = metrics[ITERATION_KEY]
+        if self.first <= epoch <= self.last:
+            self.metrics.append(metrics)
+        if epoch >= self.last:
+            raise TrialStopped(f"reproduced epochs {self.first}-{self.last}")
+
+
+def reproduce_lineage_in_process(segments, plan: TrialPlan, scratch: str) -> list[dict]:
+    """hpo reproduce of a PBT trial, in this process: its lineage's segments in order, each from scratch or from
+    the state the segment it continues ended with (adopted as the trial adopted its donor's checkpoint), and
+    the reports of the trial's own segments."""
+    store, kept = LocalStore(scratch), []
+    for seg in segments:
+        checkpoints = _scratch_checkpoints(scratch, seg.scratch_id, plan)
+        if seg.start_from is not None:
+            epoch = seg.first - 1
+            store.write_bytes(
+                adopted_checkpoint_file(seg.scratch_id, epoch),
+                store.read_bytes(checkpoint_file(seg.start_from, epoch)),
+            )
+            checkpoints.adopt(epoch, donor=seg.start_from, config=seg.hp, seed=seg.seed, metric=plan.metric)
+        else:
+            checkpoints.start_fresh()
+        reporter = _Window(seg.first, seg.last)
+        with contextlib.suppress(TrialStopped):
+            run_training(
+                seg.hp,
+                seg.seed,
+                plan,
+                reporter,
+                checkpoints,
+                restore=seg.start_from is not None,
+                device=device_for(plan, 0),
+            )
+        if seg.keep:
+            kept += reporter.metrics
+    return kept
 
 
 def _scratch_checkpoints(scratch: str, trial_id: str, plan: TrialPlan) -> TrialCheckpoints:
