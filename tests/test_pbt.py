@@ -170,10 +170,6 @@ def test_a_reproduction_runs_through_the_lineage_of_each_exploit():
         ),
         ({"search": {"num_samples": 1, "max_concurrent": 1}}, "pbt needs a population of at least 2 trials"),
         (
-            {"train": {"workers": 2}},
-            "train.workers: pbt runs 1-worker trials; PBT over DDP trials is not built",
-        ),
-        (
             {"search": {"metric": ["loss", "x"], "mode": ["min", "max"], "algorithm": "random"}},
             "scheduler.type: pbt ranks trials by one metric, and search.metric lists 2",
         ),
@@ -255,3 +251,42 @@ def test_a_pbt_search_reruns_bit_identically_and_recipients_continue_their_donor
     proc = cli("reproduce", summary["results_uri"], recipients[0], "--output", "json")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0 and result["identical"] and result["checkpoint"] == "identical", result
+
+
+@pytest.mark.slow
+def test_pbt_over_two_worker_ddp_trials_keeps_its_warm_group_and_reproduces_through_lineage(
+    ray_cluster, tmp_path
+):
+    """2-worker DDP trials of a custom loop under PBT: a paused trial leaves its warm group whole for the next
+    (one group trains every segment), every rank continues from what the chief adopted, and `hpo reproduce` of a
+    trial that exploited another reruns its lineage on a fresh group, bit for bit (rank 0's last checkpoint
+    too)."""
+    from orchestrator.execution.reproduce import reproduce
+
+    spec = parse_spec(
+        spec_dict(
+            name="pbt-ddp",
+            workload="tests.workloads_for_tests:custom_loop",
+            storage=str(tmp_path),
+            search={
+                "algorithm": "random",
+                "num_samples": 4,
+                "max_concurrent": 1,
+                "metric": "val_loss",
+                "mode": "min",
+                "space": {"lr": {"loguniform": [1.0e-3, 3.0e-2]}},
+                "fixed": {"batch_size": 64, "width": 4, "loader_workers": 0},
+            },
+            scheduler={**PBT, "perturbation_interval": 1},
+            train={"max_epochs": 3, "workers": 2, "cpus_per_worker": 0.5},
+        )
+    )
+    summary = run(spec, progress=lambda line: None)
+    assert summary.statuses == {"completed": 4}
+    info = json.loads((__import__("pathlib").Path(summary.results_uri) / "run.json").read_text())
+    assert info["worker_groups"]["groups_started"] == 1 and info["worker_groups"]["groups_failed"] == 0, info
+    rows = load_results(summary.results_uri).to_pylist()
+    recipients = sorted({r["trial_id"] for r in rows if r["parent_trial"]})
+    assert recipients, rows
+    again = reproduce(summary.results_uri, recipients[-1])
+    assert again.identical and again.checkpoint == "identical", again.describe()

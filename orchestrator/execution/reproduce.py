@@ -20,7 +20,8 @@ import torch
 from orchestrator.errors import RunError, SpecError, WorkloadCodeFailed
 from orchestrator.execution.differences import first_difference
 from orchestrator.execution.runner import plan
-from orchestrator.launch.launcher import Rerun, Segment
+from orchestrator.launch.launcher import Rerun
+from orchestrator.launch.protocol import Segment
 from orchestrator.ray_support.driver import DriverSession
 from orchestrator.results import config_of, load_results, load_trials
 from orchestrator.results.layout import ITERATION_KEY

@@ -21,7 +21,7 @@ from ray import tune
 
 from orchestrator.errors import RunError
 from orchestrator.launch.pool import relay, start_pool
-from orchestrator.launch.protocol import trial_start
+from orchestrator.launch.protocol import Segment, trial_start
 from orchestrator.launch.torch_trainer import ddp_trainer
 from orchestrator.ray_support.ray_compat import (
     ACCELERATOR_SLIVER,
@@ -32,22 +32,6 @@ from orchestrator.ray_support.ray_compat import (
 from orchestrator.ray_support.ray_env import WarmTrials, has_dashboard, release_train_leftovers
 from orchestrator.results.layout import TRAIN_DIR
 from orchestrator.train.plan import TrialPlan
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    """Epochs `first`..`last` of a PBT lineage, trained under one config: by trial `trial_id` (its seed and its
-    config then), from scratch or from the state the segment `start_from` ended with (an exploit). `keep`:
-    its reports are the reproduced trial's own, compared with its rows."""
-
-    trial_id: str
-    scratch_id: str  # where its checkpoints go in the reproduction's scratch store
-    hp: dict
-    seed: int
-    first: int
-    last: int
-    start_from: str | None
-    keep: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,14 +149,12 @@ class InProcessLauncher(Launcher):
         return WarmTrials(IN_PROCESS_TRIAL_MODULE, trial_cpus=self.trial_cpus(), at_once=at_once)
 
     def reproduce(self, session, reruns: list[Rerun], plan: TrialPlan, scratch: str) -> dict[str, list[dict]]:
-        from orchestrator.launch.trial_process import (
-            reproduce_in_process,  # late: it trains here (torch)
-            reproduce_lineage_in_process,
-        )
+        # late: it trains here (torch)
+        from orchestrator.launch.trial_process import reproduce_in_process, reproduce_lineage
 
         # in this process: no Ray
         return {
-            r.trial_id: reproduce_lineage_in_process(r.segments, plan, scratch)
+            r.trial_id: reproduce_lineage(r.segments, plan, scratch)
             if r.segments
             else reproduce_in_process(r.hp, r.seed, plan, r.trial_id, scratch, r.iterations)
             for r in reruns

@@ -1,5 +1,5 @@
 """What the driver's side of a launch (launcher.py, pool/) and the trial's side (trial_process.py) both
-name: how a Tune trial learns who it is, and the warm pool's namespace and verbs. Both sides import this module;
+name: how a Tune trial learns who it is, the warm pool's namespace and verbs, and a reproduction's segments. Both sides import this module;
 neither imports the other at its top (the trial's side imports torch, which the driver never does)."""
 
 from __future__ import annotations
@@ -26,6 +26,22 @@ class GroupFailure:
     final: bool  # a FinalTrialError: not to be retried (the same code would fail again)
     message: str  # what the Tune trial raises: the error's text, then one line that says what happened
     lost: bool  # a node was lost (preempted, drained, dead): retried without counting against max_retries
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Epochs `first`..`last` of a PBT lineage, trained under one config: by trial `trial_id` (its seed and its
+    config then), from scratch or from the state the segment `start_from` ended with (an exploit). `keep`:
+    its reports are the reproduced trial's own, compared with its rows."""
+
+    trial_id: str
+    scratch_id: str  # where its checkpoints go in the reproduction's scratch store
+    hp: dict
+    seed: int
+    first: int
+    last: int
+    start_from: str | None
+    keep: bool
 
 
 def trial_start(config: dict[str, Any], plan: TrialPlan) -> tuple[str, dict, int, int]:

@@ -17,7 +17,7 @@ import ray.train
 from ray import tune
 
 from orchestrator.budget.attempts import continuation
-from orchestrator.launch.protocol import NAMESPACE, STOP, trial_start
+from orchestrator.launch.protocol import NAMESPACE, STOP, Segment, trial_start
 from orchestrator.ray_support.ray_compat import node_draining, preempted_error, quiet_train_worker
 from orchestrator.results.layout import ITERATION_KEY, adopted_checkpoint_file, checkpoint_file
 from orchestrator.storage import LocalStore
@@ -92,37 +92,50 @@ def reproduce_in_process(hp: dict, seed: int, plan: TrialPlan, trial_id: str, sc
 
 class _Window(Collect):
     """A lineage segment's reports: those of epochs `first`..`last` (a continued segment first re-reports the
-    epochs its checkpoint holds); it stops the training at `last`."""
+    epochs its checkpoint holds), each also as a line of `path` if given (rank 0 of a DDP reproduction); it
+    stops the training at `last`."""
 
-    def __init__(self, first: int, last: int):
+    def __init__(self, first: int, last: int, path: str | None = None):
         super().__init__()
-        self.first, self.last = first, last
+        self.first, self.last, self.path = first, last, path
 
     def report(self, metrics: dict) -> None:
         epoch = metrics[ITERATION_KEY]
         if self.first <= epoch <= self.last:
             self.metrics.append(metrics)
+            if self.path is not None:
+                with open(self.path, "a") as fh:
+                    fh.write(
+                        json.dumps({k: v for k, v in metrics.items() if not k.endswith("checkpoint")}) + "\n"
+                    )
         if epoch >= self.last:
             raise TrialStopped(f"reproduced epochs {self.first}-{self.last}")
 
 
-def reproduce_lineage_in_process(segments, plan: TrialPlan, scratch: str) -> list[dict]:
-    """hpo reproduce of a PBT trial, in this process: its lineage's segments in order, each from scratch or from
-    the state the segment it continues ended with (adopted as the trial adopted its donor's checkpoint), and
-    the reports of the trial's own segments."""
+def reproduce_lineage(
+    segments, plan: TrialPlan, scratch: str, *, rank: int = 0, world: int = 1, local_rank: int = 0, out=None
+) -> list[dict]:
+    """hpo reproduce of a PBT trial (on this rank): its lineage's segments in order, each from scratch or from the
+    state the segment it continues ended with (the chief adopts it as the trial adopted its donor's checkpoint;
+    every rank then restores it), and the reports of the trial's own segments (also written to `out`)."""
     store, kept = LocalStore(scratch), []
     for seg in segments:
         checkpoints = _scratch_checkpoints(scratch, seg.scratch_id, plan)
         if seg.start_from is not None:
             epoch = seg.first - 1
-            store.write_bytes(
-                adopted_checkpoint_file(seg.scratch_id, epoch),
-                store.read_bytes(checkpoint_file(seg.start_from, epoch)),
-            )
-            checkpoints.adopt(epoch, donor=seg.start_from, config=seg.hp, seed=seg.seed, metric=plan.metric)
+            if rank == 0:
+                source = store.read_bytes(checkpoint_file(seg.start_from, epoch))
+                store.write_bytes(adopted_checkpoint_file(seg.scratch_id, epoch), source)
+                checkpoints.adopt(
+                    epoch, donor=seg.start_from, config=seg.hp, seed=seg.seed, metric=plan.metric
+                )
+            if world > 1:
+                import torch.distributed as dist  # a Train worker has it imported
+
+                dist.barrier()
         else:
             checkpoints.start_fresh()
-        reporter = _Window(seg.first, seg.last)
+        reporter = _Window(seg.first, seg.last, out if seg.keep else None)
         with contextlib.suppress(TrialStopped):
             run_training(
                 seg.hp,
@@ -131,7 +144,10 @@ def reproduce_lineage_in_process(segments, plan: TrialPlan, scratch: str) -> lis
                 reporter,
                 checkpoints,
                 restore=seg.start_from is not None,
-                device=device_for(plan, 0),
+                rank=rank,
+                world=world,
+                local_rank=local_rank,
+                device=device_for(plan, local_rank),
             )
         if seg.keep:
             kept += reporter.metrics
@@ -161,6 +177,18 @@ def reproduce_worker(config: dict) -> None:
     ctx, plan = ray.train.get_context(), config["plan"]
     rank = ctx.get_world_rank()
     for rerun in config["reruns"]:
+        if rerun["segments"]:  # a PBT trial, through its lineage
+            reproduce_lineage(
+                [Segment(**segment) for segment in rerun["segments"]],
+                plan,
+                config["scratch"],
+                rank=rank,
+                world=ctx.get_world_size(),
+                local_rank=ctx.get_local_rank(),
+                out=rerun["out"] if rank == 0 else None,
+            )
+            _tidy(plan)
+            continue
         # every rank stops at the same report
         stop = rerun["iterations"]
         reporter = _FileReporter(rerun["out"], stop) if rank == 0 else Collect(stop)
@@ -222,6 +250,7 @@ def resident_worker(config: dict) -> None:
                 work["seed"],
                 reporter,
                 attempt=work["attempt"],
+                continues=continuation(plan.results_uri, work["name"]),  # a PBT step's (tuning/pbt.py)
                 rank=rank,
                 world=world,
                 local_rank=local_rank,

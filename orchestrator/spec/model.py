@@ -530,10 +530,6 @@ class JobSpec(Section):
                 f"search.max_concurrent {search.max_concurrent} is above the population of {population} trials; "
                 f"{kind} runs at most its population at once: lower max_concurrent or raise num_samples"
             )
-        if self.train.workers > 1:
-            raise ValueError(
-                f"train.workers: {kind} runs 1-worker trials; PBT over DDP trials is not built yet (use workers: 1)"
-            )
 
     def resolved(self, workload) -> JobSpec:
         """This spec with the workload's defaults written into `search.fixed` for everything not searched, and

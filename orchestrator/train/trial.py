@@ -71,8 +71,13 @@ def train_trial(
     (`continues`: the epoch and the donor, if it exploits one) continues from the trial's latest checkpoint
     (after making the donor's its own); a first attempt starts fresh without reading the store."""
     checkpoints = trial_checkpoints(plan, name)
-    if continues is not None and continues[1] is not None and rank == 0:
-        checkpoints.adopt(continues[0], donor=continues[1], config=hp, seed=seed, metric=plan.metric)
+    if continues is not None and continues[1] is not None:
+        if rank == 0:
+            checkpoints.adopt(continues[0], donor=continues[1], config=hp, seed=seed, metric=plan.metric)
+        if world > 1:  # every rank restores from what the chief adopted, not from what was there before
+            import torch.distributed as dist
+
+            dist.barrier()
     if plan.stored_every:
         reporter = StoredFirst(reporter, checkpoints.store, plan.stored_every)
     run_training(
