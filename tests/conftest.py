@@ -56,6 +56,31 @@ def spec_dict(**sections) -> dict:
     return data
 
 
+PBT = {"type": "pbt", "perturbation_interval": 2, "quantile": 0.25, "resample_probability": 0.25}
+
+
+def pbt_spec(storage: str, *, name: str = "pbt", max_epochs: int = 6, **search) -> dict:
+    """A PBT search of the anneal workload (its best step size falls during training): a population of 4, two
+    at a time, a step every 2 epochs; `search` overrides the search section's keys."""
+    return spec_dict(
+        name=name,
+        workload="anneal",
+        storage=storage,
+        search={
+            "algorithm": "random",
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "metric": "loss",
+            "mode": "min",
+            "space": {"lr": {"loguniform": [1.0e-3, 0.5]}},
+            "fixed": {"noise": 0.5},
+            **search,
+        },
+        scheduler=PBT,
+        train={"max_epochs": max_epochs},
+    )
+
+
 def spec_file(path: Path, data: dict) -> Path:
     """The spec as a user writes it: a YAML file (yaml.safe_dump sorts keys; a search draws in the order the
     spec lists its hyperparameters, so a comparison run must read the same file)."""

@@ -8,7 +8,7 @@ import json
 import random
 
 import pytest
-from conftest import ROOT, in_trial_order, spec_dict, spec_file
+from conftest import PBT, ROOT, in_trial_order, pbt_spec, spec_dict, spec_file
 from contract import deterministic_rows
 
 from orchestrator.api import run
@@ -18,28 +18,9 @@ from orchestrator.search.pbt import exploits, explore, perturb, quantile_size, s
 from orchestrator.spec import SpecError, parse_spec
 from orchestrator.workloads.anneal import advance
 
-SPACE = {"lr": {"loguniform": [1.0e-3, 0.5]}}
-PBT = {"type": "pbt", "perturbation_interval": 2, "quantile": 0.25, "resample_probability": 0.25}
-
 
 def _pbt_spec(tmp_path, **search) -> dict:
-    return spec_dict(
-        name="pbt",
-        workload="anneal",
-        storage=str(tmp_path),
-        search={
-            "algorithm": "random",
-            "num_samples": 4,
-            "max_concurrent": 2,
-            "metric": "loss",
-            "mode": "min",
-            "space": SPACE,
-            "fixed": {"noise": 0.5},
-            **search,
-        },
-        scheduler=PBT,
-        train={"max_epochs": 6},
-    )
+    return pbt_spec(str(tmp_path), **search)
 
 
 def test_the_bottom_quantile_copies_the_top_and_ties_break_by_name():

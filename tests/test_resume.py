@@ -12,7 +12,18 @@ import pyarrow.parquet as pq
 import pytest
 import s3server
 import yaml
-from conftest import HPO, ROOT, hpo, in_trial_order, kill_family, paced_spec, spec_dict, spec_file, wait_for
+from conftest import (
+    HPO,
+    ROOT,
+    hpo,
+    in_trial_order,
+    kill_family,
+    paced_spec,
+    pbt_spec,
+    spec_dict,
+    spec_file,
+    wait_for,
+)
 from contract import check_contract, deterministic_rows
 
 from orchestrator.api import run
@@ -296,23 +307,8 @@ def test_a_pbt_run_on_s3_killed_at_a_step_resumes_to_the_uninterrupted_rows(
     is announced: the resume takes the steps the dead run took again from the stored rows, carries out the
     exploits its trials had not, and ends with the uninterrupted run's rows (configs, lineage, metrics), each
     row once."""
-    job = dict(
-        name="pbt-killed",
-        workload="anneal",
-        search={
-            "algorithm": "random",
-            "num_samples": 4,
-            "max_concurrent": 2,
-            "metric": "loss",
-            "mode": "min",
-            "space": {"lr": {"loguniform": [1.0e-3, 0.5]}},
-            "fixed": {"noise": 0.5},
-        },
-        scheduler={"type": "pbt", "perturbation_interval": 2, "quantile": 0.25, "resample_probability": 0.25},
-        train={"max_epochs": 8},
-    )
     storage = f"s3://{s3server.BUCKET}/pbt-{tmp_path.name[-12:]}"
-    spec_path = spec_file(tmp_path / "job.yaml", spec_dict(storage=storage, **job))
+    spec_path = spec_file(tmp_path / "job.yaml", pbt_spec(storage, name="pbt-killed", max_epochs=8))
     uri, _ = run_and_kill(spec_path, at_line="] PBT step 2 at epoch 4: ")
     code, out, err = hpo(capsys, "resume", uri, "--output", "json")
     assert code == 0, err[-3000:]
