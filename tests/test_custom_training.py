@@ -277,6 +277,7 @@ def _custom_spec(
     fixed=None,
     metric="val_f1",
     mode="max",
+    space=None,
     **train,
 ):
     extra = {"scheduler": scheduler} if scheduler else {}
@@ -291,7 +292,7 @@ def _custom_spec(
                 "max_concurrent": concurrency or samples,
                 "metric": metric,
                 "mode": mode,
-                "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "width": {"choice": [4, 8]}},
+                "space": space or {"lr": {"loguniform": [1e-3, 1e-2]}, "width": {"choice": [4, 8]}},
                 "fixed": {"batch_size": 64, **(fixed or {})},
             },
             train={"max_epochs": 2, **train},
@@ -346,7 +347,8 @@ def test_two_worker_ddp_custom_loop_trials_run_on_one_warm_group_and_rerun_bit_i
     ray_cluster, tmp_path
 ):
     """2-worker DDP on CPU (gloo), each rank with 2 loader workers, two objectives with ASHA ranking its rungs by
-    Pareto front and stopping trials at a report: every trial runs on the one warm worker group, a stopped trial
+    Pareto front and stopping trials at a report, over a conditional space (the optimizer with its own lr range,
+    momentum for sgd only): every trial runs on the one warm worker group, a stopped trial
     leaves it whole for the next, and `hpo reproduce` reruns a trial that ran after a stopped one on a fresh
     group from scratch: every declared metric of every epoch and rank 0's last checkpoint are equal, bit for
     bit. The run's front is what the rows say (check_contract)."""
@@ -369,6 +371,15 @@ def test_two_worker_ddp_custom_loop_trials_run_on_one_warm_group_and_rerun_bit_i
         cpus_per_worker=0.5,
         metric=["val_f1", "val_loss"],
         mode=["max", "min"],
+        space={  # a conditional space: momentum reaches only the sgd trials' loop
+            "optimizer": {
+                "choice": {
+                    "adamw": {"lr": {"loguniform": [1e-3, 1e-2]}},
+                    "sgd": {"lr": {"loguniform": [1e-2, 1e-1]}, "momentum": {"uniform": [0.8, 0.95]}},
+                }
+            },
+            "width": {"choice": [4, 8]},
+        },
     )
     summary = run(spec)
     check_contract(summary, spec)

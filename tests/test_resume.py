@@ -77,7 +77,8 @@ def assert_not_rerun(finished: set[str], resumed_stderr: str) -> None:
 # own checkpoint dict): resume must continue it exactly as it continues the standard loop. In the main process:
 # DataLoader workers forked every epoch of every trial cost this test more than its training did, and how a
 # continuation with loader workers stays bit-identical is test_custom_training.py's. Two objectives and a
-# constraint: the resumed run's front, ranks and feasibility are the uninterrupted run's (check_contract).
+# constraint: the resumed run's front, ranks and feasibility are the uninterrupted run's (check_contract); a
+# conditional space: each resumed trial keeps the branch it had.
 KILLED = dict(
     name="killed",
     workload="tests.workloads_for_tests:custom_loop",
@@ -87,7 +88,15 @@ KILLED = dict(
         "metric": ["val_f1", "val_loss"],
         "mode": ["max", "min"],
         "constraints": ["val_f1 >= 0.3"],
-        "space": {"lr": {"loguniform": [1.0e-3, 1.0e-2]}, "width": {"choice": [4, 8]}},
+        "space": {  # conditional: momentum is searched, and reaches the loop, only for sgd trials
+            "optimizer": {
+                "choice": {
+                    "adamw": {"lr": {"loguniform": [1.0e-3, 1.0e-2]}},
+                    "sgd": {"lr": {"loguniform": [1.0e-2, 1.0e-1]}, "momentum": {"uniform": [0.8, 0.95]}},
+                }
+            },
+            "width": {"choice": [4, 8]},
+        },
         "fixed": {"batch_size": 64, "loader_workers": 0},
     },
     train={"max_epochs": 4},

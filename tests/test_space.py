@@ -145,6 +145,23 @@ def test_keys_configs_and_rows_translate_both_ways():
     # analysis sees one distribution per name: the hull of lr's two ranges
     assert space.distribution("lr") == LogUniform(loguniform=[1e-4, 1e-1])
     assert space.distribution("momentum") == Uniform(uniform=[0.8, 0.99])
+    mixed = parse_spec(
+        spec_dict(
+            search={
+                "space": {
+                    "optimizer": {
+                        "choice": {
+                            "adam": {"lr": {"choice": [0.002, 0.02]}},
+                            "sgd": {"lr": {"uniform": [0.01, 0.1]}},
+                        }
+                    }
+                }
+            }
+        )
+    )
+    assert mixed.search.hyperparameters.distribution("lr") == Uniform(
+        uniform=[0.002, 0.1]
+    )  # a choice's values
 
 
 def test_a_flat_space_is_searched_as_before():

@@ -223,7 +223,10 @@ def custom_train(ctx) -> None:
     splits = load_digits_splits(cfg)
     model = ctx.prepare_model(_SmallCnn(cfg["width"]))
     raw = getattr(model, "module", model)  # without the DDP wrapper: what the checkpoint holds
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if cfg.get("optimizer", "adamw") == "sgd":  # momentum: only an sgd trial has it (a conditional space)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     train_loader = ctx.prepare_data_loader(
         DataLoader(
             _ShiftedDigits(*splits.train, augment=True),
@@ -298,6 +301,8 @@ def custom_loop() -> Workload:
             "width": 8,
             "lr": 3e-3,
             "weight_decay": 0.01,
+            "optimizer": "adamw",
+            "momentum": 0.9,
             "batch_size": 64,
             "loader_workers": 2,
             "fail_at_epoch": -1,

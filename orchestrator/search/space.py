@@ -235,8 +235,10 @@ class Space:
             return dists[0]
         if all(isinstance(d, Choice) for d in dists):
             return Choice(choice=list(dict.fromkeys(v for d in dists for v in d.choice)))
-        low = min(d.args[0] for d in dists)
-        high = max(d.args[1] for d in dists)
+        bounds = [
+            (min(d.choice), max(d.choice)) if isinstance(d, Choice) else tuple(d.args[:2]) for d in dists
+        ]
+        low, high = min(b[0] for b in bounds), max(b[1] for b in bounds)
         if all(d.log_scale for d in dists):
             return (
                 LogRandInt(lograndint=[low, high])

@@ -143,9 +143,8 @@ class RunTracker(Callback):
     def pbt_step(self, number: int, epoch: int, moves: dict[str, tuple[str, dict]]) -> None:
         """Rows after a step carry each recipient's donor and the step's epoch; said in one line each."""
         for recipient, (donor, _) in sorted(moves.items()):
-            self.recorder.exploited(
-                recipient, donor, epoch, self.configs.get(recipient)
-            )  # None: not started here
+            # (a resumed run's step taken before a trial started again: no config of it here yet)
+            self.recorder.exploited(recipient, donor, epoch, self.configs.get(recipient))
         said = "; ".join(
             f"{recipient} <- {donor} ({format_config(config)})"
             for recipient, (donor, config) in sorted(moves.items())

@@ -71,9 +71,8 @@ class SyncPbt(FIFOScheduler):
         self.on_pause: Callable[[str], None] | None = None  # the driver's: a trial waits for the step
         self.on_arrival: Callable[[Trial, dict], None] | None = None  # the driver's: records the report
         self.resumed_configs: dict[str, dict] = {}  # hpo resume: trial -> config for its next epoch
-        self.lineage: dict[
-            str, tuple[str, int]
-        ] = {}  # hpo resume: trial -> (donor, epoch) of its last exploit
+        # hpo resume: trial -> (donor, epoch) of its last exploit
+        self.lineage: dict[str, tuple[str, int]] = {}
         self.step_due = False
 
     # -- results ----------------------------------------------------------------------------------------
