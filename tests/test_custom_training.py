@@ -278,12 +278,13 @@ def _custom_spec(
     metric="val_f1",
     mode="max",
     space=None,
+    workload=CUSTOM,
     **train,
 ):
     extra = {"scheduler": scheduler} if scheduler else {}
     return parse_spec(
         spec_dict(
-            workload=CUSTOM,
+            workload=workload,
             storage=storage or str(tmp_path),
             **extra,
             search={
@@ -371,6 +372,7 @@ def test_two_worker_ddp_custom_loop_trials_run_on_one_warm_group_and_rerun_bit_i
         cpus_per_worker=0.5,
         metric=["val_f1", "val_loss"],
         mode=["max", "min"],
+        workload="tests.workloads_for_tests:custom_loop_optimizers",
         space={  # a conditional space: momentum reaches only the sgd trials' loop
             "optimizer": {
                 "choice": {

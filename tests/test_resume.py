@@ -81,7 +81,7 @@ def assert_not_rerun(finished: set[str], resumed_stderr: str) -> None:
 # conditional space: each resumed trial keeps the branch it had.
 KILLED = dict(
     name="killed",
-    workload="tests.workloads_for_tests:custom_loop",
+    workload="tests.workloads_for_tests:custom_loop_optimizers",
     search={
         "num_samples": 6,
         "max_concurrent": 2,

@@ -301,13 +301,21 @@ def custom_loop() -> Workload:
             "width": 8,
             "lr": 3e-3,
             "weight_decay": 0.01,
-            "optimizer": "adamw",
-            "momentum": 0.9,
             "batch_size": 64,
             "loader_workers": 2,
             "fail_at_epoch": -1,
             "fail_marker": "",
         },
+    )
+
+
+def custom_loop_optimizers() -> Workload:
+    """custom_loop with the optimizer searchable: adamw, or sgd with a momentum (for conditional spaces)."""
+    base = custom_loop()
+    return dataclasses.replace(
+        base,
+        name="digits-custom-loop-optimizers",
+        hyperparameters={**base.hyperparameters, "optimizer": "adamw", "momentum": 0.9},
     )
 
 
