@@ -276,7 +276,7 @@ def test_hyperopt_pinning():
 
 
 @pytest.mark.slow
-def test_a_held_trial_starts_only_when_its_scheduler_chooses_it(ray_cluster, tmp_path):
+def test_a_held_trial_starts_only_when_its_scheduler_chooses_it(ray_cluster, tmp_path, monkeypatch):
     """ray_compat.hold_trial: Tune starts every PENDING trial it has CPUs for; held (PAUSED) trials start only
     when chosen, so a scheduler that chooses one at a time runs 3 one-CPU trials one after another on 2 CPUs."""
     from ray import tune
@@ -299,6 +299,8 @@ def test_a_held_trial_starts_only_when_its_scheduler_chooses_it(ray_cluster, tmp
             return next((t for t in trials if t.status == Trial.PAUSED), None)
 
     log = tmp_path / "ran.jsonl"
+    # a bare Tuner installs its own SIGINT handler and leaves it: this test process's later tests must not inherit it
+    monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "1")
     tune.Tuner(
         tune.with_resources(timed_trial, {"cpu": 1}),
         param_space={"log": str(log), "x": tune.grid_search([1, 2, 3])},
