@@ -41,6 +41,7 @@ class WarmStart:
 def load_warm_start(spec) -> WarmStart:
     """The history `spec.search.warm_start` names, or RunError naming the URI and what is wrong with it."""
     search = spec.search
+    space = search.hyperparameters
     found: list[Earlier] = []
     for i, uri in enumerate(search.warm_start):
         where = f"search.warm_start[{i}]: {uri}"
@@ -76,6 +77,5 @@ def load_warm_start(spec) -> WarmStart:
         for t in trials:
             metrics = {m: t[f"last_{m}"] for m in names}
             if t["status"] in FINISHED and point_of(metrics, search.objectives) is not None:
-                space = search.hyperparameters
                 found.append(Earlier(space.keyed(space.from_row(config_of(t))), metrics))
     return WarmStart(tuple(search.warm_start), tuple(found))

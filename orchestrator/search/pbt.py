@@ -58,7 +58,7 @@ def perturb(dist: Distribution, value: Any, rng: random.Random) -> Any:
         return values[min(len(values) - 1, max(0, i + rng.choice((-1, 1))))]
     low, high = dist.args[:2]
     moved = min(high, max(low, value * rng.choice(PERTURB_FACTORS)))
-    return dist.canonical(dist.value_type(moved) if dist.value_type is float else moved)
+    return dist.canonical(moved)
 
 
 def explore(config: Mapping[str, Any], space: Space, rng: random.Random, resample_probability: float) -> dict:

@@ -25,7 +25,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from orchestrator.ray_support.ray_compat import hold_trial, trial_name
-from orchestrator.results.schema import CONFIG_PREFIX
+from orchestrator.results import config_of
 from orchestrator.search.objectives import Objective
 from orchestrator.search.pbt import exploits, explore, step_rng
 from orchestrator.search.space import Space
@@ -82,8 +82,7 @@ class SyncPbt(FIFOScheduler):
         epoch = result.get(self.time_attr)
         if epoch is None or epoch < self.next_epoch or epoch >= self.max_epochs:  # the last epoch just ends
             return TrialScheduler.CONTINUE
-        value = result.get(self.objective.metric)
-        self.scores[trial_name(trial)] = None if value is None else self.objective.as_minimized(value)
+        self.scores[trial_name(trial)] = self._score(result)
         if self.on_arrival is not None:  # Tune tells its scheduler before its callbacks: the row first
             self.on_arrival(trial, result)
         self._maybe_step(tune_controller)
@@ -170,12 +169,11 @@ class SyncPbt(FIFOScheduler):
         return pending
 
     def _config(self, row: dict) -> dict:
-        return self.space.from_row(
-            {k.removeprefix(CONFIG_PREFIX): v for k, v in row.items() if k.startswith(CONFIG_PREFIX)}
-        )
+        return self.space.from_row(config_of(row))
 
-    def _score(self, row: dict) -> float | None:
-        value = row.get(self.objective.metric)
+    def _score(self, report: dict) -> float | None:
+        """A report's (or a stored row's) score, minimized; None without the metric."""
+        value = report.get(self.objective.metric)
         return None if value is None else self.objective.as_minimized(value)
 
     # -- which trial runs next ---------------------------------------------------------------------------
