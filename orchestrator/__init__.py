@@ -5,6 +5,7 @@ Public API (each name is imported on first use, so `import orchestrator` does no
     parse_spec(mapping) -> JobSpec      the same for an already-parsed mapping
     plan(spec, results_uri) -> Plan     what would run, without starting anything
     run(spec, ...) -> RunSummary        run a job on an embedded Ray (or a given address)
+    session(num_cpus=None)              `with orchestrator.session():` one embedded Ray kept warm across runs
     resume(uri, ...) -> RunSummary      continue a run whose driver died, from its storage
     load_results(uri), load_trials(uri) the run's tables as pyarrow (as_pandas=True for pandas), local or s3://
     result_uris(uri) -> list[str]       the files of the results table now, for polars/duckdb/pyarrow
@@ -26,6 +27,7 @@ __all__ = [
     "JobSpec",
     "plan",
     "run",
+    "session",
     "resume",
     "RunSummary",
     "load_results",
@@ -49,6 +51,7 @@ _HOME = {
     "JobSpec": "orchestrator.spec",
     "plan": "orchestrator.api",
     "run": "orchestrator.api",
+    "session": "orchestrator.api",
     "resume": "orchestrator.api",
     "RunSummary": "orchestrator.results",
     "summarize": "orchestrator.results",

@@ -10,10 +10,13 @@ from collections.abc import Callable
 
 from orchestrator.execution import runner
 from orchestrator.execution.resume import resume
+from orchestrator.launch.launcher import IN_PROCESS_TRIAL_MODULE
+from orchestrator.ray_support import up as warm_up
+from orchestrator.ray_support.warm import WarmSession
 from orchestrator.results.summary import RunSummary
 from orchestrator.spec import JobSpec
 
-__all__ = ["run", "resume", "plan"]
+__all__ = ["run", "resume", "plan", "session", "up", "down"]
 
 plan = runner.plan
 
@@ -49,3 +52,22 @@ def run(
         run_id=run_id,
         before_search=_sanity_gate if spec.sanity else None,
     )
+
+
+def session(num_cpus: float | None = None) -> WarmSession:
+    """`with orchestrator.session():` keeps one embedded Ray warm across the `run()` and `resume()` calls inside
+    it (a notebook's habit): Ray starts once, and each run's trial processes are started, torch imported, before
+    it asks for them. `num_cpus`: the Ray's logical CPUs (default: this machine's cores, plus one). On exit Ray
+    stops and the process is as it was."""
+    return WarmSession(IN_PROCESS_TRIAL_MODULE, num_cpus)
+
+
+def up(num_cpus: float | None = None) -> warm_up.UpSession:
+    """`hpo up`: start a warm session in a process of its own, which runs and resumes started from this
+    directory (with no address) join until `down()`. RunError if one is up already."""
+    return warm_up.start(IN_PROCESS_TRIAL_MODULE, num_cpus)
+
+
+def down() -> warm_up.UpSession | None:
+    """`hpo down`: stop the warm session of `up()` and everything it started; returns it (None if none was up)."""
+    return warm_up.stop()

@@ -803,6 +803,44 @@ def test_an_embedded_start_with_warm_trials_prestarts_them_and_a_tune_trial_acto
     print(_printed_by(code, ["True 1", "True True False"]))
 
 
+@pytest.mark.slow
+def test_a_warm_session_starts_trial_processes_again_after_its_first_ones_are_used():
+    """In a process of its own: a warm session (ray_support/warm.py) starts one trial process per core ahead,
+    with its module imported; Tune-made actors land in them and, killed, take them along; then
+    ray_compat.prestart_workers (the raylet's PrestartWorkers RPC, which WarmSession.top_up calls after each
+    run) starts a new one, which the next actor lands in, the module imported. Only Ray's own count of workers
+    is read: if the pinned Ray ignored the RPC, no worker would appear (and the actor would start a cold one).
+    After the session nothing is left: no Ray, no child process, the environment and Tune's class cache as
+    they were. A second session inside the first is refused in one line."""
+    code = (
+        "import os, ray, psutil; from conftest import wait_for\n"
+        "from ray.tune.execution import class_cache\n"
+        "from orchestrator.errors import RunError\n"
+        "from orchestrator.ray_support import ray_compat; from orchestrator.ray_support.warm import WarmSession\n"
+        "from test_ray_compat import _Probe, _raylet_workers as workers\n"
+        "tune_get, environ = class_cache._ActorClassCache.get, dict(os.environ)\n"
+        "with WarmSession('tabnanny', num_cpus=2) as session:\n"
+        "    ahead = wait_for(lambda: len(workers()) == os.cpu_count() and workers(), 'the prestarted workers', 60)\n"
+        "    probes = [class_cache._ActorClassCache().get(_Probe).remote() for _ in ahead]\n"
+        "    where = ray.get([p.where.remote() for p in probes], timeout=120)\n"
+        "    print(sorted(where) == sorted((w.pid, True) for w in ahead))\n"
+        "    for p in probes: ray.kill(p)\n"
+        "    wait_for(lambda: not workers(), 'the used workers to end', 60)\n"
+        "    ray_compat.prestart_workers(1, 60)\n"
+        "    again = wait_for(workers, 'a worker started by the RPC', 60)\n"
+        "    wait_for(lambda: again[0].cmdline()[:1] == ['ray::IDLE'], 'the new worker to register (idle)', 60)\n"
+        "    probe = class_cache._ActorClassCache().get(_Probe).remote()\n"
+        "    print(ray.get(probe.where.remote(), timeout=120) == (again[0].pid, True), len(workers()))\n"
+        "    try:\n"
+        "        with WarmSession('tabnanny'): pass\n"
+        "    except RunError as error: print(str(error).count(chr(10)), 'open in this process already' in str(error))\n"
+        "gone = lambda: not psutil.Process().children(recursive=True)\n"
+        "print(ray.is_initialized(), wait_for(gone, 'no process of the session left', 30))\n"
+        "print(class_cache._ActorClassCache.get is tune_get, dict(os.environ) == environ)\n"
+    )
+    assert _printed_by(code, ["True", "True 1", "0 True", "False True"]) == "True True"
+
+
 def _raylet_workers() -> list:
     """The worker processes of the raylet this process started: its children other than its two agents."""
     import psutil

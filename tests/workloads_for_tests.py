@@ -480,3 +480,49 @@ def branch_probe() -> Workload:
         metrics={"loss": "min", "momentum_given": "max"},
         hyperparameters={"optimizer": "adam", "lr": 1e-3, "momentum": 0.9},
     )
+
+
+def _writes_pid_train(ctx) -> None:
+    """Leaves a file named by its process id in the folder `pid_dir`: which process trained it."""
+    import os
+    import pathlib
+
+    pathlib.Path(ctx.config["pid_dir"], str(os.getpid())).touch()
+    for epoch in range(ctx.max_epochs):
+        ctx.report({"loss": ctx.config["x"] + 1.0 / (epoch + 1)})
+
+
+def writes_pid() -> Workload:
+    return Workload(
+        name="writes-pid",
+        train=_writes_pid_train,
+        metrics={"loss": "min"},
+        hyperparameters={"x": 0.5, "pid_dir": ""},
+    )
+
+
+def _gpu_share_train(ctx) -> None:
+    """Says which GPUs Ray gave its process (CUDA_VISIBLE_DEVICES) in a file of the folder `out_dir`, then
+    waits, up to 60 s, until `together` trials have said so: it reports only once they all run at once."""
+    import json
+    import os
+    import pathlib
+    import time
+
+    out = pathlib.Path(ctx.config["out_dir"])
+    (out / f"{os.getpid()}.json").write_text(json.dumps({"cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("*.json"))) < ctx.config["together"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    together = len(list(out.glob("*.json"))) >= ctx.config["together"]
+    for _epoch in range(ctx.max_epochs):
+        ctx.report({"loss": 0.0 if together else 1.0})
+
+
+def gpu_share() -> Workload:
+    return Workload(
+        name="gpu-share",
+        train=_gpu_share_train,
+        metrics={"loss": "min"},
+        hyperparameters={"x": 0.5, "out_dir": "", "together": 1},
+    )

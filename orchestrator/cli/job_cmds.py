@@ -1,4 +1,4 @@
-"""hpo run | resume: a job on Ray, and its summary."""
+"""hpo run | resume: a job on Ray, and its summary; hpo up | down: the warm local Ray they join."""
 
 from __future__ import annotations
 
@@ -38,6 +38,27 @@ def run(args) -> int:
         on_start=lambda uri: print(f"results_uri: {uri}", flush=True),
     )
     return _finish(summary, spec, args)
+
+
+def up(args) -> int:
+    session = api.up(num_cpus=args.num_cpus)
+    print(
+        f"hpo: warm session up (Ray at {session.address}, {session.cpus:g} CPUs, serving {session.cwd}); "
+        "hpo run and hpo resume started here join it; `hpo down` stops it",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def down(args) -> int:
+    session = api.down()
+    print(
+        f"hpo: warm session (pid {session.pid}) stopped, its Ray and processes ended"
+        if session
+        else "hpo: no warm session was up",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def resume(args) -> int:

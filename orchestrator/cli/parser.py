@@ -190,9 +190,23 @@ def _cluster(commands) -> None:
     p.set_defaults(handler="cluster_cmds:list_jobs")
 
 
+def _warm(commands) -> None:
+    p = commands.add_parser(
+        "up",
+        help="start a warm local Ray (trial processes ready, torch imported) that hpo run and hpo resume "
+        "started from this directory join until hpo down",
+    )
+    p.add_argument(
+        "--num-cpus", type=float, help="logical CPUs of its Ray (default: this machine's cores, plus one)"
+    )
+    p.set_defaults(handler="job_cmds:up")
+    p = commands.add_parser("down", help="stop the warm local Ray of hpo up and everything it started")
+    p.set_defaults(handler="job_cmds:down")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hpo", description="Hyperparameter optimization jobs on Ray.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for group in (_jobs, _results, _practice, _cluster):
+    for group in (_jobs, _warm, _results, _practice, _cluster):
         group(commands)
     return parser

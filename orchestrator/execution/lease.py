@@ -66,8 +66,10 @@ class RunLease:
         on_lost: Callable[[str], None] = lambda why: None,
         progress=print,
         reachable: bool = True,
+        settle: bool = True,
     ):
         self.store, self.on_lost, self.progress, self.reachable = store, on_lost, progress, reachable
+        self.settle = settle
         self.token = secrets.token_hex(8)
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.beat_s = heartbeat_s()
@@ -138,7 +140,8 @@ class RunLease:
                 holder = self.live_holder(self._read(), announce=True)
                 if holder is None:
                     self._write()
-                    self._stop.wait(SETTLE_S)
+                    if self.settle:
+                        self._stop.wait(SETTLE_S)
                     now = self._read()
                     if now is not None and now.get("token") != self.token:
                         holder = self._describe(now, time.time() - float(now.get("heartbeat") or 0))

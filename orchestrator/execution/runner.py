@@ -44,6 +44,9 @@ from orchestrator.ray_support.ray_compat import (
     trial_name,
 )
 from orchestrator.ray_support.ray_env import check_address
+from orchestrator.ray_support.up import UpSession
+from orchestrator.ray_support.warm import joinable
+from orchestrator.ray_support.warm import top_up as warm_top_up
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import (
     RUN_FILE,
@@ -184,6 +187,7 @@ def run(
         progress=progress,
         on_start=on_start,
         before_search=before_search,
+        fresh_id=run_id is None,
     )
 
 
@@ -197,6 +201,7 @@ def execute(
     on_start: Callable[[str], None] | None = None,
     before_search: BeforeSearch | None = None,
     continue_run: ContinueRun | None = None,
+    fresh_id: bool = False,
 ) -> RunSummary:
     """Run `spec` with its results at `results_uri`; see run. The run's phases, in order: its plan (pure, and
     decided there once); the checks, which write nothing (`_check`); the launch, which starts what trials share
@@ -210,12 +215,12 @@ def execute(
                 f"warm start: {len(the_plan.warm_start.trials)} finished trial(s) of "
                 f"{len(the_plan.warm_start.runs)} earlier run(s) are the searcher's history, not rerun"
             )
-        inner, reachable = _check(session, the_plan, address, num_cpus, progress, before_search, spec)
+        inner, reachable, up = _check(session, the_plan, address, num_cpus, progress, before_search, spec)
         the_plan = _launch(the_plan)
-        opened = _open(held, the_plan, inner, reachable, progress, on_start)
+        opened = _open(held, the_plan, inner, reachable, progress, on_start, settle=not fresh_id)
         if continue_run:
             the_plan = continue_run(the_plan, opened.writer, opened.tracker, progress)
-        outcome = _search(session, the_plan, opened, joined=bool(address), progress=progress)
+        outcome = _search(session, the_plan, opened, joined=bool(address or up), up=up, progress=progress)
     tracker = opened.tracker
     return summarize_run(
         results_uri,
@@ -232,11 +237,12 @@ def execute(
 
 def _check(
     session: DriverSession, the_plan: Plan, address, num_cpus, progress, before_search, asked
-) -> tuple[Store, bool]:
+) -> tuple[Store, bool, UpSession | None]:
     """Everything that can refuse the run, before it writes anything: the cluster's address, the store (a missing
     bucket), the caller's check (the sanity gate), Ray (started or joined here), the trials' resources, the
     cluster's shape and the budget's prices. `asked`: the spec as given (the caller's check sees it as it was
-    given, not resolved). Returns the run's store and whether it answered its preflight."""
+    given, not resolved). Returns the run's store, whether it answered its preflight, and the warm session of
+    `hpo up` the run joined, if it joined one (with no address given)."""
     spec, launcher, results_uri = the_plan.spec, the_plan.launcher, the_plan.results_uri
     check_address(address)  # an unreachable cluster fails now, not after sanity checks wrote their results
     inner = open_store(results_uri, spec.storage_options.s3())
@@ -244,12 +250,15 @@ def _check(
         progress(f"storage: {warning}")
     if before_search:
         before_search(asked, inner, results_uri, progress)
+    # no address: the warm session of `hpo up`, if one serves this directory (its Ray outlives this run)
+    up = None if address else joinable(progress)
     session.start_ray(
-        address,
+        up.join() if up else address,
         num_cpus,
         extra_cpus=launcher.extra_cpus,
         dashboard=launcher.needs_dashboard,
-        warm=launcher.warm_trials(min(spec.search.max_concurrent, spec.search.num_trials())),
+        warm=launcher.warm_trials(_at_once(spec)),
+        inherit=up.env if up else None,
     )
     at_once = check_resources(
         launcher.worker_bundle(),
@@ -265,7 +274,7 @@ def _check(
         )
     launcher.check_cluster()
     check_prices(spec.budget, embedded=not address)
-    return inner, warning is None
+    return inner, warning is None, up
 
 
 def _launch(the_plan: Plan) -> Plan:
@@ -289,11 +298,20 @@ class OpenRun:
 
 
 def _open(
-    held: contextlib.ExitStack, the_plan: Plan, inner: Store, reachable: bool, progress, on_start
+    held: contextlib.ExitStack,
+    the_plan: Plan,
+    inner: Store,
+    reachable: bool,
+    progress,
+    on_start,
+    *,
+    settle: bool,
 ) -> OpenRun:
     """Every check passed: the run writes from here. It takes the run's lease (one driver per run: a second one,
     a resume while this runs, is refused before it writes anything; `hpo resume` asks before it starts Ray:
-    resume.py), keeps room for its last writes, and writes spec.yaml and run.json ("running")."""
+    resume.py), keeps room for its last writes, and writes spec.yaml and run.json ("running"). `settle`: whether
+    the lease waits for a racing driver's write (lease.py); not for a run id made here, which no other driver
+    can know yet."""
     spec, results_uri = the_plan.spec, the_plan.results_uri
     stop = StopRequest()
     held.enter_context(
@@ -302,6 +320,7 @@ def _open(
             on_lost=lambda why: stop.request(FAILED, message=why, grace_s=0.0),
             progress=progress,
             reachable=reachable,
+            settle=settle,
         )
     )
     # room for the run's last writes, should it fill the disk of its folder or its spool
@@ -338,9 +357,12 @@ def _open(
     return OpenRun(store, writer, tracker, reserve)
 
 
-def _search(session: DriverSession, the_plan: Plan, opened: OpenRun, *, joined: bool, progress) -> dict:
+def _search(
+    session: DriverSession, the_plan: Plan, opened: OpenRun, *, joined: bool, up: UpSession | None, progress
+) -> dict:
     """Tune's search, then the run's end however the search ended (_end_run). Returns what the summary says of
-    the end: status, ledger totals, uploads pending and the spool that holds them."""
+    the end: status, ledger totals, uploads pending and the spool that holds them. `joined`: the run's Ray
+    outlives it (`up`: hpo up's warm session)."""
     tracker = opened.tracker
     launched: dict = {}
     crash: BaseException | None = None
@@ -364,6 +386,8 @@ def _search(session: DriverSession, the_plan: Plan, opened: OpenRun, *, joined: 
                 raise
         finally:
             launched = the_plan.launcher.after_job(progress, joined=joined)
+            # in a warm session (ray_support/warm.py): the next run's trial processes start now, not when it asks
+            warm_top_up(the_plan.launcher.warm_trials(_at_once(the_plan.spec)), up)
             opened.reserve.release()  # its room is for what follows
             status, totals, pending = _end_run(
                 opened.store, the_plan, tracker, opened.writer, crash, launched, progress
@@ -424,6 +448,11 @@ def _status(tracker: RunTracker, spec: JobSpec) -> str:
     if errors and (all(errors) or (spec.train.fail_fast and any(errors))):
         return "failed"
     return "budget_exhausted" if tracker.ledger.exhausted else "finished"
+
+
+def _at_once(spec: JobSpec) -> int:
+    """Trials the job runs at once at most."""
+    return min(spec.search.max_concurrent, spec.search.num_trials())
 
 
 def _one_line(error: BaseException) -> str:

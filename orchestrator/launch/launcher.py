@@ -47,7 +47,9 @@ class Rerun:
     segments: tuple[Segment, ...] = ()
 
 
-IN_PROCESS_TRIAL_MODULE = "orchestrator.launch.trial_process"  # what run_in_process imports
+IN_PROCESS_TRIAL_MODULE = (
+    "orchestrator.launch.preload"  # what a warm trial process imports ahead (preload.py)
+)
 
 
 def run_in_process(config: dict[str, Any], plan: TrialPlan) -> None:

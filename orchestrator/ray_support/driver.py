@@ -121,10 +121,13 @@ class DriverSession:
         extra_cpus: int = 0,
         dashboard: bool = True,
         warm: WarmTrials | None = None,
+        inherit: dict[str, str] | None = None,
     ) -> None:
         """Join `address` or start an embedded Ray (with `warm`'s trial processes), unless this process is
-        connected already."""
-        if started := start_ray(address, num_cpus, extra_cpus=extra_cpus, dashboard=dashboard, warm=warm):
+        connected already (ray_env.start_ray says what `inherit` is)."""
+        if started := start_ray(
+            address, num_cpus, extra_cpus=extra_cpus, dashboard=dashboard, warm=warm, inherit=inherit
+        ):
             self.started_ray = True
             self._undo_start = started.undo
             self._undo_quiet = quiet_worker_stops()  # Ray's stops of its workers are not the run's errors

@@ -73,11 +73,13 @@ def start_ray(
     extra_cpus: int = 0,
     dashboard: bool = True,
     warm: WarmTrials | None = None,
+    inherit: dict[str, str] | None = None,
 ) -> Started | None:
     """Join `address`, or start an embedded Ray with `num_cpus` logical CPUs (default: embedded_cpus) and its
     dashboard unless `dashboard` is False (Ray Train needs it, in-process trials do not, and it costs ~2 s to
-    start), and with `warm`'s trial processes. Returns a Started if this call started Ray (and should stop it),
-    else None."""
+    start), and with `warm`'s trial processes. `inherit`, joining a warm session: the variables its processes
+    inherited that Tune would set in trial actors (then they ask for no runtime_env, and land in its warm
+    processes). Returns a Started if this call started or joined Ray (and should stop it), else None."""
     if ray.is_initialized():
         connected = ray.get_runtime_context().gcs_address
         if address and address != "auto" and not address.startswith("ray://") and address != connected:
@@ -92,7 +94,7 @@ def start_ray(
     worker_logging = ray.LoggingConfig(log_level="WARNING")  # Ray's per-report INFO lines drown the progress
     if address:
         _join(address, worker_logging)
-        return Started()
+        return Started(undo=trial_actors_inherit(inherit)) if inherit else Started()
     # address="local": never join a cluster a killed head left in ray_current_cluster. The dashboard for DDP
     # jobs: without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
     cpus = num_cpus or embedded_cpus(extra_cpus)

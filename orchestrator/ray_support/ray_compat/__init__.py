@@ -72,6 +72,7 @@ from orchestrator.ray_support.ray_compat.node_start import (
     MONITOR_PROCESS,
     PRESTART_FLAG,
     embedded_system_config,
+    prestart_workers,
     quick_embedded_start,
     stop_autoscaler_monitor,
 )
@@ -182,6 +183,7 @@ __all__ = [
     "pin_hyperopt_suggestion",
     "placement_group",
     "preempted_error",
+    "prestart_workers",
     "quick_embedded_start",
     "quiet_train_worker",
     "quiet_worker_stops",

@@ -139,3 +139,29 @@ def stop_autoscaler_monitor() -> bool:
         info.process.wait(timeout=10)
     node.all_processes.pop(MONITOR_PROCESS, None)
     return bool(infos)
+
+
+def prestart_workers(count: int, keep_alive_s: int) -> None:
+    """Ask this process's node's raylet to start `count` idle Python workers now, each kept alive while idle for
+    `keep_alive_s` seconds (else the raylet kills idle workers beyond its soft limit, the node's CPUs, after a
+    second). They belong to no job yet, so the next trial actor of any job that asks for no runtime_env lands in
+    one (trial_actors_inherit), and each imports the modules the node was started to preload
+    (embedded_system_config). Ray 2.60 starts them only with the raylet (its `--num_prestart_python_workers`);
+    later, only its `NodeManagerService.PrestartWorkers` RPC does, which Ray's Python API does not expose: it is
+    called here through Ray's own gRPC channel (`ray._private.grpc_utils.init_grpc_channel`, which adds the
+    cluster's auth token)."""
+    from ray._private.grpc_utils import init_grpc_channel  # here, not at the top: a move breaks only this
+    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+
+    here = ray.get_runtime_context().get_node_id()
+    node = next(n for n in ray.nodes() if n["NodeID"] == here)
+    channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
+    try:
+        node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(
+            node_manager_pb2.PrestartWorkersRequest(
+                language=common_pb2.PYTHON, num_workers=count, keep_alive_duration_secs=keep_alive_s
+            ),
+            timeout=10,
+        )
+    finally:
+        channel.close()

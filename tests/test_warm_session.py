@@ -1,0 +1,139 @@
+"""Warm sessions (ray_support/warm.py): `orchestrator.session()` in a process, `hpo up` between commands. After
+a run, the trial processes of the next one are started ahead, and its trials train in them."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, run_hpo, spec_dict, spec_file, wait_for
+
+
+@pytest.mark.slow
+def test_the_next_run_of_a_warm_session_trains_in_processes_started_after_the_last(tmp_path):
+    """In a process of its own, `with orchestrator.session():` (a notebook's habit): after a run, the session
+    starts the next run's trial processes; once they are ready, the next run's 2 trials train in them (each
+    leaves a file named by its process id; the second may follow the first in its process). After the session, no Ray and no child process is left."""
+    code = (
+        "import json, os, sys, psutil, ray, orchestrator\n"
+        "from conftest import wait_for\n"
+        "from test_warm_session import _ready_workers\n"
+        "spec, pids = orchestrator.parse_spec(json.loads(sys.argv[1])), sys.argv[2]\n"
+        "with orchestrator.session(num_cpus=3):\n"
+        "    first = orchestrator.run(spec, progress=lambda line: None)\n"
+        "    trained_first = set(os.listdir(pids))\n"
+        "    warm = wait_for(lambda: len(_ready_workers()) >= 2 and _ready_workers(), 'warm processes', 120)\n"
+        "    second = orchestrator.run(spec, progress=lambda line: None)\n"
+        "    trained = {int(p) for p in set(os.listdir(pids)) - trained_first}\n"
+        "    print(first.statuses, second.statuses, len(trained) >= 1, trained <= warm)\n"
+        "gone = lambda: not psutil.Process().children(recursive=True)\n"
+        "print(ray.is_initialized(), wait_for(gone, 'no process of the session left', 30))\n"
+    )
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(_pid_spec(tmp_path, pids)), str(pids)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-2:] == ["{'completed': 2} {'completed': 2} True True", "False True"], (
+        proc.stdout
+    )
+
+
+def _ready_workers() -> set[int]:
+    """The pids of this process's Ray's registered idle workers (Ray titles them ray::IDLE)."""
+    import psutil
+    import ray
+
+    node = ray._private.worker._global_node
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    return {w.pid for w in raylet.children() if w.cmdline()[:1] == ["ray::IDLE"]}
+
+
+def _pid_spec(tmp_path, pids) -> dict:
+    """2 trials of the writes_pid workload (each leaves a file named by its process id in `pids`), 2 at once."""
+    return spec_dict(
+        name="warm",
+        workload="tests.workloads_for_tests:writes_pid",
+        storage=str(tmp_path / "results"),
+        search={
+            "metric": "loss",
+            "mode": "min",
+            "space": {"x": {"uniform": [0.0, 1.0]}},
+            "num_samples": 2,
+            "max_concurrent": 2,
+            "fixed": {"pid_dir": str(pids)},
+        },
+        train={"max_epochs": 2},
+    )
+
+
+def _warm_processes(daemon_pid: int) -> set[int]:
+    """The idle workers of the raylet that the `hpo up` daemon's Ray runs (Ray titles a registered idle worker
+    ray::IDLE)."""
+    import psutil
+
+    family = psutil.Process(daemon_pid).children(recursive=True)
+    raylets = [p for p in family if p.name() == "raylet"]
+    return {w.pid for r in raylets for w in r.children() if w.cmdline()[:1] == ["ray::IDLE"]}
+
+
+@pytest.mark.slow
+def test_hpo_up_serves_runs_from_its_directory_with_warm_processes_and_hpo_down_leaves_nothing(tmp_path):
+    import psutil
+
+    home = tmp_path / "home"
+    env = {"HPO_HOME": str(home)}
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    spec = _pid_spec(tmp_path, pids)
+    job = spec_file(tmp_path / "job.yaml", spec)
+    up = run_hpo("up", "--num-cpus", "3", env=env)
+    assert up.returncode == 0 and "warm session up" in up.stderr, up.stderr
+    state = json.loads((home / "up.json").read_text())
+    try:
+        assert stat.S_IMODE(os.stat(state["token_path"]).st_mode) == 0o600
+        again = run_hpo("up", env=env)
+        assert again.returncode == 2 and again.stderr.count("\n") == 1 and "up already" in again.stderr
+        # its trial processes, started ahead, are ready; the run's trials train in them
+        warm = wait_for(
+            lambda: len(_warm_processes(state["pid"])) >= 2 and _warm_processes(state["pid"]),
+            "warm processes",
+            120,
+        )
+        ran = run_hpo("run", str(job), env=env)
+        assert ran.returncode == 0 and "joining the warm session" in ran.stderr, ran.stderr[-2000:]
+        trained = {int(p.name) for p in pids.iterdir()}
+        assert trained and trained <= warm, (
+            trained,
+            warm,
+        )  # 1 or 2: a trial may follow the other in its process
+        # from another directory (where its workloads may not be), a run starts a Ray of its own
+        elsewhere = run_hpo("run", str(job), cwd=tmp_path, env=env)
+        assert elsewhere.returncode == 0 and "starts a Ray of its own" in elsewhere.stderr, elsewhere.stderr[
+            -2000:
+        ]
+    finally:
+        down = run_hpo("down", env=env)
+    assert down.returncode == 0 and "stopped" in down.stderr, down.stderr
+    assert (
+        not psutil.pid_exists(state["pid"]) or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
+    )
+    left = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if state["session_dir"] in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not left and not os.path.exists(state["session_dir"]) and not (home / "up.json").exists()
+    assert not os.path.exists(state["token_path"])
+    assert "no warm session was up" in run_hpo("down", env=env).stderr
