@@ -166,7 +166,7 @@ def test_custom_resources_a_cost_budget_and_infeasible_requests_on_the_fake_auto
         ),
         (
             "eight-gpus",
-            {"train": {"use_gpu": True, "resources_per_worker": {"GPU": 8}}},
+            {"train": {"use_gpu": True, "gpus_per_worker": 8}},
             ["gpu-x4, has 4"],
         ),
         (

@@ -157,7 +157,7 @@ def test_budget_and_resources_in_the_spec_are_checked_in_one_line():
             parse_spec({**base, "budget": budget})
     for train, expected in [
         ({"resources_per_worker": {"CPU": 2}}, "give it with train.cpus_per_worker"),
-        ({"resources_per_worker": {"GPU": 2}}, "resources_per_worker.GPU needs use_gpu: true"),
+        ({"resources_per_worker": {"GPU": 2}}, "give it with train.gpus_per_worker"),
         ({"resources_per_worker": {"bad name!": 1}}, "is not a Ray resource name"),
         ({"accelerator_type": "A100"}, "accelerator_type: A100 needs use_gpu: true"),
     ]:
@@ -218,7 +218,8 @@ def test_custom_resources_and_the_accelerator_type_reach_ray_trains_scaling_conf
 
     plan = dataclasses.replace(
         trial_plan(workers=2, use_gpu=True),
-        resources_per_worker={"node-a100": 1.0, "GPU": 2.0},
+        resources_per_worker={"node-a100": 1.0},
+        gpus_per_worker=2.0,
         accelerator_type="A100",
     )
     scaling = ddp_trainer(lambda config: None, {}, plan, run_name="t").scaling_config

@@ -151,7 +151,8 @@ def _per_worker_message(resource: str, amount: float, bundle: Mapping[str, float
         )
     if resource == "GPU":
         return (
-            f"train.use_gpu is true ({_amount(amount)} GPU(s) per worker), but {_offered(offer, 'GPU')} ({_shapes_line(offer)}); "
+            f"train.use_gpu is true ({_amount(amount)} GPU(s) per worker: train.gpus_per_worker), but "
+            f"{_offered(offer, 'GPU')} ({_shapes_line(offer)}); "
             f"set use_gpu: false or run {'on GPU nodes (--address)' if offer.embedded else 'where GPUs are'}"
         )
     field_name = "train.cpus_per_worker" if resource == "CPU" else f"train.resources_per_worker.{resource}"

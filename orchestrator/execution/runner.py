@@ -132,6 +132,7 @@ def plan(spec: JobSpec, results_uri: str) -> Plan:
         precision=train.precision,
         resources_per_worker=dict(train.resources_per_worker),
         accelerator_type=train.accelerator_type,
+        gpus_per_worker=train.gpus_per_worker or 1.0,
         stored_every=spec.scheduler.settings().get("perturbation_interval", 0)
         if spec.scheduler.kind.adapts_configs
         else 0,

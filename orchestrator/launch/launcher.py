@@ -93,7 +93,7 @@ class Launcher:
         accelerator type (as Ray Train asks for it: a sliver of the node's accelerator_type resource)."""
         bundle = {"CPU": self.train.cpus_per_worker, **self.train.resources_per_worker}
         if self.train.use_gpu:
-            bundle.setdefault("GPU", 1.0)
+            bundle["GPU"] = self.train.gpus()
         if self.train.accelerator_type:
             bundle[accelerator_resource(self.train.accelerator_type)] = ACCELERATOR_SLIVER
         return bundle

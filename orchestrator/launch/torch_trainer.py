@@ -28,7 +28,11 @@ def ddp_trainer(
         scaling_config=ScalingConfig(
             num_workers=plan.workers,
             use_gpu=plan.use_gpu,
-            resources_per_worker={"CPU": plan.cpus_per_worker, **plan.resources_per_worker},
+            resources_per_worker={
+                "CPU": plan.cpus_per_worker,
+                **plan.resources_per_worker,
+                **({"GPU": plan.gpus_per_worker} if plan.use_gpu else {}),
+            },
             accelerator_type=plan.accelerator_type,
         ),
         # Train logs every report at INFO

@@ -307,9 +307,14 @@ class Train(Section):
     workers: Annotated[StrictInt, Field(gt=0, le=1024)] = Field(
         1, description="Ray Train workers per trial; more than 1 runs DDP"
     )
-    use_gpu: StrictBool = Field(False, description="one GPU per worker")
+    use_gpu: StrictBool = Field(False, description="train on GPUs (one per worker unless gpus_per_worker)")
     cpus_per_worker: Annotated[Float, Field(gt=0, le=1024)] = Field(
         1.0, description="logical CPUs per worker"
+    )
+    gpus_per_worker: Annotated[Float, Field(gt=0, le=1024)] | None = Field(
+        None,
+        description="GPUs each worker holds, with use_gpu (default 1): a fraction in (0, 1] packs several "
+        "1-worker trials on one GPU (0.25: four at once, each counted a quarter); DDP workers take whole GPUs",
     )
     checkpoints_to_keep: Annotated[StrictInt, Field(gt=0, le=1000)] = Field(
         2, description="per trial: the best by the search metric and the latest are kept"
@@ -326,7 +331,7 @@ class Train(Section):
     resources_per_worker: dict[StrictStr, Annotated[Float, Field(gt=0, le=1e6)]] = Field(
         default_factory=dict,
         description="Ray resources each worker needs besides its CPUs, e.g. {node-a10g: 1} to place trials on "
-        "nodes that offer that custom resource, or {GPU: 4} for 4 GPUs per worker (with use_gpu; default 1)",
+        "nodes that offer that custom resource (GPUs: gpus_per_worker)",
     )
     accelerator_type: StrictStr | None = Field(
         None,
@@ -344,16 +349,32 @@ class Train(Section):
             raise ValueError(f"precision: {self.precision} needs use_gpu: true (on CPU hpo trains in fp32)")
         if self.accelerator_type is not None and not self.use_gpu:
             raise ValueError(f"accelerator_type: {self.accelerator_type} needs use_gpu: true")
-        if "GPU" in self.resources_per_worker and not self.use_gpu:
-            raise ValueError("resources_per_worker.GPU needs use_gpu: true (it sets the GPUs of each worker)")
+        if (gpus := self.gpus_per_worker) is not None:
+            if not self.use_gpu:
+                raise ValueError(f"gpus_per_worker: {gpus:g} needs use_gpu: true")
+            if gpus > 1 and gpus != int(gpus):
+                raise ValueError(
+                    f"gpus_per_worker: {gpus:g}: give a whole number of GPUs, or a fraction of one (at most 1)"
+                )
+            if self.workers > 1 and gpus != int(gpus):
+                raise ValueError(
+                    f"gpus_per_worker: {gpus:g} with workers: {self.workers}: DDP workers each take whole GPUs "
+                    "(each rank needs a device of its own); a fraction is for 1-worker trials"
+                )
         return self
+
+    def gpus(self) -> float:
+        """The GPUs each worker holds: 0 without use_gpu."""
+        return (self.gpus_per_worker or 1.0) if self.use_gpu else 0.0
 
     @field_validator("resources_per_worker")
     @classmethod
     def _custom_resources(cls, value: dict) -> dict:
         for name in value:
-            if name in ("CPU", "memory", "object_store_memory"):
-                hint = "train.cpus_per_worker" if name == "CPU" else "Ray's defaults"
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                hint = {"CPU": "train.cpus_per_worker", "GPU": "train.gpus_per_worker"}.get(
+                    name, "Ray's defaults"
+                )
                 raise ValueError(f"{name!r}: give it with {hint}, not as a custom resource")
             if not RESOURCE_RE.fullmatch(name):
                 raise ValueError(

@@ -31,6 +31,7 @@ class TrialPlan:
         default_factory=dict
     )  # custom Ray resources
     accelerator_type: str | None = None  # Ray's accelerator_type (A100, ...), GPU workers only
+    gpus_per_worker: float = 1.0  # with use_gpu (train.gpus_per_worker)
     resume: bool = False  # `hpo resume`: every trial first looks for a checkpoint to continue from
     pool: str = ""  # multi-worker trials: the run's pool of warm worker groups (launch/pool/)
     # PBT's perturbation_interval: the report of every such epoch leaves only once its checkpoint is in the

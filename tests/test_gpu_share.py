@@ -1,0 +1,90 @@
+"""Several trials per GPU (train.gpus_per_worker), tested without a GPU: an embedded Ray told it has one
+(Ray accepts declared GPU resources on any machine; HPO_FAKE_GPU makes the trials train on CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, spec_dict
+
+from orchestrator.errors import SpecError
+from orchestrator.spec import parse_spec
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [
+        ({"gpus_per_worker": 0.5}, "train: gpus_per_worker: 0.5 needs use_gpu: true"),
+        ({"use_gpu": True, "gpus_per_worker": 1.5}, "a whole number of GPUs, or a fraction of one"),
+        ({"use_gpu": True, "workers": 2, "gpus_per_worker": 0.5}, "DDP workers each take whole GPUs"),
+        ({"use_gpu": True, "resources_per_worker": {"GPU": 2}}, "give it with train.gpus_per_worker"),
+        ({"use_gpu": True, "gpus_per_worker": 0}, "gpus_per_worker"),
+    ],
+)
+def test_gpus_per_worker_is_refused_in_one_line_where_it_cannot_hold(train, expected):
+    with pytest.raises(SpecError, match=expected) as refused:
+        parse_spec(spec_dict(train=train))
+    assert "\n" not in str(refused.value)
+
+
+def test_a_fraction_of_a_gpu_is_what_a_trial_asks_ray_for_and_what_its_ledger_counts():
+    from orchestrator.launch.launcher import launcher_for
+
+    quarter = launcher_for(parse_spec(spec_dict(train={"use_gpu": True, "gpus_per_worker": 0.25})).train)
+    assert quarter.trial_resources() == {"CPU": 1.0, "GPU": 0.25} and quarter.trial_gpus() == 0.25
+    ddp = launcher_for(
+        parse_spec(spec_dict(train={"use_gpu": True, "workers": 2, "gpus_per_worker": 2})).train
+    )
+    assert ddp.worker_bundle()["GPU"] == 2 and ddp.trial_gpus() == 4
+    assert launcher_for(parse_spec(spec_dict(train={"use_gpu": True})).train).worker_bundle()["GPU"] == 1.0
+
+
+@pytest.mark.slow
+def test_four_trials_share_one_declared_gpu_at_once_and_each_counts_a_quarter_of_its_wall(tmp_path):
+    """On an embedded Ray told it has 1 GPU: 4 trials of gpus_per_worker 0.25 run at once (each waits until all
+    4 have started before it reports), each sees the same CUDA_VISIBLE_DEVICES, and trials.parquet's gpu_s of
+    each is its wall_s x 0.25."""
+    out = tmp_path / "seen"
+    out.mkdir()
+    spec = spec_dict(
+        name="gpu-share",
+        workload="tests.workloads_for_tests:gpu_share",
+        storage=str(tmp_path / "results"),
+        search={
+            "metric": "loss",
+            "mode": "min",
+            "space": {"x": {"uniform": [0.0, 1.0]}},
+            "num_samples": 4,
+            "max_concurrent": 4,
+            "fixed": {"out_dir": str(out), "together": 4},
+        },
+        scheduler={"type": "fifo"},
+        train={"max_epochs": 2, "use_gpu": True, "gpus_per_worker": 0.25, "cpus_per_worker": 0.5},
+    )
+    code = (
+        "import json, os, sys, ray\n"
+        "os.environ['HPO_FAKE_GPU'] = '1'\n"
+        "import orchestrator\n"
+        "ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)\n"
+        "lines = []\n"
+        "summary = orchestrator.run(orchestrator.parse_spec(json.loads(sys.argv[1])), progress=lines.append)\n"
+        "print(json.dumps({'statuses': summary.statuses, 'uri': summary.results_uri, 'lines': lines}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["statuses"] == {"completed": 4}, result
+    seen = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert len(seen) == 4 and {s["cuda"] for s in seen} == {"0"}, seen
+
+    import pyarrow.parquet as pq
+
+    trials = pq.read_table(f"{result['uri']}/trials.parquet").to_pylist()
+    assert [t["last_loss"] for t in trials] == [0.0] * 4  # each reported only once all 4 ran at once
+    for trial in trials:
+        assert trial["gpu_s"] == pytest.approx(trial["wall_s"] * 0.25, abs=0.002), trial
