@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test test-fast lint docs bench clean
+.PHONY: setup demo test test-fast lint docs bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fence.py  # Ray's internals: ray_support/ only
+
+# The GPU figures (docs/benchmarks.md says which card gave them): ~8 min on one GPU; without one it says so, exit 0.
+gpu-check: setup
+	$(BIN)/python bench/gpu_check.py --out gpu-check.json
 
 # The README's table of names, from the registries (a test checks it).
 docs: setup

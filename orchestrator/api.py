@@ -54,12 +54,13 @@ def run(
     )
 
 
-def session(num_cpus: float | None = None) -> WarmSession:
+def session(num_cpus: float | None = None, *, ddp: bool = False) -> WarmSession:
     """`with orchestrator.session():` keeps one embedded Ray warm across the `run()` and `resume()` calls inside
     it (a notebook's habit): Ray starts once, and each run's trial processes are started, torch imported, before
-    it asks for them. `num_cpus`: the Ray's logical CPUs (default: this machine's cores, plus one). On exit Ray
-    stops and the process is as it was."""
-    return WarmSession(IN_PROCESS_TRIAL_MODULE, num_cpus)
+    it asks for them. `num_cpus`: the Ray's logical CPUs (default: this machine's cores, plus one). `ddp=True`
+    for jobs with train.workers > 1 (Ray Train needs Ray's dashboard, whose start slows the first run). On exit
+    Ray stops and the process is as it was."""
+    return WarmSession(IN_PROCESS_TRIAL_MODULE, num_cpus, dashboard=ddp)
 
 
 def up(num_cpus: float | None = None) -> warm_up.UpSession:

@@ -88,3 +88,30 @@ def test_four_trials_share_one_declared_gpu_at_once_and_each_counts_a_quarter_of
     assert [t["last_loss"] for t in trials] == [0.0] * 4  # each reported only once all 4 ran at once
     for trial in trials:
         assert trial["gpu_s"] == pytest.approx(trial["wall_s"] * 0.25, abs=0.002), trial
+
+
+@pytest.mark.slow
+def test_make_gpu_check_says_there_is_no_gpu_here_and_rehearses_its_measurements_on_the_cpu(tmp_path):
+    """`make gpu-check` (bench/gpu_check.py) on this machine: no CUDA, one line, exit 0. Its --cpu rehearsal runs
+    every measurement that needs no CUDA: reruns of the standard and a custom loop are bit-identical, trials per
+    hour are measured at 0.25 and 1 GPU per trial on a declared GPU, and the JSON holds each figure."""
+    out = tmp_path / "none.json"
+    script = str(ROOT / "bench" / "gpu_check.py")
+    none = subprocess.run(
+        [sys.executable, script, "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert none.returncode == 0 and none.stdout.startswith("gpu-check: no CUDA GPU here"), (
+        none.stdout + none.stderr
+    )
+    assert json.loads(out.read_text())["card"] is None
+    out = tmp_path / "cpu.json"
+    rehearsal = subprocess.run(
+        [sys.executable, script, "--cpu", "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert rehearsal.returncode == 0, rehearsal.stdout + rehearsal.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["rerun_standard_loop"]["identical"] and figures["rerun_custom_loop"]["identical"], figures
+    assert figures["trials_per_hour"]["gpus_per_worker 0.25"] > 0 and figures["trials_per_hour"]["ratio"] > 0
+    assert figures["trial_start_after_first_s"] is not None and figures["trial_start_after_first_s"] >= 0
+    assert figures["deterministic_mode_cost"]["deterministic_over_default"] > 0
+    assert "needs CUDA" in figures["bf16_vs_fp32"] and "needs NVML" in figures["gpu_busy_share"]

@@ -192,7 +192,7 @@ class DdpLauncher(Launcher):
             raise RunError(
                 f"train.workers is {self.train.workers} but this Ray runs without its dashboard, and Ray Train "
                 "2.60 then hangs starting worker groups; start Ray with the dashboard (ray start "
-                "--include-dashboard=true) or use train.workers: 1"
+                "--include-dashboard=true, orchestrator.session(ddp=True)) or use train.workers: 1"
             )
 
     def before_job(self, plan: TrialPlan, *, max_concurrent: int, run_id: str) -> TrialPlan:

@@ -41,13 +41,18 @@ _open: list[WarmSession] = []  # the session open in this process, if one is
 
 
 class WarmSession:
-    """`with WarmSession(module):` an embedded Ray with its dashboard (DDP trials need it), every worker it
-    starts importing `module` first; every run in the block joins it. On exit Ray stops, and the process is put
-    back as it was (driver.DriverSession)."""
+    """`with WarmSession(module):` an embedded Ray, every worker it starts importing `module` first; every run in
+    the block joins it. On exit Ray stops, and the process is put back as it was (driver.DriverSession).
 
-    def __init__(self, module: str, num_cpus: float | None = None):
+    `dashboard`: with Ray's dashboard, which DDP trials need (Ray Train's cleanup reaches the State API through
+    it). Off by default: its processes start at nice 0 and import for ~20 s on 2 cores, while Ray runs every
+    worker at nice 15, so a run started meanwhile starves (measured: a 64 x 10 run right after the start took
+    34.9 s, 8.7 s when started 20 s later)."""
+
+    def __init__(self, module: str, num_cpus: float | None = None, *, dashboard: bool = False):
         self.module = module
         self.num_cpus = num_cpus
+        self.dashboard = dashboard
         self._driver: DriverSession | None = None
 
     def __enter__(self) -> WarmSession:
@@ -63,7 +68,8 @@ class WarmSession:
                 )
             self.cpus = self.num_cpus or embedded_cpus(1)  # 1 beside the cores, for DDP trials' relays
             at_once = os.cpu_count() or 1
-            driver.start_ray(num_cpus=self.cpus, dashboard=True, warm=WarmTrials(self.module, 1.0, at_once))
+            warm = WarmTrials(self.module, 1.0, at_once)
+            driver.start_ray(num_cpus=self.cpus, dashboard=self.dashboard, warm=warm)
         except BaseException:
             driver.__exit__(*sys.exc_info())
             raise
@@ -76,13 +82,14 @@ class WarmSession:
         driver, self._driver = self._driver, None
         driver.__exit__(*exc)
 
-    def top_up(self, warm: WarmTrials) -> int:
-        """Start the trial processes the next run like the one that ended will want; returns how many."""
-        count = warm.workers(self.cpus)
-        if count and warm.module == self.module:
-            prestart_workers(count, KEEP_WARM_S)
-            return count
-        return 0
+
+def _prestart(warm: WarmTrials, module: str, cpus: float) -> int:
+    """Start the trial processes the next run like `warm`'s will want on a session that preloads `module` on
+    `cpus` logical CPUs; returns how many."""
+    count = warm.workers(cpus) if warm.module == module else 0
+    if count:
+        prestart_workers(count, KEEP_WARM_S)
+    return count
 
 
 def top_up(warm: WarmTrials | None, up: UpSession | None = None) -> int:
@@ -93,12 +100,9 @@ def top_up(warm: WarmTrials | None, up: UpSession | None = None) -> int:
         return 0
     with contextlib.suppress(Exception):  # warmth only saves time: a raylet that does not answer costs none
         if up is not None:
-            count = warm.workers(up.cpus) if warm.module == up.module else 0
-            if count:
-                prestart_workers(count, KEEP_WARM_S)
-            return count
+            return _prestart(warm, up.module, up.cpus)
         if _open:
-            return _open[-1].top_up(warm)
+            return _prestart(warm, _open[-1].module, _open[-1].cpus)
     return 0
 
 
@@ -132,7 +136,7 @@ def serve(module: str, num_cpus: float | None) -> None:
     stopped = threading.Event()
     folder_of_ray = None
     try:
-        with WarmSession(module, num_cpus) as session:
+        with WarmSession(module, num_cpus, dashboard=True) as session:  # long up: DDP jobs join it too
             for signum in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
                 signal.signal(signum, lambda *_: stopped.set())
             folder_of_ray = session_dir()
