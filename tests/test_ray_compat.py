@@ -817,7 +817,7 @@ def test_a_warm_session_starts_trial_processes_again_after_its_first_ones_are_us
         "from ray.tune.execution import class_cache\n"
         "from orchestrator.errors import RunError\n"
         "from orchestrator.ray_support import ray_compat; from orchestrator.ray_support.warm import WarmSession\n"
-        "from test_ray_compat import _Probe, _raylet_workers as workers\n"
+        "from test_ray_compat import _Probe, _raylet_workers as workers; from test_warm_session import _title\n"
         "tune_get, environ = class_cache._ActorClassCache.get, dict(os.environ)\n"
         "with WarmSession('tabnanny', num_cpus=2) as session:\n"
         "    ahead = wait_for(lambda: len(workers()) == os.cpu_count() and workers(), 'the prestarted workers', 60)\n"
@@ -828,7 +828,7 @@ def test_a_warm_session_starts_trial_processes_again_after_its_first_ones_are_us
         "    wait_for(lambda: not workers(), 'the used workers to end', 60)\n"
         "    ray_compat.prestart_workers(1, 60)\n"
         "    again = wait_for(workers, 'a worker started by the RPC', 60)\n"
-        "    wait_for(lambda: again[0].cmdline()[:1] == ['ray::IDLE'], 'the new worker to register (idle)', 60)\n"
+        "    wait_for(lambda: _title(again[0]) == 'ray::IDLE', 'the new worker to register (idle)', 60)\n"
         "    probe = class_cache._ActorClassCache().get(_Probe).remote()\n"
         "    print(ray.get(probe.where.remote(), timeout=120) == (again[0].pid, True), len(workers()))\n"
         "    try:\n"
@@ -847,7 +847,18 @@ def _raylet_workers() -> list:
 
     raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
     agents = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
-    return [p for p in raylet.children() if " ".join(p.cmdline()).strip() not in agents]
+    commands = {p: " ".join(_command(p)).strip() for p in raylet.children()}  # "": ended meanwhile
+    return [p for p, command in commands.items() if command and command not in agents]
+
+
+def _command(process) -> list[str]:
+    """A process's command line; empty for one that ended meanwhile."""
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 def _printed_by(code: str, expected: list[str], lines: int = 0):

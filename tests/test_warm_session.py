@@ -57,7 +57,27 @@ def _ready_workers() -> set[int]:
 
     node = ray._private.worker._global_node
     raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-    return {w.pid for w in raylet.children() if w.cmdline()[:1] == ["ray::IDLE"]}
+    return {w.pid for w in raylet.children() if _title(w) == "ray::IDLE"}
+
+
+def _name(process) -> str:
+    import psutil
+
+    try:
+        return process.name()
+    except psutil.Error:
+        return ""
+
+
+def _title(process) -> str:
+    """A process's title (its command line's first word), or "" for one that has ended meanwhile (a zombie an
+    ended trial left until its raylet reaps it)."""
+    import psutil
+
+    try:
+        return (process.cmdline() or [""])[0]
+    except psutil.Error:
+        return ""
 
 
 def _pid_spec(tmp_path, pids) -> dict:
@@ -84,8 +104,8 @@ def _warm_processes(daemon_pid: int) -> set[int]:
     import psutil
 
     family = psutil.Process(daemon_pid).children(recursive=True)
-    raylets = [p for p in family if p.name() == "raylet"]
-    return {w.pid for r in raylets for w in r.children() if w.cmdline()[:1] == ["ray::IDLE"]}
+    raylets = [p for p in family if _name(p) == "raylet"]
+    return {w.pid for r in raylets for w in r.children() if _title(w) == "ray::IDLE"}
 
 
 @pytest.mark.slow
