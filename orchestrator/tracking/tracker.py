@@ -243,6 +243,8 @@ class RunTracker(Callback):
     def close(self) -> None:
         """The end of the search, also when Tune raised: no record stays `running`. With fail_fast or a stop,
         Tune ends the trials still running without telling callbacks."""
+        if self.stop.signal:  # a signal the search ended on before its next step is said too
+            self._announce_stop()
         self.watchdog.close()
         for name, record in list(self.records.items()):
             if record["status"] != "running":
