@@ -72,12 +72,9 @@ def _name(process) -> str:
 def _title(process) -> str:
     """A process's title (its command line's first word), or "" for one that has ended meanwhile (a zombie an
     ended trial left until its raylet reaps it)."""
-    import psutil
+    from test_ray_compat import _command
 
-    try:
-        return (process.cmdline() or [""])[0]
-    except psutil.Error:
-        return ""
+    return (_command(process) or [""])[0]
 
 
 def _pid_spec(tmp_path, pids) -> dict:
