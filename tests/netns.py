@@ -68,6 +68,7 @@ class NetnsCluster:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.prefix}.254/24", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
+            self._forward(allow=True)
             for n in self.nodes:
                 _ip("netns", "add", self.ns[n])
                 _ip("-n", self.ns[n], "link", "set", "lo", "up")
@@ -90,10 +91,21 @@ class NetnsCluster:
             # a namespace outlives its name while anything holds it; deleting our end removes the pair now
             subprocess.run(["ip", "link", "del", self.veth[n]], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        self._forward(allow=False)
         for log in self.logs:
             log.close()
         for path in Path("/tmp").glob(f"rn{self.id}*"):
             shutil.rmtree(path, ignore_errors=True)
+
+    def _forward(self, allow: bool) -> None:
+        """Let frames cross this harness's bridge whatever the host's firewall says. A Docker engine that ran on
+        this machine (make image-test) leaves iptables' FORWARD policy at DROP, and with the bridge netfilter
+        module loaded (bridge-nf-call-iptables) bridged frames meet that policy: the nodes could not reach the
+        head. One rule for our bridge only, removed at the end; without iptables there is nothing to allow."""
+        if shutil.which("iptables") is None:
+            return
+        rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+        subprocess.run(["iptables", "-I" if allow else "-D", *rule], capture_output=True, timeout=30)
 
     def link(self, node: str, up: bool) -> None:
         """Cut or restore `node`'s cable (its veth's end at the bridge)."""

@@ -22,9 +22,9 @@ ACCESS_KEY = "hpotest" + secrets.token_hex(4)
 SECRET_KEY = "hpo-secret-" + secrets.token_hex(16)
 
 
-def _free_port() -> int:
+def _free_port(ip: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((ip, 0))
         return sock.getsockname()[1]
 
 
@@ -41,9 +41,14 @@ def weed_binary() -> str:
 
 
 class WeedServer:
-    def __init__(self, data_dir: Path):
+    """`weed mini` on `ip` (loopback unless told: the image test binds it to a docker network's gateway, where
+    containers reach it); its S3 port is the session's (conftest's environment names it) unless `s3_port`."""
+
+    def __init__(self, data_dir: Path, *, ip: str = "127.0.0.1", s3_port: int | None = None):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ip, self.s3_port = ip, s3_port or PORTS["s3.port"]
+        self.endpoint = f"http://{ip}:{self.s3_port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60, tries: int = 3) -> None:
@@ -54,13 +59,13 @@ class WeedServer:
 
     def _start_once(self, timeout_s: float) -> bool:
         """False if `weed` exited early (e.g. one of its freshly picked ports was taken meanwhile)."""
-        ports = {**PORTS, **{name: _free_port() for name in OTHER_PORTS}}
+        ports = {"s3.port": self.s3_port, **{name: _free_port(self.ip) for name in OTHER_PORTS}}
         args = [
             weed_binary(),
             "mini",
             f"-dir={self.data_dir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.ip}",
+            f"-ip.bind={self.ip}",
             f"-bucket={BUCKET}",
             *[f"-{k}={v}" for k, v in ports.items()],
         ]
@@ -100,7 +105,7 @@ class WeedServer:
 
         return boto3.client(
             "s3",
-            endpoint_url=ENDPOINT,
+            endpoint_url=self.endpoint,
             aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=secret,
             region_name="us-east-1",
