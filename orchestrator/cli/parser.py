@@ -117,6 +117,20 @@ def _results(commands) -> None:
     p.add_argument("uri", nargs="?", help="a run's results_uri (none: list the runs with uploads waiting)")
     _endpoint(p)
     p.set_defaults(handler="results_cmds:sync")
+
+    p = sub.add_parser(
+        "export", help="copy a run's trials into MLflow (--mlflow) and/or TensorBoard (--tensorboard)"
+    )
+    p.add_argument("uri", help="a run's results_uri")
+    p.add_argument(
+        "--mlflow",
+        metavar="TRACKING_URI",
+        help="MLflow tracking: sqlite:///FILE.db, or a local mlruns folder",
+    )
+    p.add_argument("--experiment", help="the MLflow experiment (default: the job's name)")
+    p.add_argument("--tensorboard", metavar="DIR", help="a folder for TensorBoard's event files (HParams)")
+    _endpoint(p)
+    p.set_defaults(handler="results_cmds:export")
     group.set_defaults(handler=None, help_of=group, bounded_storage=True)
 
 

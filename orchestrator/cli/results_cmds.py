@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.cli.common import EXIT_UNSYNCED
+from orchestrator.cli.common import EXIT_UNSYNCED, CliError
 from orchestrator.cli.output import print_table
 from orchestrator.errors import ResultsNotFound
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
@@ -74,6 +74,31 @@ def show(args) -> int:
         print_table(front_columns, [{c: by_id[t["trial_id"]].get(c) for c in front_columns} for t in front])
     if line := ledger_line(rows):
         print(line)
+    return 0
+
+
+def export(args) -> int:
+    from orchestrator.practice.export import Trials, to_mlflow, to_tensorboard
+
+    if not (args.mlflow or args.tensorboard):
+        raise CliError("hpo results export: say where to: --mlflow TRACKING_URI and/or --tensorboard DIR")
+    if args.experiment and not args.mlflow:
+        raise CliError("--experiment names an MLflow experiment: give --mlflow TRACKING_URI too")
+    trials = Trials(args.uri, options=_options(args))
+    if args.mlflow:
+        written, there = to_mlflow(trials, args.mlflow, args.experiment)
+        print(
+            f"mlflow: {written} trial(s) of run {trials.run_id} written to experiment "
+            f"{args.experiment or trials.job!r} at {args.mlflow}"
+            + (f"; {there} were there already" if there else "")
+        )
+    if args.tensorboard:
+        written, there = to_tensorboard(trials, args.tensorboard)
+        print(
+            f"tensorboard: {written} trial(s) written under {args.tensorboard}/{trials.run_id}"
+            + (f"; {there} were there already" if there else "")
+            + f" (tensorboard --logdir {args.tensorboard})"
+        )
     return 0
 
 
