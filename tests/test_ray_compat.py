@@ -171,6 +171,18 @@ def test_the_experiment_state_can_leave_out_the_trials():
     assert TuneController._get_trial_checkpoints is original
 
 
+def test_a_run_does_not_import_rays_logger_integrations_to_tag_its_callbacks():
+    from ray.air._internal import usage
+    from ray.tune import tune as tune_module
+
+    original = usage.tag_callbacks
+    assert "from ray.air.integrations.mlflow import" in inspect.getsource(usage._count_callbacks)
+    assert "air_usage.tag_callbacks(callbacks)" in inspect.getsource(tune_module.run)
+    with ray_compat.callbacks_untagged():
+        assert usage.tag_callbacks([object()]) is False
+    assert usage.tag_callbacks is original
+
+
 class _Final(Exception):
     pass
 
@@ -995,6 +1007,7 @@ PATCHED_BY_A_RUN = (
     "WorkerStandardStreamDispatcher.emit",  # quiet_worker_stops (the dispatcher's own attribute)
     "_ActorClassCache.get",  # trial_actors_inherit
     "TuneController._get_trial_checkpoints",  # lean_experiment_state
+    "ray.air._internal.usage.tag_callbacks",  # callbacks_untagged
     "Trial.handle_error",  # no_retry_on and lost_nodes_not_counted: two layers, each counted
     "Trial.should_recover",  # no_retry_on
     "TrialScheduler.choose_trial_to_run",  # choose_only_when_a_trial_waits (a subclass, counted the same)

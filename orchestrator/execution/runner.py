@@ -38,6 +38,7 @@ from orchestrator.execution.warm import WarmStart, load_warm_start
 from orchestrator.launch.launcher import Launcher, launcher_for
 from orchestrator.ray_support.driver import DriverSession
 from orchestrator.ray_support.ray_compat import (
+    callbacks_untagged,
     lean_experiment_state,
     lost_nodes_not_counted,
     no_retry_on,
@@ -377,6 +378,7 @@ def _search(
                 no_retry_on(FinalTrialError),
                 lost_nodes_not_counted(tracker.is_lost_node),
                 lean_experiment_state(),
+                callbacks_untagged(),
             ):
                 wire_pbt(the_plan.scheduler, opened.store, the_plan.results_uri, tracker)
                 _tuner(the_plan, tracker).fit()
