@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hyperopt import hp
-from hyperopt.pyll import scope
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -42,16 +40,31 @@ TUNE_DOMAINS: dict[type[Distribution], Callable[[Any], Any]] = {
     Choice: lambda d: tune.choice(list(d.choice)),
 }
 
+
+def _hp():
+    """hyperopt's `hp`, imported when a HyperOpt search asks: hyperopt imports scipy.stats (0.85 s measured), which
+    every other search, and every `hpo run` of one, would pay at its start."""
+    from hyperopt import hp
+
+    return hp
+
+
+def _log_randint(d: LogRandInt, label: str) -> Any:
+    from hyperopt.pyll import scope
+
+    return scope.int(_hp().qloguniform(label, math.log(d.lograndint[0]), math.log(d.lograndint[1]), 1))
+
+
 # HyperOpt takes a label per expression (the hyperparameter's name) and log-scale bounds as logarithms.
 HYPEROPT_SPACES: dict[type[Distribution], Callable[[Any, str], Any]] = {
-    Uniform: lambda d, label: hp.uniform(label, *d.uniform),
-    LogUniform: lambda d, label: hp.loguniform(label, math.log(d.loguniform[0]), math.log(d.loguniform[1])),
-    QUniform: lambda d, label: hp.quniform(label, *d.quniform),
-    RandInt: lambda d, label: hp.uniformint(label, *d.randint),
-    LogRandInt: lambda d, label: scope.int(
-        hp.qloguniform(label, math.log(d.lograndint[0]), math.log(d.lograndint[1]), 1)
+    Uniform: lambda d, label: _hp().uniform(label, *d.uniform),
+    LogUniform: lambda d, label: _hp().loguniform(
+        label, math.log(d.loguniform[0]), math.log(d.loguniform[1])
     ),
-    Choice: lambda d, label: hp.choice(label, list(d.choice)),
+    QUniform: lambda d, label: _hp().quniform(label, *d.quniform),
+    RandInt: lambda d, label: _hp().uniformint(label, *d.randint),
+    LogRandInt: _log_randint,
+    Choice: lambda d, label: _hp().choice(label, list(d.choice)),
 }
 
 
