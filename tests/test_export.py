@@ -7,7 +7,7 @@ import pytest
 import yaml
 from conftest import spec_dict
 
-from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
+from orchestrator.results import config_of, load_results, load_trials
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +33,6 @@ def _expected(uri: str):
     return trials, curves
 
 
-def _config(trial: dict) -> dict:
-    return {
-        k.removeprefix(CONFIG_PREFIX): v
-        for k, v in trial.items()
-        if k.startswith(CONFIG_PREFIX) and v is not None
-    }
-
-
 @pytest.mark.parametrize("where", ["sqlite", "mlruns folder"])
 def test_mlflow_gets_one_run_per_trial_with_params_metrics_by_step_and_tags_once(
     cli, finished, tmp_path, where
@@ -62,7 +54,7 @@ def test_mlflow_gets_one_run_per_trial_with_params_metrics_by_step_and_tags_once
     assert len(runs) == len(trials) == 3
     for found in runs:
         trial = trials[found.data.tags["hpo.trial_id"]]
-        assert found.data.params == {k: str(v) for k, v in _config(trial).items()}
+        assert found.data.params == {k: str(v) for k, v in config_of(trial).items()}
         assert found.data.tags["hpo.status"] == trial["status"]
         assert found.data.tags["hpo.trial_seed"] == str(trial["trial_seed"])
         assert found.info.status == "FINISHED"
@@ -84,7 +76,7 @@ def test_tensorboard_gets_each_trials_curves_and_hparams(cli, finished, tmp_path
     config = plugin_data_pb2.HParamsPluginData.FromString(
         experiment.PluginTagToContent("hparams")["_hparams_/experiment"]
     )
-    searched = {k for t in trials.values() for k in _config(t)}
+    searched = {k for t in trials.values() for k in config_of(t)}
     assert {
         "lr",
         "hidden",
@@ -104,7 +96,7 @@ def test_tensorboard_gets_each_trials_curves_and_hparams(cli, finished, tmp_path
         ).session_start_info
         assert start.hparams["status"].string_value == trial["status"]
         assert start.hparams["trial_seed"].number_value == trial["trial_seed"]
-        assert start.hparams["hidden"].number_value == _config(trial)["hidden"]
+        assert start.hparams["hidden"].number_value == config_of(trial)["hidden"]
 
 
 def test_export_without_a_target_is_a_one_line_error(cli, finished):

@@ -27,6 +27,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -167,7 +168,9 @@ def _gateway(network: str) -> str:
 
 def _torch_wheel(version: str) -> Path | None:
     """This machine's torch CPU wheel, from pip's find-links (where `make setup` takes torch from), if any."""
-    listed = subprocess.run(["pip", "config", "list"], capture_output=True, text=True).stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
+    ).stdout
     folders = [
         Path(p)
         for line in listed.splitlines()
@@ -455,8 +458,6 @@ def test_a_cluster_of_three_containers_runs_a_submitted_job_of_ddp_trials_into_s
 
 
 if __name__ == "__main__":  # make image-test asks first, to say in one line why it cannot run
-    import sys
-
     if why := engine_missing():
         print(why)
         sys.exit(1)

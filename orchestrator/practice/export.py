@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from orchestrator.errors import RunError
-from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
+from orchestrator.results import CONFIG_PREFIX, config_of, load_results, load_trials
 from orchestrator.results.layout import run_id_of
 from orchestrator.results.reader import run_info
 from orchestrator.storage import open_store
@@ -58,14 +58,6 @@ class Trials:
                 value = row[metric]
                 if value is not None and math.isfinite(value):
                     curves.setdefault(metric, []).append((row["iteration"], value))
-
-    @staticmethod
-    def config(trial: dict) -> dict:
-        return {
-            k.removeprefix(CONFIG_PREFIX): v
-            for k, v in trial.items()
-            if k.startswith(CONFIG_PREFIX) and v is not None
-        }
 
     def tags(self, trial: dict) -> dict[str, str]:
         return {
@@ -105,7 +97,7 @@ def to_mlflow(trials: Trials, tracking_uri: str, experiment: str | None = None) 
         run = client.create_run(
             experiment_id, run_name=f"{trials.run_id}/{trial['trial_id']}", tags=trials.tags(trial)
         )
-        params = [Param(k, str(v)[:PARAMS_MAX]) for k, v in trials.config(trial).items()]
+        params = [Param(k, str(v)[:PARAMS_MAX]) for k, v in config_of(trial).items()]
         now = int(time.time() * 1000)
         metrics = [
             Metric(metric, value, now, step)
@@ -143,7 +135,7 @@ def to_tensorboard(trials: Trials, folder: str) -> tuple[int, int]:
             writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
         writer.close()
 
-    hparams = sorted({k for trial in trials.trials for k in trials.config(trial)} | {"status", "trial_seed"})
+    hparams = sorted({k for trial in trials.trials for k in config_of(trial)} | {"status", "trial_seed"})
     metric_tags = [summary_v2.Metric(m) for m in trials.metrics]
     if not any(root.glob("events.out.tfevents.*")):
         write(root, [(0, summary_v2.hparams_config_pb([summary_v2.HParam(h) for h in hparams], metric_tags))])
@@ -154,7 +146,7 @@ def to_tensorboard(trials: Trials, folder: str) -> tuple[int, int]:
             there += 1
             continue
         values = {
-            **trials.config(trial),
+            **config_of(trial),
             "status": str(trial["status"]),
             "trial_seed": int(trial["trial_seed"]),
         }
