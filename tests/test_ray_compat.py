@@ -592,6 +592,34 @@ def test_the_stop_noise_of_rays_workers_is_dropped_and_nothing_else():
     assert ray_compat.without_stop_noise(STOP_NOISE[:-1]) == STOP_NOISE[:-1]
 
 
+def test_stop_noise_split_across_two_batches_of_one_worker_is_dropped_and_nothing_else():
+    """Ray's log monitor sends what a worker's log file holds when it reads it: under load Python's block comes
+    in two batches (seen in CI). The relay holds the unfinished block back until the worker's next batch."""
+    quiet = ray_compat.QuietBatches()
+    batch = {"is_err": True, "pid": 7, "ip": "10.0.0.1"}
+    for cut in range(1, len(STOP_NOISE)):
+        assert ray_compat.unfinished_block(["epoch 1", *STOP_NOISE[:cut]]) == 1
+        first = quiet({**batch, "lines": ["epoch 1", *STOP_NOISE[:cut]]})
+        assert first["lines"] == ["epoch 1"] and first["pid"] == 7
+        # another worker's batch meanwhile is its own
+        assert quiet({**batch, "pid": 8, "lines": ["other"]})["lines"] == ["other"]
+        assert quiet({**batch, "lines": [*STOP_NOISE[cut:], "epoch 2"]})["lines"] == ["epoch 2"]
+    # a user's own ignored exception, split the same way, arrives whole with the batch that ends it
+    user = ["Exception ignored in: <function Model.__del__>", "Traceback (most recent call last):"]
+    assert quiet({**batch, "lines": user}) is None
+    assert quiet({**batch, "lines": ["ValueError: mine", "epoch 3"]})["lines"] == [
+        *user,
+        "ValueError: mine",
+        "epoch 3",
+    ]
+    assert (
+        ray_compat.unfinished_block(["Exception ignored in: x", "Traceback (most recent call last):", "E: x"])
+        is None
+    )
+    stdout = {"is_err": False, "pid": 7, "lines": STOP_NOISE[:2]}
+    assert quiet(stdout) is stdout
+
+
 def test_quiet_worker_stops_filters_the_drivers_relay_and_undoes_it(monkeypatch):
     """Without a Ray: the handler Ray's worker.connect registers (ray_compat.PRINT_LOGS_HANDLER) stands in. The
     relay gets each batch without the stop noise, other handlers get it whole; the undo leaves Ray's emit."""

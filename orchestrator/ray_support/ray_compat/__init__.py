@@ -64,7 +64,9 @@ from orchestrator.ray_support.ray_compat.errors import (
 from orchestrator.ray_support.ray_compat.logs import (
     PRINT_LOGS_HANDLER,
     OneLineErrors,
+    QuietBatches,
     quiet_worker_stops,
+    unfinished_block,
     without_stop_noise,
 )
 from orchestrator.ray_support.ray_compat.node_start import (
@@ -137,6 +139,7 @@ __all__ = [
     "NODE_DEATH_TEXTS",
     "NODE_GROUP_LABEL",
     "OneLineErrors",
+    "QuietBatches",
     "PRESTART_FLAG",
     "PRINT_LOGS_HANDLER",
     "QUIET_LOGGERS",
@@ -204,6 +207,7 @@ __all__ = [
     "trial_error_file",
     "trial_failed_message",
     "trial_name",
+    "unfinished_block",
     "until_undone",
     "was_lost_node",
     "without_stop_noise",

@@ -35,17 +35,40 @@ def without_stop_noise(lines: list[str]) -> list[str]:
     return kept
 
 
-def _without_stop_noise(data: dict) -> dict | None:
-    """A batch of a worker's output as the driver's relay should print it: stderr without_stop_noise, None when
-    nothing is left of it."""
-    lines = data.get("lines")
-    if data.get("is_err") and lines:
+def unfinished_block(lines: list[str]) -> int | None:
+    """Where `lines` end inside an "Exception ignored" block (its traceback begun, its exception's own line not
+    yet there): that block's first line; else None."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("Exception ignored"):
+            rest = lines[i + 1 :]
+            if all(line.startswith(("Traceback", " ")) or not line.strip() for line in rest):
+                return i
+            return None
+    return None
+
+
+class QuietBatches:
+    """Batches of workers' output as the driver's relay should print them: stderr without_stop_noise. Ray's log
+    monitor sends what a worker's log file holds when it reads it, so on a loaded machine Python's block can
+    arrive in two batches (seen: the traceback's first frames in one, `SystemExit: 1` in the next). A batch that
+    ends inside such a block keeps that block back, per worker, until the worker's next batch completes it."""
+
+    def __init__(self):
+        self.held: dict[tuple, list[str]] = {}  # (node ip, pid) -> an unfinished block's lines
+
+    def __call__(self, data: dict) -> dict | None:
+        """The batch to print (None: nothing of it is left)."""
+        lines = data.get("lines")
+        if not (data.get("is_err") and lines):
+            return data
+        worker = (data.get("ip"), data.get("pid"))
+        lines = self.held.pop(worker, []) + list(lines)
+        if (start := unfinished_block(lines)) is not None:
+            self.held[worker], lines = lines[start:], lines[:start]
         kept = without_stop_noise(lines)
         if not kept:
             return None
-        if len(kept) < len(lines):
-            return {**data, "lines": kept}
-    return data
+        return data if kept == data["lines"] else {**data, "lines": kept}
 
 
 def quiet_worker_stops():
@@ -57,12 +80,14 @@ def quiet_worker_stops():
         global_worker_stdstream_dispatcher as dispatcher,
     )  # here, not at the top: a move breaks only this
 
+    quiet = QuietBatches()
+
     def emit_quietly(data):  # Ray's WorkerStandardStreamDispatcher.emit, and the filter
         with dispatcher._lock:
             for name, handle in dispatcher.handlers:
                 if name != PRINT_LOGS_HANDLER:
                     handle(data)
-                elif (kept := _without_stop_noise(data)) is not None:
+                elif (kept := quiet(data)) is not None:
                     handle(kept)
 
     return until_undone(patched(dispatcher, emit=emit_quietly))
