@@ -6,10 +6,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from conftest import spec_dict
 
-from orchestrator.results import ResultsSchema, ResultsWriter, load_results, load_trials
+from orchestrator.results import ResultsSchema, ResultsWriter, load_results, load_trials, metric_columns
 from orchestrator.results.layout import ITERATION_KEY
 from orchestrator.results.reader import best_row
 from orchestrator.spec import parse_spec
@@ -216,3 +217,11 @@ def test_results_show_ranks_a_running_trial_by_its_rows_not_its_lagging_record(t
         "1",
         "2",
     ], out
+
+
+def test_metric_columns_are_the_reported_metrics_in_the_rows_order_with_or_without_lineage():
+    for lineage in (False, True):
+        schema = ResultsSchema(
+            METRICS, (("lr", pa.float64()), ("hidden", pa.int64())), "val_loss", "min", lineage=lineage
+        )
+        assert metric_columns(schema.rows_schema()) == list(METRICS)

@@ -22,14 +22,11 @@ import time
 from pathlib import Path
 
 from orchestrator.errors import RunError
-from orchestrator.results import CONFIG_PREFIX, config_of, load_results, load_trials
+from orchestrator.results import config_of, load_results, load_trials, metric_columns
 from orchestrator.results.layout import run_id_of
 from orchestrator.results.reader import run_info
 from orchestrator.storage import open_store
 
-# the rows' columns that are not metrics a trial reported
-_NOT_METRICS = {"trial_id", "iteration", "trial_seed", "attempt", "time_total_s", "timestamp"}
-_NOT_METRICS |= {"parent_trial", "exploited_at"}
 PARAMS_MAX = 500  # characters MLflow keeps of a param's value (6000 in newer servers; the safe floor)
 
 
@@ -44,13 +41,7 @@ class Trials:
         self.job = info.get("name") or store.uri.rstrip("/").rsplit("/", 2)[-2]
         self.trials = load_trials(store).to_pylist()
         rows = load_results(store)
-        self.metrics = [
-            c
-            for c in rows.column_names
-            if c not in _NOT_METRICS
-            and not c.startswith(CONFIG_PREFIX)
-            and rows.schema.field(c).type == "double"
-        ]
+        self.metrics = metric_columns(rows.schema)
         self.curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
         for row in rows.select(["trial_id", "iteration", *self.metrics]).to_pylist():
             curves = self.curves.setdefault(row["trial_id"], {})

@@ -4,7 +4,13 @@
 from orchestrator.errors import ResultsDamaged, ResultsNotFound
 from orchestrator.results.layout import RESULTS_DIR, TRIALS_FILE
 from orchestrator.results.reader import best_row, config_of, load_results, load_trials, result_uris
-from orchestrator.results.schema import CONFIG_PREFIX, RUN_VARYING_COLUMNS, TIMING_COLUMNS, ResultsSchema
+from orchestrator.results.schema import (
+    CONFIG_PREFIX,
+    RUN_VARYING_COLUMNS,
+    TIMING_COLUMNS,
+    ResultsSchema,
+    metric_columns,
+)
 from orchestrator.results.summary import RunSummary, format_config, summarize
 from orchestrator.results.writer import ResultsWriter
 
@@ -16,6 +22,7 @@ __all__ = [
     "result_uris",
     "best_row",
     "config_of",
+    "metric_columns",
     "ResultsNotFound",
     "ResultsDamaged",
     "CONFIG_PREFIX",

@@ -29,6 +29,9 @@ CHECKPOINT_FALLBACK = (
 )
 REPORTED_AT = "reported_at"  # a report's wall-clock time (seconds since the epoch), the rows' `timestamp`
 RUN_VARYING_COLUMNS = TIMING_COLUMNS + ("attempt",)
+LINEAGE_COLUMNS = ("parent_trial", "exploited_at")  # PBT: which trial's checkpoint a row's training continues
+# The rows' columns that are not a reported metric nor a hyperparameter (rows_schema lays them out)
+ROW_BOOKKEEPING = ("trial_id", "iteration", "trial_seed", "attempt", *TIMING_COLUMNS, *LINEAGE_COLUMNS)
 # trials.parquet's columns that vary between otherwise identical runs: where and how long each trial ran
 TRIAL_VARYING_COLUMNS = ("node_id", "node_type", "wall_s", "cpu_s", "gpu_s", "cost", "retries", "preemptions")
 FINISHED = (
@@ -43,6 +46,17 @@ def trial_point(record: Mapping[str, Any], objectives) -> tuple[float, ...] | No
     if record["status"] not in FINISHED or record.get("feasible") is False:
         return None
     return point_of({o.metric: record.get(f"last_{o.metric}") for o in objectives}, objectives)
+
+
+def metric_columns(schema: pa.Schema) -> list[str]:
+    """The metrics the trials reported, in the order of a results table's `schema` (rows_schema's)."""
+    return [
+        f.name
+        for f in schema
+        if f.name not in ROW_BOOKKEEPING
+        and not f.name.startswith(CONFIG_PREFIX)
+        and pa.types.is_floating(f.type)
+    ]
 
 
 def scoreable(value) -> bool:
@@ -131,7 +145,7 @@ class ResultsSchema:
             pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
         ]
         if self.lineage:
-            fields += [pa.field("parent_trial", pa.string()), pa.field("exploited_at", pa.int64())]
+            fields += [pa.field(LINEAGE_COLUMNS[0], pa.string()), pa.field(LINEAGE_COLUMNS[1], pa.int64())]
         return pa.schema(fields, metadata=self._metadata())
 
     def trials_schema(self) -> pa.Schema:
