@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test test-fast lint docs bench gpu-check image-test clean
+.PHONY: setup demo test test-fast lint docs bench gpu-check image-test dashboard-shots clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,13 @@ test-fast: setup
 image-test: setup
 	@why=$$($(BIN)/python tests/test_image.py) || { echo "$$why"; exit 0; }; \
 	$(BIN)/python -m pytest -m image -s tests/test_image.py
+
+# A screenshot of every view of `hpo dashboard`, taken by headless Chromium on a run in progress on SeaweedFS (the
+# browser test of tests/test_dashboard.py), written to SHOTS for a person to look at.
+SHOTS ?= dashboard-shots
+dashboard-shots: setup
+	HPO_DASHBOARD_SHOTS=$(abspath $(SHOTS)) $(BIN)/python -m pytest -q -s tests/test_dashboard.py -k real_browser
+	@echo "==> screenshots in $(SHOTS)/"
 
 lint: setup
 	$(BIN)/ruff format --check .

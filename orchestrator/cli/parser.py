@@ -179,6 +179,23 @@ def _practice(commands) -> None:
     p.add_argument("--out", required=True, help="folder for the PNG plots and report.txt")
     p.set_defaults(handler="practice_cmds:analyze")
 
+    p = commands.add_parser(
+        "dashboard", help="serve a live, read-only web page of the runs under a storage root (local or s3://)"
+    )
+    p.add_argument(
+        "uri", metavar="STORAGE_OR_RUN_URI", help="a storage root (opens on its newest run) or a run"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    p.add_argument(
+        "--token",
+        help="require this token of every request (default: HPO_DASHBOARD_TOKEN); needed off loopback",
+    )
+    _endpoint(p)
+    p.set_defaults(handler="dashboard_cmds:dashboard")
+
 
 def _cluster(commands) -> None:
     p = commands.add_parser("submit", help="validate a spec and submit it to a Ray cluster as `hpo run`")
