@@ -47,6 +47,9 @@ def serve(
         )
     root, first = resolve(uri, options)
     dashboard = Dashboard(root, options=options, endpoint_url=endpoint_url)
+    opening = first or dashboard.newest()
+    if opening is not None:  # read the run the page opens on now, so that its first load does not wait for it
+        dashboard.tables(opening.name, opening.run_id)
     app = create_app(dashboard, token=token, first=first.key if first else None)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
