@@ -209,6 +209,32 @@ def test_the_cli_refuses_an_open_host_without_a_token_a_bad_port_and_a_taken_one
     assert done.returncode == 2 and f"--port {port}" in done.stderr and done.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
+def test_serving_every_view_loads_neither_torch_nor_ray(tmp_path):
+    _run(tmp_path, trials=8, objectives=True, name="two")
+    _run(tmp_path, trials=4, pbt=True, name="pbt")
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT / "bench")!r})
+from orchestrator.cli.dashboard_cmds import dashboard
+from orchestrator.dashboard.app import create_app
+from orchestrator.dashboard.runs import Dashboard
+board = Dashboard({str(tmp_path)!r})
+create_app(board)
+for run in board.runs():
+    for view in ("summary", "trial_table", "parameters", "importance", "pareto", "lineage", "ledger"):
+        getattr(board, view)(run["name"], run["run_id"])
+    board.curves(run["name"], run["run_id"], None, None)
+board.overlay(["two/{RUN_ID}", "pbt/{RUN_ID}"])
+print(sorted(m for m in ("torch", "ray", "hyperopt") if m in sys.modules))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def _chromium_missing() -> str | None:
     if not Path(bench.CHROMIUM).exists():
         return f"no Chromium at {bench.CHROMIUM} (Debian: apt-get install chromium)"

@@ -19,20 +19,24 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.errors import ResultsNotFound
-from orchestrator.results.layout import RUN_FILE, SPEC_FILE, TRIALS_FILE
+from orchestrator.errors import ResultsNotFound, SpecError
+from orchestrator.results.layout import RUN_FILE, SANITY_RUN_PREFIX, SPEC_FILE, TRIALS_FILE
+from orchestrator.results.ops import list_runs
 from orchestrator.results.reader import (
     TRIALS_COLUMNS,
     best_per_trial,
+    best_row,
     constraints_of,
     decode_stored,
     objectives_of,
     parse_json,
-    result_files,
+    read_new_result_files,
     search_metric,
 )
 from orchestrator.results.schema import CONFIG_PREFIX, LINEAGE_COLUMNS, metric_columns
 from orchestrator.search.objectives import hypervolume, point_of
+from orchestrator.spec import parse_spec
+from orchestrator.spec.yaml_load import load_yaml_text
 from orchestrator.storage import Store, join_uri, open_store
 
 REFRESH_S = 0.5  # a run's tables are read again at most this often, however many views ask
@@ -76,6 +80,7 @@ class RunTables:
         self.trials: pa.Table | None = None
         self.info: dict = {}
         self.spec: dict = {}
+        self.total: int | None = None  # the trials the search will run (the spec's)
         self.version = ""
         self.decoded = 0  # results files decoded so far (how incremental the reading is, for tests)
 
@@ -91,28 +96,26 @@ class RunTables:
             self.info = parse_json(self.store, RUN_FILE, self.store.read_bytes(RUN_FILE))
         except FileNotFoundError:
             self.info = {}
-        if not self.spec:
+        if not self.spec:  # written once, at the run's start
             try:
-                from orchestrator.spec.yaml_load import load_yaml_text
-
                 self.spec = load_yaml_text(self.store.read_bytes(SPEC_FILE)) or {}
             except FileNotFoundError:
                 self.spec = {}
-        for _ in range(5):  # a compaction may delete a file between reading the manifest and the file
-            files = result_files(self.store)
             try:
-                fresh = {f: self._files.get(f) for f in files}
-                for name, table in fresh.items():
-                    if table is None:
-                        fresh[name] = decode_stored(self.store, name, self.store.read_bytes(name))
-                        self.decoded += 1
-            except FileNotFoundError:
-                continue
-            break
-        if list(fresh) != list(self._files) or self.rows is None:
+                self.total = parse_spec(self.spec, check_workload=False).search.num_trials()
+            except (SpecError, AttributeError, TypeError):
+                self.total = None
+        try:
+            files, read = read_new_result_files(self.store, self._files)
+        except ResultsNotFound:  # no results file yet: a run that has just started
+            files, read = [], {}
+        fresh = {
+            f: self._files[f] if f in self._files else decode_stored(self.store, f, read[f]) for f in files
+        }
+        self.decoded += len(read)
+        if list(fresh) != list(self._files) or (self.rows is None and fresh):
             self._files = fresh
-            tables = [t for t in fresh.values() if t is not None]
-            self.rows = pa.concat_tables(tables, promote_options="none") if tables else None
+            self.rows = pa.concat_tables(list(fresh.values())) if fresh else None
         try:
             data = self.store.read_bytes(TRIALS_FILE)
         except FileNotFoundError:
@@ -145,19 +148,21 @@ class Dashboard:
         self._runs: dict[str, RunTables] = {}
         self._lock = threading.Lock()
         self._listed: tuple[float, list[RunRef]] = (0.0, [])
+        self._importance: dict[tuple, dict] = {}
 
     # --- the runs under the root -------------------------------------------------------------------------------
     def run_refs(self) -> list[RunRef]:
-        """Every run under the root (`<name>/<run id>/run.json` or spec.yaml), newest run id last."""
+        """Every run under the root (results.ops.list_runs', without `hpo sanity`'s), newest run id last."""
         listed_at, refs = self._listed
         if time.monotonic() - listed_at < 2 * REFRESH_S:
             return refs
-        found = set()
-        for rel in self.root.list():
-            parts = rel.split("/")
-            if len(parts) == 3 and parts[2] in (RUN_FILE, SPEC_FILE):
-                if _NAME.match(parts[0]) and _NAME.match(parts[1]) and not parts[1].startswith("sanity-"):
-                    found.add(RunRef(parts[0], parts[1]))
+        found = {
+            RunRef(run.name, run.run_id)
+            for run in list_runs(self.root.uri, options=self.options)
+            if _NAME.match(run.name)
+            and _NAME.match(run.run_id)
+            and not run.run_id.startswith(SANITY_RUN_PREFIX)
+        }
         refs = sorted(found, key=lambda r: (r.run_id, r.name))
         self._listed = (time.monotonic(), refs)
         return refs
@@ -201,7 +206,7 @@ class Dashboard:
             }
             if t.rows is not None:
                 metric, mode = search_metric(t.rows)
-                best = _best_value(t.rows, metric, mode)
+                best = _best_value(t.rows, metric)
                 entry.update(metric=metric, mode=mode, best=_finite(best))
             out.append(entry)
         return out
@@ -214,7 +219,6 @@ class Dashboard:
     def summary(self, name: str, run_id: str) -> dict:
         t = self.tables(name, run_id)
         uri = join_uri(self.root.uri, name, run_id)
-        search = t.spec.get("search", {}) if isinstance(t.spec, dict) else {}
         trials = t.trials.to_pylist() if t.trials is not None else []
         running = sum(1 for r in trials if r["status"] == "running")
         metric = mode = None
@@ -222,7 +226,7 @@ class Dashboard:
         objectives: list = []
         if t.rows is not None:
             metric, mode = search_metric(t.rows)
-            best = _finite(_best_value(t.rows, metric, mode))
+            best = _finite(_best_value(t.rows, metric))
             objectives = [[o.metric, o.mode] for o in objectives_of(t.rows)]
         pull = f"hpo results pull {uri} --to ./{name}-{run_id}"
         if self.endpoint_url:
@@ -237,17 +241,13 @@ class Dashboard:
             "trials": len(trials),
             "running": running,
             "done": len(trials) - running,
-            "total": _total_trials(search),
+            "total": t.total,
             "reports": t.rows.num_rows if t.rows is not None else 0,
             "metric": metric,
             "mode": mode,
             "best": best,
             "objectives": objectives if len(objectives) > 1 else [],
             "pbt": bool(t.rows is not None and LINEAGE_COLUMNS[0] in t.rows.column_names),
-            "scheduler": (t.spec.get("scheduler") or {}).get("type", "fifo")
-            if isinstance(t.spec, dict)
-            else "",
-            "metrics": metric_columns(t.rows.schema) if t.rows is not None else [],
             "pull": pull,
             "spec": redacted(t.spec),
         }
@@ -352,7 +352,13 @@ class Dashboard:
 
     def importance(self, name: str, run_id: str) -> dict:
         """Each varied hyperparameter's share of the search metric's variance (Optuna's fANOVA), over the latest
-        IMPORTANCE_TRIALS trials that reported it."""
+        IMPORTANCE_TRIALS trials that reported it; computed once per version of the run (a forest's fit)."""
+        key = (name, run_id, self.tables(name, run_id).version)
+        if key not in self._importance:
+            self._importance = {key: self._fanova(name, run_id)}  # the latest version's only
+        return self._importance[key]
+
+    def _fanova(self, name: str, run_id: str) -> dict:
         view = self.parameters(name, run_id)
         names = list(view["params"])
         points = [(i, v) for i, v in enumerate(view["objective"]) if v is not None and math.isfinite(v)][
@@ -542,17 +548,12 @@ class Dashboard:
         return {"runs": out}
 
 
-def _best_value(rows: pa.Table, metric: str, mode: str):
-    values = rows[metric]
-    finite = values.filter(pc.fill_null(pc.is_finite(values), False))
-    if len(finite) == 0:
+def _best_value(rows: pa.Table, metric: str):
+    """The best value of the search metric so far (NaN, inf and reports that break a constraint never are)."""
+    try:
+        return best_row(rows)[metric]
+    except ResultsNotFound:
         return None
-    return (pc.min if mode == "min" else pc.max)(finite).as_py()
-
-
-def _total_trials(search: dict) -> int | None:
-    samples = search.get("num_samples")
-    return samples if isinstance(samples, int) else None
 
 
 def _spans(rows: pa.Table) -> dict[str, tuple[float, float]]:

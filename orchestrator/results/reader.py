@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Container
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -142,6 +143,13 @@ def check_result_files_present(store: Store) -> None:
 
 def read_result_files(store: Store) -> dict[str, bytes]:
     """{file: bytes} of the results table as one consistent snapshot, even while the run compacts."""
+    return read_new_result_files(store, ())[1]
+
+
+def read_new_result_files(store: Store, have: Container[str]) -> tuple[list[str], dict[str, bytes]]:
+    """The files that make up the results table now, and the bytes of those not in `have` (a reader that keeps
+    what it decoded reads only what is new: results files never change once written). One consistent snapshot,
+    even while the run compacts."""
     missing = ""
     for _ in range(5):  # a compaction may delete a file between reading the manifest and the file
         files = result_files(store)
@@ -152,10 +160,11 @@ def read_result_files(store: Store) -> dict[str, bytes]:
         read: dict[str, bytes] = {}
         try:
             for missing in files:
-                read[missing] = store.read_bytes(missing)
+                if missing not in have:
+                    read[missing] = store.read_bytes(missing)
         except FileNotFoundError:
             continue
-        return read
+        return files, read
     # the manifest still names a file that is not there: not a compaction under way, a file lost
     raise _named_but_missing(store, missing)
 
