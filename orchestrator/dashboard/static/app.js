@@ -16,6 +16,9 @@ const state = {
   overlay: new Set(),
 };
 const $ = (id) => document.getElementById(id);
+// A view draws after its fetch returns; by then the user (or a poll's redraw) may have moved to another route:
+// a stale draw must not replace the page that is now shown.
+const stale = (r) => state.route !== r;
 
 async function get(path) {
   const response = await fetch(path, { credentials: "same-origin" });
@@ -89,6 +92,7 @@ function problem(error) {
 // --- views ---------------------------------------------------------------------------------------------------
 async function showRuns(r) {
   const listing = await get("api/runs");
+  if (stale(r)) return;
   $("root").textContent = `storage: ${listing.root}`;
   const rows = listing.runs.map((run) => {
     const key = `${run.name}/${run.run_id}`;
@@ -174,6 +178,7 @@ function renderTable(r) {
 
 async function showTrials(r, reload) {
   const data = await get(api(r, "trials"));
+  if (stale(r)) return;
   state.table.data = data;
   if (!reload || !$("trial-body")) {
     const filter = el("input", { type: "search", placeholder: "filter: text, status:running, lr>0.01", value: state.table.filter, "data-testid": "filter",
@@ -195,6 +200,7 @@ async function showCurves(r) {
   const metric = r.query.get("metric") || "";
   const trials = r.query.get("trials") || "";
   const data = await get(api(r, "curves", new URLSearchParams({ metric, trials }).toString()));
+  if (stale(r)) return;
   if (!$("curves")) {
     const select = el("select", { id: "curve-metric", onchange: (e) => { location.hash = runPath(r, "curves", new URLSearchParams({ metric: e.target.value, trials }).toString()); } },
       ...data.metrics.map((m) => { const o = el("option", { value: m }, m); o.selected = m === data.metric; return o; }));
@@ -213,6 +219,7 @@ async function showCurves(r) {
 
 async function showParameters(r) {
   const data = await get(api(r, "parameters"));
+  if (stale(r)) return;
   const names = Object.keys(data.params);
   if (!$("parcoords")) {
     $("view").replaceChildren(el("div", { id: "parcoords", class: "chart", "data-testid": "parcoords" }), el("h3", {}, "Slices"), el("div", { id: "slices", class: "grid" }));
@@ -244,6 +251,7 @@ async function showParameters(r) {
 async function showImportance(r) {
   if (!$("importance")) $("view").replaceChildren(el("div", { id: "importance", class: "chart", "data-testid": "importance" }));
   const data = await get(api(r, "importance"));
+  if (stale(r)) return;
   const entries = Object.entries(data.importance).reverse();
   Plotly.react("importance", [{ type: "bar", orientation: "h", x: entries.map((e) => e[1]), y: entries.map((e) => e[0]) }],
     { title: { text: entries.length ? `hyperparameter importance (fANOVA over ${data.trials} trials)` : "importance needs at least 4 trials that reported" }, margin: { l: 140 } }, { responsive: true });
@@ -251,6 +259,7 @@ async function showImportance(r) {
 
 async function showPareto(r) {
   const data = await get(api(r, "pareto"));
+  if (stale(r)) return;
   if (!$("pareto")) $("view").replaceChildren(el("div", { class: "grid" }, el("div", { id: "pareto", class: "chart", "data-testid": "pareto" }), el("div", { id: "hypervolume", class: "chart" })));
   if (data.objectives.length < 2) { $("pareto").textContent = "one objective: no Pareto front"; return; }
   const [a, b] = data.objectives.map((o) => o[0]);
@@ -266,6 +275,7 @@ async function showPareto(r) {
 
 async function showLineage(r) {
   const data = await get(api(r, "lineage"));
+  if (stale(r)) return;
   const schedules = Object.values(data.schedules);
   // only the hyperparameters PBT changed: a value that differs between trials or steps
   const params = Object.keys(schedules[0] || {}).filter((k) => k !== "x" && new Set(schedules.flatMap((s) => s[k].map(String))).size > 1);
@@ -280,6 +290,7 @@ async function showLineage(r) {
 
 async function showLedger(r) {
   const data = await get(api(r, "ledger"));
+  if (stale(r)) return;
   const priced = Object.values(data.totals).some((t) => t.cost > 0) || data.budget.cost;
   const unit = priced ? "cost" : (Object.values(data.totals).some((t) => t.gpu_hours > 0) ? "gpu_hours" : "cpu_hours");
   if (!$("ledger")) $("view").replaceChildren(el("div", { id: "ledger", class: "chart", "data-testid": "ledger" }), el("div", { id: "ledger-totals" }));
@@ -292,7 +303,7 @@ async function showLedger(r) {
 }
 
 async function showSpec(r) {
-  const s = state.summary || await get(api(r, "summary"));
+  const s = state.summary;
   const pull = el("code", { id: "pull-command" }, s.pull);
   const copy = el("button", { "data-testid": "copy-pull", onclick: async () => {
     try { await navigator.clipboard.writeText(s.pull); copy.textContent = "copied"; } catch (_) {
@@ -314,7 +325,11 @@ async function render(reload) {
       header(null); tabs(r);
       return await showRuns(r);
     }
-    if (!reload) { state.summary = await get(api(r, "summary")); state.version = state.summary.version; header(state.summary); }
+    if (!reload) {
+      const summary = await get(api(r, "summary"));
+      if (stale(r)) return;
+      state.summary = summary; state.version = summary.version; header(summary);
+    }
     tabs(r);
     $("root").textContent = state.summary ? `results: ${state.summary.uri}` : "";
     await (SHOW[r.view] || showTrials)(r, reload);
@@ -330,6 +345,7 @@ async function poll() {
   try {
     if (r.kind === "run") {
       const summary = await get(api(r, "summary"));
+      if (stale(r)) return;
       state.summary = summary;
       header(summary);
       if (summary.version !== state.version) {
