@@ -46,10 +46,15 @@ def test_views_read_the_tables_incrementally_and_agree_with_them(tmp_path):
     best = min(r["best_val_loss"] for r in run.records)
     assert summary["best"] == pytest.approx(best)
 
+    # views are built once per version of the run: asked again unchanged, the same one
+    headline = board.view("summary", "synthetic", RUN_ID)
+    assert board.view("summary", "synthetic", RUN_ID) is headline and headline["trials"] == 30
+
     # a new trial's part file: the next refresh decodes that file only
     added = run.add_trial()
     tables.refresh(force=True)
     assert tables.decoded == 6
+    assert board.view("summary", "synthetic", RUN_ID)["trials"] == 31
     table = board.trial_table("synthetic", RUN_ID)
     assert len(table["rows"]) == 31 and table["columns"][:3] == ["trial_id", "status", "best_val_loss"]
     assert {"lr", "hidden", "dropout", "batch_size"} <= set(table["columns"])

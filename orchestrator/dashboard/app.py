@@ -24,6 +24,16 @@ from orchestrator.storage.base import StoreError
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "hpo_dashboard_token"
+# a run's views by their path (api/run/NAME/RUN_ID/VIEW), each built once per version of the run (Dashboard.view)
+VIEWS = {
+    "summary": "summary",
+    "trials": "trial_table",
+    "parameters": "parameters",
+    "importance": "importance",
+    "pareto": "pareto",
+    "lineage": "lineage",
+    "ledger": "ledger",
+}
 _STATIC_FILES = {"app.js": "text/javascript", "app.css": "text/css", "index.html": "text/html"}
 
 
@@ -120,23 +130,11 @@ def create_app(dashboard: Dashboard, *, token: str | None = None, first: str | N
         name, run_id, what = (request.path_params[k] for k in ("name", "run_id", "view"))
         query = request.query_params
         try:
-            if what == "summary":
-                return _json(dashboard.summary(name, run_id))
-            if what == "trials":
-                return _json(dashboard.trial_table(name, run_id))
+            if what in VIEWS:
+                return _json(dashboard.view(VIEWS[what], name, run_id))
             if what == "curves":
                 trials = [t for t in query.get("trials", "").split(",") if t]
                 return _json(dashboard.curves(name, run_id, query.get("metric"), trials or None))
-            if what == "parameters":
-                return _json(dashboard.parameters(name, run_id))
-            if what == "importance":
-                return _json(dashboard.importance(name, run_id))
-            if what == "pareto":
-                return _json(dashboard.pareto(name, run_id))
-            if what == "lineage":
-                return _json(dashboard.lineage(name, run_id))
-            if what == "ledger":
-                return _json(dashboard.ledger(name, run_id))
         except KeyError:
             return _json({"error": f"no run {name}/{run_id} under {dashboard.root.uri}"}, 404)
         except (

@@ -148,7 +148,7 @@ class Dashboard:
         self._runs: dict[str, RunTables] = {}
         self._lock = threading.Lock()
         self._listed: tuple[float, list[RunRef]] = (0.0, [])
-        self._importance: dict[tuple, dict] = {}
+        self._views: dict[tuple[str, str, str], tuple[str, dict]] = {}  # (run, view) -> (version, view)
 
     # --- the runs under the root -------------------------------------------------------------------------------
     def run_refs(self) -> list[RunRef]:
@@ -194,21 +194,7 @@ class Dashboard:
                 t = self.tables(ref.name, ref.run_id)
             except KeyError:
                 continue
-            entry = {
-                "name": ref.name,
-                "run_id": ref.run_id,
-                "status": t.info.get("status", "running" if t.rows is not None else "unknown"),
-                "time": t.info.get("time", ""),
-                "trials": t.trials.num_rows if t.trials is not None else 0,
-                "metric": None,
-                "mode": None,
-                "best": None,
-            }
-            if t.rows is not None:
-                metric, mode = search_metric(t.rows)
-                best = _best_value(t.rows, metric)
-                entry.update(metric=metric, mode=mode, best=_finite(best))
-            out.append(entry)
+            out.append({"name": ref.name, "run_id": ref.run_id, **_headline(t)})
         return out
 
     def newest(self) -> RunRef | None:
@@ -219,15 +205,11 @@ class Dashboard:
     def summary(self, name: str, run_id: str) -> dict:
         t = self.tables(name, run_id)
         uri = join_uri(self.root.uri, name, run_id)
-        trials = t.trials.to_pylist() if t.trials is not None else []
-        running = sum(1 for r in trials if r["status"] == "running")
-        metric = mode = None
-        best = None
-        objectives: list = []
-        if t.rows is not None:
-            metric, mode = search_metric(t.rows)
-            best = _finite(_best_value(t.rows, metric))
-            objectives = [[o.metric, o.mode] for o in objectives_of(t.rows)]
+        headline = _headline(t)
+        running = 0
+        if t.trials is not None:
+            running = pc.sum(pc.equal(t.trials["status"], "running")).as_py() or 0
+        objectives = [[o.metric, o.mode] for o in objectives_of(t.rows)] if t.rows is not None else []
         pull = f"hpo results pull {uri} --to ./{name}-{run_id}"
         if self.endpoint_url:
             pull += f" --endpoint-url {self.endpoint_url}"
@@ -235,17 +217,12 @@ class Dashboard:
             "name": name,
             "run_id": run_id,
             "uri": uri,
-            "status": t.info.get("status", "running" if trials else "unknown"),
-            "time": t.info.get("time", ""),
+            **headline,
             "version": t.version,
-            "trials": len(trials),
             "running": running,
-            "done": len(trials) - running,
+            "done": headline["trials"] - running,
             "total": t.total,
             "reports": t.rows.num_rows if t.rows is not None else 0,
-            "metric": metric,
-            "mode": mode,
-            "best": best,
             "objectives": objectives if len(objectives) > 1 else [],
             "pbt": bool(t.rows is not None and LINEAGE_COLUMNS[0] in t.rows.column_names),
             "pull": pull,
@@ -350,15 +327,18 @@ class Dashboard:
             "version": t.version,
         }
 
+    def view(self, what: str, name: str, run_id: str) -> dict:
+        """summary, trial_table, parameters, importance, pareto, lineage or ledger of a run, built once per
+        version of its tables: the page asks for the summary every second, and most seconds nothing changed."""
+        version = self.tables(name, run_id).version
+        cached = self._views.get((name, run_id, what))
+        if cached is None or cached[0] != version:
+            cached = self._views[(name, run_id, what)] = (version, getattr(self, what)(name, run_id))
+        return cached[1]
+
     def importance(self, name: str, run_id: str) -> dict:
         """Each varied hyperparameter's share of the search metric's variance (Optuna's fANOVA), over the latest
-        IMPORTANCE_TRIALS trials that reported it; computed once per version of the run (a forest's fit)."""
-        key = (name, run_id, self.tables(name, run_id).version)
-        if key not in self._importance:
-            self._importance = {key: self._fanova(name, run_id)}  # the latest version's only
-        return self._importance[key]
-
-    def _fanova(self, name: str, run_id: str) -> dict:
+        IMPORTANCE_TRIALS trials that reported it."""
         view = self.parameters(name, run_id)
         names = list(view["params"])
         points = [(i, v) for i, v in enumerate(view["objective"]) if v is not None and math.isfinite(v)][
@@ -548,12 +528,24 @@ class Dashboard:
         return {"runs": out}
 
 
-def _best_value(rows: pa.Table, metric: str):
-    """The best value of the search metric so far (NaN, inf and reports that break a constraint never are)."""
-    try:
-        return best_row(rows)[metric]
-    except ResultsNotFound:
-        return None
+def _headline(t: RunTables) -> dict:
+    """A run's status, trial count and best search-metric value so far (NaN, inf and reports that break a
+    constraint never are the best): what the runs list and the page's header show."""
+    out = {
+        "status": t.info.get("status", "running" if t.trials is not None else "unknown"),
+        "time": t.info.get("time", ""),
+        "trials": t.trials.num_rows if t.trials is not None else 0,
+        "metric": None,
+        "mode": None,
+        "best": None,
+    }
+    if t.rows is not None:
+        out["metric"], out["mode"] = search_metric(t.rows)
+        try:
+            out["best"] = _finite(best_row(t.rows)[out["metric"]])
+        except ResultsNotFound:
+            pass
+    return out
 
 
 def _spans(rows: pa.Table) -> dict[str, tuple[float, float]]:
@@ -586,4 +578,4 @@ def resolve(uri: str, options=None) -> tuple[str, RunRef | None]:
     return store.uri, None
 
 
-__all__ = ["Dashboard", "RunTables", "RunRef", "resolve", "redacted", "ResultsNotFound"]
+__all__ = ["Dashboard", "RunTables", "RunRef", "resolve", "redacted"]
