@@ -261,7 +261,10 @@ def test_the_page_follows_a_run_in_progress_on_s3_in_a_real_browser(s3, tmp_path
     if why := _chromium_missing():
         pytest.skip(why)
     storage = f"s3://{s3server.BUCKET}/dashboard-{os.getpid()}"
+    # trials 2-7 wait for this file: the page is open before the job can end, however slow the machine
+    hold = tmp_path / "go"
     spec = paced_spec("live", storage, samples=8, concurrency=2, train={"max_epochs": 3})
+    spec["search"]["fixed"] = {"hold_marker": str(hold), "hold_from": 2}
     job = subprocess.Popen(
         [
             sys.executable,
@@ -297,6 +300,7 @@ def test_the_page_follows_a_run_in_progress_on_s3_in_a_real_browser(s3, tmp_path
         count = page.locator("[data-testid=trial-count]")
         first = int(count.text_content().split()[0])
         seen = {first}
+        hold.touch()
         deadline = time.monotonic() + 120
         while max(seen) < 8 and time.monotonic() < deadline:  # the header follows the job as it writes
             page.wait_for_timeout(250)

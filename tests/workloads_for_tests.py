@@ -364,9 +364,14 @@ def batchnorm_mlp() -> Workload:
 def _paced_train(ctx) -> None:
     """A trial of known length without compute to wait on: each epoch takes pace_s of wall time (a stand-in for
     training on hardware this machine lacks, so a budget test knows what each trial costs). It checkpoints every
-    epoch and continues from a checkpoint, as a real loop does."""
+    epoch and continues from a checkpoint, as a real loop does. With `hold_marker`, a trial numbered `hold_from`
+    or later waits before its first epoch until that file exists (as held_synthetic's do)."""
+    import os
     import time
 
+    marker, number = ctx.config["hold_marker"], int(ctx.trial_id.rsplit("_", 1)[1])
+    while marker and number >= ctx.config["hold_from"] and not os.path.exists(marker):
+        time.sleep(0.05)
     start = 0
     if (state := ctx.get_checkpoint()) is not None:
         start = state["epoch"] + 1
@@ -378,7 +383,10 @@ def _paced_train(ctx) -> None:
 
 def paced() -> Workload:
     return Workload(
-        name="paced", train=_paced_train, metrics={"loss": "min"}, hyperparameters={"x": 0.5, "pace_s": 1.0}
+        name="paced",
+        train=_paced_train,
+        metrics={"loss": "min"},
+        hyperparameters={"x": 0.5, "pace_s": 1.0, "hold_marker": "", "hold_from": 0},
     )
 
 
