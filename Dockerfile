@@ -43,7 +43,7 @@ RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
     pip install "ray[default,tune,train]==${RAY_VERSION}" "hyperopt>=0.2.7" "pyarrow>=15" "boto3>=1.34" \
         "scikit-learn>=1.3" "numpy>=1.26" "scipy>=1.11" "pydantic>=2.6" "PyYAML>=6" "matplotlib>=3.8" \
-        "optuna>=4.4" "cmaes>=0.11" "starlette>=0.40" "uvicorn>=0.30" "plotly>=5.20" "setuptools>=68" "wheel"
+        "optuna>=4.4" "cmaes>=0.11" "nvidia-ml-py>=12" "starlette>=0.40" "uvicorn>=0.30" "plotly>=5.20" "setuptools>=68" "wheel"
 
 # Our code last: a change to orchestrator/ rebuilds only these layers (make image-test checks it). The package
 # builds without fetching anything (no build isolation: setuptools is in the venv from the step above).

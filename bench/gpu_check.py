@@ -7,6 +7,7 @@ On the GPU:
 - bf16 against fp32: wall of the same job, and reruns identical within each precision;
 - several trials per GPU: trials per hour with train.gpus_per_worker 0.25 (4 at once) against 1 (one at a time);
 - how busy the GPU is across a 32-trial ASHA search (NVML utilization sampled every 0.2 s; goal >= 85%);
+- what the ledger recorded of that search's GPU per trial: utilization, peak memory, GPU-hours held and idle;
 - the cost of deterministic mode on the GPU (the trial loop, deterministic against torch's defaults);
 - a trial's start after the first (its first report's time in the trial, less that epoch's own time).
 
@@ -188,6 +189,26 @@ def start_after_first(uri: str) -> float | None:
     return round(statistics.median(costs), 3) if costs else None
 
 
+def ledger_gpu(uri: str) -> dict:
+    """What the ledger recorded of a job's GPU per trial (train/gpu_meter.py): utilization and peak memory over
+    its trials, and the GPU-hours held and idle (null utilization: the trials could not read NVML, or trained
+    on the CPU as the rehearsal's do)."""
+    import orchestrator
+    from orchestrator.results.summary import ledger_totals
+
+    trials = orchestrator.load_trials(uri).to_pylist()
+    utils = [t["gpu_util"] for t in trials if t["gpu_util"] is not None]
+    peaks = [t["gpu_mem_peak_gb"] for t in trials if t["gpu_mem_peak_gb"] is not None]
+    totals = ledger_totals(trials, priced=False)
+    return {
+        "trials": len(trials),
+        "gpu_util_mean": round(statistics.fmean(utils), 1) if utils else None,
+        "gpu_mem_peak_gb_max": max(peaks) if peaks else None,
+        "gpu_hours": totals["gpu_hours"],
+        "gpu_idle_hours": totals["gpu_idle_hours"],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu-check.json")
@@ -301,11 +322,11 @@ def main() -> int:
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
     )
     if args.cpu:
-        check.run(asha)
+        uri, _ = check.run(asha)
         say("gpu_busy_share", "needs NVML (a CUDA GPU)")
     else:
         with BusySampler() as sampler:
-            check.run(asha)
+            uri, _ = check.run(asha)
         busy = sum(1 for s in sampler.samples if s > 0) / max(1, len(sampler.samples))
         say(
             "gpu_busy_share",
@@ -316,6 +337,7 @@ def main() -> int:
                 "goal": 0.85,
             },
         )
+    say("ledger_of_the_asha_search", ledger_gpu(uri))
     say("deterministic_mode_cost", deterministic_cost("cpu" if args.cpu else "cuda", 2 if small else 10))
     figures["wall_s"] = round(time.monotonic() - began, 1)
     Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")

@@ -106,6 +106,8 @@ def test_the_ledger_charges_each_trial_its_share_of_its_node_for_the_time_it_hel
         "wall_s": 1800,
         "cpu_s": 3600,
         "gpu_s": 1800,
+        "gpu_util": None,  # no report measured its GPU (train/gpu_meter.py)
+        "gpu_mem_peak_gb": None,
         "cost": 0.5,
     }
     gpu.ended("t0")  # a retry: the next attempt adds to the same trial

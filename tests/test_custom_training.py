@@ -54,7 +54,15 @@ def _metrics(rows: Rows) -> list[dict]:
         {
             k: v
             for k, v in r.items()
-            if k not in ("epoch_time_s", "reported_at", "checkpoint", "best_checkpoint")
+            if k
+            not in (
+                "epoch_time_s",
+                "reported_at",
+                "checkpoint",
+                "best_checkpoint",
+                "gpu_util",
+                "gpu_mem_peak_gb",
+            )
         }
         for r in rows.rows
     ]

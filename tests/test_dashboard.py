@@ -50,7 +50,10 @@ def test_views_read_the_tables_incrementally_and_agree_with_them(tmp_path):
     headline = board.view("summary", "synthetic", RUN_ID)
     assert board.view("summary", "synthetic", RUN_ID) is headline and headline["trials"] == 30
 
-    # a new trial's part file: the next refresh decodes that file only
+    # no trial measured a GPU: the table has no GPU columns
+    assert not {"gpu_util", "gpu_mem_peak_gb"} & set(board.trial_table("synthetic", RUN_ID)["columns"])
+    # a new trial's part file: the next refresh decodes that file only (and a trial that measured its GPU)
+    run.records[0].update(gpu_s=0.1, gpu_util=42.0, gpu_mem_peak_gb=1.5)
     added = run.add_trial()
     tables.refresh(force=True)
     assert tables.decoded == 6
@@ -58,6 +61,8 @@ def test_views_read_the_tables_incrementally_and_agree_with_them(tmp_path):
     table = board.trial_table("synthetic", RUN_ID)
     assert len(table["rows"]) == 31 and table["columns"][:3] == ["trial_id", "status", "best_val_loss"]
     assert {"lr", "hidden", "dropout", "batch_size"} <= set(table["columns"])
+    gpu = [row[table["columns"].index("gpu_util")] for row in table["rows"]]
+    assert gpu.count(42.0) == 1 and gpu.count(None) == 30, gpu
     # the end of a run compacts every part into one file: read once, the parts it replaced dropped
     run.writer.finish()
     tables.refresh(force=True)

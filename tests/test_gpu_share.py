@@ -115,3 +115,6 @@ def test_make_gpu_check_says_there_is_no_gpu_here_and_rehearses_its_measurements
     assert figures["trial_start_after_first_s"] is not None and figures["trial_start_after_first_s"] >= 0
     assert figures["deterministic_mode_cost"]["deterministic_over_default"] > 0
     assert "needs CUDA" in figures["bf16_vs_fp32"] and "needs NVML" in figures["gpu_busy_share"]
+    # the rehearsal's trials train on the CPU: the ledger holds their GPU share, and no utilization
+    ledger = figures["ledger_of_the_asha_search"]
+    assert ledger["trials"] == 4 and ledger["gpu_hours"] > 0 and ledger["gpu_util_mean"] is None, ledger

@@ -225,3 +225,101 @@ def test_metric_columns_are_the_reported_metrics_in_the_rows_order_with_or_witho
             METRICS, (("lr", pa.float64()), ("hidden", pa.int64())), "val_loss", "min", lineage=lineage
         )
         assert metric_columns(schema.rows_schema()) == list(METRICS)
+
+
+def test_a_trials_gpu_figures_reach_its_record_weighted_by_attempt_and_results_show_says_what_sat_idle(
+    tmp_path, capsys
+):
+    """What a trial's GPU did (train/gpu_meter.py's keys in its reports) goes through the recorder into its
+    ledger entry in trials.parquet: utilization averaged over its attempts by their walls, the highest peak
+    memory; `hpo results show` then says how many of the GPU-hours held were idle. A trial that measured
+    nothing (no NVML) has nulls, and counts as held, not as idle."""
+    from conftest import hpo
+
+    from orchestrator.budget.ledger import Ledger
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    ledger = Ledger(cpus=1, gpus=0.5, nodes=lambda: [], clock=clock)
+    spec = parse_spec(spec_dict(storage=str(tmp_path), train={"max_epochs": 3}))
+    store = LocalStore(str(tmp_path / "run"))
+    schema = ResultsSchema.for_spec(spec, METRICS)
+    recorder = TrialRecorder(
+        ResultsWriter(store, schema), schema, fixed=spec.search.fixed, max_epochs=3, ledger=ledger
+    )
+    # trial_0000: 1,800 s at 80% busy (peak 2.5 GiB), its process dies, then 1,800 s at 20% (peak 1.5 GiB)
+    ledger.started("trial_0000")
+    recorder.add("trial_0000", CONFIG, _result(1, gpu_util=80.0, gpu_mem_peak_gb=2.5))
+    clock.now = 1800.0
+    ledger.ended("trial_0000")
+    ledger.started("trial_0000")
+    recorder.add("trial_0000", CONFIG, _result(2, gpu_util=20.0, gpu_mem_peak_gb=1.5))
+    clock.now = 3600.0
+    running = ledger.entry("trial_0000")
+    assert (running["gpu_util"], running["gpu_mem_peak_gb"]) == (50.0, 2.5)  # while it runs, too
+    ledger.ended("trial_0000")
+    recorder.record("trial_0000", CONFIG, "completed")
+    # trial_0001: 3,600 s on a GPU whose utilization it could not read
+    ledger.started("trial_0001")
+    recorder.add("trial_0001", CONFIG, _result(1, gpu_util=None, gpu_mem_peak_gb=0.75))
+    clock.now = 7200.0
+    ledger.ended("trial_0001")
+    recorder.record("trial_0001", CONFIG, "completed")
+    recorder.sync(force=True)
+    recorder.writer.finish()
+    stored = {r["trial_id"]: r for r in load_trials(store).to_pylist()}
+    assert [(r["gpu_s"], r["gpu_util"], r["gpu_mem_peak_gb"]) for r in stored.values()] == [
+        (1800.0, 50.0, 2.5),
+        (1800.0, None, 0.75),
+    ]
+    assert "gpu_util" not in load_results(store).column_names  # a trial's figure, not a row's
+    # a resumed run's ledger starts from what the records say
+    again = Ledger(cpus=1, gpus=0.5, nodes=lambda: [], clock=clock)
+    again.preload(list(stored.values()))
+    assert {k: again.entry("trial_0000")[k] for k in ("gpu_util", "gpu_mem_peak_gb")} == {
+        "gpu_util": 50.0,
+        "gpu_mem_peak_gb": 2.5,
+    }
+    code, out, err = hpo(capsys, "results", "show", store.uri)
+    assert code == 0, err
+    # 1 GPU-hour held in all; trial_0000's half hour was measured, half of it idle
+    line = next(line for line in out.splitlines() if line.startswith("ledger:"))
+    assert "1 GPU-hours (0.25 of the 0.5 measured idle: the GPUs 50% busy)" in line, line
+
+
+def test_without_nvml_a_gpu_trial_says_its_utilization_is_unknown_and_still_its_peak_memory():
+    """train/gpu_meter.py on a device (readers given: this machine has no GPU): utilization sampled while the
+    attempt trains and averaged; where NVML cannot be read, None and why, never a guess; on the CPU, nothing."""
+    import threading
+
+    from orchestrator.train.gpu_meter import GpuMeter
+
+    enough, readings = threading.Event(), iter([30.0, 50.0, 70.0])
+
+    def utilization(device):
+        value = next(readings, None)
+        if value is None:
+            enough.set()
+            raise RuntimeError("stop sampling")  # the meter then stops, keeping what it read
+        return value
+
+    meter = GpuMeter("cuda:0", utilization=utilization, peak_memory=lambda device: 3 * 2**30)
+    meter.INTERVAL_S = 0.001
+    with meter:
+        assert enough.wait(10)
+    assert meter.reading() == {"gpu_util": 50.0, "gpu_mem_peak_gb": 3.0}
+
+    def no_nvml(device):
+        raise ModuleNotFoundError("No module named 'pynvml'")
+
+    with GpuMeter("cuda:0", utilization=no_nvml, peak_memory=lambda device: 2**29) as blind:
+        pass
+    assert blind.reading() == {"gpu_util": None, "gpu_mem_peak_gb": 0.5}
+    assert "pynvml" in blind.unavailable
+    with GpuMeter("cpu") as cpu:
+        assert cpu.reading() == {}

@@ -42,7 +42,15 @@ def _strip(metrics):
         {
             k: v
             for k, v in m.items()
-            if k not in ("epoch_time_s", "reported_at", "checkpoint", "best_checkpoint")
+            if k
+            not in (
+                "epoch_time_s",
+                "reported_at",
+                "checkpoint",
+                "best_checkpoint",
+                "gpu_util",
+                "gpu_mem_peak_gb",
+            )
         }
         for m in metrics
     ]
@@ -152,6 +160,18 @@ def test_gpu_training_is_deterministic(tmp_path):
     run(HP, 3, trial_plan(use_gpu=True), a, device="cuda:0")
     run(HP, 3, trial_plan(use_gpu=True), b, device="cuda:0")
     assert _strip(a.metrics) == _strip(b.metrics)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_a_trial_on_a_gpu_reports_what_its_gpu_did(tmp_path):
+    """train/gpu_meter.py on a real device: each report carries the allocator's peak and NVML's utilization
+    (nvidia-ml-py is a dependency), which the ledger keeps per trial."""
+    reporter = MemoryReporter(tmp_path / "a")
+    run(HP, 3, trial_plan(use_gpu=True), reporter, device="cuda:0")
+    last = reporter.metrics[-1]
+    assert last["gpu_mem_peak_gb"] > 0, last
+    assert last["gpu_util"] is not None and 0 <= last["gpu_util"] <= 100, last
 
 
 def test_workload_entry_point_errors(tmp_path, monkeypatch):

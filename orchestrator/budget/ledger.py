@@ -8,6 +8,11 @@ node's GPUs, or for a CPU trial its CPUs of the node's CPUs; a DDP trial across 
 multi-worker trial is charged at its rank 0's node type (the workers of one trial run on one node type in
 every cluster we know).
 
+What the trial's GPU did (train/gpu_meter.py, in the trial's reports) is kept beside it: gpu_util, NVML's
+utilization of its device averaged over its attempts by their walls (null where no attempt could read NVML),
+and gpu_mem_peak_gb, the highest of its attempts' peaks. The GPU-hours held but idle are then each trial's
+gpu_s x (1 - gpu_util / 100) (results/summary.py's ledger_totals).
+
 The totals include what running trials have held so far, so a budget is checked against what is spent, not
 what has ended. Once any limit is reached the budget is exhausted: the search starts no new trial, the running
 ones finish (or stop at their next report with budget.stop_running), and the run's status is budget_exhausted.
@@ -20,9 +25,10 @@ import time
 from collections.abc import Callable, Mapping
 
 from orchestrator.ray_support.ray_compat import LOCAL_NODE_TYPE, live_nodes
+from orchestrator.results.schema import GPU_MEM_PEAK, GPU_UTIL
 from orchestrator.results.summary import ledger_totals
 
-LEDGER_COLUMNS = ("node_type", "wall_s", "cpu_s", "gpu_s", "cost")
+LEDGER_COLUMNS = ("node_type", "wall_s", "cpu_s", "gpu_s", GPU_UTIL, GPU_MEM_PEAK, "cost")
 _HOUR = 3600.0
 
 
@@ -49,6 +55,8 @@ class Ledger:
         self._closed: dict[str, dict] = {}  # trial not running -> its entry (totals add these up once)
         self._sums: dict[str, float] = {"wall_s": 0.0, "cpu_s": 0.0, "gpu_s": 0.0}
         self._costs: dict[str, float] = {}  # node type -> cost of the closed entries
+        self.gpu_now: dict[str, tuple] = {}  # running trial -> (util, peak) its attempt last reported
+        self.gpu_past: dict[str, tuple] = {}  # trial -> (util x wall, wall measured, peak) of ended attempts
 
     # -- events ----------------------------------------------------------------------------------------------
     def preload(self, records: list[dict]) -> None:
@@ -59,6 +67,9 @@ class Ledger:
             entry = {k: record.get(k) for k in LEDGER_COLUMNS}
             for key in self._sums:
                 entry[key] = float(entry[key] or 0.0)
+            util, peak = entry[GPU_UTIL], entry[GPU_MEM_PEAK]
+            measured = self.held[name] if util is not None else 0.0
+            self.gpu_past[name] = ((util or 0.0) * measured, measured, peak)
             self._close(name, entry)
 
     def started(self, name: str) -> None:
@@ -69,8 +80,34 @@ class Ledger:
 
     def ended(self, name: str) -> None:
         if name in self.since:
-            self.held[name] = self.held.get(name, 0.0) + self._clock() - self.since.pop(name)
+            attempt = self._clock() - self.since[name]
+            self._fold_gpu(name, attempt)
+            self.held[name] = self.held.get(name, 0.0) + attempt
+            del self.since[name]
             self._close(name, self.entry(name))
+
+    def gpu_measured(self, name: str, util: float | None, peak: float | None) -> None:
+        """What the running attempt of `name` reported of its GPU so far (its latest report's figures)."""
+        self.gpu_now[name] = (util, peak)
+
+    def _fold_gpu(self, name: str, attempt_s: float) -> None:
+        util, peak = self.gpu_now.pop(name, (None, None))
+        weighted, measured, top = self.gpu_past.get(name, (0.0, 0.0, None))
+        if util is not None:
+            weighted, measured = weighted + util * attempt_s, measured + attempt_s
+        self.gpu_past[name] = (weighted, measured, _highest(top, peak))
+
+    def gpu_entry(self, name: str) -> dict:
+        """gpu_util (wall-weighted over the attempts that measured it) and gpu_mem_peak_gb, as they stand."""
+        weighted, measured, peak = self.gpu_past.get(name, (0.0, 0.0, None))
+        if name in self.since and name in self.gpu_now:
+            util, now_peak = self.gpu_now[name]
+            peak = _highest(peak, now_peak)
+            if util is not None:  # weighs at least a little: a first report may come at the attempt's start
+                running = max(self._clock() - self.since[name], 1e-9)
+                weighted, measured = weighted + util * running, measured + running
+        util = round(weighted / measured, 2) if measured > 0 else None
+        return {GPU_UTIL: util, GPU_MEM_PEAK: peak}
 
     def _close(self, name: str, entry: dict) -> None:
         old = self._closed.pop(name, None)
@@ -108,6 +145,7 @@ class Ledger:
             "wall_s": round(wall, 3),
             "cpu_s": round(wall * self.cpus, 3),
             "gpu_s": round(wall * self.gpus, 3),
+            **self.gpu_entry(name),
             "cost": self._cost(wall, info) if self.prices else None,
         }
 
@@ -156,6 +194,10 @@ class Ledger:
                 self.exhausted = f"{limit} {totals[limit]:.4g} of {allowed:g}"
                 return self.exhausted
         return None
+
+
+def _highest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _accumulate(sums: dict[str, float], costs: dict[str, float], entry: dict, sign: int) -> None:

@@ -7,7 +7,7 @@ import sys
 
 from orchestrator import api
 from orchestrator.cli.common import EXIT_FAILED, EXIT_UNSYNCED, CliError, read_spec
-from orchestrator.cli.output import print_ensemble
+from orchestrator.cli.output import gpu_idle_note, print_ensemble
 from orchestrator.execution.resume import AlreadyFinished
 from orchestrator.execution.runner import print_progress
 from orchestrator.results import format_config, summarize
@@ -180,7 +180,8 @@ def _print_summary(summary) -> None:
     if ledger:
         cost = f", cost {ledger['cost']:.4g}" if ledger.get("cost") is not None else ""
         print(
-            f"spent: {ledger['cpu_hours']:.4g} CPU-hours, {ledger['gpu_hours']:.4g} GPU-hours{cost}"
+            f"spent: {ledger['cpu_hours']:.4g} CPU-hours, {ledger['gpu_hours']:.4g} GPU-hours"
+            f"{gpu_idle_note(ledger)}{cost}"
             + (f"  (budget exhausted: {summary.budget_exhausted})" if summary.budget_exhausted else "")
         )
     print(f"results: {summary.results_uri}  (hpo results show {summary.results_uri})")

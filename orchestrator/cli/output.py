@@ -37,3 +37,16 @@ def print_ensemble(result, output: str) -> None:
     rows += [{"": f"member {m['trial_id']} x{m['weight']:.2f}", **m} for m in result.members]
     print_table(["", *result.ensemble], rows)
     print(f"wrote {result.results_uri}/{ENSEMBLE_FILE}")
+
+
+def gpu_idle_note(total: dict) -> str:
+    """` (0.31 idle: the GPUs 12% busy)`: how much of the GPU time held went unused, where the trials measured
+    their GPU (train/gpu_meter.py); `(idle share not measured: no NVML)` where GPUs were held and none did."""
+    if not total["gpu_hours"]:
+        return ""
+    idle, measured = total.get("gpu_idle_hours"), total.get("gpu_hours_measured") or 0.0
+    if idle is None:
+        return " (idle share not measured: no NVML where the trials ran)"
+    busy = 1.0 - idle / measured if measured else 0.0
+    part = "" if measured >= total["gpu_hours"] else f" of the {measured:.4g} measured"
+    return f" ({idle:.4g}{part} idle: the GPUs {busy:.0%} busy)"

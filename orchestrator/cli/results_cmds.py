@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from orchestrator.cli.common import EXIT_UNSYNCED, CliError
-from orchestrator.cli.output import print_table
+from orchestrator.cli.output import gpu_idle_note, print_table
 from orchestrator.errors import ResultsNotFound
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.results.ops import list_runs
@@ -116,7 +116,8 @@ def ledger_line(rows: list[dict]) -> str:
         cost = f"; cost {total['cost']:.4g} ({by_type})"
     return (
         f"ledger: {total['trial_hours']:.4g} trial-hours, {total['cpu_hours']:.4g} CPU-hours, "
-        f"{total['gpu_hours']:.4g} GPU-hours; {retries} retries, {preemptions} preemptions{cost}"
+        f"{total['gpu_hours']:.4g} GPU-hours{gpu_idle_note(total)}; {retries} retries, {preemptions} "
+        f"preemptions{cost}"
     )
 
 

@@ -33,7 +33,7 @@ from orchestrator.results.reader import (
     read_new_result_files,
     search_metric,
 )
-from orchestrator.results.schema import CONFIG_PREFIX, LINEAGE_COLUMNS, metric_columns
+from orchestrator.results.schema import CONFIG_PREFIX, GPU_MEM_PEAK, GPU_UTIL, LINEAGE_COLUMNS, metric_columns
 from orchestrator.search.objectives import hypervolume, point_of
 from orchestrator.spec import parse_spec
 from orchestrator.spec.yaml_load import load_yaml_text
@@ -240,8 +240,12 @@ class Dashboard:
         best = best_per_trial(t.rows) if t.rows is not None else {}
         config = [c for c in t.trials.column_names if c.startswith(CONFIG_PREFIX)]
         columns = ["trial_id", "status", f"best_{metric}", f"last_{metric}", "iterations", "retries"]
-        columns += ["preemptions", "node_type", "cost", *config, "error"]
+        columns += ["preemptions", "node_type", "cost", GPU_UTIL, GPU_MEM_PEAK, *config, "error"]
         columns = [c for c in columns if c in t.trials.column_names]
+        # what the trials' GPUs did, where any trial measured it (a CPU run's would be empty columns)
+        columns = [
+            c for c in columns if c not in (GPU_UTIL, GPU_MEM_PEAK) or t.trials[c].null_count < len(t.trials)
+        ]
         data = t.trials.select(columns).to_pydict()
         rows = []
         for i in range(t.trials.num_rows):

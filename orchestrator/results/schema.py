@@ -27,13 +27,27 @@ TIMING_COLUMNS = ("epoch_time_s", "time_total_s", "timestamp")
 CHECKPOINT_FALLBACK = (
     "checkpoint_fallback"  # in a result: the damaged checkpoints a restore passed over (a line)
 )
+# What a trial's GPU did (train/gpu_meter.py), sent with its reports and kept in its ledger entry: NVML
+# utilization in percent (null: not measured) and the allocator's peak, in GiB
+GPU_UTIL, GPU_MEM_PEAK = "gpu_util", "gpu_mem_peak_gb"
 REPORTED_AT = "reported_at"  # a report's wall-clock time (seconds since the epoch), the rows' `timestamp`
 RUN_VARYING_COLUMNS = TIMING_COLUMNS + ("attempt",)
 LINEAGE_COLUMNS = ("parent_trial", "exploited_at")  # PBT: which trial's checkpoint a row's training continues
 # The rows' columns that are not a reported metric nor a hyperparameter (rows_schema lays them out)
 ROW_BOOKKEEPING = ("trial_id", "iteration", "trial_seed", "attempt", *TIMING_COLUMNS, *LINEAGE_COLUMNS)
 # trials.parquet's columns that vary between otherwise identical runs: where and how long each trial ran
-TRIAL_VARYING_COLUMNS = ("node_id", "node_type", "wall_s", "cpu_s", "gpu_s", "cost", "retries", "preemptions")
+TRIAL_VARYING_COLUMNS = (
+    "node_id",
+    "node_type",
+    "wall_s",
+    "cpu_s",
+    "gpu_s",
+    "gpu_util",
+    "gpu_mem_peak_gb",
+    "cost",
+    "retries",
+    "preemptions",
+)
 FINISHED = (
     "completed",
     "stopped_early",
@@ -174,6 +188,8 @@ class ResultsSchema:
             pa.field("wall_s", pa.float64()),
             pa.field("cpu_s", pa.float64()),
             pa.field("gpu_s", pa.float64()),
+            pa.field(GPU_UTIL, pa.float64()),  # null: no GPU, or no NVML to read
+            pa.field(GPU_MEM_PEAK, pa.float64()),
             pa.field("cost", pa.float64()),  # null without budget.prices
         ]
         if self.constraints:  # whether the trial's last report satisfies every constraint (null: no report)

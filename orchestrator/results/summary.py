@@ -49,14 +49,18 @@ UNTYPED_NODE = (
 
 
 def ledger_totals(entries, *, priced: bool) -> dict:
-    """A job's totals from its trials' ledger entries (trials.parquet's `wall_s`, `cpu_s`, `gpu_s`, `cost`,
-    `node_type`), summed in trial order: the one computation behind run.json's `ledger`, the run's summary
+    """A job's totals from its trials' ledger entries (trials.parquet's `wall_s`, `cpu_s`, `gpu_s`, `gpu_util`,
+    `cost`, `node_type`), summed in trial order: the one computation behind run.json's `ledger`, the run's summary
     (`spent: ...`) and `hpo results show`, so the three print one number."""
     sums = dict.fromkeys(LEDGER_SUMS, 0.0)
     costs: dict[str, float] = {}
+    idle_s = measured_s = 0.0  # GPU-seconds held but idle, of those whose utilization was measured
     for entry in entries:
         for key in LEDGER_SUMS:
             sums[key] += entry.get(key) or 0.0
+        if entry.get("gpu_util") is not None and entry.get("gpu_s"):
+            measured_s += entry["gpu_s"]
+            idle_s += entry["gpu_s"] * max(0.0, 1.0 - entry["gpu_util"] / 100.0)
         if entry.get("cost") is not None:
             kind = entry.get("node_type") or UNTYPED_NODE
             costs[kind] = costs.get(kind, 0.0) + entry["cost"]
@@ -64,6 +68,9 @@ def ledger_totals(entries, *, priced: bool) -> dict:
         "trial_hours": round(sums["wall_s"] / 3600, 6),
         "cpu_hours": round(sums["cpu_s"] / 3600, 6),
         "gpu_hours": round(sums["gpu_s"] / 3600, 6),
+        # of the GPU-hours, those whose trials measured their GPU (NVML), and how many of these were idle
+        "gpu_hours_measured": round(measured_s / 3600, 6),
+        "gpu_idle_hours": round(idle_s / 3600, 6) if measured_s else None,
         "cost": round(sum(costs.values()), 6) if priced else None,
         "cost_by_node_type": {k: round(v, 6) for k, v in sorted(costs.items())} if priced else {},
     }

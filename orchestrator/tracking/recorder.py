@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from orchestrator.results import ResultsSchema, ResultsWriter
 from orchestrator.results.layout import ITERATION_KEY
-from orchestrator.results.schema import TrialRows
+from orchestrator.results.schema import GPU_MEM_PEAK, GPU_UTIL, TrialRows
 
 
 class TrialRecorder:
@@ -94,6 +94,8 @@ class TrialRecorder:
             self.nodes[name] = result["node_id"]
             if self.ledger is not None:
                 self.ledger.ran_on(name, result["node_id"])
+        if GPU_MEM_PEAK in result and self.ledger is not None:  # a trial on a GPU (train/gpu_meter.py)
+            self.ledger.gpu_measured(name, result.get(GPU_UTIL), result.get(GPU_MEM_PEAK))
         # Links even from a repeat: a trial killed after its last checkpoint but before its record was
         # rewritten re-reports that epoch on resume, and the link is known only from that report.
         if result.get("checkpoint"):

@@ -42,6 +42,7 @@ from orchestrator.results.schema import CHECKPOINT_FALLBACK, REPORTED_AT, scorea
 from orchestrator.train.checkpoints import TrialCheckpoints, check_storable
 from orchestrator.train.determinism import derive_seed, epoch_permutation, seed_everything
 from orchestrator.train.exceptions import FinalTrialError, ReportError, TrainingError, TrialStopped
+from orchestrator.train.gpu_meter import GpuMeter
 
 CHECKPOINT_KEY = "checkpoint"  # where the user's dict sits in a stored checkpoint; the rest is hpo's
 __all__ = [
@@ -153,6 +154,7 @@ class TrainContext:
         world_size: int = 1,
         device: str = "cpu",
         precision: str = "fp32",
+        gpu_meter: GpuMeter | None = None,
     ):
         self.config = dict(config)
         self.seed, self.trial_id, self.max_epochs = seed, trial_id, max_epochs
@@ -168,6 +170,7 @@ class TrainContext:
         self._restored = False
         self._fallback_note: str | None = None  # damaged checkpoints the restore passed over, said with a row
         self._last_report = time.perf_counter()
+        self._gpu_meter = gpu_meter  # what the GPU did, sent with each report (not kept in the history)
         if not restore:
             checkpoints.start_fresh()
 
@@ -299,6 +302,8 @@ class TrainContext:
         return state[CHECKPOINT_KEY]
 
     def _send(self, row: dict) -> None:
+        if self._gpu_meter is not None:
+            row = {**row, **self._gpu_meter.reading()}
         if self._fallback_note is not None:  # the driver says it once and counts it (run.json)
             row, self._fallback_note = {**row, CHECKPOINT_FALLBACK: self._fallback_note}, None
         self._reporter.report(row)

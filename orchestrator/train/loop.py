@@ -26,6 +26,7 @@ from orchestrator.train.checkpoints import TrialCheckpoints
 from orchestrator.train.context import FinalTrialError, Reporter, TrainContext, TrainingError, current
 from orchestrator.train.determinism import configure_determinism, seed_everything
 from orchestrator.train.exceptions import TrialDiskFull
+from orchestrator.train.gpu_meter import GpuMeter
 from orchestrator.train.plan import TrialPlan
 from orchestrator.workloads import Workload, resolve_workload
 
@@ -186,7 +187,8 @@ def run_training(
     configure_determinism(use_gpu=plan.use_gpu, threads=max(1, math.floor(plan.cpus_per_worker)))
     workload = _workload(plan.workload)
     seed_everything(seed)  # the same on every rank: identical initial weights
-    with tempfile.TemporaryDirectory(prefix=f"hpo-{checkpoints.trial_id}-") as scratch:
+    meter = GpuMeter(device)  # on a GPU: its utilization and peak memory go with every report
+    with tempfile.TemporaryDirectory(prefix=f"hpo-{checkpoints.trial_id}-") as scratch, meter:
         ctx = TrainContext(
             config=hp,
             seed=seed,
@@ -203,6 +205,7 @@ def run_training(
             world_size=world,
             device=device,
             precision=plan.precision,
+            gpu_meter=meter,
         )
         try:
             with current(ctx):  # orchestrator.train.report() and friends reach ctx
