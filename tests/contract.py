@@ -130,3 +130,20 @@ def deterministic_rows(rows: pa.Table) -> list[dict]:
     from orchestrator.results import RUN_VARYING_COLUMNS
 
     return rows.drop_columns(list(RUN_VARYING_COLUMNS)).to_pylist()
+
+
+# What a report carries besides its metrics that differs between identical runs: its wall clocks, where its
+# checkpoint went, what its GPU did (train/gpu_meter.py)
+VOLATILE_REPORT_KEYS = (
+    "epoch_time_s",
+    "reported_at",
+    "checkpoint",
+    "best_checkpoint",
+    "gpu_util",
+    "gpu_mem_peak_gb",
+)
+
+
+def deterministic_reports(reports: list[dict]) -> list[dict]:
+    """Reports as a reporter received them, less what differs between identical runs."""
+    return [{k: v for k, v in r.items() if k not in VOLATILE_REPORT_KEYS} for r in reports]

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from conftest import spec_dict, trial_plan
+from contract import deterministic_reports
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import parse_spec
@@ -50,22 +51,7 @@ def _train(root, hp=HP, seed=11, epochs=3, restore=False, workload=CUSTOM) -> Ro
 
 
 def _metrics(rows: Rows) -> list[dict]:
-    return [
-        {
-            k: v
-            for k, v in r.items()
-            if k
-            not in (
-                "epoch_time_s",
-                "reported_at",
-                "checkpoint",
-                "best_checkpoint",
-                "gpu_util",
-                "gpu_mem_peak_gb",
-            )
-        }
-        for r in rows.rows
-    ]
+    return deterministic_reports(rows.rows)
 
 
 def _tensors(rows: Rows) -> dict:

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from conftest import trial_plan
+from contract import deterministic_reports
 
 from orchestrator.storage import LocalStore
 from orchestrator.train.checkpoints import TrialCheckpoints
@@ -37,31 +38,12 @@ def run(hp, seed, plan, reporter, **kw):
     run_training(hp, seed, plan, reporter, reporter.checkpoints, **kw)
 
 
-def _strip(metrics):
-    return [
-        {
-            k: v
-            for k, v in m.items()
-            if k
-            not in (
-                "epoch_time_s",
-                "reported_at",
-                "checkpoint",
-                "best_checkpoint",
-                "gpu_util",
-                "gpu_mem_peak_gb",
-            )
-        }
-        for m in metrics
-    ]
-
-
 def test_same_seed_same_metrics_different_seed_different(tmp_path):
     a, b, c = (MemoryReporter(tmp_path / n) for n in "abc")
     run(HP, 11, trial_plan(), a)
     run(HP, 11, trial_plan(), b)
     run(HP, 12, trial_plan(), c)
-    assert _strip(a.metrics) == _strip(b.metrics)
+    assert deterministic_reports(a.metrics) == deterministic_reports(b.metrics)
     assert [m["train_loss"] for m in a.metrics] != [m["train_loss"] for m in c.metrics]
     assert [m["epoch"] for m in a.metrics] == [1, 2, 3]
 
@@ -86,7 +68,9 @@ def test_checkpoint_holds_full_state_and_resumes_bit_identically(tmp_path):
     # Epochs 1-2 again first, from the checkpoint's history (the run may have died before reporting or storing
     # them; the driver keeps one row per epoch), then 3 and 4 trained.
     assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3, 4]
-    assert _strip(resumed.metrics) == _strip(full.metrics)  # bit-identical, dropout RNG included
+    assert deterministic_reports(resumed.metrics) == deterministic_reports(
+        full.metrics
+    )  # bit-identical, dropout RNG included
 
 
 def test_a_checkpoint_continues_only_the_trial_that_wrote_it(tmp_path):
@@ -159,7 +143,7 @@ def test_gpu_training_is_deterministic(tmp_path):
     a, b = MemoryReporter(tmp_path / "a"), MemoryReporter(tmp_path / "b")
     run(HP, 3, trial_plan(use_gpu=True), a, device="cuda:0")
     run(HP, 3, trial_plan(use_gpu=True), b, device="cuda:0")
-    assert _strip(a.metrics) == _strip(b.metrics)
+    assert deterministic_reports(a.metrics) == deterministic_reports(b.metrics)
 
 
 @pytest.mark.gpu
@@ -246,10 +230,12 @@ def test_adamw_cosine_warmup_and_clipping_learn_and_continue_bit_identically(tmp
     resumed = MemoryReporter(tmp_path / "died")
     run(hp, 5, trial_plan(epochs=4), resumed)
     assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3, 4]
-    assert _strip(resumed.metrics) == _strip(full.metrics)
+    assert deterministic_reports(resumed.metrics) == deterministic_reports(full.metrics)
     constant = MemoryReporter(tmp_path / "constant")
     run({**hp, "lr_schedule": "constant"}, 5, trial_plan(epochs=4), constant)
-    assert _strip(constant.metrics) != _strip(full.metrics)  # the schedule is applied
+    assert deterministic_reports(constant.metrics) != deterministic_reports(
+        full.metrics
+    )  # the schedule is applied
 
 
 def test_reproduce_compares_the_last_checkpoint_tensor_by_tensor(tmp_path):
@@ -291,9 +277,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before_and_continues_
     note = resumed.metrics[0]["checkpoint_fallback"]
     assert "epoch-0003.pt" in note and note.endswith("continued from epoch 2")
     assert all("checkpoint_fallback" not in m for m in resumed.metrics[1:])  # said once
-    assert _strip(
+    assert deterministic_reports(
         [{k: v for k, v in m.items() if k != "checkpoint_fallback"} for m in resumed.metrics]
-    ) == _strip(full.metrics)
+    ) == deterministic_reports(full.metrics)
 
 
 def test_reproduce_never_calls_a_trial_identical_against_an_unreadable_stored_checkpoint(tmp_path):

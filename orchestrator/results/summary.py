@@ -15,6 +15,7 @@ from orchestrator.results.reader import (
     pareto_front,
     search_metric,
 )
+from orchestrator.results.schema import GPU_UTIL
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,9 @@ def ledger_totals(entries, *, priced: bool) -> dict:
     for entry in entries:
         for key in LEDGER_SUMS:
             sums[key] += entry.get(key) or 0.0
-        if entry.get("gpu_util") is not None and entry.get("gpu_s"):
+        if entry.get(GPU_UTIL) is not None and entry.get("gpu_s"):
             measured_s += entry["gpu_s"]
-            idle_s += entry["gpu_s"] * max(0.0, 1.0 - entry["gpu_util"] / 100.0)
+            idle_s += entry["gpu_s"] * max(0.0, 1.0 - entry[GPU_UTIL] / 100.0)
         if entry.get("cost") is not None:
             kind = entry.get("node_type") or UNTYPED_NODE
             costs[kind] = costs.get(kind, 0.0) + entry["cost"]
