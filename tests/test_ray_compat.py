@@ -791,6 +791,33 @@ def test_trial_actors_inherit_the_environment_when_tune_would_set_the_same_and_o
     assert class_cache._ActorClassCache.get is tune_get
 
 
+def test_a_warm_sessions_record_of_tunes_variables_lets_a_driver_with_the_same_make_plain_trial_actors(
+    monkeypatch,
+):
+    """trial_actor_env_here: Tune's defaults and every variable Tune would propagate that this environment holds,
+    exactly the env_vars Tune's class cache puts in a trial actor's runtime_env; a driver given it (joining `hpo
+    up`) with the same environment makes trial actors without one (they land in warm processes)."""
+    from ray.tune.execution import class_cache
+
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # one Tune propagates
+    monkeypatch.setenv("HPO_NOT_PROPAGATED", "1")
+    recorded = ray_compat.trial_actor_env_here()
+    assert recorded["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.25" and "HPO_NOT_PROPAGATED" not in recorded
+    tunes = class_cache._ActorClassCache().get(_Probe)._default_options["runtime_env"]["env_vars"]
+    assert tunes == recorded
+    undo = ray_compat.trial_actors_inherit(recorded)
+    try:
+        assert "runtime_env" not in class_cache._ActorClassCache().get(_Probe)._default_options
+    finally:
+        undo()
+    # what Tune's defaults alone said (the record before) leaves such a driver's trials a runtime_env
+    undo = ray_compat.trial_actors_inherit(ray_compat.trial_actor_env())
+    try:
+        assert "runtime_env" in class_cache._ActorClassCache().get(_Probe)._default_options
+    finally:
+        undo()
+
+
 @pytest.mark.slow
 def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_and_runs_tasks():
     """A head started the way every embedded run starts it (ray_env.start_ray), without the dashboard, in a

@@ -110,7 +110,10 @@ def test_hpo_up_serves_runs_from_its_directory_with_warm_processes_and_hpo_down_
     import psutil
 
     home = tmp_path / "home"
-    env = {"HPO_HOME": str(home)}
+    # A variable Ray Tune copies into every trial actor, in the shell of both `hpo up` and `hpo run` (in the full
+    # suite one leaked into the pytest worker's environment, from a DDP reproduce in process, and every run's
+    # trials then started new processes: the warm session had recorded only Tune's defaults)
+    env = {"HPO_HOME": str(home), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
     pids = tmp_path / "pids"
     pids.mkdir()
     spec = _pid_spec(tmp_path, pids)

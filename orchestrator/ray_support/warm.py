@@ -28,7 +28,7 @@ from orchestrator.ray_support.ray_compat import (
     enable_token_auth,
     prestart_workers,
     session_dir,
-    trial_actor_env,
+    trial_actor_env_here,
 )
 from orchestrator.ray_support.ray_env import WarmTrials, embedded_cpus
 from orchestrator.ray_support.up import STATE_FILE, TOKEN_FILE, UpSession, home
@@ -148,7 +148,10 @@ def serve(module: str, num_cpus: float | None) -> None:
                 module=module,
                 session_dir=folder_of_ray,
                 token_path=str(token),
-                env={name: os.environ[name] for name in trial_actor_env()},
+                # every variable Tune would copy into a trial actor, as this session's processes inherited
+                # them: a joining driver whose environment holds the same (say RAY_TRAIN_* settings that both
+                # inherited from one shell) lands its trials in the warm processes, not in new ones
+                env=trial_actor_env_here(),
             )
             staged = folder / f"{STATE_FILE}.{os.getpid()}"
             staged.write_text(json.dumps(dataclasses.asdict(up)))

@@ -31,6 +31,20 @@ def trial_actor_env() -> dict[str, str]:
     return dict(class_cache.DEFAULT_ENV_VARS)
 
 
+def trial_actor_env_here() -> dict[str, str]:
+    """What Ray Tune 2.60 would put in a trial actor's runtime_env if this process drove the trials: its
+    DEFAULT_ENV_VARS, then each variable `class_cache.ENV_VARS_TO_PROPAGATE` names that this process's
+    environment holds (as `_ActorClassCache.get` builds it). A warm session records it: a driver that joins
+    with the same values needs no runtime_env (trial_actors_inherit)."""
+    import os
+
+    from ray.tune.execution import class_cache  # here, not at the top: a move breaks only this
+
+    env = dict(class_cache.DEFAULT_ENV_VARS)
+    env.update({name: os.environ[name] for name in class_cache.ENV_VARS_TO_PROPAGATE if name in os.environ})
+    return env
+
+
 def trial_actors_inherit(environ: dict[str, str]):
     """Ray Tune 2.60 creates every trial actor with a runtime_env of environment variables
     (`class_cache._ActorClassCache.get`: trial_actor_env, then what ENV_VARS_TO_PROPAGATE names), and a worker
