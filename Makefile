@@ -27,10 +27,9 @@ demo: setup
 # at a time (tests wait on Ray's starts, node verdicts, autoscalers). loadscope: one worker runs all of a module's
 # tests, so a module-scoped fixture (a Ray head, a fake cluster, a finished run) is made once. (loadgroup and
 # xdist_group marks would be finer, but pytest 9.2 ignores the group xdist 3.8 adds to a test's id.)
-# --no-loadscope-reorder: modules in the order conftest.py collects them (the longest first).
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # The edit loop: no Ray, no subprocess, no sleep (conftest.py enforces it); the same tests run in `make test`.
 test-fast: setup
