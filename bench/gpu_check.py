@@ -194,11 +194,12 @@ def ledger_gpu(uri: str) -> dict:
     its trials, and the GPU-hours held and idle (null utilization: the trials could not read NVML, or trained
     on the CPU as the rehearsal's do)."""
     import orchestrator
+    from orchestrator.results.schema import GPU_MEM_PEAK, GPU_UTIL
     from orchestrator.results.summary import ledger_totals
 
     trials = orchestrator.load_trials(uri).to_pylist()
-    utils = [t["gpu_util"] for t in trials if t["gpu_util"] is not None]
-    peaks = [t["gpu_mem_peak_gb"] for t in trials if t["gpu_mem_peak_gb"] is not None]
+    utils = [t[GPU_UTIL] for t in trials if t[GPU_UTIL] is not None]
+    peaks = [t[GPU_MEM_PEAK] for t in trials if t[GPU_MEM_PEAK] is not None]
     totals = ledger_totals(trials, priced=False)
     return {
         "trials": len(trials),

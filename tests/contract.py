@@ -9,6 +9,7 @@ import pyarrow as pa
 from orchestrator.results import CONFIG_PREFIX, load_results, load_trials
 from orchestrator.results.layout import trial_index
 from orchestrator.results.ops import stored_spec
+from orchestrator.results.schema import GPU_MEM_PEAK, GPU_UTIL, REPORTED_AT
 from orchestrator.storage import open_store
 from orchestrator.train.determinism import trial_seed
 
@@ -136,11 +137,11 @@ def deterministic_rows(rows: pa.Table) -> list[dict]:
 # checkpoint went, what its GPU did (train/gpu_meter.py)
 VOLATILE_REPORT_KEYS = (
     "epoch_time_s",
-    "reported_at",
+    REPORTED_AT,
     "checkpoint",
     "best_checkpoint",
-    "gpu_util",
-    "gpu_mem_peak_gb",
+    GPU_UTIL,
+    GPU_MEM_PEAK,
 )
 
 
