@@ -192,10 +192,17 @@ def s3(tmp_path_factory):
     server.stop()
 
 
-def run_hpo(*args: str, cwd: Path | str = ROOT, timeout: float = 600, env: dict | None = None):
+def hpo_env(env: dict | None = None) -> dict:
+    """The environment run_hpo gives `hpo`: this process's, `env` over it, and this checkout importable."""
     env = dict(os.environ, **(env or {}))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.run([*HPO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return env
+
+
+def run_hpo(*args: str, cwd: Path | str = ROOT, timeout: float = 600, env: dict | None = None):
+    return subprocess.run(
+        [*HPO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=hpo_env(env)
+    )
 
 
 @pytest.fixture(autouse=True)

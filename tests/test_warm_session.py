@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_hpo, spec_dict, spec_file, wait_for
+from conftest import HPO, ROOT, hpo_env, run_hpo, spec_dict, spec_file, wait_for
 
 
 @pytest.mark.slow
@@ -105,8 +106,35 @@ def _warm_processes(daemon_pid: int) -> set[int]:
     return {w.pid for r in raylets for w in r.children() if _title(w) == "ray::IDLE"}
 
 
+def _held_spec(tmp_path, marker) -> dict:
+    """2 trials of the paced workload that wait for `marker` before their first epoch: a run that lasts until it
+    is stopped."""
+    return spec_dict(
+        name="held",
+        workload="tests.workloads_for_tests:paced",
+        storage=str(tmp_path / "held"),
+        search={
+            "metric": "loss",
+            "mode": "min",
+            "space": {"x": {"uniform": [0.0, 1.0]}},
+            "num_samples": 2,
+            "max_concurrent": 2,
+            "fixed": {"pace_s": 0.2, "hold_marker": str(marker), "hold_from": 0},
+        },
+        train={"max_epochs": 3},
+    )
+
+
+def _status(run_dir) -> str:
+    return json.loads((run_dir / "run.json").read_text())["status"]
+
+
 @pytest.mark.slow
 def test_hpo_up_serves_runs_from_its_directory_with_warm_processes_and_hpo_down_leaves_nothing(tmp_path):
+    """`hpo up`'s daemon drives the runs that `hpo run` and `hpo resume` started in its directory hand it
+    (ray_support/handoff.py): the command imports no Ray, relays the run's output, exit code and Ctrl-C; the
+    command's environment reaches the run (HPO_STOP_GRACE_S); while the daemon drives one run, another drives
+    itself on the session's Ray; `hpo down` during a run winds it down, resumable, and leaves nothing."""
     import psutil
 
     home = tmp_path / "home"
@@ -125,10 +153,24 @@ def test_hpo_up_serves_runs_from_its_directory_with_warm_processes_and_hpo_down_
         assert stat.S_IMODE(os.stat(state["token_path"]).st_mode) == 0o600
         again = run_hpo("up", env=env)
         assert again.returncode == 2 and again.stderr.count("\n") == 1 and "up already" in again.stderr
-        # a first run; then the processes its end started for the next one (kept warm) are ready, and the next
-        # run's trials train in them
-        first = run_hpo("run", str(job), env=env)
-        assert first.returncode == 0 and "joining the warm session" in first.stderr, first.stderr[-2000:]
+        # a first run, handed to the daemon by a command that never imports Ray (nor pyarrow, torch, ...); then
+        # the processes its end started for the next one (kept warm) are ready, and the next run's trials train
+        # in them
+        probe = (
+            "import sys; from orchestrator.cli import HEAVY_LIBRARIES, main; code = main(sys.argv[1:]); "
+            "print('loaded:', sorted(m for m in HEAVY_LIBRARIES if m in sys.modules)); sys.exit(code)"
+        )
+        first = subprocess.run(
+            [sys.executable, "-c", probe, "run", str(job)],
+            cwd=ROOT,
+            env=hpo_env(env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert first.returncode == 0 and "its process (pid" in first.stderr, first.stderr[-2000:]
+        assert first.stdout.splitlines()[-1] == "loaded: []" and "results_uri: " in first.stdout, first.stdout
+        assert "driving: hpo run" in (home / "up.log").read_text()
         before = set(os.listdir(pids))
         warm = wait_for(
             lambda: len(_warm_processes(state["pid"])) >= 2 and _warm_processes(state["pid"]),
@@ -145,6 +187,39 @@ def test_hpo_up_serves_runs_from_its_directory_with_warm_processes_and_hpo_down_
         assert elsewhere.returncode == 0 and "starts a Ray of its own" in elsewhere.stderr, elsewhere.stderr[
             -2000:
         ]
+
+        # a run that waits to be stopped; Ctrl-C at its command winds it down in the daemon, within the
+        # command's grace period (1 s here against the default 20 s), and the command exits 130
+        marker = tmp_path / "go"
+        held_job = spec_file(tmp_path / "held.yaml", _held_spec(tmp_path, marker))
+        stop_env = hpo_env({**env, "HPO_STOP_GRACE_S": "1"})
+        held = subprocess.Popen(
+            [*HPO, "run", str(held_job)],
+            cwd=ROOT,
+            env=stop_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        run_dir = wait_for(
+            lambda: next((tmp_path / "held").glob("*/*/run.json"), None), "the held run", 120
+        ).parent
+        # meanwhile the daemon is busy: another run drives itself on the session's Ray
+        busy = run_hpo("run", str(job), env=env)
+        assert busy.returncode == 0 and "driving another run" in busy.stderr, busy.stderr[-2000:]
+        held.send_signal(signal.SIGINT)
+        out, err = (text.decode() for text in held.communicate(timeout=120))
+        assert held.returncode == 130, err[-2000:]
+        assert "interrupted by SIGINT" in err and "(at most 1s)" in err, err[-2000:]
+        assert f"hpo resume {run_dir}" in err and _status(run_dir) == "interrupted"
+        # `hpo resume` is handed to the daemon too; `hpo down` while the daemon drives it winds it down
+        resumed = subprocess.Popen(
+            [*HPO, "resume", str(run_dir)],
+            cwd=ROOT,
+            env=stop_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        wait_for(lambda: _status(run_dir) == "running", "the resumed run", 120)
     finally:
         down = run_hpo("down", env=env)
     assert down.returncode == 0 and "stopped" in down.stderr, down.stderr
@@ -159,3 +234,6 @@ def test_hpo_up_serves_runs_from_its_directory_with_warm_processes_and_hpo_down_
     assert not left and not os.path.exists(state["session_dir"]) and not (home / "up.json").exists()
     assert not os.path.exists(state["token_path"])
     assert "no warm session was up" in run_hpo("down", env=env).stderr
+    out, err = (text.decode() for text in resumed.communicate(timeout=60))
+    assert resumed.returncode == 143 and "its process (pid" in err, err[-2000:]
+    assert _status(run_dir) == "interrupted" and f"hpo resume {run_dir}" in err

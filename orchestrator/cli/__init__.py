@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 
-from orchestrator.cli.common import run_command
 from orchestrator.cli.parser import build_parser
 
 __all__ = ["main", "entry", "build_parser", "HEAVY_LIBRARIES"]
@@ -20,16 +19,42 @@ __all__ = ["main", "entry", "build_parser", "HEAVY_LIBRARIES"]
 HEAVY_LIBRARIES = ("ray", "torch", "numpy", "scipy", "sklearn", "hyperopt", "matplotlib", "boto3", "pyarrow")
 
 
-def main(argv: list[str] | None = None) -> int:
+# The commands that a warm session of `hpo up` drives for them when it serves this directory (ray_support/handoff.py)
+HANDED_OFF = ("job_cmds:run", "job_cmds:resume")
+
+
+def main(argv: list[str] | None = None, *, hand_off: bool = True) -> int:
+    """`hpo ARGV`; returns the exit code. `hand_off`: `hpo run` and `hpo resume` with no --address are driven by
+    the warm session of `hpo up` if one is up for this directory and takes them (False: in that daemon)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         getattr(args, "help_of", parser).print_help()
         return 2
+    if hand_off and args.handler in HANDED_OFF and not args.address:
+        code = _hand_off(sys.argv[1:] if argv is None else list(argv), quiet=args.quiet)
+        if code is not None:
+            return code
+    from orchestrator.cli.common import run_command  # the spec's model: after a hand-off, which needs none
+
     module, _, function = args.handler.partition(":")
     # The command's module imports what it needs (Ray, torch, pyarrow) at its top: load it only now.
     handler = getattr(importlib.import_module(f"orchestrator.cli.{module}"), function)
     return run_command(handler, args)
+
+
+def _hand_off(argv: list[str], *, quiet: bool) -> int | None:
+    """The run's exit code, if `hpo up`'s daemon drove it; None if none is up here or it did not take the run."""
+    from orchestrator.ray_support import handoff, up  # light: no Ray
+
+    session = up.UpSession.read()
+    if session is None or not session.serves(os.getcwd()):
+        return None  # the run says so itself (execution/runner.py, warm.joinable) if one is up elsewhere
+    socket_path = up.home() / handoff.SOCKET_FILE
+    if not socket_path.exists():
+        return None
+    say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    return handoff.hand_off(str(socket_path), argv, say)
 
 
 def entry() -> None:

@@ -1,15 +1,17 @@
 """`hpo up` / `hpo down`: a warm session that outlives commands. `hpo up` starts a daemon process that holds a
 warm session (warm.py: an embedded Ray with its dashboard, trial processes started ahead with torch and the
 trial side imported) and writes where it is to `$HPO_HOME/up.json` (default ~/.hpo); `hpo run` and
-`hpo resume` started from the same directory join it instead of starting a Ray of their own, and start the next
-run's trial processes when they end; `hpo down` stops the daemon, which stops its Ray, and removes Ray's session
+`hpo resume` started from the same directory hand it their run (or, while it drives another, join its Ray)
+instead of starting a Ray of their own, and start the next run's trial processes when they end; `hpo down` stops the daemon, which stops its Ray, and removes Ray's session
 folder and the files it wrote.
 
 Safe by default: the Ray takes only drivers that hold its auth token (token auth, a token made for it, in a
 file only its user can read, named in up.json); its dashboard listens on loopback. A run started from another
 directory does not join it (its trial processes import workloads from the directory `hpo up` ran in).
 
-The daemon is warm.py's `serve`, run as `python -m orchestrator.ray_support.warm MODULE [NUM_CPUS]`.
+The daemon is warm.py's `serve`, run as `python -m orchestrator.cli.up_daemon MODULE [NUM_CPUS]`: it also
+drives the runs that `hpo run` and `hpo resume` hand it (handoff.py), so that a command pays neither Ray's
+imports nor a driver's connection.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from pathlib import Path
 import psutil  # Ray's own dependency
 
 from orchestrator.errors import RunError
+from orchestrator.ray_support.handoff import launch_environment
 
 HOME_ENV = "HPO_HOME"
 STATE_FILE = "up.json"
 TOKEN_FILE = "up.token"
 LOG_FILE = "up.log"
+DOWN_FILE = "up.down"  # `hpo down` asked: the daemon ends after the run it drives, if it drives one
+DAEMON = "orchestrator.cli.up_daemon"  # the daemon's module: warm.serve, driving the runs `hpo run` hands it
 START_WAIT_S = 120.0  # the daemon's Ray and its first trial processes start in ~10 s on 2 cores
 STOP_WAIT_S = 60.0
 
@@ -97,10 +102,17 @@ def start(module: str, num_cpus: float | None) -> UpSession:
         )
     folder = home()
     folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "orchestrator.ray_support.warm", module, str(num_cpus or "")]
+    command = [sys.executable, "-m", DAEMON, module, str(num_cpus or "")]
     with open(folder / LOG_FILE, "w") as log:
         daemon = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # the shell's, not this process's: importing Ray set variables of its own here (RAY_CLIENT_MODE),
+            # and a later `hpo run` from the same shell is handed to the daemon only if its Ray settings match
+            env=launch_environment(),
         )
     deadline = time.monotonic() + START_WAIT_S
     while time.monotonic() < deadline:
@@ -117,6 +129,7 @@ def stop() -> UpSession | None:
     """Stop the session that is up, and everything it started; returns it (None if none was up)."""
     up = UpSession.read()
     if up is not None:
+        (home() / DOWN_FILE).touch()  # a SIGTERM alone, while it drives a run, winds down only that run
         _stop_daemon(up.pid, up)
     for name in (STATE_FILE, TOKEN_FILE):
         (home() / name).unlink(missing_ok=True)

@@ -19,10 +19,12 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 import ray
 
 from orchestrator.errors import RunError
+from orchestrator.ray_support import handoff
 from orchestrator.ray_support.driver import DriverSession
 from orchestrator.ray_support.ray_compat import (
     enable_token_auth,
@@ -31,7 +33,7 @@ from orchestrator.ray_support.ray_compat import (
     trial_actor_env_here,
 )
 from orchestrator.ray_support.ray_env import WarmTrials, embedded_cpus
-from orchestrator.ray_support.up import STATE_FILE, TOKEN_FILE, UpSession, home
+from orchestrator.ray_support.up import DOWN_FILE, STATE_FILE, TOKEN_FILE, UpSession, home
 
 # An idle warm process holds ~300 MB; the raylet keeps one this long after it started (then, beyond the node's
 # CPUs, it ends idle ones), so a session left alone for a while gives the memory back.
@@ -124,10 +126,15 @@ def joinable(progress) -> UpSession | None:
     return up
 
 
-def serve(module: str, num_cpus: float | None) -> None:
+def serve(module: str, num_cpus: float | None, run_job: Callable[[list[str]], int] | None = None) -> None:
     """The daemon of `hpo up` (up.start runs it): a warm session until SIGTERM or SIGINT, whose whereabouts are
-    in up.json while it is up; then nothing left of it."""
+    in up.json while it is up; then nothing left of it. With `run_job` (the CLI's: `hpo ARGV` in this process,
+    its exit code), it drives the runs that `hpo run` and `hpo resume` hand it (handoff.py), one at a time, in
+    its main thread; a SIGTERM while it drives one winds that run down, and the daemon ends after it only when
+    `hpo down` asked (up.DOWN_FILE)."""
     folder = home()
+    (folder / DOWN_FILE).unlink(missing_ok=True)
+    settings = handoff.launch_environment()  # what the command's Ray settings must match: what `hpo up` had
     token = folder / TOKEN_FILE
     token.touch(mode=0o600)
     token.write_text(secrets.token_hex(32))
@@ -135,11 +142,14 @@ def serve(module: str, num_cpus: float | None) -> None:
     enable_token_auth()  # RAY_AUTH_MODE=token, and Ray's cached config read again (imported already)
     stopped = threading.Event()
     folder_of_ray = None
+    server = None
     try:
         with WarmSession(module, num_cpus, dashboard=True) as session:  # long up: DDP jobs join it too
             for signum in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
                 signal.signal(signum, lambda *_: stopped.set())
             folder_of_ray = session_dir()
+            if run_job is not None:
+                server = handoff.Server(str(folder / handoff.SOCKET_FILE), env=settings)
             up = UpSession(
                 address=ray.get_runtime_context().gcs_address,
                 pid=os.getpid(),
@@ -157,14 +167,21 @@ def serve(module: str, num_cpus: float | None) -> None:
             staged.write_text(json.dumps(dataclasses.asdict(up)))
             staged.replace(folder / STATE_FILE)  # whole, or not there
             print(f"warm session up: Ray at {up.address}, serving {up.cwd}", flush=True)
-            stopped.wait()
+            while not stopped.is_set():
+                job = server.next_job(timeout=0.5) if server else None
+                if job is None:
+                    stopped.wait(0.5 if server is None else 0)
+                    continue
+                print(f"driving: hpo {' '.join(job.request['argv'])}", flush=True)
+                server.drive(job, run_job)
+                if (folder / DOWN_FILE).exists():
+                    stopped.set()
     finally:
+        if server is not None:
+            server.close()
+        (folder / DOWN_FILE).unlink(missing_ok=True)
         (folder / STATE_FILE).unlink(missing_ok=True)
         token.unlink(missing_ok=True)
         if folder_of_ray:
             shutil.rmtree(folder_of_ray, ignore_errors=True)
     print("warm session down", flush=True)
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None)

@@ -39,6 +39,7 @@ from orchestrator.search.distributions import Float, Scalar
 from orchestrator.search.objectives import MODES, Constraint, Objective
 from orchestrator.search.schedulers import Scheduler as SchedulerKind
 from orchestrator.search.space import BRANCHES_TAG, Space, SpaceError
+from orchestrator.spec.ensembles import DEFAULT_ENSEMBLE_METHOD, ENSEMBLE_METHODS
 from orchestrator.spec.parts import SearchedHyperparameter, Section
 from orchestrator.spec.workload_ref import check_against_workload
 from orchestrator.spec.yaml_load import MAX_BYTES, YamlError, load_yaml_text
@@ -56,11 +57,6 @@ __all__ = [
 ]
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-ENSEMBLE_METHODS = {
-    "topk": "average the K best trials",
-    "greedy": "Caruana forward selection on validation loss",
-}
-DEFAULT_ENSEMBLE_METHOD = "topk"
 
 
 def _described(registry: dict) -> str:
