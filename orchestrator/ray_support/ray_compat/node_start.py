@@ -44,6 +44,7 @@ def embedded_system_config(preload: tuple[str, ...] = ()) -> dict:
     return config
 
 
+_REGISTER_WAIT_S = 90.0  # how long an embedded head's raylet may take to register (Ray's own wait: 30 s)
 PRESTART_FLAG = "--num_prestart_python_workers="  # Ray 2.60: the raylet's flag, from services.start_raylet
 
 
@@ -67,7 +68,10 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0):
     - `Node.__init__` then waits for the new raylet to register through `services.get_node`, whose C++
       accessor retries once a second: a raylet that registers just after an attempt costs up to a second
       more (the start was 2.2 s or 3.2 s, nothing between). Here the GCS is asked every 20 ms first
-      (`GcsClient.get_all_node_info`) and Ray's own call made once the node is listed.
+      (`GcsClient.get_all_node_info`) and Ray's own call made once the node is listed. And for up to
+      _REGISTER_WAIT_S, not Ray's fixed 30 s (`raylet_start_wait_time_s` in `Node.__init__`, not a setting): on
+      2 busy cores a raylet registered later than that in some CI runs (the `hpo up` test's head beside the
+      suite's heaviest tests), and the start failed ("The current node timed out during startup").
     - `services.start_raylet` gives the raylet `--num_prestart_python_workers` = the node's CPUs; with
       `prestart`, the command that `services.start_ray_process` is handed for the raylet says `prestart`.
     """
@@ -93,7 +97,7 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0):
 
     def get_node_when_listed(gcs_address, node_id):
         client = ray._raylet.GcsClient(address=gcs_address)
-        deadline = time.monotonic() + 30  # Ray's own wait for a raylet (raylet_start_wait_time_s) follows
+        deadline = time.monotonic() + _REGISTER_WAIT_S  # then Ray's own call, which waits and reports
         while time.monotonic() < deadline:
             try:
                 listed = any(key.hex() == node_id for key in client.get_all_node_info(timeout=5))
