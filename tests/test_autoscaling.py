@@ -217,11 +217,14 @@ def test_custom_resources_a_cost_budget_and_infeasible_requests_on_the_fake_auto
 
     # Preemption: a node running a trial is drained with Ray's drain API and a preemption reason (what an
     # autoscaler does for a spot reclaim). The trial leaves it at its next report and continues from its
-    # checkpoint on another node, with train.max_retries 0: a lost node does not spend a retry.
+    # checkpoint on another node, with train.max_retries 0: a lost node does not spend a retry. 16 epochs of 1 s
+    # each: the drain (`ray drain-node`, a CLI process that imports Ray) must land while the trial still runs,
+    # and on a saturated machine it took longer than the 6 epochs left of 8 (a CI run: both trials completed).
+    epochs = 16
     spec = job(
         "drain",
         search={"num_samples": 2},
-        train={"resources_per_worker": {"cheap": 1}, "max_epochs": 8, "max_retries": 0},
+        train={"resources_per_worker": {"cheap": 1}, "max_epochs": epochs, "max_retries": 0},
     )
     log_path = tmp_path / "drain.log"
     with open(log_path, "w") as log:
@@ -234,7 +237,7 @@ def test_custom_resources_a_cost_budget_and_infeasible_requests_on_the_fake_auto
             text=True,
         )
     try:
-        _wait_for(lambda: " epoch   2/8" in log_path.read_text(), 180, "a trial's second epoch", head)
+        _wait_for(lambda: f" epoch   2/{epochs}" in log_path.read_text(), 180, "a trial's second epoch", head)
         busy = [
             a["node_id"]
             for a in head.get("/api/v0/actors?limit=1000&detail=true")["data"]["result"]["result"]
@@ -277,13 +280,13 @@ def test_custom_resources_a_cost_budget_and_infeasible_requests_on_the_fake_auto
     assert sum(t["preemptions"] for t in trials) == 1 and sum(t["retries"] for t in trials) == 0, trials
     rows = load_results(summary["results_uri"]).to_pylist()
     assert sorted((r["trial_id"], r["iteration"]) for r in rows) == [
-        (t, i) for t in ("trial_0000", "trial_0001") for i in range(1, 9)
+        (t, i) for t in ("trial_0000", "trial_0001") for i in range(1, epochs + 1)
     ]
     preempted = next(t for t in trials if t["preemptions"])
     assert preempted["node_id"] != busy[0]  # it finished elsewhere
     print(
         f"drain: {moved[0]}; the trial finished on another node {time.monotonic() - drained_at:.1f} s after "
-        f"the drain; rows {len(rows)} = 2 trials x 8 epochs, each once"
+        f"the drain; rows {len(rows)} = 2 trials x {epochs} epochs, each once"
     )
 
 

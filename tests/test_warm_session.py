@@ -78,22 +78,27 @@ def _title(process) -> str:
     return (_command(process) or [""])[0]
 
 
-def _pid_spec(tmp_path, pids) -> dict:
-    """2 trials of the writes_pid workload (each leaves a file named by its process id in `pids`), 2 at once."""
+def _two_trials(tmp_path, name: str, workload: str, fixed: dict, epochs: int) -> dict:
+    """2 trials of `workload`, 2 at once, results under tmp_path/name."""
     return spec_dict(
-        name="warm",
-        workload="tests.workloads_for_tests:writes_pid",
-        storage=str(tmp_path / "results"),
+        name=name,
+        workload=f"tests.workloads_for_tests:{workload}",
+        storage=str(tmp_path / name),
         search={
             "metric": "loss",
             "mode": "min",
             "space": {"x": {"uniform": [0.0, 1.0]}},
             "num_samples": 2,
             "max_concurrent": 2,
-            "fixed": {"pid_dir": str(pids)},
+            "fixed": fixed,
         },
-        train={"max_epochs": 2},
+        train={"max_epochs": epochs},
     )
+
+
+def _pid_spec(tmp_path, pids) -> dict:
+    """The writes_pid workload: each trial leaves a file named by its process id in `pids`."""
+    return _two_trials(tmp_path, "warm", "writes_pid", {"pid_dir": str(pids)}, 2)
 
 
 def _warm_processes(daemon_pid: int) -> set[int]:
@@ -107,21 +112,10 @@ def _warm_processes(daemon_pid: int) -> set[int]:
 
 
 def _held_spec(tmp_path, marker) -> dict:
-    """2 trials of the paced workload that wait for `marker` before their first epoch: a run that lasts until it
-    is stopped."""
-    return spec_dict(
-        name="held",
-        workload="tests.workloads_for_tests:paced",
-        storage=str(tmp_path / "held"),
-        search={
-            "metric": "loss",
-            "mode": "min",
-            "space": {"x": {"uniform": [0.0, 1.0]}},
-            "num_samples": 2,
-            "max_concurrent": 2,
-            "fixed": {"pace_s": 0.2, "hold_marker": str(marker), "hold_from": 0},
-        },
-        train={"max_epochs": 3},
+    """The paced workload, each trial waiting for `marker` before its first epoch: a run that lasts until it is
+    stopped."""
+    return _two_trials(
+        tmp_path, "held", "paced", {"pace_s": 0.2, "hold_marker": str(marker), "hold_from": 0}, 3
     )
 
 

@@ -9,7 +9,7 @@ stderr, its signals and its exit code: the same lines, the same files, the same 
 The wire: one JSON object per line. The command sends its request; the daemon answers `{"accepted": true}` or
 `{"refused": why}` (the command then drives the run itself, joining the session's Ray as before), then
 `{"o": text}` / `{"e": text}` for what the run writes to stdout / stderr, and `{"exit": code}` last. Meanwhile
-the command sends `{"signal": n}` for each SIGINT, SIGTERM or SIGHUP it gets; the daemon raises it in the
+the command sends `{"signal": n}` for each SIGINT or SIGTERM it gets (a SIGHUP as SIGTERM); the daemon raises it in the
 thread that drives the run, which winds the run down as in a command of its own (stopping.py). A command that
 goes away (its terminal closed, a SIGKILL) is a SIGTERM: the run winds down, resumable.
 
@@ -373,7 +373,8 @@ def _relay(conn: socket.socket, reader) -> int:
         signals.append(signum)
         if len(signals) > 2:  # a third: the command goes now; the daemon's run winds down without it
             os._exit(128 + signum)
-        _send(conn, lock, {"signal": signum})
+        # a closed terminal's SIGHUP would end a command that drives its own run: here the run winds down
+        _send(conn, lock, {"signal": int(signal.SIGTERM if signum == signal.SIGHUP else signum)})
 
     before = {signum: signal.signal(signum, on_signal) for signum in RELAYED}
     uri = None
