@@ -103,6 +103,7 @@ class _Relay(io.TextIOBase):
     def __init__(self, conn: socket.socket, lock: threading.Lock, key: str):
         self._conn, self._lock, self._key = conn, lock, key
         self._held = ""
+        self._holding = threading.Lock()  # the run's main thread and Ray's log thread both write
 
     @property
     def encoding(self) -> str:
@@ -119,17 +120,19 @@ class _Relay(io.TextIOBase):
         return False
 
     def write(self, text: str) -> int:
-        held = self._held + text
-        cut = held.rfind("\n") + 1
-        self._held = held[cut:]
-        if cut:
-            _send(self._conn, self._lock, {self._key: held[:cut]})
+        with self._holding:
+            held = self._held + text
+            cut = held.rfind("\n") + 1
+            self._held = held[cut:]
+            if cut:
+                _send(self._conn, self._lock, {self._key: held[:cut]})
         return len(text)
 
     def flush(self) -> None:
-        held, self._held = self._held, ""
-        if held:
-            _send(self._conn, self._lock, {self._key: held})
+        with self._holding:
+            held, self._held = self._held, ""
+            if held:
+                _send(self._conn, self._lock, {self._key: held})
 
 
 class Job:
