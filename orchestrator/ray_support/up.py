@@ -27,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil  # Ray's own dependency
-
 from orchestrator.errors import RunError
 from orchestrator.ray_support.handoff import launch_environment
 
@@ -86,10 +84,19 @@ class UpSession:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not). Without psutil, which the image does not install: every
+    `hpo run` reads up.json first."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True  # someone else's live process
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): os.kill said it is there
 
 
 def start(module: str, num_cpus: float | None) -> UpSession:
