@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.errors import RunError
 from orchestrator.execution.lease import STALE_BEATS, RunLease
+from orchestrator.ray_support.processes import process_alive
 from orchestrator.results.layout import LEASE_FILE
 from orchestrator.storage import LocalStore
 
@@ -56,6 +57,23 @@ def test_a_live_driver_on_this_host_is_refused_and_a_dead_one_taken_over_at_once
     with lease:
         assert json.loads(store.read_bytes(LEASE_FILE))["token"] == lease.token
     assert not store.exists(LEASE_FILE)  # given back when the run ends
+
+
+def test_a_zombie_driver_on_this_host_counts_as_gone_and_its_run_is_taken_over_at_once(tmp_path):
+    """A driver killed while its parent never reaped it (a zombie) will never beat again: its lease does not
+    hold the run (ray_support/processes.py, which `hpo up`'s daemon check shares)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+        assert process_alive(os.getpid()) and not process_alive(pid) and not process_alive(_dead_pid())
+        store = LocalStore(tmp_path)
+        _plant(store, host=socket.gethostname(), pid=pid, age_s=1)
+        with RunLease(store, progress=lambda line: None) as lease:
+            assert json.loads(store.read_bytes(LEASE_FILE))["token"] == lease.token
+    finally:
+        os.waitpid(pid, 0)
 
 
 def test_a_stale_lease_is_taken_over_and_said(tmp_path):

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from orchestrator.errors import RunError
+from orchestrator.ray_support.processes import process_alive
 from orchestrator.results.layout import LEASE_FILE
 from orchestrator.storage import Store, StoreError
 
@@ -39,21 +40,6 @@ SETTLE_S = 0.5  # between writing the lease and reading it back: a racing driver
 
 def heartbeat_s() -> float:
     return float(os.environ.get(HEARTBEAT_ENV, "10"))
-
-
-def _process_gone(pid: int) -> bool:
-    """Whether process `pid` of this host has ended (a zombie counts as ended: it will never beat again)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # someone else's live process
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class RunLease:
@@ -97,7 +83,11 @@ class RunLease:
         if not info or info.get("token") == self.token:
             return None
         age = time.time() - float(info.get("heartbeat") or 0)
-        if info.get("host") == self.host and isinstance(info.get("pid"), int) and _process_gone(info["pid"]):
+        if (
+            info.get("host") == self.host
+            and isinstance(info.get("pid"), int)
+            and not process_alive(info["pid"])
+        ):
             return None
         stale = STALE_BEATS * float(info.get("beat_s") or self.beat_s)
         if age > stale:

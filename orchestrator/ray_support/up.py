@@ -29,6 +29,7 @@ from pathlib import Path
 
 from orchestrator.errors import RunError
 from orchestrator.ray_support.handoff import launch_environment
+from orchestrator.ray_support.processes import process_alive
 
 HOME_ENV = "HPO_HOME"
 STATE_FILE = "up.json"
@@ -68,7 +69,7 @@ class UpSession:
         except (ValueError, TypeError):  # cut short or from another version: not a session anyone can join
             path.unlink(missing_ok=True)
             return None
-        if not _alive(up.pid):
+        if not process_alive(up.pid):
             path.unlink(missing_ok=True)
             return None
         return up
@@ -81,22 +82,6 @@ class UpSession:
         back); returns its address."""
         os.environ["RAY_AUTH_TOKEN_PATH"] = self.token_path
         return self.address
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie does not). Without psutil, which the image does not install: every
-    `hpo run` reads up.json first."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (not Linux): os.kill said it is there
 
 
 def start(module: str, num_cpus: float | None) -> UpSession:
@@ -149,9 +134,9 @@ def _stop_daemon(pid: int, up: UpSession | None) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_WAIT_S
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(pid):
+    if process_alive(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # the daemon leads its own group (start_new_session)
         if up is not None:
