@@ -136,6 +136,33 @@ def paced_spec(name: str, storage, *, samples: int, concurrency: int, train: dic
     )
 
 
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def ray_workers(root_pid: int | None = None, *, title: str | None = None) -> list:
+    """The Ray worker processes under `root_pid` (default: this process): those its raylets started and those
+    a fork server forked for them (ray_support/forkserver.py: the raylet's child is then a launcher, which is
+    left out). A worker runs Ray's default_worker.py until it registers, then Ray titles it `ray::...`
+    (`ray::IDLE` while idle). With `title`, only those titled so."""
+    import psutil
+
+    workers = []
+    for process in psutil.Process(root_pid).children(recursive=True):
+        try:
+            command = process.cmdline()
+        except psutil.Error:  # ended meanwhile
+            continue
+        first = command[0] if command else ""
+        if title is not None:
+            if first == title:
+                workers.append(process)
+        elif (first.startswith("ray::") and first not in RAY_AGENTS) or any(
+            word.endswith(("default_worker.py", "setup_worker.py")) for word in command[1:3]
+        ):
+            workers.append(process)
+    return workers
+
+
 def wait_for(predicate, what: str, timeout_s: float, *, every_s: float = 0.5):
     """Poll `predicate` until it returns something true, and return that; TimeoutError naming `what` after
     `timeout_s` (slow tests wait on a condition with a deadline, never a fixed sleep)."""

@@ -23,10 +23,15 @@ import ray
 import ray_internals
 import tomllib
 from conftest import ROOT, spec_dict, spec_file, wait_for
+from ray.tune.execution import class_cache as _class_cache
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestrator.ray_support import ray_compat
+
+# Tune's own, taken when this module is collected: before any test starts an embedded Ray, whose session patches
+# it until the session ends (ray_env.start_ray: trial_actors_inherit)
+_TUNES_OWN_GET = _class_cache._ActorClassCache.get
 
 
 def test_checked_against_the_installed_and_pinned_ray():
@@ -765,12 +770,18 @@ class _Probe:
         return os.getpid(), "tabnanny" in sys.modules
 
 
-def test_trial_actors_inherit_the_environment_when_tune_would_set_the_same_and_only_then():
+def _tunes_own_class_cache(monkeypatch):
+    """Tune's class cache with its own `get` for the test, as collected: the session's embedded Ray
+    (ray_cluster), when a test before this one started it, has trial_actors_inherit in place until it ends."""
+    monkeypatch.setattr(_class_cache._ActorClassCache, "get", _TUNES_OWN_GET)
+    return _class_cache
+
+
+def test_trial_actors_inherit_the_environment_when_tune_would_set_the_same_and_only_then(monkeypatch):
     """Tune's class cache makes a trial actor class with a runtime_env of variables (trial_actor_env among
     them); under trial_actors_inherit it makes one without, if the environment given holds the same values, and
     Tune's own otherwise; the undo puts Tune's function back."""
-    from ray.tune.execution import class_cache
-
+    class_cache = _tunes_own_class_cache(monkeypatch)
     tune_get = class_cache._ActorClassCache.get
     assert ray_compat.trial_actor_env() == {"PL_DISABLE_FORK": "1"}
     tunes = class_cache._ActorClassCache().get(_Probe)
@@ -797,8 +808,7 @@ def test_a_warm_sessions_record_of_tunes_variables_lets_a_driver_with_the_same_m
     """trial_actor_env_here: Tune's defaults and every variable Tune would propagate that this environment holds,
     exactly the env_vars Tune's class cache puts in a trial actor's runtime_env; a driver given it (joining `hpo
     up`) with the same environment makes trial actors without one (they land in warm processes)."""
-    from ray.tune.execution import class_cache
-
+    class_cache = _tunes_own_class_cache(monkeypatch)
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # one Tune propagates
     monkeypatch.setenv("HPO_NOT_PROPAGATED", "1")
     recorded = ray_compat.trial_actor_env_here()
@@ -841,6 +851,47 @@ def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_
         "ray_compat.stop_autoscaler_monitor(); ray.shutdown(); print(f'the start took {took:.2f} s')\n"
     )
     print(_printed_by(code, ["0", "False None", "False", "True", "True", "ran", "False"]))
+
+
+@pytest.mark.slow
+def test_an_embedded_rays_python_workers_are_forked_from_its_fork_server_with_their_own_settings():
+    """Live: in a process of its own, an embedded start as every run makes it (ray_env.start_ray) puts the fork
+    server's launcher in the raylet's worker command (node_start's rewrite of `--python_worker_command`, which
+    the raylet then runs), and Ray's workers come from the server: a task's process is the server's child, has
+    torch imported before its first task, reads its own job id and token (Ray's settings are its own, so it
+    reaches the GCS at all), and its variables and directory are those the raylet gave it; a task with a
+    runtime_env of variables is forked too, with them set as Ray's setup_worker.py sets them (`${HOME}`
+    expanded); one with another interpreter is started as Ray starts it (by the raylet, not the server). A
+    killed actor's process ends. After the shutdown the server is gone with its directory; with HPO_FORKSERVER=0
+    nothing is forked. The first task's wait is printed, not asserted."""
+    code = (
+        "import os, sys, time, ray, psutil; from conftest import wait_for\n"
+        "from orchestrator.ray_support import ray_env, ray_compat\n"
+        "began = time.monotonic(); started = ray_env.start_ray(num_cpus=2, dashboard=False)\n"
+        "server = int(os.environ['HPO_FORKSERVER_PID']); directory = os.path.dirname(os.environ['HPO_FORKSERVER_SOCKET'])\n"
+        "def where():\n"
+        "    return os.getppid(), 'torch' in sys.modules, os.environ.get('X'), os.getcwd(), ray.get_runtime_context().get_job_id()\n"
+        "task = ray.remote(where)\n"
+        "ppid, torch, x, cwd, job = ray.get(task.remote(), timeout=120); took = time.monotonic() - began\n"
+        "print(ppid == server, torch, x, cwd == os.getcwd(), job == ray.get_runtime_context().get_job_id())\n"
+        "ppid, torch, x, _, _ = ray.get(task.options(runtime_env={'env_vars': {'X': '${HOME}/x'}}).remote(), timeout=120)\n"
+        "print(ppid == server, torch, x == os.path.expanduser('~/x'))\n"
+        "ppid, torch, x, _, _ = ray.get(task.options(runtime_env={'py_executable': sys.executable + ' -B'}).remote(), timeout=120)\n"
+        "print(ppid != server, torch)\n"
+        "actor = ray.remote(type('Pid', (), {'pid': lambda self: os.getpid()})).remote()\n"
+        "pid = ray.get(actor.pid.remote(), timeout=120); ray.kill(actor)\n"
+        "from orchestrator.ray_support.processes import process_alive\n"
+        "print(psutil.Process(pid).ppid() == server if process_alive(pid) else True, wait_for(lambda: not process_alive(pid), 'the killed actor to end', 60))\n"
+        "ray_compat.stop_autoscaler_monitor(); ray.shutdown(); started.undo()\n"
+        "print(process_alive(server), os.path.exists(directory))\n"
+        "os.environ['HPO_FORKSERVER'] = '0'; started = ray_env.start_ray(num_cpus=1, dashboard=False)\n"
+        "raylet = ray._private.worker._global_node.all_processes['raylet'][0].process.pid\n"
+        "print('HPO_FORKSERVER_PID' in os.environ, ray.get(task.remote(), timeout=120)[0] == raylet)\n"
+        "ray_compat.stop_autoscaler_monitor(); ray.shutdown(); started.undo()\n"
+        "print(f'the start and the first task took {took:.2f} s')\n"
+    )
+    expected = ["True True None True True", "True True True", "True False", "True True", "False False"]
+    print(_printed_by(code, [*expected, "False True"]))
 
 
 @pytest.mark.slow
@@ -909,13 +960,10 @@ def test_a_warm_session_starts_trial_processes_again_after_its_first_ones_are_us
 
 
 def _raylet_workers() -> list:
-    """The worker processes of the raylet this process started: its children other than its two agents."""
-    import psutil
+    """The worker processes of the Ray this process started (conftest.ray_workers: forked or not)."""
+    from conftest import ray_workers
 
-    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
-    agents = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
-    commands = {p: " ".join(_command(p)).strip() for p in raylet.children()}  # "": ended meanwhile
-    return [p for p, command in commands.items() if command and command not in agents]
+    return ray_workers()
 
 
 def _command(process) -> list[str]:
@@ -1058,7 +1106,7 @@ PATCHED_BY_A_RUN = (
     "Node.start_api_server",  # quick_embedded_start, without the dashboard
     "Node.start_head_processes",  # ... the same
     "ray._private.services.get_node",  # ... always
-    "ray._private.services.start_ray_process",  # ... with warm trial processes
+    "ray._private.services.start_ray_process",  # ... the fork server's launcher (and warm trial processes)
     "WorkerStandardStreamDispatcher.emit",  # quiet_worker_stops (the dispatcher's own attribute)
     "_ActorClassCache.get",  # trial_actors_inherit
     "TuneController._get_trial_checkpoints",  # lean_experiment_state

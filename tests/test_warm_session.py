@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HPO, ROOT, hpo_env, run_hpo, spec_dict, spec_file, wait_for
+from conftest import HPO, ROOT, hpo_env, ray_workers, run_hpo, spec_dict, spec_file, wait_for
 
 
 @pytest.mark.slow
@@ -53,21 +53,7 @@ def test_the_next_run_of_a_warm_session_trains_in_processes_started_after_the_la
 
 def _ready_workers() -> set[int]:
     """The pids of this process's Ray's registered idle workers (Ray titles them ray::IDLE)."""
-    import psutil
-    import ray
-
-    node = ray._private.worker._global_node
-    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-    return {w.pid for w in raylet.children() if _title(w) == "ray::IDLE"}
-
-
-def _name(process) -> str:
-    import psutil
-
-    try:
-        return process.name()
-    except psutil.Error:
-        return ""
+    return {w.pid for w in ray_workers(title="ray::IDLE")}
 
 
 def _title(process) -> str:
@@ -102,13 +88,9 @@ def _pid_spec(tmp_path, pids) -> dict:
 
 
 def _warm_processes(daemon_pid: int) -> set[int]:
-    """The idle workers of the raylet that the `hpo up` daemon's Ray runs (Ray titles a registered idle worker
+    """The idle workers of the Ray that the `hpo up` daemon runs (Ray titles a registered idle worker
     ray::IDLE)."""
-    import psutil
-
-    family = psutil.Process(daemon_pid).children(recursive=True)
-    raylets = [p for p in family if _name(p) == "raylet"]
-    return {w.pid for r in raylets for w in r.children() if _title(w) == "ray::IDLE"}
+    return {w.pid for w in ray_workers(daemon_pid, title="ray::IDLE")}
 
 
 def _held_spec(tmp_path, marker) -> dict:

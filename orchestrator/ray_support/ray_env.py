@@ -20,6 +20,7 @@ from ray.util.placement_group import remove_placement_group
 from ray.util.state import list_actors, list_workers
 
 from orchestrator.errors import RunError, working_directory
+from orchestrator.ray_support import forkserver
 from orchestrator.ray_support.ray_compat import (
     TRAIN_CONTROLLER_CLASS,
     dashboard_url,
@@ -99,15 +100,31 @@ def start_ray(
     # jobs: without it Ray Train's placement-group cleanup cannot reach the State API and DDP trials hang.
     cpus = num_cpus or embedded_cpus(extra_cpus)
     prestart = warm.workers(cpus) if warm else 0
-    started = Started()
-    if prestart:
-        # The prestarted workers inherit this process's environment; Tune's trial actors then need no
-        # runtime_env of their own to have the variables Tune sets (ray_compat.trial_actors_inherit).
-        for name, value in trial_actor_env().items():
-            os.environ.setdefault(name, value)
-        started.undo = trial_actors_inherit(dict(os.environ))
+    # The raylet's workers (those it starts ahead too) inherit this process's environment; Tune's trial actors
+    # then need no runtime_env of their own to have the variables Tune sets (ray_compat.trial_actors_inherit).
+    # A trial actor with one is started through Ray's setup_worker.py, which imports Ray before it execs the
+    # worker, which imports Ray again: ~1 s of CPU per trial process, measured.
+    for name, value in trial_actor_env().items():
+        os.environ.setdefault(name, value)
+    # Workers forked from one process that has imported torch (forkserver.py); the raylet inherits where it is.
+    fork = forkserver.start()
+    if fork:
+        os.environ.update(fork.environment)
+    inherit_undo = trial_actors_inherit(dict(os.environ))
+
+    def undo() -> None:
+        inherit_undo()
+        if fork:
+            fork.stop()
+            for name, value in fork.environment.items():
+                if os.environ.get(name) == value:
+                    del os.environ[name]
+
+    started = Started(undo=undo)
     try:
-        with quick_embedded_start(dashboard=dashboard, prestart=prestart):
+        with quick_embedded_start(
+            dashboard=dashboard, prestart=prestart, worker_launcher=fork.launcher_command() if fork else None
+        ):
             ray.init(
                 address="local",
                 num_cpus=cpus,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 
 import ray
@@ -46,10 +48,22 @@ def embedded_system_config(preload: tuple[str, ...] = ()) -> dict:
 
 _REGISTER_WAIT_S = 90.0  # how long an embedded head's raylet may take to register (Ray's own wait: 30 s)
 PRESTART_FLAG = "--num_prestart_python_workers="  # Ray 2.60: the raylet's flag, from services.start_raylet
+# Ray 2.60: `list2cmdline([sys.executable, setup_worker.py, default_worker.py, ARGS])`; the raylet drops
+# setup_worker.py from a worker's command when the worker has no runtime_env
+_WORKER_COMMAND_FLAG = "--python_worker_command="
+
+
+def _launched_by(launcher: list[str], argument: str) -> str:
+    """The raylet's `--python_worker_command=` argument with `launcher` in place of the Python interpreter;
+    unchanged if Ray builds that command otherwise (the live test then finds its workers not forked)."""
+    prefix = _WORKER_COMMAND_FLAG + subprocess.list2cmdline([sys.executable]) + " "
+    if not argument.startswith(prefix):
+        return argument
+    return _WORKER_COMMAND_FLAG + subprocess.list2cmdline(launcher) + " " + argument[len(prefix) :]
 
 
 @contextlib.contextmanager
-def quick_embedded_start(*, dashboard: bool, prestart: int = 0):
+def quick_embedded_start(*, dashboard: bool, prestart: int = 0, worker_launcher: list[str] | None = None):
     """Around `ray.init(address="local", include_dashboard=dashboard)`: the same head node, up ~1.3 s sooner
     without a dashboard (2.2 s against 2.9-4.0 s measured here), ~0.5 s sooner on average with one, and with
     `prestart` idle workers for embedded_system_config's prestart instead of one per CPU. Ray 2.60's head start
@@ -74,6 +88,8 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0):
       suite's heaviest tests), and the start failed ("The current node timed out during startup").
     - `services.start_raylet` gives the raylet `--num_prestart_python_workers` = the node's CPUs; with
       `prestart`, the command that `services.start_ray_process` is handed for the raylet says `prestart`.
+    - With `worker_launcher` (a fork server's, ray_support/forkserver.py), the raylet's command for a Python
+      worker starts with it instead of `python -u` (`--python_worker_command`, from `services.start_raylet`).
     """
     node_class, services = ray._private.node.Node, ray._private.services
     start_api_server, start_head, get_node = (
@@ -108,17 +124,22 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0):
             time.sleep(0.02)
         return get_node(gcs_address, node_id)
 
-    def start_with_prestart(command, process_type, *args, **kwargs):
+    def start_raylet_as_asked(command, process_type, *args, **kwargs):
         if process_type == ray._private.ray_constants.PROCESS_TYPE_RAYLET:
-            command = [f"{PRESTART_FLAG}{prestart}" if a.startswith(PRESTART_FLAG) else a for a in command]
+            if prestart:
+                command = [
+                    f"{PRESTART_FLAG}{prestart}" if a.startswith(PRESTART_FLAG) else a for a in command
+                ]
+            if worker_launcher:
+                command = [_launched_by(worker_launcher, a) for a in command]
         return start_ray_process(command, process_type, *args, **kwargs)
 
     node_patches = (
         {} if dashboard else {"start_api_server": no_api_server, "start_head_processes": head_without_monitor}
     )
     service_patches = {"get_node": get_node_when_listed}
-    if prestart:
-        service_patches["start_ray_process"] = start_with_prestart
+    if prestart or worker_launcher:
+        service_patches["start_ray_process"] = start_raylet_as_asked
     with patched(node_class, **node_patches), patched(services, **service_patches):
         yield
 
