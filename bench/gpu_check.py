@@ -21,6 +21,7 @@ checked on machines without a GPU. bf16 and NVML need CUDA and say so there.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import statistics
@@ -224,12 +225,15 @@ def main() -> int:
         return 0
     began = time.monotonic()
     small = args.cpu
-    import ray
+    from orchestrator.ray_support.driver import DriverSession
 
     if args.cpu:
         os.environ["HPO_FAKE_GPU"] = "1"  # the declared GPU has no device: the trials train on the CPU
-    # one Ray for every job (each run joins it): on --cpu, told it has one GPU
-    ray.init(num_gpus=1 if args.cpu else None, include_dashboard=False, logging_level="WARNING")
+    # one embedded Ray for every job (each run joins it), started as a run starts one (its workers forked from a
+    # process that imported torch): on --cpu, told it has one GPU; stopped, and this process put back, at exit
+    session = DriverSession().__enter__()
+    atexit.register(session.__exit__, None, None, None)
+    session.start_ray(num_gpus=1 if args.cpu else None, dashboard=False)
     work = Path(tempfile.mkdtemp(prefix="hpo-gpu-check-"))
     check = Check(args.cpu, work)
     storage = str(work / "runs")

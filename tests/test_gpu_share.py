@@ -65,12 +65,13 @@ def test_four_trials_share_one_declared_gpu_at_once_and_each_counts_a_quarter_of
         train={"max_epochs": 2, "use_gpu": True, "gpus_per_worker": 0.25, "cpus_per_worker": 0.5},
     )
     code = (
-        "import json, os, sys, ray\n"
+        "import json, os, sys\n"
         "os.environ['HPO_FAKE_GPU'] = '1'\n"
-        "import orchestrator\n"
-        "ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)\n"
-        "lines = []\n"
-        "summary = orchestrator.run(orchestrator.parse_spec(json.loads(sys.argv[1])), progress=lines.append)\n"
+        "import orchestrator; from orchestrator.ray_support.driver import DriverSession\n"
+        "with DriverSession() as session:\n"
+        "    session.start_ray(num_cpus=2, num_gpus=1, dashboard=False)  # an embedded Ray, as a run starts it\n"
+        "    lines = []\n"
+        "    summary = orchestrator.run(orchestrator.parse_spec(json.loads(sys.argv[1])), progress=lines.append)\n"
         "print(json.dumps({'statuses': summary.statuses, 'uri': summary.results_uri, 'lines': lines}))\n"
     )
     proc = subprocess.run(

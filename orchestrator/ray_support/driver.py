@@ -122,11 +122,18 @@ class DriverSession:
         dashboard: bool = True,
         warm: WarmTrials | None = None,
         inherit: dict[str, str] | None = None,
+        num_gpus: float | None = None,
     ) -> None:
         """Join `address` or start an embedded Ray (with `warm`'s trial processes), unless this process is
-        connected already (ray_env.start_ray says what `inherit` is)."""
+        connected already (ray_env.start_ray says what `inherit` and `num_gpus` are)."""
         if started := start_ray(
-            address, num_cpus, extra_cpus=extra_cpus, dashboard=dashboard, warm=warm, inherit=inherit
+            address,
+            num_cpus,
+            extra_cpus=extra_cpus,
+            dashboard=dashboard,
+            warm=warm,
+            inherit=inherit,
+            num_gpus=num_gpus,
         ):
             self.started_ray = True
             self._undo_start = started.undo

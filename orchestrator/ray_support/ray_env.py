@@ -75,12 +75,15 @@ def start_ray(
     dashboard: bool = True,
     warm: WarmTrials | None = None,
     inherit: dict[str, str] | None = None,
+    num_gpus: float | None = None,
 ) -> Started | None:
     """Join `address`, or start an embedded Ray with `num_cpus` logical CPUs (default: embedded_cpus) and its
     dashboard unless `dashboard` is False (Ray Train needs it, in-process trials do not, and it costs ~2 s to
     start), and with `warm`'s trial processes. `inherit`, joining a warm session: the variables its processes
     inherited that Tune would set in trial actors (then they ask for no runtime_env, and land in its warm
-    processes). Returns a Started if this call started or joined Ray (and should stop it), else None."""
+    processes). `num_gpus`: the embedded Ray's GPUs (default: those Ray finds; a number is what it is told,
+    GPU or not: `make gpu-check --cpu` and the tests declare one on a machine without). Returns a Started if this
+    call started or joined Ray (and should stop it), else None."""
     if ray.is_initialized():
         connected = ray.get_runtime_context().gcs_address
         if address and address != "auto" and not address.startswith("ray://") and address != connected:
@@ -128,6 +131,7 @@ def start_ray(
             ray.init(
                 address="local",
                 num_cpus=cpus,
+                num_gpus=num_gpus,
                 include_dashboard=dashboard,
                 logging_level=logging.WARNING,
                 logging_config=worker_logging,
