@@ -862,8 +862,9 @@ def test_an_embedded_rays_python_workers_are_forked_from_its_fork_server_with_th
     reaches the GCS at all), and its variables and directory are those the raylet gave it; a task with a
     runtime_env of variables is forked too, with them set as Ray's setup_worker.py sets them (`${HOME}`
     expanded); one with another interpreter is started as Ray starts it (by the raylet, not the server). A
-    killed actor's process ends. After the shutdown the server is gone with its directory; with HPO_FORKSERVER=0
-    nothing is forked. The first task's wait is printed, not asserted."""
+    killed actor's process ends. With the server killed, a new worker starts as Ray starts it (the launcher
+    finds the server gone and execs the worker). After the shutdown the server is gone with its directory; with
+    HPO_FORKSERVER=0 nothing is forked. The first task's wait is printed, not asserted."""
     code = (
         "import os, sys, time, ray, psutil; from conftest import wait_for\n"
         "from orchestrator.ray_support import ray_env, ray_compat\n"
@@ -882,6 +883,10 @@ def test_an_embedded_rays_python_workers_are_forked_from_its_fork_server_with_th
         "pid = ray.get(actor.pid.remote(), timeout=120); ray.kill(actor)\n"
         "from orchestrator.ray_support.processes import process_alive\n"
         "print(psutil.Process(pid).ppid() == server if process_alive(pid) else True, wait_for(lambda: not process_alive(pid), 'the killed actor to end', 60))\n"
+        "os.kill(server, 9); wait_for(lambda: not process_alive(server), 'the killed server to end', 30)\n"
+        "raylet = ray._private.worker._global_node.all_processes['raylet'][0].process.pid\n"
+        "ppid, torch, x, _, _ = ray.get(task.options(runtime_env={'env_vars': {'X': 'after'}}).remote(), timeout=120)\n"
+        "print(ppid == raylet, torch, x)  # a new worker without its server: started as Ray starts it\n"
         "ray_compat.stop_autoscaler_monitor(); ray.shutdown(); started.undo()\n"
         "print(process_alive(server), os.path.exists(directory))\n"
         "os.environ['HPO_FORKSERVER'] = '0'; started = ray_env.start_ray(num_cpus=1, dashboard=False)\n"
@@ -890,7 +895,8 @@ def test_an_embedded_rays_python_workers_are_forked_from_its_fork_server_with_th
         "ray_compat.stop_autoscaler_monitor(); ray.shutdown(); started.undo()\n"
         "print(f'the start and the first task took {took:.2f} s')\n"
     )
-    expected = ["True True None True True", "True True True", "True False", "True True", "False False"]
+    expected = ["True True None True True", "True True True", "True False", "True True", "True False after"]
+    expected.append("False False")
     print(_printed_by(code, [*expected, "False True"]))
 
 
