@@ -20,6 +20,8 @@ WAIT_FOR_SERVER_S = 60.0  # its imports, on a saturated machine; the worker woul
 
 
 def _server_alive(pid: int) -> bool:
+    """processes.process_alive's test, written again on purpose: this file runs isolated and without
+    site-packages (`-I -S`), so it imports nothing of hpo's."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -62,9 +62,9 @@ def _preload() -> None:
     if not torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(True)
         torch.use_deterministic_algorithms(False)
-    if (
-        "ray" in sys.modules
-    ):  # a library above imported Ray: its settings would be this process's, not a worker's
+    # A library above that imported Ray would give every worker this process's Ray settings: serve none (each
+    # launcher then starts its worker as Ray does).
+    if "ray" in sys.modules:
         raise SystemExit("forkserver: Ray was imported while preloading; not serving")
 
 
