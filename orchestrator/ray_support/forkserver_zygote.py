@@ -87,7 +87,7 @@ def _reap() -> None:
 
 def _become_worker(conn: socket.socket, fds: list[int], request: dict) -> None:
     """In the forked child: the launcher's streams, environment, directory and command line, then Ray's
-    default_worker.py as `python -u default_worker.py ARGS` would run it."""
+    default_worker.py as the raylet's `python default_worker.py ARGS` would run it."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)

@@ -89,7 +89,8 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0, worker_launcher:
     - `services.start_raylet` gives the raylet `--num_prestart_python_workers` = the node's CPUs; with
       `prestart`, the command that `services.start_ray_process` is handed for the raylet says `prestart`.
     - With `worker_launcher` (a fork server's, ray_support/forkserver.py), the raylet's command for a Python
-      worker starts with it instead of `python -u` (`--python_worker_command`, from `services.start_raylet`).
+      worker starts with it instead of the Python interpreter (`--python_worker_command`, from
+      `services.start_raylet`).
     """
     node_class, services = ray._private.node.Node, ray._private.services
     start_api_server, start_head, get_node = (
