@@ -136,6 +136,16 @@ def paced_spec(name: str, storage, *, samples: int, concurrency: int, train: dic
     )
 
 
+def command_of(process) -> list[str]:
+    """A process's command line (a Ray process's first word is its title); empty for one that ended meanwhile."""
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
@@ -148,11 +158,10 @@ def ray_workers(root_pid: int | None = None, *, title: str | None = None) -> lis
 
     workers = []
     for process in psutil.Process(root_pid).children(recursive=True):
-        try:
-            command = process.cmdline()
-        except psutil.Error:  # ended meanwhile
+        command = command_of(process)
+        if not command:  # ended meanwhile
             continue
-        first = command[0] if command else ""
+        first = command[0]
         if title is not None:
             if first == title:
                 workers.append(process)

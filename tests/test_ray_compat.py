@@ -839,8 +839,8 @@ def test_an_embedded_start_without_dashboard_has_no_api_server_nor_idle_workers_
         "import sys, time, ray; from orchestrator.ray_support import ray_compat; from orchestrator.ray_support import ray_env\n"
         "patched = (ray._private.node.Node.start_api_server, ray._private.services.get_node)\n"
         "began = time.monotonic(); ray_env.start_ray(num_cpus=2, dashboard=False); took = time.monotonic() - began\n"
-        "node = ray._private.worker._global_node; from test_ray_compat import _raylet_workers\n"
-        "print(len(_raylet_workers()))\n"
+        "node = ray._private.worker._global_node; from conftest import ray_workers\n"
+        "print(len(ray_workers()))\n"
         "print(ray._private.ray_constants.PROCESS_TYPE_DASHBOARD in node.all_processes, ray_compat.dashboard_url())\n"
         "print(ray_compat.MONITOR_PROCESS in node.all_processes)\n"
         "print(patched == (ray._private.node.Node.start_api_server, ray._private.services.get_node))\n"
@@ -911,7 +911,7 @@ def test_an_embedded_start_with_warm_trials_prestarts_them_and_a_tune_trial_acto
         "import os, sys, ray; from conftest import wait_for\n"
         "from ray.tune.execution import class_cache\n"
         "from orchestrator.ray_support.driver import DriverSession; from orchestrator.ray_support.ray_env import WarmTrials\n"
-        "from test_ray_compat import _Probe, _raylet_workers as workers\n"
+        "from conftest import ray_workers as workers; from test_ray_compat import _Probe\n"
         "tune_get, environ = class_cache._ActorClassCache.get, dict(os.environ)\n"
         "import time; began = time.monotonic()\n"
         "with DriverSession() as session:\n"
@@ -941,7 +941,7 @@ def test_a_warm_session_starts_trial_processes_again_after_its_first_ones_are_us
         "from ray.tune.execution import class_cache\n"
         "from orchestrator.errors import RunError\n"
         "from orchestrator.ray_support import ray_compat; from orchestrator.ray_support.warm import WarmSession\n"
-        "from test_ray_compat import _Probe, _raylet_workers as workers; from test_warm_session import _title\n"
+        "from conftest import ray_workers as workers; from test_ray_compat import _Probe; from test_warm_session import _title\n"
         "tune_get, environ = class_cache._ActorClassCache.get, dict(os.environ)\n"
         "with WarmSession('tabnanny', num_cpus=2) as session:\n"
         "    ahead = wait_for(lambda: len(workers()) == os.cpu_count() and workers(), 'the prestarted workers', 60)\n"
@@ -963,23 +963,6 @@ def test_a_warm_session_starts_trial_processes_again_after_its_first_ones_are_us
         "print(class_cache._ActorClassCache.get is tune_get, dict(os.environ) == environ)\n"
     )
     assert _printed_by(code, ["True", "True 1", "0 True", "False True"]) == "True True"
-
-
-def _raylet_workers() -> list:
-    """The worker processes of the Ray this process started (conftest.ray_workers: forked or not)."""
-    from conftest import ray_workers
-
-    return ray_workers()
-
-
-def _command(process) -> list[str]:
-    """A process's command line; empty for one that ended meanwhile."""
-    import psutil
-
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return []
 
 
 def _printed_by(code: str, expected: list[str], lines: int = 0):

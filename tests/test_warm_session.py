@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HPO, ROOT, hpo_env, ray_workers, run_hpo, spec_dict, spec_file, wait_for
+from conftest import HPO, ROOT, command_of, hpo_env, ray_workers, run_hpo, spec_dict, spec_file, wait_for
 
 
 @pytest.mark.slow
@@ -59,9 +59,7 @@ def _ready_workers() -> set[int]:
 def _title(process) -> str:
     """A process's title (its command line's first word), or "" for one that has ended meanwhile (a zombie an
     ended trial left until its raylet reaps it)."""
-    from test_ray_compat import _command
-
-    return (_command(process) or [""])[0]
+    return (command_of(process) or [""])[0]
 
 
 def _two_trials(tmp_path, name: str, workload: str, fixed: dict, epochs: int) -> dict:
