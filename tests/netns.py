@@ -25,7 +25,9 @@ from pathlib import Path
 
 from ray_internals import fast_connect_env
 
-RAY = str(Path(sys.executable).parent / "ray")
+# Each node starts as `hpo node` starts it (`ray start`, its workers forked from a fork server, 90 s for its raylet
+# to register instead of Ray's 30 s): what the cluster configs run.
+HPO_NODE = [sys.executable, "-m", "orchestrator.cli", "node"]
 GCS_PORT, DASHBOARD_PORT = 6379, 8265
 
 
@@ -125,8 +127,7 @@ class NetnsCluster:
         self.generation[node] += 1
         temp = f"/tmp/rn{self.id}{node}{self.generation[node]}"  # short: Ray's unix sockets live under it
         args = [
-            RAY,
-            "start",
+            *HPO_NODE,
             "--block",
             "--disable-usage-stats",
             f"--node-ip-address={self.ip[node]}",

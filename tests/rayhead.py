@@ -1,4 +1,5 @@
-"""A real Ray head for tests (`ray start --head --block`), with token authentication, on free ports.
+"""A real Ray head for tests (`hpo node --head --block`: Ray's `ray start`, its workers forked from a fork server, as
+the cluster configs start a node), with token authentication, on free ports.
 
 It runs in its own process group so the tests can stop exactly it (never `ray stop`, which would kill every
 Ray on the machine)."""
@@ -26,14 +27,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+HPO_NODE = (sys.executable, "-m", "orchestrator.cli", "node")
+
+
 class RayHead:
-    def __init__(self, root: Path, num_cpus: int = 2, extra_args: tuple = (), extra_env: dict | None = None):
+    def __init__(
+        self,
+        root: Path,
+        num_cpus: int = 2,
+        extra_args: tuple = (),
+        extra_env: dict | None = None,
+        command: tuple = HPO_NODE,
+    ):
         self.token = "hpotok" + secrets.token_hex(16)
         self.extra_args, self.extra_env = list(extra_args), dict(extra_env or {})
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.url = f"http://127.0.0.1:{self.dashboard_port}"
-        self.root, self.num_cpus = root, num_cpus
+        self.root, self.num_cpus, self.command = root, num_cpus, list(command)
         self.root.mkdir(parents=True, exist_ok=True)
         # Ray's unix sockets live under --temp-dir and must stay under 108 bytes: keep it short.
         self.ray_tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
@@ -61,8 +72,7 @@ class RayHead:
         )
         env.pop("RAY_ADDRESS", None)
         args = [
-            os.path.join(bin_dir, "ray"),
-            "start",
+            *self.command,
             "--head",
             "--block",
             "--disable-usage-stats",
@@ -75,9 +85,9 @@ class RayHead:
         self.log = open(self.root.parent / "ray-head.log", "ab")
         deadline = time.monotonic() + timeout_s
         # Ray 2.60's `ray start` gives its raylet a fixed 30 s to register with the GCS ("The current node timed
-        # out during startup"), which a 2-core machine running the other pytest worker's cluster can exceed: the
-        # head then exits after its Jobs API has answered. Ready means the head node is alive, and a head that
-        # exited while starting is started once more.
+        # out during startup"), which a 2-core machine running the other pytest worker's cluster can exceed (`hpo
+        # node` gives it 90 s): the head then exits after its Jobs API has answered. Ready means the head node is
+        # alive, and a head that exited while starting is started once more.
         for attempt in (1, 2):
             self.proc = subprocess.Popen(
                 args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True

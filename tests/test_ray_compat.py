@@ -1146,3 +1146,87 @@ def test_ray_calls_every_patch_in_a_real_run(tmp_path):
     never = [key for key in PATCHED_BY_A_RUN if not calls.get(key)]
     assert not never, f"Ray {ray.__version__} no longer calls these patches: {never} (counted: {calls})"
     assert calls["Trial.handle_error"] % 2 == 0, calls  # the one failure went through both layers
+
+
+NODE_PRINTING_CALLS = (
+    "import json, sys\n"
+    "from orchestrator.ray_support.node import start_node\n"
+    "from orchestrator.ray_support.ray_compat import CALLS\n"
+    "code = start_node(sys.argv[1:])\n"
+    "print('node-calls:', json.dumps(dict(CALLS)), flush=True)\n"
+)
+
+ON_THE_NODE = (  # a job (with the working_dir given, if one is) whose one task says where it ran
+    "import json, os, sys, ray, psutil\n"
+    "ray.init(address=sys.argv[1], runtime_env={'working_dir': sys.argv[2]} if sys.argv[2:] else None)\n"
+    "def where():\n"
+    "    parent = psutil.Process(os.getppid()).cmdline()\n"
+    "    return parent[1:3], 'torch' in sys.modules, os.path.exists('marker.txt')\n"
+    "print(json.dumps(ray.get(ray.remote(where).remote(), timeout=120)))\n"
+)
+
+
+@pytest.mark.slow
+def test_hpo_node_forks_its_workers_with_a_jobs_working_dir_and_its_server_ends_with_its_raylet(tmp_path):
+    """Live: a head started as `hpo node --head --block` starts it (ray_support/node.py: Ray's own `ray start` in
+    that process, inside ray_compat.forked_node_start). A driver's task runs in a process forked by the node's
+    fork server (its parent is forkserver_zygote.py), torch already imported; a task with a working_dir (what
+    `hpo submit` gives a job: Ray's `cd DIR &&` prefix and PYTHONPATH) is forked too and runs in that
+    directory; one whose working_dir holds its own copy of a library the server imported (here hpo's
+    `orchestrator`) starts as Ray starts it. Ray called both patches in the node's process (its CALLS). When the
+    node stops, its server ends by itself and removes its directory."""
+    import conftest
+    import psutil
+    from rayhead import RayHead
+
+    from orchestrator.ray_support import forkserver
+    from orchestrator.ray_support.processes import process_alive
+
+    job, own_copy = tmp_path / "job", tmp_path / "own-copy"
+    for folder in (job, own_copy):
+        folder.mkdir()
+        (folder / "marker.txt").write_text("here")
+    (own_copy / "orchestrator").mkdir()
+    (own_copy / "orchestrator" / "__init__.py").write_text("")
+    head = RayHead(tmp_path / "ray", command=(sys.executable, "-c", NODE_PRINTING_CALLS))
+    env = dict(os.environ, RAY_AUTH_TOKEN=head.token, RAY_AUTH_MODE="token")
+    env.pop("RAY_ADDRESS", None)
+    zygote = str(forkserver.ZYGOTE)
+    head.start()
+
+    def where(*working_dir: Path) -> list:
+        address = f"127.0.0.1:{head.gcs_port}"
+        proc = subprocess.run(
+            [sys.executable, "-c", ON_THE_NODE, address, *map(str, working_dir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.splitlines()[-1])
+
+    try:
+        plain, in_job, shadowed = where(), where(job), where(own_copy)
+        assert plain[0][0] == zygote and plain[1:] == [True, False], plain
+        assert in_job[0][0] == zygote and in_job[1:] == [True, True], in_job
+        assert shadowed[0][0] != zygote and shadowed[1:] == [False, True], shadowed
+        server = next(
+            p.pid for p in psutil.Process(head.proc.pid).children() if conftest.command_of(p)[1:2] == [zygote]
+        )
+        os.killpg(head.proc.pid, signal.SIGINT)  # as Ctrl-C stops `ray start --block`: its processes, then it
+        head.proc.wait(timeout=60)
+        wait_for(lambda: not process_alive(server), "the node's fork server to end with its raylet", 30)
+        assert not os.path.exists(os.path.dirname(plain[0][1]))  # removed by the server itself
+    finally:
+        head.stop()
+    calls = json.loads(
+        next(
+            line.split(" ", 1)[1]
+            for line in (tmp_path / "ray-head.log").read_text().splitlines()
+            if line.startswith("node-calls: ")
+        )
+    )
+    assert calls.get("ray._private.services.start_ray_process") and calls.get(
+        "ray._private.services.get_node"
+    ), calls

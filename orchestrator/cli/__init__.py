@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 
-from orchestrator.cli.parser import build_parser
+from orchestrator.cli.parser import NODE, build_parser
 
 __all__ = ["main", "entry", "build_parser", "HEAVY_LIBRARIES"]
 
@@ -26,13 +26,18 @@ HANDED_OFF = ("job_cmds:run", "job_cmds:resume")
 def main(argv: list[str] | None = None, *, hand_off: bool = True) -> int:
     """`hpo ARGV`; returns the exit code. `hand_off`: `hpo run` and `hpo resume` with no --address are driven by
     the warm session of `hpo up` if one is up for this directory and takes them (False: in that daemon)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [NODE]:  # everything after it is `ray start`'s, which argparse cannot pass on whole
+        from orchestrator.cli.cluster_cmds import node
+
+        return node(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         getattr(args, "help_of", parser).print_help()
         return 2
     if hand_off and args.handler in HANDED_OFF and not args.address:
-        code = _hand_off(sys.argv[1:] if argv is None else list(argv), quiet=args.quiet)
+        code = _hand_off(argv, quiet=args.quiet)
         if code is not None:
             return code
     from orchestrator.cli.common import run_command  # the spec's model: after a hand-off, which needs none

@@ -170,3 +170,10 @@ def list_jobs(args) -> int:
         sorted(rows, key=lambda r: r["start"]),
     )
     return 0
+
+
+def node(ray_start_args: list[str]) -> int:
+    """`hpo node ARGS`: `ray start ARGS`, its Python workers forked from a fork server (ray_support/node.py)."""
+    from orchestrator.ray_support.node import start_node
+
+    return start_node(ray_start_args)

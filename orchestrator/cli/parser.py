@@ -197,7 +197,18 @@ def _practice(commands) -> None:
     p.set_defaults(handler="dashboard_cmds:dashboard")
 
 
+NODE = "node"  # `hpo node ARGS`: ARGS are `ray start`'s, passed on whole (cli.main dispatches it before argparse)
+
+
 def _cluster(commands) -> None:
+    p = commands.add_parser(
+        NODE,
+        add_help=False,  # `hpo node --help` is ray start's
+        help="start this machine's Ray node as `ray start ARGS` does (the same options), its trial processes "
+        "forked with torch imported: hpo node --head / hpo node --address HEAD:6379",
+    )
+    p.add_argument("ray_start_args", nargs=argparse.REMAINDER, help="`ray start`'s options")
+    p.set_defaults(handler="cluster_cmds:node")
     p = commands.add_parser("submit", help="validate a spec and submit it to a Ray cluster as `hpo run`")
     p.add_argument("spec", help="path to a YAML job spec")
     p.add_argument("--working-dir", help="ship this folder (your workload code) with the job")

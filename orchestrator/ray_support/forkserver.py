@@ -14,6 +14,10 @@ imports Ray. The worker registers with the raylet under its own pid, so Ray's st
 
 Where the server cannot start or has ended, each launcher execs the worker Ray would have started. Set
 HPO_FORKSERVER=0 to start workers as Ray does.
+
+Two lifetimes: an embedded Ray's server ends with the process that started it (the driver, which stops its Ray
+first); a node's (`hpo node`, ray_support/node.py) outlives `ray start`, which exits once its processes run, and
+ends with the node's raylet, whose pid it is given as soon as the raylet runs (`watch`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from orchestrator.ray_support.forkserver_zygote import RAYLET_FLAG
 
 SWITCH = "HPO_FORKSERVER"  # "0": Ray starts its workers as it always does
 SOCKET_ENV = "HPO_FORKSERVER_SOCKET"  # the launcher's: where the server listens
@@ -40,13 +46,18 @@ def _like_rays_processes() -> None:  # pragma: no cover (runs in the child, befo
 
 
 class ForkServer:
-    """One server process, started before the embedded Ray it serves and stopped after it."""
+    """One server process, started before the Ray it serves and stopped after it: with the process that starts it,
+    or, `for_node`, with the raylet it is then told of (`watch`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, for_node: bool = False) -> None:
         self.directory = tempfile.mkdtemp(prefix="hpo-forkserver-")
         self.socket = os.path.join(self.directory, "sock")
+        self.raylet_file = os.path.join(self.directory, "raylet.pid")
+        command = [sys.executable, str(ZYGOTE), self.socket]
+        if for_node:
+            command += [RAYLET_FLAG, self.raylet_file]
         self.process = subprocess.Popen(
-            [sys.executable, str(ZYGOTE), self.socket],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -57,6 +68,12 @@ class ForkServer:
     def environment(self) -> dict[str, str]:
         """What the raylet must inherit for its launchers to find the server."""
         return {SOCKET_ENV: self.socket, PID_ENV: str(self.process.pid)}
+
+    def watch(self, raylet_pid: int) -> None:
+        """The node's raylet runs as `raylet_pid`: the server ends when it does (not with this process)."""
+        with open(self.raylet_file + ".new", "w") as fh:
+            fh.write(str(raylet_pid))
+        os.replace(self.raylet_file + ".new", self.raylet_file)
 
     @staticmethod
     def launcher_command() -> list[str]:
@@ -74,8 +91,8 @@ class ForkServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start() -> ForkServer | None:
+def start(*, for_node: bool = False) -> ForkServer | None:
     """A fork server for the Ray about to start here, or None where HPO_FORKSERVER=0 or it is not Linux."""
     if os.environ.get(SWITCH, "1") == "0" or not sys.platform.startswith("linux"):
         return None
-    return ForkServer()
+    return ForkServer(for_node=for_node)

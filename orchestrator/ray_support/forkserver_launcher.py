@@ -12,6 +12,7 @@ socket, HPO_FORKSERVER_PID the server; while the server still imports, this wait
 import json
 import os
 import re
+import shlex
 import socket
 import sys
 import time
@@ -49,17 +50,28 @@ def _connect(path: str, pid: int):
 
 
 CONTEXT_FLAG = "--serialized-runtime-env-context="
+EXEC_REPLY = b"exec\n"  # the server's (forkserver_zygote.py) when the worker must not be forked from it
 
 
-def _only_variables(args: list[str]) -> bool:
-    """Whether the worker's runtime_env, if it has one, only sets variables; if so, they are set here."""
+def _only_variables_and_directory(args: list[str]) -> bool:
+    """Whether the worker's runtime_env, if it has one, only sets variables and a working directory (a job's
+    `working_dir`: Ray's command prefix `cd DIR &&`); if so, they are set here."""
     context = next((json.loads(a[len(CONTEXT_FLAG) :]) for a in args if a.startswith(CONTEXT_FLAG)), {})
-    if context.get("command_prefix") or context.get("override_worker_entrypoint") or context.get("java_jars"):
+    if context.get("override_worker_entrypoint") or context.get("java_jars"):
         return False
     if context.get("py_executable") not in (None, sys.executable):
         return False
+    prefix, directory = context.get("command_prefix") or [], None
+    if prefix:
+        if not (len(prefix) == 3 and prefix[0] == "cd" and prefix[2] == "&&"):
+            return False
+        directory = shlex.split(prefix[1])  # quoted by Ray (working_dir.py: shlex.quote)
+        if len(directory) != 1 or not os.path.isdir(directory[0]):
+            return False
     for key, value in (context.get("env_vars") or {}).items():  # as ray._private.utils.update_envs sets them
         os.environ[key] = re.sub(r"\$\{[A-Z0-9_]+\}", "", os.path.expandvars(value))
+    if directory:
+        os.chdir(directory[0])
     return True
 
 
@@ -69,9 +81,10 @@ def main() -> None:
     # The raylet's command is `python setup_worker.py default_worker.py ARGS --language=PYTHON [--serialized-
     # runtime-env-context=...]`. For a worker without a runtime_env Ray drops the setup step (it knows it by the
     # command's second word, which here is this file's flag), so this does; for one whose runtime_env sets only
-    # environment variables, this does what setup_worker.py would (RuntimeEnvContext.exec_worker), and then the
-    # same. Any other runtime_env (a command prefix, another interpreter, a container) runs as Ray runs it.
-    plain = os.path.basename(args[0]) == "setup_worker.py" and _only_variables(args)
+    # environment variables and a working directory, this does what setup_worker.py would
+    # (RuntimeEnvContext.exec_worker: the variables, then `cd DIR && exec python ...`), and then the same. Any
+    # other runtime_env (another command prefix or interpreter, a container) runs as Ray runs it.
+    plain = os.path.basename(args[0]) == "setup_worker.py" and _only_variables_and_directory(args)
     if plain:
         args = [a for a in args[1:] if a != "--language=PYTHON" and not a.startswith(CONTEXT_FLAG)]
     conn = _connect(path, int(pid)) if plain and path and pid.isdigit() else None
@@ -79,17 +92,18 @@ def main() -> None:
         request = {"argv": args, "env": dict(os.environ), "cwd": os.getcwd(), "launcher": os.getpid()}
         try:
             socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
-            reply = conn.makefile("rb").readline()  # the worker's pid, once forked
+            reply = conn.makefile("rb").readline()  # the worker's pid, once forked, or EXEC_REPLY
         except OSError:
             reply = b""
-        if reply:
+        if reply and reply != EXEC_REPLY:
             try:
                 while conn.recv(4096):  # until the worker ends (its end of the socket closes)
                     pass
             except OSError:
                 pass
             return
-    # no server (it ended, or never started), or a worker with a runtime_env: the process Ray would have started
+    # no server (it ended, or never started), a worker with another runtime_env, or one whose own PYTHONPATH holds
+    # another copy of a library the server imported: the process Ray would have started
     os.execv(sys.executable, [sys.executable, *args])
 
 

@@ -6,7 +6,9 @@ environment once per process, when `ray` is imported, and a forked worker has to
 it. So each worker imports Ray itself (~1 CPU-s, the libraries under it already here) and skips torch's
 (~2-3 CPU-s) and torch._dynamo's (~1-2 CPU-s, imported at a trial's first optimizer step).
 
-Run as: python forkserver_zygote.py SOCKET  (the server ends when the process that started it does)
+Run as: python forkserver_zygote.py SOCKET [--until-raylet-in FILE]  (the server ends when the process that
+started it does; with the flag, when the raylet whose pid FILE will hold does, and until FILE is written, when
+the process that started it does)
 """
 
 import ctypes
@@ -14,10 +16,13 @@ import importlib
 import json
 import os
 import runpy
+import shutil
 import signal
 import socket
 import sys
 import threading
+
+from orchestrator.ray_support.processes import process_alive  # (the standard library only: no Ray)
 
 # Imported here so that no worker imports them again; each is optional (a slim install lacks some).
 PRELOAD = (
@@ -68,6 +73,36 @@ def _preload() -> None:
         raise SystemExit("forkserver: Ray was imported while preloading; not serving")
 
 
+RAYLET_FLAG = "--until-raylet-in"
+# to a launcher: start the worker yourself, as Ray would (forkserver_launcher.py says it too)
+EXEC_REPLY = b"exec\n"
+
+
+def _served_gone(raylet_file: str, starter: int) -> bool:
+    """A node's server: whether the raylet it serves has ended (or, before its pid is known, the starter)."""
+    try:
+        with open(raylet_file) as fh:
+            pid = int(fh.read())
+    except (OSError, ValueError):
+        pid = starter
+    return not process_alive(pid)
+
+
+def _shadowed(paths: list[str]) -> str | None:
+    """A library imported here that a worker's own PYTHONPATH entries (a job's working_dir among them) hold
+    another copy of: that worker must import it from there, as Ray's would, so it is not forked."""
+    mine = {name.split(".")[0] for name in PRELOAD}
+    for entry in paths:
+        for name in mine:
+            if os.path.exists(os.path.join(entry, name)) or os.path.exists(os.path.join(entry, name + ".py")):
+                return os.path.join(entry, name)
+    return None
+
+
+def _own_paths(request: dict) -> list[str]:
+    return [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+
 def _end_with_parent() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -115,8 +150,8 @@ def _become_worker(conn: socket.socket, fds: list[int], request: dict) -> None:
 
     threading.Thread(target=watch_launcher, name="forkserver-launcher", daemon=True).start()
     worker = request["argv"][0]
-    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
-    sys.path[:] = [os.path.dirname(worker), *extra, *sys.path]  # as `python default_worker.py` has it
+    # as `python default_worker.py` has it
+    sys.path[:] = [os.path.dirname(worker), *_own_paths(request), *sys.path]
     sys.argv = list(request["argv"])
     code = 0
     try:
@@ -137,8 +172,10 @@ def _become_worker(conn: socket.socket, fds: list[int], request: dict) -> None:
     os._exit(code)
 
 
-def serve(path: str) -> None:
-    _end_with_parent()
+def serve(path: str, raylet_file: str | None = None) -> None:
+    starter = os.getppid()
+    if raylet_file is None:
+        _end_with_parent()
     _preload()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path + ".new")
@@ -147,6 +184,9 @@ def serve(path: str) -> None:
     server.settimeout(0.5)
     while True:
         _reap()
+        if raylet_file is not None and _served_gone(raylet_file, starter):
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+            return
         try:
             conn, _ = server.accept()
         except (TimeoutError, InterruptedError):
@@ -160,6 +200,15 @@ def serve(path: str) -> None:
                 message += more
             request = json.loads(message)
         except (OSError, ValueError):
+            conn.close()
+            continue
+        if _shadowed(_own_paths(request)):  # the launcher becomes the process Ray would have started
+            for fd in fds:
+                os.close(fd)
+            try:
+                conn.sendall(EXEC_REPLY)
+            except OSError:
+                pass
             conn.close()
             continue
         pid = os.fork()
@@ -177,4 +226,4 @@ def serve(path: str) -> None:
 
 if __name__ == "__main__":
     sys.path.pop(0)  # this file's directory (orchestrator/ray_support) is no package root
-    serve(sys.argv[1])
+    serve(sys.argv[1], sys.argv[3] if sys.argv[2:3] == [RAYLET_FLAG] else None)

@@ -62,6 +62,22 @@ def _launched_by(launcher: list[str], argument: str) -> str:
     return _WORKER_COMMAND_FLAG + subprocess.list2cmdline(launcher) + " " + argument[len(prefix) :]
 
 
+def _when_listed(get_node, gcs_address: str, node_id: str):
+    """Ray's `services.get_node`, called once the GCS lists the node (asked every 20 ms, for up to
+    _REGISTER_WAIT_S): see quick_embedded_start."""
+    client = ray._raylet.GcsClient(address=gcs_address)
+    deadline = time.monotonic() + _REGISTER_WAIT_S  # then Ray's own call, which waits and reports
+    while time.monotonic() < deadline:
+        try:
+            listed = any(key.hex() == node_id for key in client.get_all_node_info(timeout=5))
+        except Exception:  # whatever went wrong, Ray's own call (which waits and reports) decides
+            break
+        if listed:
+            break
+        time.sleep(0.02)
+    return get_node(gcs_address, node_id)
+
+
 @contextlib.contextmanager
 def quick_embedded_start(*, dashboard: bool, prestart: int = 0, worker_launcher: list[str] | None = None):
     """Around `ray.init(address="local", include_dashboard=dashboard)`: the same head node, up ~1.3 s sooner
@@ -113,17 +129,7 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0, worker_launcher:
         return start_head(self)
 
     def get_node_when_listed(gcs_address, node_id):
-        client = ray._raylet.GcsClient(address=gcs_address)
-        deadline = time.monotonic() + _REGISTER_WAIT_S  # then Ray's own call, which waits and reports
-        while time.monotonic() < deadline:
-            try:
-                listed = any(key.hex() == node_id for key in client.get_all_node_info(timeout=5))
-            except Exception:  # whatever went wrong, Ray's own call (which waits and reports) decides
-                break
-            if listed:
-                break
-            time.sleep(0.02)
-        return get_node(gcs_address, node_id)
+        return _when_listed(get_node, gcs_address, node_id)
 
     def start_raylet_as_asked(command, process_type, *args, **kwargs):
         if process_type == ray._private.ray_constants.PROCESS_TYPE_RAYLET:
@@ -142,6 +148,31 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0, worker_launcher:
     if prestart or worker_launcher:
         service_patches["start_ray_process"] = start_raylet_as_asked
     with patched(node_class, **node_patches), patched(services, **service_patches):
+        yield
+
+
+@contextlib.contextmanager
+def forked_node_start(*, worker_launcher: list[str] | None, on_raylet):
+    """Around `ray start` run in this process (ray_support/node.py): the raylet's command for a Python worker
+    starts with `worker_launcher` (a fork server's, if given) instead of the Python interpreter, `on_raylet(pid)` is called
+    as soon as the raylet runs, and the node may take _REGISTER_WAIT_S to register instead of Ray's fixed 30 s
+    (`Node.__init__` calls `services.get_node` until then: see quick_embedded_start)."""
+    services = ray._private.services
+    start_ray_process, get_node = services.start_ray_process, services.get_node
+
+    def start_raylet_launched(command, process_type, *args, **kwargs):
+        if process_type != ray._private.ray_constants.PROCESS_TYPE_RAYLET:
+            return start_ray_process(command, process_type, *args, **kwargs)
+        if worker_launcher:
+            command = [_launched_by(worker_launcher, a) for a in command]
+        info = start_ray_process(command, process_type, *args, **kwargs)
+        on_raylet(info.process.pid)  # Ray 2.60: a ProcessInfo whose `process` is the Popen
+        return info
+
+    def get_node_when_listed(gcs_address, node_id):
+        return _when_listed(get_node, gcs_address, node_id)
+
+    with patched(services, start_ray_process=start_raylet_launched, get_node=get_node_when_listed):
         yield
 
 
