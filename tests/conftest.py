@@ -289,15 +289,38 @@ def cli(capsys, monkeypatch):
     return call
 
 
-# Modules that take long mostly waiting (a real network's node verdicts, fake autoscalers, a Ray head), run first:
-# on two pytest workers (make test) each is then overlapped by the other worker's tests instead of running alone at
-# the end (measured: the network test, ~100 s, started last and ran 45 s after the other worker had finished).
-LONG_WAITS_FIRST = ("tests/test_netns.py", "tests/test_submit.py", "tests/test_autoscaling.py")
+# The longest modules first (seconds each took in a full `make test`, 2026-12-07, before `hpo node`), the network
+# test's waits before all: on two pytest workers each is then overlapped by the other worker's tests, and the many
+# short modules fill in at the end, instead of one long module running alone after the other worker has finished.
+# The Makefile turns off xdist's own order (`--no-loadscope-reorder`; it orders by the number of tests, which put
+# the one-test network module last: ~100 s alone at the end). Tried in the ninth session and reverted: a `ray
+# start` node then registered later than Ray's fixed 30 s beside the heaviest tests; the test clusters' nodes now
+# start with `hpo node`, which gives them 90 s. A module left out runs after these, in collection order.
+LONGEST_FIRST = (
+    "tests/test_netns.py",  # 122 s, mostly waiting on a real network's node verdicts
+    "tests/test_submit.py",  # 236
+    "tests/test_autoscaling.py",  # 185
+    "tests/test_resume.py",  # 178
+    "tests/test_run.py",  # 170
+    "tests/test_s3_hostile.py",  # 122
+    "tests/test_warm_session.py",  # 121
+    "tests/test_stops.py",  # 112
+    "tests/test_ray_compat.py",  # 110
+    "tests/test_custom_training.py",  # 97
+    "tests/test_gpu_share.py",  # 94
+    "tests/test_dashboard.py",  # 90
+    "tests/test_cli_run.py",  # 65
+    "tests/test_pbt.py",  # 49
+    "tests/test_s3_run.py",  # 48
+    "tests/test_jobs.py",  # 32
+    "tests/test_sanity.py",  # 21
+    "tests/test_disk_full.py",  # 19
+)
 
 
 def pytest_collection_modifyitems(items):
     def rank(item) -> int:
         module = item.nodeid.split("::")[0]
-        return LONG_WAITS_FIRST.index(module) if module in LONG_WAITS_FIRST else len(LONG_WAITS_FIRST)
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the others keep their order

@@ -125,7 +125,10 @@ def test_tune_propagates_credentials_unless_stopped(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
 
     def trial_actor_env_vars() -> dict:
-        return class_cache._ActorClassCache().get(_Probe)._default_options["runtime_env"]["env_vars"]
+        # No runtime_env at all where the session's Ray (ray_cluster, if a test before this one started it) has
+        # trial_actors_inherit in place and what is left equals what that Ray inherited: nothing is copied then.
+        options = class_cache._ActorClassCache().get(_Probe)._default_options
+        return options.get("runtime_env", {"env_vars": {}})["env_vars"]
 
     as_ray_has_it = class_cache.ENV_VARS_TO_PROPAGATE | {"AWS_SECRET_ACCESS_KEY"}
     with ray_compat.patched(class_cache, ENV_VARS_TO_PROPAGATE=as_ray_has_it):
