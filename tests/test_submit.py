@@ -212,7 +212,7 @@ def test_a_ddp_trial_whose_worker_group_cannot_start_fails_in_bounded_time(head,
                         "max_epochs": 1,
                         "workers": 2,
                         "cpus_per_worker": cpus_per_worker,
-                        "trial_timeout_s": 15,
+                        "trial_timeout_s": 8,
                         "max_retries": 0,
                     },
                 )
@@ -249,7 +249,7 @@ def test_a_ddp_trial_whose_worker_group_cannot_start_fails_in_bounded_time(head,
     assert summary["statuses"] == {"error": 1}
     trial = pq.read_table(f"{summary['results_uri']}/trials.parquet").to_pylist()[0]
     assert trial["status"] == "error" and trial["iterations"] == 0
-    assert "no report for" in trial["error"] and "train.trial_timeout_s = 15" in trial["error"]
+    assert "no report for" in trial["error"] and "train.trial_timeout_s = 8" in trial["error"]
     # nothing of the stuck trial is left holding the cluster: its worker group's placement group and controller
     # (the GCS removes a finished job's groups shortly after its driver exits; a pending one would keep an
     # autoscaler launching nodes for it)
