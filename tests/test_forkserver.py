@@ -77,6 +77,12 @@ def test_a_worker_whose_pythonpath_holds_another_copy_of_a_preloaded_library_is_
     )
 
 
+def test_the_launcher_and_the_server_agree_on_the_reply_that_sends_a_worker_back():
+    """The launcher runs isolated (`-I -S`) and cannot import the server's module: each writes the reply."""
+    assert forkserver_launcher.EXEC_REPLY == forkserver_zygote.EXEC_REPLY
+    assert not forkserver_launcher.EXEC_REPLY.strip().isdigit()  # never mistaken for a forked worker's pid
+
+
 def test_the_launcher_is_the_interpreter_isolated_and_without_site_running_this_file():
     command = forkserver.ForkServer.launcher_command()
     assert command[:3] == [sys.executable, "-I", "-S"] and command[3].endswith("forkserver_launcher.py")

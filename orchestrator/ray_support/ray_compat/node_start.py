@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -128,9 +129,6 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0, worker_launcher:
         self._ray_params.no_monitor = True
         return start_head(self)
 
-    def get_node_when_listed(gcs_address, node_id):
-        return _when_listed(get_node, gcs_address, node_id)
-
     def start_raylet_as_asked(command, process_type, *args, **kwargs):
         if process_type == ray._private.ray_constants.PROCESS_TYPE_RAYLET:
             if prestart:
@@ -144,7 +142,7 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0, worker_launcher:
     node_patches = (
         {} if dashboard else {"start_api_server": no_api_server, "start_head_processes": head_without_monitor}
     )
-    service_patches = {"get_node": get_node_when_listed}
+    service_patches = {"get_node": functools.partial(_when_listed, get_node)}
     if prestart or worker_launcher:
         service_patches["start_ray_process"] = start_raylet_as_asked
     with patched(node_class, **node_patches), patched(services, **service_patches):
@@ -154,9 +152,9 @@ def quick_embedded_start(*, dashboard: bool, prestart: int = 0, worker_launcher:
 @contextlib.contextmanager
 def forked_node_start(*, worker_launcher: list[str] | None, on_raylet):
     """Around `ray start` run in this process (ray_support/node.py): the raylet's command for a Python worker
-    starts with `worker_launcher` (a fork server's, if given) instead of the Python interpreter, `on_raylet(pid)` is called
-    as soon as the raylet runs, and the node may take _REGISTER_WAIT_S to register instead of Ray's fixed 30 s
-    (`Node.__init__` calls `services.get_node` until then: see quick_embedded_start)."""
+    starts with `worker_launcher` (a fork server's, if given) instead of the Python interpreter, `on_raylet(pid)`
+    is called as soon as the raylet runs, and the node may take _REGISTER_WAIT_S to register instead of Ray's
+    fixed 30 s (`Node.__init__` calls `services.get_node` until then: see quick_embedded_start)."""
     services = ray._private.services
     start_ray_process, get_node = services.start_ray_process, services.get_node
 
@@ -169,10 +167,8 @@ def forked_node_start(*, worker_launcher: list[str] | None, on_raylet):
         on_raylet(info.process.pid)  # Ray 2.60: a ProcessInfo whose `process` is the Popen
         return info
 
-    def get_node_when_listed(gcs_address, node_id):
-        return _when_listed(get_node, gcs_address, node_id)
-
-    with patched(services, start_ray_process=start_raylet_launched, get_node=get_node_when_listed):
+    when_listed = functools.partial(_when_listed, get_node)
+    with patched(services, start_ray_process=start_raylet_launched, get_node=when_listed):
         yield
 
 
