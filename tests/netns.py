@@ -18,16 +18,13 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 from ray_internals import fast_connect_env
+from rayhead import HPO_NODE  # each node starts as the cluster configs start theirs
 
-# Each node starts as `hpo node` starts it (`ray start`, its workers forked from a fork server, 90 s for its raylet
-# to register instead of Ray's 30 s): what the cluster configs run.
-HPO_NODE = [sys.executable, "-m", "orchestrator.cli", "node"]
 GCS_PORT, DASHBOARD_PORT = 6379, 8265
 
 
