@@ -179,6 +179,26 @@ def test_the_experiment_state_can_leave_out_the_trials():
     assert TuneController._get_trial_checkpoints is original
 
 
+def test_two_runs_started_in_one_second_stage_their_files_in_folders_of_their_own(tmp_path):
+    """Ray's local staging folder is keyed by the StorageContext's timestamp, to the second: under
+    ray_compat.staging_of_its_own two contexts made at once (same storage, same experiment name, as two hpo runs
+    of one Ray) get different ones (a flake in CI: a second run's trial_0000 became trial_0000_350b there)."""
+    from ray.train._internal.storage import StorageContext
+
+    original = StorageContext.__init__
+    assert "self._timestamp = date_str()" in inspect.getsource(original)
+    assert "self._timestamp" in inspect.getsource(StorageContext._get_session_path)
+
+    def context():
+        return StorageContext(storage_path=str(tmp_path), experiment_dir_name="tune")
+
+    with ray_compat.staging_of_its_own():
+        first, second = context(), context()
+    assert first._timestamp != second._timestamp
+    assert first._timestamp.startswith(time.strftime("%Y-%m-%d_")), first._timestamp
+    assert StorageContext.__init__ is original
+
+
 def test_a_run_does_not_import_rays_logger_integrations_to_tag_its_callbacks():
     from ray.air._internal import usage
     from ray.tune import tune as tune_module
@@ -1102,6 +1122,7 @@ PATCHED_BY_A_RUN = (
     "WorkerStandardStreamDispatcher.emit",  # quiet_worker_stops (the dispatcher's own attribute)
     "_ActorClassCache.get",  # trial_actors_inherit
     "TuneController._get_trial_checkpoints",  # lean_experiment_state
+    "StorageContext.__init__",  # staging_of_its_own
     "ray.air._internal.usage.tag_callbacks",  # callbacks_untagged
     "Trial.handle_error",  # no_retry_on and lost_nodes_not_counted: two layers, each counted
     "Trial.should_recover",  # no_retry_on

@@ -42,6 +42,7 @@ from orchestrator.ray_support.ray_compat import (
     lean_experiment_state,
     lost_nodes_not_counted,
     no_retry_on,
+    staging_of_its_own,
     trial_name,
 )
 from orchestrator.ray_support.ray_env import check_address
@@ -378,6 +379,7 @@ def _search(
                 no_retry_on(FinalTrialError),
                 lost_nodes_not_counted(tracker.is_lost_node),
                 lean_experiment_state(),
+                staging_of_its_own(),
                 callbacks_untagged(),
             ):
                 wire_pbt(the_plan.scheduler, opened.store, the_plan.results_uri, tracker)

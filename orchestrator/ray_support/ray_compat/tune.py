@@ -136,6 +136,29 @@ def lean_experiment_state():
 
 
 @contextlib.contextmanager
+def staging_of_its_own():
+    """While inside: each Ray Tune 2.60 run stages its driver's and trials' files on this machine under
+    `<Ray session>/artifacts/<StorageContext._timestamp>/<experiment name>/`, and that timestamp is to the second
+    (`date_str()`). Two runs on one Ray (a warm session, `hpo up`, the tests' session Ray) that start within the
+    same second under the same experiment name (every hpo run's is "tune") would share that folder: the second
+    run's trial directories get a suffix (`trial_0000_350b`, so its errors point at Ray's staging folder instead
+    of the run's `tune/trial_0000/`) and its experiment state lies beside the first's. Each run's StorageContext
+    gets a timestamp of its own. Restored after."""
+    import uuid
+
+    from ray.train._internal.storage import StorageContext  # here, not at the top: a move breaks only this
+
+    made_by_ray = StorageContext.__init__
+
+    def init_with_own_timestamp(self, *args, **kwargs):
+        made_by_ray(self, *args, **kwargs)
+        self._timestamp = f"{self._timestamp}_{uuid.uuid4().hex[:8]}"
+
+    with patched(StorageContext, __init__=init_with_own_timestamp):
+        yield
+
+
+@contextlib.contextmanager
 def callbacks_untagged():
     """While inside: Ray Tune 2.60's tune.run records no usage tag of the run's callbacks. To name them
     (ray.air._internal.usage.tag_callbacks, called with the run's callbacks) it imports every logger integration
