@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from orchestrator.errors import RunError
 from orchestrator.ray_support.handoff import launch_environment
-from orchestrator.ray_support.processes import process_alive
+from orchestrator.ray_support.processes import process_alive, remove_folder
 
 HOME_ENV = "HPO_HOME"
 STATE_FILE = "up.json"
@@ -140,7 +139,7 @@ def _stop_daemon(pid: int, up: UpSession | None) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # the daemon leads its own group (start_new_session)
         if up is not None:
-            shutil.rmtree(up.session_dir, ignore_errors=True)
+            remove_folder(up.session_dir)
 
 
 def _last_line(path: Path) -> str:

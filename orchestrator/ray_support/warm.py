@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import secrets
-import shutil
 import signal
 import sys
 import threading
@@ -26,6 +25,7 @@ import ray
 from orchestrator.errors import RunError
 from orchestrator.ray_support import handoff
 from orchestrator.ray_support.driver import DriverSession
+from orchestrator.ray_support.processes import remove_folder
 from orchestrator.ray_support.ray_compat import (
     enable_token_auth,
     prestart_workers,
@@ -183,5 +183,5 @@ def serve(module: str, num_cpus: float | None, run_job: Callable[[list[str]], in
         (folder / STATE_FILE).unlink(missing_ok=True)
         token.unlink(missing_ok=True)
         if folder_of_ray:
-            shutil.rmtree(folder_of_ray, ignore_errors=True)
+            remove_folder(folder_of_ray)
     print("warm session down", flush=True)
