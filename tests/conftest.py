@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import s3server
+from xdist.scheduler import LoadScopeScheduling
 
 ROOT = Path(__file__).resolve().parent.parent
 # Before anything starts Ray: every process of the session (and every Ray worker) finds the test S3 server
@@ -289,32 +290,41 @@ def cli(capsys, monkeypatch):
     return call
 
 
-# The longest modules first (seconds each took in a full `make test`, 2026-12-07, before `hpo node`), the network
-# test's waits before all: on two pytest workers each is then overlapped by the other worker's tests, and the many
-# short modules fill in at the end, instead of one long module running alone after the other worker has finished.
-# The Makefile turns off xdist's own order (`--no-loadscope-reorder`; it orders by the number of tests, which put
-# the one-test network module last: ~100 s alone at the end). Tried in the ninth session and reverted: a `ray
-# start` node then registered later than Ray's fixed 30 s beside the heaviest tests; the test clusters' nodes now
-# start with `hpo node`, which gives them 90 s. A module left out runs after these, in collection order.
+# The longest modules first (seconds each took in a full `make test` on 2026-12-07, `hpo node` in place), the
+# network test's waits before all: on two pytest workers each is then overlapped by the other worker's tests, and
+# the many short modules fill in at the end, instead of one long module running alone after the other worker has
+# finished. The Makefile turns off xdist's own order (`--no-loadscope-reorder`; it orders by the number of tests,
+# which put the one-test network module last: ~100 s alone at the end). A module left out runs after these, in
+# collection order. WAITING marks the modules that leave most of a core idle (CPU-s under ~0.6 of their wall:
+# they wait on a real network's node verdicts, an autoscaler, a Jobs API, a silent endpoint, a daemon's Ray):
+# PairingScheduling runs them beside the others, not beside each other.
 LONGEST_FIRST = (
-    "tests/test_netns.py",  # 122 s, mostly waiting on a real network's node verdicts
-    "tests/test_submit.py",  # 236
-    "tests/test_autoscaling.py",  # 185
-    "tests/test_resume.py",  # 178
-    "tests/test_run.py",  # 170
-    "tests/test_s3_hostile.py",  # 122
-    "tests/test_warm_session.py",  # 121
-    "tests/test_stops.py",  # 112
-    "tests/test_ray_compat.py",  # 110
-    "tests/test_custom_training.py",  # 97
-    "tests/test_gpu_share.py",  # 94
-    "tests/test_dashboard.py",  # 90
-    "tests/test_cli_run.py",  # 65
+    "tests/test_netns.py",  # 98 s, mostly waiting on a real network's node verdicts
+    "tests/test_resume.py",  # 130
+    "tests/test_submit.py",  # 122
+    "tests/test_autoscaling.py",  # 111
+    "tests/test_ray_compat.py",  # 103
+    "tests/test_run.py",  # 98
+    "tests/test_stops.py",  # 88
+    "tests/test_s3_hostile.py",  # 84
+    "tests/test_gpu_share.py",  # 80
+    "tests/test_warm_session.py",  # 76
+    "tests/test_s3_run.py",  # 66
+    "tests/test_custom_training.py",  # 56
+    "tests/test_dashboard.py",  # 54
+    "tests/test_cli_run.py",  # 53
     "tests/test_pbt.py",  # 49
-    "tests/test_s3_run.py",  # 48
-    "tests/test_jobs.py",  # 32
-    "tests/test_sanity.py",  # 21
-    "tests/test_disk_full.py",  # 19
+    "tests/test_jobs.py",  # 29
+    "tests/test_disk_full.py",  # 22
+)
+WAITING = frozenset(
+    {
+        "tests/test_netns.py",
+        "tests/test_submit.py",
+        "tests/test_autoscaling.py",
+        "tests/test_s3_hostile.py",
+        "tests/test_warm_session.py",
+    }
 )
 
 
@@ -324,3 +334,31 @@ def pytest_collection_modifyitems(items):
         return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the others keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` (the Makefile's), pairing the kinds of module: see PairingScheduling."""
+    if config.getvalue("dist") == "loadscope":
+        return PairingScheduling(config, log)
+    return None
+
+
+class PairingScheduling(LoadScopeScheduling):
+    """xdist's loadscope (one worker runs all of a module's tests; the modules in LONGEST_FIRST's order), except
+    that at most one worker runs WAITING modules while others are left: a worker taking its next module takes
+    the first waiting one if no other worker runs (or is about to run) one, else the first other one. Two
+    waiting modules side by side left a core idle for minutes (the first 250 s of a 736 s suite ran at 70%
+    busy, its second half at 95%); a waiting module beside busy ones lends them its core."""
+
+    def _assign_work_unit(self, node) -> None:
+        waiting_elsewhere = any(
+            scope in WAITING
+            for other, work in self.assigned_work.items()
+            if other is not node
+            for scope, tests in work.items()
+            if not all(tests.values())  # a module it runs or is about to run
+        )
+        scope = next((s for s in self.workqueue if (s in WAITING) != waiting_elsewhere), None)
+        if scope is not None:
+            self.workqueue.move_to_end(scope, last=False)
+        super()._assign_work_unit(node)
