@@ -105,8 +105,9 @@ class Check:
 VOLATILE = ("epoch_time_s", "time_total_s", "timestamp", "node_id", "attempt")  # wall clocks and placement
 
 
-def deterministic_cost(device: str, epochs: int) -> dict:
-    """The trial loop's epochs, deterministic against torch's defaults, alternating, medians."""
+def deterministic_cost(device: str, epochs: int, hidden: int) -> dict:
+    """The trial loop's epochs (a 3-layer MLP of `hidden` units), deterministic against torch's defaults,
+    alternating, medians."""
     import torch
 
     from orchestrator.train.determinism import configure_determinism, epoch_permutation, seed_everything
@@ -119,7 +120,7 @@ def deterministic_cost(device: str, epochs: int) -> dict:
         else:
             torch.use_deterministic_algorithms(False)
         workload = digits_mlp()
-        config = {**workload.defaults(), "hidden": 512, "depth": 3, "batch_size": 64}
+        config = {**workload.defaults(), "hidden": hidden, "depth": 3, "batch_size": 64}
         seed_everything(0)
         x, y = workload.load_data(config).train
         x, y = x.to(device), y.to(device)
@@ -246,7 +247,7 @@ def main() -> int:
         print(f"  {name}: {value}", flush=True)
 
     gpu = {"use_gpu": True}
-    trials, epochs = (2, 2) if small else (4, 5)
+    trials, epochs = (2, 1) if small else (4, 5)
     say(
         "rerun_standard_loop",
         check.reruns_identical(
@@ -303,7 +304,7 @@ def main() -> int:
                 storage,
                 trials=n,
                 at_once=at_once,
-                epochs=2,
+                epochs=1 if small else 2,
                 train={**gpu, "gpus_per_worker": share, "cpus_per_worker": 0.5 if small else 1},
                 metric="val_f1",
                 mode="max",
@@ -320,7 +321,7 @@ def main() -> int:
         storage,
         trials=n,
         at_once=4,
-        epochs=4 if small else 9,
+        epochs=3 if small else 9,
         train={**gpu, "gpus_per_worker": 0.25},
         metric="val_f1",
         mode="max",
@@ -343,7 +344,10 @@ def main() -> int:
             },
         )
     say("ledger_of_the_asha_search", ledger_gpu(uri))
-    say("deterministic_mode_cost", deterministic_cost("cpu" if args.cpu else "cuda", 2 if small else 10))
+    say(
+        "deterministic_mode_cost",
+        deterministic_cost("cpu" if args.cpu else "cuda", *((2, 128) if small else (10, 512))),
+    )
     figures["wall_s"] = round(time.monotonic() - began, 1)
     Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
     print(f"gpu-check: {figures['wall_s']} s; figures in {args.out}")
