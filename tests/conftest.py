@@ -295,9 +295,9 @@ def cli(capsys, monkeypatch):
 # the many short modules fill in at the end, instead of one long module running alone after the other worker has
 # finished. The Makefile turns off xdist's own order (`--no-loadscope-reorder`; it orders by the number of tests,
 # which put the one-test network module last: ~100 s alone at the end). A module left out runs after these, in
-# collection order. WAITING marks the modules that leave most of a core idle (CPU-s under ~0.6 of their wall:
-# they wait on a real network's node verdicts, an autoscaler, a Jobs API, a silent endpoint, a daemon's Ray):
-# PairingScheduling runs them beside the others, not beside each other.
+# collection order. WAITING marks the modules that leave most of a core idle (0.2-0.4 CPU-s a second of their
+# wall: they wait on a real network's node verdicts, an autoscaler, a Jobs API, a silent endpoint, a daemon's
+# Ray): PairingScheduling runs them beside the others, not beside each other.
 LONGEST_FIRST = (
     "tests/test_netns.py",  # 98 s, mostly waiting on a real network's node verdicts
     "tests/test_resume.py",  # 130
@@ -348,7 +348,8 @@ class PairingScheduling(LoadScopeScheduling):
     that at most one worker runs WAITING modules while others are left: a worker taking its next module takes
     the first waiting one if no other worker runs (or is about to run) one, else the first other one. Two
     waiting modules side by side left a core idle for minutes (the first 250 s of a 736 s suite ran at 70%
-    busy, its second half at 95%); a waiting module beside busy ones lends them its core."""
+    busy, its second half at 95%); a waiting module beside busy ones lends them its core. Overrides xdist 3.8's
+    `_assign_work_unit`, which hands a worker the queue's first module."""
 
     def _assign_work_unit(self, node) -> None:
         waiting_elsewhere = any(
