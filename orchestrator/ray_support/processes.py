@@ -26,14 +26,14 @@ def process_alive(pid: int) -> bool:
         return True  # no /proc (not Linux): os.kill said it is there
 
 
-def remove_folder(path: str, timeout_s: float = 10.0) -> bool:
-    """Remove the folder `path`, again while something still creates files in it, for up to `timeout_s`; whether
-    it is gone. Ray's session folder after a shutdown: a process of the session that is ending (a worker, an
+def remove_folder(path: str, timeout_s: float = 10.0) -> None:
+    """Remove the folder `path`, again while something still creates files in it, for up to `timeout_s`. Ray's
+    session folder after a shutdown: a process of the session that is ending (a worker, an
     agent) can open a log file in it while the removal walks it, which then fails on a folder no longer empty
     (seen once: `hpo down` reported the session stopped, and its folder was still there)."""
     deadline = time.monotonic() + timeout_s
     while True:
         shutil.rmtree(path, ignore_errors=True)
         if not os.path.exists(path) or time.monotonic() > deadline:
-            return not os.path.exists(path)
+            return
         time.sleep(0.1)

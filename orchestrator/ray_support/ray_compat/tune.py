@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 
 import ray
 from ray.tune.schedulers import TrialScheduler
@@ -144,8 +145,6 @@ def staging_of_its_own():
     run's trial directories get a suffix (`trial_0000_350b`, so its errors point at Ray's staging folder instead
     of the run's `tune/trial_0000/`) and its experiment state lies beside the first's. Each run's StorageContext
     gets a timestamp of its own. Restored after."""
-    import uuid
-
     from ray.train._internal.storage import StorageContext  # here, not at the top: a move breaks only this
 
     made_by_ray = StorageContext.__init__
