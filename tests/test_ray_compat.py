@@ -1197,8 +1197,9 @@ def test_hpo_node_forks_its_workers_with_a_jobs_working_dir_and_its_server_ends_
     fork server (its parent is forkserver_zygote.py), torch already imported; a task with a working_dir (what
     `hpo submit` gives a job: Ray's `cd DIR &&` prefix and PYTHONPATH) is forked too and runs in that
     directory; one whose working_dir holds its own copy of a library the server imported (here hpo's
-    `orchestrator`) starts as Ray starts it. Ray called both patches in the node's process (its CALLS). When the
-    node stops, its server ends by itself and removes its directory."""
+    `orchestrator`) starts as Ray starts it. Ray called both patches in the node's process (its CALLS). The head
+    takes its token and refuses another (ray_compat.token_refused). When the node stops, its server ends by itself
+    and removes its directory."""
     import conftest
     import psutil
     from rayhead import RayHead
@@ -1217,9 +1218,9 @@ def test_hpo_node_forks_its_workers_with_a_jobs_working_dir_and_its_server_ends_
     env.pop("RAY_ADDRESS", None)
     zygote = str(forkserver.ZYGOTE)
     head.start()
+    address = f"127.0.0.1:{head.gcs_port}"
 
     def where(*working_dir: Path) -> list:
-        address = f"127.0.0.1:{head.gcs_port}"
         proc = subprocess.run(
             [sys.executable, "-c", ON_THE_NODE, address, *map(str, working_dir)],
             capture_output=True,
@@ -1235,6 +1236,20 @@ def test_hpo_node_forks_its_workers_with_a_jobs_working_dir_and_its_server_ends_
         assert plain[0][0] == zygote and plain[1:] == [True, False], plain
         assert in_job[0][0] == zygote and in_job[1:] == [True, True], in_job
         assert shadowed[0][0] != zygote and shadowed[1:] == [False, True], shadowed
+        # ray_compat.token_refused, what `hpo run --address` asks before ray.init: the head's token is taken,
+        # another refused (in one request; ray.init would retry it for 20 s)
+        ask = "import sys; from orchestrator.ray_support import ray_compat; print(ray_compat.token_refused(sys.argv[1]))"
+        said = [
+            subprocess.run(
+                [sys.executable, "-c", ask, address],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**env, "RAY_AUTH_TOKEN": token},
+            ).stdout.strip()
+            for token in (head.token, "wrong-token")
+        ]
+        assert said == ["False", "True"], said
         server = next(
             p.pid for p in psutil.Process(head.proc.pid).children() if conftest.command_of(p)[1:2] == [zygote]
         )

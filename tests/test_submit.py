@@ -148,7 +148,8 @@ def test_bad_token_missing_token_unknown_job_and_bad_spec_fail_cleanly(head, job
 
 def test_hpo_run_joins_a_token_cluster_by_its_gcs_address_and_refuses_a_bad_one(head, cli, tmp_path):
     """`hpo run --address HOST:PORT` drives trials on the head's Ray; a wrong token, an unreachable head or a
-    dashboard URL is one line, exit 2, nothing written (ray.init alone waits minutes on an unreachable head)."""
+    dashboard URL is one line, exit 2, nothing written (ray.init alone waits minutes on an unreachable head, and
+    retries a refused token for 20 s: hpo asks the GCS once first)."""
     storage = tmp_path / "results"
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(

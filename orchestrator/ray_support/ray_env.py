@@ -31,6 +31,7 @@ from orchestrator.ray_support.ray_compat import (
     placement_group,
     quick_embedded_start,
     started_here_without_dashboard,
+    token_refused,
     trial_actor_env,
     trial_actors_inherit,
 )
@@ -177,15 +178,19 @@ def _join(address: str, worker_logging) -> None:
         os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
     ):
         enable_token_auth()
+    refused = RunError(
+        f"--address {address}: the Ray cluster refused this driver's auth token; set "
+        "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+    )
     try:
         with _stderr_kept_on_success():  # a refused driver's core worker logs a warning a second for 20 s
+            # asked first in one request: ray.init would retry a refused token for 20 s before failing
+            if not address.startswith("ray://") and token_refused(address):
+                raise refused
             ray.init(address=address, logging_level=logging.WARNING, logging_config=worker_logging)
     except (ConnectionError, AuthenticationError) as error:
         if is_refused_token(error):
-            raise RunError(
-                f"--address {address}: the Ray cluster refused this driver's auth token; set "
-                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
-            ) from None
+            raise refused from None
         raise RunError(
             f"--address {address}: could not join the Ray cluster there "
             f"({str(error).splitlines()[0]}); check the address and that its head is up"

@@ -39,6 +39,7 @@ from orchestrator.ray_support.ray_compat.core import (
     refresh_ray_config,
     session_dir,
     started_here_without_dashboard,
+    token_refused,
 )
 from orchestrator.ray_support.ray_compat.errors import (
     JOBS_AUTH_REFUSED,
@@ -176,6 +177,7 @@ __all__ = [
     "kv_ready",
     "lean_experiment_state",
     "staging_of_its_own",
+    "token_refused",
     "callbacks_untagged",
     "live_nodes",
     "lost_node_error",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ray
+from ray.exceptions import AuthenticationError
 from ray.experimental import internal_kv
 from ray.util.placement_group import PlacementGroup, placement_group_table
 
@@ -35,6 +36,22 @@ def enable_token_auth() -> None:
     )  # here, not at the top: a move breaks only this
 
     _enable_token_auth()
+
+
+def token_refused(gcs_address: str, timeout_s: float = 5.0) -> bool:
+    """Whether the GCS at `gcs_address` refuses this process's auth token, asked in one request (~20 ms). Ray
+    2.60's ray.init retries a refused token once a second for py_gcs_connect_timeout_s (20 s) before it fails;
+    a standalone GCS client (`ray._raylet.InnerGcsClient.standalone`) raises AuthenticationError at once. Any
+    other outcome (an answer, a slow or unknown failure) is False: ray.init then joins, or says why not."""
+    from ray._raylet import InnerGcsClient  # here, not at the top: a move breaks only this
+
+    try:
+        InnerGcsClient.standalone(gcs_address, None, int(timeout_s * 1000))
+    except AuthenticationError:
+        return True
+    except Exception:  # noqa: BLE001 (not a refused token: ray.init tells the rest)
+        return False
+    return False
 
 
 def refresh_ray_config() -> None:
