@@ -23,7 +23,7 @@ from orchestrator.storage.base import deadline_at
 from orchestrator.storage.spool import SpoolingStore, run_spool_dir
 
 pytestmark = pytest.mark.slow
-LIMIT_S = 3  # HPO_S3_TIMEOUT_S in these tests
+LIMIT_S = 2  # HPO_S3_TIMEOUT_S in these tests (each silent call waits it out)
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_every_store_call_ends_in_bounded_time_with_one_line(proxy, mode):
 
 def test_a_request_given_up_on_is_never_sent_again_once_the_endpoint_answers(proxy):
     """A write given up on while the endpoint is silent must not land later: botocore retries a request whose
-    socket timed out (10 s here), on a new connection, and by then the endpoint may answer; that late write would
+    socket timed out (HPO_S3_TIMEOUT_S here), on a new connection, and by then the endpoint may answer; that late write would
     put an old object over a newer one (an old manifest over the new). The given-up client refuses it."""
     store = _store(proxy)
     proxy.mode = "silent"

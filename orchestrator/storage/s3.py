@@ -126,11 +126,14 @@ class S3Store(Store):
             import boto3  # heavy: boto3, which validating a spec does not need
             from botocore.config import Config  # heavy: boto3's botocore
 
+            # botocore's socket timeouts no longer than the request's own limit: a request given up on at the
+            # limit is left to end on its own (see _call), and these end it, with its thread, that much sooner
+            limit = request_timeout_s()
             config = Config(
                 s3={"addressing_style": self.options.resolved_addressing()},
                 retries={"max_attempts": 2, "mode": "standard"},
-                connect_timeout=3,
-                read_timeout=10,
+                connect_timeout=min(3, limit),
+                read_timeout=min(10, limit),
             )
             # A session per store: boto3's default session caches the credentials it resolved first.
             client = boto3.session.Session().client(
