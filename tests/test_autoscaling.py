@@ -217,13 +217,13 @@ def test_custom_resources_a_cost_budget_and_infeasible_requests_on_the_fake_auto
 
     # Preemption: a node running a trial is drained with Ray's drain API and a preemption reason (what an
     # autoscaler does for a spot reclaim). The trial leaves it at its next report and continues from its
-    # checkpoint on another node, with train.max_retries 0: a lost node does not spend a retry. 16 epochs of 1 s
-    # each: the drain (`ray drain-node`, a CLI process that imports Ray) must land while the trial still runs,
-    # and on a saturated machine it took longer than the 6 epochs left of 8 (a CI run: both trials completed).
-    epochs = 16
+    # checkpoint on another node, with train.max_retries 0: a lost node does not spend a retry. The trials stand
+    # before their third epoch until the drain (`ray drain-node`, a CLI process that imports Ray) has landed: on
+    # a saturated machine it once took longer than the rest of a paced trial (a CI run: both trials completed).
+    epochs, gate = 8, tmp_path / "drained"
     spec = job(
         "drain",
-        search={"num_samples": 2},
+        search={"num_samples": 2, "fixed": {"pace_s": 0.25, "gate_marker": str(gate), "gate_epoch": 2}},
         train={"resources_per_worker": {"cheap": 1}, "max_epochs": epochs, "max_retries": 0},
     )
     log_path = tmp_path / "drain.log"
@@ -266,6 +266,7 @@ def test_custom_resources_a_cost_budget_and_infeasible_requests_on_the_fake_auto
             timeout=120,
         )
         assert drain.returncode == 0, drain.stderr[-2000:]
+        gate.touch()
         out, _ = driver.communicate(timeout=420)
     finally:
         if driver.poll() is None:

@@ -1,5 +1,5 @@
 """2-worker DDP trials across two Ray worker nodes over a real network (tests/netns.py), through a node whose
-processes are SIGKILLed and a node whose cable is cut for 32 s. Every trial finishes, retried from its last
+processes are SIGKILLed and a node whose cable is cut until the cluster declares it dead (~15 s). Every trial finishes, retried from its last
 checkpoint on the surviving node and a spare (what an autoscaler brings) without spending
 train.max_retries (0 here); nothing written is lost, each (trial, iteration) is there once, and the rows equal
 an undisturbed run's (the spec is deterministic as a whole). One job meets both faults, one per trial: the
@@ -39,7 +39,6 @@ FAST_VERDICT = {
     "RAY_health_check_initial_delay_ms": "1000",
 }
 VERDICT_S = MISSES * (PERIOD_S + CHECK_TIMEOUT_S)  # ~15 s from the cut to "node dead"
-CUT_S = 2 * VERDICT_S + 2  # the cable's outage
 EPOCHS, TRIALS = 4, 2
 # each offers one "w": two for a trial's ranks, one spare for each fault
 WORKERS = ("w1", "w2", "w3", "w4")
@@ -181,15 +180,22 @@ def test_ddp_trials_over_a_real_network_survive_a_killed_node_and_a_cut_cable(ra
         _at_second_epoch(net, log_path, "trial_0000")
         victim, began = _a_rank_node(net), time.monotonic()
         figures.append(f"trial_0000: SIGKILL of {victim} ({net.kill(victim)} processes)")
-        # (b) trial_0001, on the survivor and a spare: a node running one of its ranks loses its cable for CUT_S,
-        # long enough for the cluster to declare it dead; the job goes on meanwhile
+        # (b) trial_0001, on the survivor and a spare: a node running one of its ranks loses its cable until the
+        # cluster declares it dead (then it comes back, to a cluster that has written it off); the job goes on
         _at_second_epoch(net, log_path, "trial_0001")
         victim = _a_rank_node(net)
         net.link(victim, up=False)
-        figures.append(f"trial_0001: {victim}'s link down for {CUT_S} s")
-        cut_until = time.monotonic() + CUT_S
-        net.wait_for(lambda: time.monotonic() >= cut_until, "the end of the outage", 60)
+        cut_at = time.monotonic()
+
+        def declared_dead() -> bool:
+            alive = net.alive_nodes()  # empty when the head's API did not answer: not a verdict
+            return bool(alive) and net.ip[victim] not in {n["node_ip"] for n in alive}
+
+        net.wait_for(declared_dead, f"the cluster to declare {victim} dead", 4 * VERDICT_S)
         net.link(victim, up=True)
+        figures.append(
+            f"trial_0001: {victim}'s link down until declared dead, {time.monotonic() - cut_at:.1f} s"
+        )
         figures.append(_check(_finish(proc, log_path), calm, began))
         said = log_path.read_text()
         for trial in ("trial_0000", "trial_0001"):

@@ -365,7 +365,9 @@ def _paced_train(ctx) -> None:
     """A trial of known length without compute to wait on: each epoch takes pace_s of wall time (a stand-in for
     training on hardware this machine lacks, so a budget test knows what each trial costs). It checkpoints every
     epoch and continues from a checkpoint, as a real loop does. With `hold_marker`, a trial numbered `hold_from`
-    or later waits before its first epoch until that file exists (as held_synthetic's do)."""
+    or later waits before its first epoch until that file exists (as held_synthetic's do). With `gate_marker`,
+    every trial waits before epoch `gate_epoch` (0-based) until that file exists: a test acts on the trials
+    while they stand there (drains their node), then lets them go on."""
     import os
     import time
 
@@ -375,7 +377,10 @@ def _paced_train(ctx) -> None:
     start = 0
     if (state := ctx.get_checkpoint()) is not None:
         start = state["epoch"] + 1
+    gate = ctx.config["gate_marker"]
     for epoch in range(start, ctx.max_epochs):
+        while gate and epoch >= ctx.config["gate_epoch"] and not os.path.exists(gate):
+            time.sleep(0.05)
         time.sleep(ctx.config["pace_s"])
         loss = (ctx.config["x"] - 0.3) ** 2 + 1.0 / (epoch + 1)
         ctx.report({"loss": loss}, checkpoint={"epoch": epoch})
@@ -386,7 +391,14 @@ def paced() -> Workload:
         name="paced",
         train=_paced_train,
         metrics={"loss": "min"},
-        hyperparameters={"x": 0.5, "pace_s": 1.0, "hold_marker": "", "hold_from": 0},
+        hyperparameters={
+            "x": 0.5,
+            "pace_s": 1.0,
+            "hold_marker": "",
+            "hold_from": 0,
+            "gate_marker": "",
+            "gate_epoch": 0,
+        },
     )
 
 
