@@ -299,23 +299,23 @@ def cli(capsys, monkeypatch):
 # wall: they wait on a real network's node verdicts, an autoscaler, a Jobs API, a silent endpoint, a daemon's
 # Ray): PairingScheduling runs them beside the others, not beside each other.
 LONGEST_FIRST = (
-    "tests/test_netns.py",  # 98 s, mostly waiting on a real network's node verdicts
-    "tests/test_resume.py",  # 130
-    "tests/test_submit.py",  # 122
-    "tests/test_autoscaling.py",  # 111
-    "tests/test_ray_compat.py",  # 103
-    "tests/test_run.py",  # 98
-    "tests/test_stops.py",  # 88
-    "tests/test_s3_hostile.py",  # 84
-    "tests/test_gpu_share.py",  # 80
-    "tests/test_warm_session.py",  # 76
-    "tests/test_s3_run.py",  # 66
-    "tests/test_custom_training.py",  # 56
-    "tests/test_dashboard.py",  # 54
+    "tests/test_netns.py",  # 82 s, mostly waiting on a real network's node verdicts
+    "tests/test_submit.py",  # 82
+    "tests/test_autoscaling.py",  # 78
+    "tests/test_s3_hostile.py",  # 58
+    "tests/test_warm_session.py",  # 69
+    "tests/test_custom_training.py",  # 62
     "tests/test_cli_run.py",  # 53
-    "tests/test_pbt.py",  # 49
-    "tests/test_jobs.py",  # 29
-    "tests/test_disk_full.py",  # 22
+    "tests/test_dashboard.py",  # 52
+    "tests/test_gpu_share.py",  # 47
+    "tests/test_pbt.py",  # 45
+    "tests/test_s3_run.py",  # 32
+    "tests/test_resume.py",  # 115
+    "tests/test_ray_compat.py",  # 90
+    "tests/test_run.py",  # 81
+    "tests/test_stops.py",  # 67
+    "tests/test_jobs.py",  # 26
+    "tests/test_disk_full.py",  # 17
 )
 WAITING = frozenset(
     {
