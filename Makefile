@@ -25,9 +25,10 @@ demo: setup
 
 # Two pytest workers, each with its own session Ray and S3 server: on 2 cores the suite is ~60% busy run one test
 # at a time (tests wait on Ray's starts, node verdicts, autoscalers). loadscope: one worker runs all of a module's
-# tests, so a module-scoped fixture (a Ray head, a fake cluster, a finished run) is made once; the longest modules
-# first, in conftest.py's order (LONGEST_FIRST), not xdist's. (loadgroup and xdist_group marks would be finer, but
-# pytest 9.2 ignores the group xdist 3.8 adds to a test's id.)
+# tests, so a module-scoped fixture (a Ray head, a fake cluster, a finished run) is made once; the modules in
+# conftest.py's order (MODULE_ORDER: the waiting ones on one worker beside the busy ones on the other), not
+# xdist's. (loadgroup and xdist_group marks would be finer, but pytest 9.2 ignores the group xdist 3.8 adds to a
+# test's id.)
 TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder

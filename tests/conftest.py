@@ -290,15 +290,17 @@ def cli(capsys, monkeypatch):
     return call
 
 
-# The longest modules first (seconds each took in a full `make test` on 2026-12-07, `hpo node` in place), the
-# network test's waits before all: on two pytest workers each is then overlapped by the other worker's tests, and
-# the many short modules fill in at the end, instead of one long module running alone after the other worker has
-# finished. The Makefile turns off xdist's own order (`--no-loadscope-reorder`; it orders by the number of tests,
-# which put the one-test network module last: ~100 s alone at the end). A module left out runs after these, in
-# collection order. WAITING marks the modules that leave most of a core idle (0.2-0.4 CPU-s a second of their
-# wall: they wait on a real network's node verdicts, an autoscaler, a Jobs API, a silent endpoint, a daemon's
-# Ray): PairingScheduling runs them beside the others, not beside each other.
-LONGEST_FIRST = (
+# The order modules start in (seconds each took in a full `make test` on 2026-12-07, in place). The waiting ones
+# first (WAITING: they leave most of a core idle, 0.2-0.4 CPU-s a second of their wall, waiting on a real
+# network's node verdicts, an autoscaler, a Jobs API, a silent endpoint, a daemon's Ray), one at a time on one
+# worker (PairingScheduling); beside them, on the other, the modules that keep a core busy (DDP groups, a
+# browser, the gpu-check rehearsal, PBT) and then the half-waiting ones (resume, ray_compat, run, stops:
+# subprocess drivers and Ray starts, ~0.5-0.7 CPU-s a second), and the many short modules fill in at the end.
+# Measured in place: busy beside waiting 568 s (183 idle core-s), the half-waiting ones beside the waiting 588 s
+# (the run before); 601 s with 254 idle core-s the day before. The Makefile turns off xdist's own order
+# (`--no-loadscope-reorder`; it orders by the number of tests, which put the one-test network module last: ~100
+# s alone at the end). A module left out runs after these, in collection order.
+MODULE_ORDER = (
     "tests/test_netns.py",  # 82 s, mostly waiting on a real network's node verdicts
     "tests/test_submit.py",  # 82
     "tests/test_autoscaling.py",  # 78
@@ -331,7 +333,7 @@ WAITING = frozenset(
 def pytest_collection_modifyitems(items):
     def rank(item) -> int:
         module = item.nodeid.split("::")[0]
-        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+        return MODULE_ORDER.index(module) if module in MODULE_ORDER else len(MODULE_ORDER)
 
     items.sort(key=rank)  # stable: the others keep their order
 
@@ -344,7 +346,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 class PairingScheduling(LoadScopeScheduling):
-    """xdist's loadscope (one worker runs all of a module's tests; the modules in LONGEST_FIRST's order), except
+    """xdist's loadscope (one worker runs all of a module's tests; the modules in MODULE_ORDER's order), except
     that at most one worker runs WAITING modules while others are left: a worker taking its next module takes
     the first waiting one if no other worker runs (or is about to run) one, else the first other one. Two
     waiting modules side by side left a core idle for minutes (the first 250 s of a 736 s suite ran at 70%
