@@ -6,7 +6,8 @@ cannot redo. Once one is requested:
 - the search starts no new trial (fast_forward.py's gate is closed);
 - each running trial stops at its next report (Tune's Stopper: its rows and its checkpoint are stored by then)
   and its record says `interrupted`, not completed; a trial still silent when the grace period ends is ended
-  by Tune then (it continues from its latest checkpoint on resume, as after a SIGKILL);
+  then, its process killed at once (ray_compat.silent_trials_ended_at_once; it continues from its latest
+  checkpoint on resume, as after a SIGKILL);
 - the rows and trial table are written, run.json says why the run ended, and the summary names the resume.
 
 The reasons, each run.json's status:

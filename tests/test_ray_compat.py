@@ -1127,6 +1127,9 @@ PATCHED_BY_A_RUN = (
     "Trial.handle_error",  # no_retry_on and lost_nodes_not_counted: two layers, each counted
     "Trial.should_recover",  # no_retry_on
     "TrialScheduler.choose_trial_to_run",  # choose_only_when_a_trial_waits (a subclass, counted the same)
+    # ray_compat.silent_trials_ended_at_once: called at every run's end; what it does once a stop's grace is over
+    # (a held trial killed at once, not after Tune's 10 s), test_warm_session.py's Ctrl-C of a held run shows
+    "TuneController._cleanup_trials",
 )
 
 

@@ -42,6 +42,7 @@ from orchestrator.ray_support.ray_compat import (
     lean_experiment_state,
     lost_nodes_not_counted,
     no_retry_on,
+    silent_trials_ended_at_once,
     staging_of_its_own,
     trial_name,
 )
@@ -381,6 +382,7 @@ def _search(
                 lean_experiment_state(),
                 staging_of_its_own(),
                 callbacks_untagged(),
+                silent_trials_ended_at_once(lambda: bool(tracker.stop) and tracker.stop.overdue()),
             ):
                 wire_pbt(the_plan.scheduler, opened.store, the_plan.results_uri, tracker)
                 _tuner(the_plan, tracker).fit()
