@@ -184,8 +184,13 @@ def _join(address: str, worker_logging) -> None:
     )
     try:
         with _stderr_kept_on_success():  # a refused driver's core worker logs a warning a second for 20 s
-            # asked first in one request: ray.init would retry a refused token for 20 s before failing
-            if not address.startswith("ray://") and token_refused(address):
+            # a GCS address (HOST:PORT, check_address has seen it) is asked first, in one request: ray.init
+            # would retry a refused token for 20 s before failing
+            if (
+                address not in ("auto", "local")
+                and not address.startswith("ray://")
+                and token_refused(address)
+            ):
                 raise refused
             ray.init(address=address, logging_level=logging.WARNING, logging_config=worker_logging)
     except (ConnectionError, AuthenticationError) as error:

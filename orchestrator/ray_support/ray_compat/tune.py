@@ -154,9 +154,8 @@ def silent_trials_ended_at_once(overdue):
 
     def cleanup_trials(self):
         if overdue():
-            self._actor_force_cleanup_timeout = (
-                0  # no grace left: a stopping actor is killed when its turn comes
-            )
+            # no grace left: a stopping actor is killed when its turn comes, without Tune's waits
+            self._actor_force_cleanup_timeout = 0
             for tracked_actor in list(self._actor_to_trial):
                 self._schedule_trial_stop(self._actor_to_trial[tracked_actor])
             self._cleanup_cached_actors(force_all=True)
