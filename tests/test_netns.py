@@ -1,8 +1,8 @@
 """2-worker DDP trials across two Ray worker nodes over a real network (tests/netns.py), through a node whose
-processes are SIGKILLed and a node whose cable is cut until the cluster declares it dead (~15 s). Every trial finishes, retried from its last
-checkpoint on the surviving node and a spare (what an autoscaler brings) without spending
-train.max_retries (0 here); nothing written is lost, each (trial, iteration) is there once, and the rows equal
-an undisturbed run's (the spec is deterministic as a whole). One job meets both faults, one per trial: the
+processes are SIGKILLed and a node whose cable is cut until the cluster declares it dead (~15 s). Every trial
+finishes, retried from its last checkpoint on the surviving node and a spare (what an autoscaler brings) without
+spending train.max_retries (0 here); nothing written is lost, each (trial, iteration) is there once, and the rows
+equal an undisturbed run's (the spec is deterministic as a whole). One job meets both faults, one per trial: the
 first trial's rank node is killed, the second trial's rank node loses its cable. The undisturbed run is the same
 search with one worker per trial on this session's Ray: the paced workload's losses depend on its config and
 epoch only, and a FIFO job's configs and seeds do not depend on its concurrency (test_run.py), so its rows are
