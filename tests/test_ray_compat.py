@@ -1241,7 +1241,10 @@ def test_hpo_node_forks_its_workers_with_a_jobs_working_dir_and_its_server_ends_
         assert shadowed[0][0] != zygote and shadowed[1:] == [False, True], shadowed
         # ray_compat.token_refused, what `hpo run --address` asks before ray.init: the head's token is taken,
         # another refused (in one request; ray.init would retry it for 20 s)
-        ask = "import sys; from orchestrator.ray_support import ray_compat; print(ray_compat.token_refused(sys.argv[1]))"
+        ask = (
+            "import sys; from orchestrator.ray_support import ray_compat; "
+            "print(ray_compat.token_refused(sys.argv[1]))"
+        )
         said = [
             subprocess.run(
                 [sys.executable, "-c", ask, address],

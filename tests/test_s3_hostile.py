@@ -78,8 +78,9 @@ def test_every_store_call_ends_in_bounded_time_with_one_line(proxy, mode):
 
 def test_a_request_given_up_on_is_never_sent_again_once_the_endpoint_answers(proxy):
     """A write given up on while the endpoint is silent must not land later: botocore retries a request whose
-    socket timed out (HPO_S3_TIMEOUT_S here), on a new connection, and by then the endpoint may answer; that late write would
-    put an old object over a newer one (an old manifest over the new). The given-up client refuses it."""
+    socket timed out (after HPO_S3_TIMEOUT_S here), on a new connection, and by then the endpoint may answer; that
+    late write would put an old object over a newer one (an old manifest over the new). The given-up client
+    refuses it."""
     store = _store(proxy)
     proxy.mode = "silent"
     with pytest.raises(StoreError, match="did not answer"):
